@@ -1,0 +1,630 @@
+//! The compiled, validated form of a policy file.
+//!
+//! Every value here has passed validation: names are unique, limits are positive, durations are
+//! parsed, globs are compiled. The engine reads only this form; the file format lives in
+//! [`super::parse`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::tokens::{Encoding, Price};
+
+/// A validated policy. Build one with [`Policy::from_toml`], [`Policy::from_json`] or
+/// [`Policy::parse`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Schema version; always 1 today.
+    pub version: u32,
+    /// Engine-wide settings (`[defaults]`).
+    pub defaults: Defaults,
+    /// Upstream APIs (`[[upstream]]`), in file order.
+    pub upstreams: Vec<Upstream>,
+    /// Budgets (`[[budget]]`), in file order; every matching budget is checked on admission.
+    pub budgets: Vec<Budget>,
+    /// Routes from a requested model name to targets (`[[route]]`), in file order.
+    pub routes: Vec<Route>,
+    /// Retry rules (`[retry]`).
+    pub retry: Retry,
+    /// Circuit-breaker rules (`[breaker]`).
+    pub breaker: Breaker,
+    /// Response-cache rules (`[cache]`).
+    pub cache: Cache,
+    /// Price overrides per model name (`[prices]`), per 1M tokens; they win over the bundled table.
+    pub prices: BTreeMap<String, Price>,
+    /// Model facts overrides (`[models]`): encoding and context window.
+    pub models: BTreeMap<String, ModelOverride>,
+}
+
+/// `[defaults]`: settings that apply when a call or a budget does not say otherwise.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Defaults {
+    /// Completion allowance reserved when a request sets neither `max_tokens` nor
+    /// `max_completion_tokens` (`max_completion_tokens`, default 1024).
+    pub max_completion_tokens: u64,
+    /// Most distinct keys one budget keeps state for (`key_capacity`, default 100_000).
+    pub key_capacity: usize,
+    /// Refuse a call whose prompt plus completion allowance exceeds the model's context window
+    /// (`enforce_context_window`, default true).
+    pub enforce_context_window: bool,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            max_completion_tokens: 1024,
+            key_capacity: 100_000,
+            enforce_context_window: true,
+        }
+    }
+}
+
+/// A reference to a secret. The value is read from the environment or a file when it is needed and
+/// is never stored in the policy, printed, or put in an error.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum SecretRef {
+    /// `env:NAME`
+    Env(String),
+    /// `file:PATH`
+    File(PathBuf),
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::Env(name) => write!(f, "env:{name}"),
+            SecretRef::File(path) => write!(f, "file:{}", path.display()),
+        }
+    }
+}
+
+/// `[[upstream]]`: an OpenAI-compatible API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    /// Unique name, used by routes and budget scopes.
+    pub name: String,
+    /// Base URL such as `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// How requests are authenticated.
+    pub auth: Auth,
+    /// Per-phase timeouts.
+    pub timeouts: Timeouts,
+    /// Extra CA certificate file (PEM) trusted for this upstream, besides the webpki roots.
+    pub ca_file: Option<PathBuf>,
+    /// Proxy URL (`http://host:port`) used through CONNECT; `None` means `HTTPS_PROXY` if set.
+    pub proxy: Option<String>,
+}
+
+/// How an upstream authenticates.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Auth {
+    /// No credentials (local vLLM, the test upstream).
+    None,
+    /// `Authorization: Bearer <key>`; several keys form a pool.
+    Bearer {
+        /// The key pool, in order.
+        keys: Vec<SecretRef>,
+    },
+    /// A JWT (HS256) minted from an id and a secret (Zhipu, SiliconFlow style).
+    Jwt {
+        /// The API key id.
+        id: SecretRef,
+        /// The signing secret.
+        secret: SecretRef,
+        /// Lifetime of a minted token.
+        ttl: Duration,
+        /// Mint a new token this long before the old one expires.
+        refresh_before: Duration,
+    },
+    /// OAuth2 client credentials (Baidu Qianfan style).
+    OAuth2 {
+        /// The token endpoint.
+        token_url: String,
+        /// Client id.
+        client_id: SecretRef,
+        /// Client secret.
+        client_secret: SecretRef,
+        /// Where the access token goes.
+        placement: TokenPlacement,
+    },
+}
+
+/// Where an OAuth2 access token is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenPlacement {
+    /// `Authorization: Bearer <token>`
+    Header,
+    /// `?access_token=<token>`
+    Query,
+}
+
+/// Per-phase timeouts of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP + TLS connect (default 3s).
+    pub connect: Duration,
+    /// Until the response head arrives (default 60s).
+    pub first_byte: Duration,
+    /// Longest silence between stream chunks (default 60s).
+    pub idle: Duration,
+    /// Whole call (default 600s).
+    pub total: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(3),
+            first_byte: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+            total: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A dimension a budget is split by: one budget state per distinct value (tuple) of its scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ScopeDim {
+    /// The calling tenant.
+    Tenant,
+    /// The requested model.
+    Model,
+    /// The upstream the call goes to.
+    Upstream,
+    /// The API key (or key-pool member) the call uses.
+    Key,
+    /// The route name.
+    Route,
+}
+
+impl ScopeDim {
+    /// All dimensions, in canonical order.
+    pub const ALL: [ScopeDim; 5] = [
+        ScopeDim::Tenant,
+        ScopeDim::Model,
+        ScopeDim::Upstream,
+        ScopeDim::Key,
+        ScopeDim::Route,
+    ];
+
+    /// The name used in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScopeDim::Tenant => "tenant",
+            ScopeDim::Model => "model",
+            ScopeDim::Upstream => "upstream",
+            ScopeDim::Key => "key",
+            ScopeDim::Route => "route",
+        }
+    }
+}
+
+/// A compiled glob: `*` matches any run of characters, `?` one character; everything else is
+/// literal. Matching allocates nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob {
+    pattern: String,
+}
+
+impl Glob {
+    /// Compiles a pattern. Every string is a valid pattern.
+    pub fn new(pattern: &str) -> Glob {
+        Glob {
+            pattern: pattern.to_owned(),
+        }
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.pattern
+    }
+
+    /// Whether `text` matches the whole pattern.
+    pub fn matches(&self, text: &str) -> bool {
+        let p = self.pattern.as_bytes();
+        if !p.contains(&b'*') && !p.contains(&b'?') {
+            return self.pattern == text;
+        }
+        // Iterative wildcard match with single-star backtracking; works on chars so `?` is one
+        // character even outside ASCII.
+        let p: Vec<char> = self.pattern.chars().collect();
+        let t: Vec<char> = text.chars().collect();
+        let (mut pi, mut ti) = (0usize, 0usize);
+        let (mut star, mut mark) = (None::<usize>, 0usize);
+        while ti < t.len() {
+            if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+                pi += 1;
+                ti += 1;
+            } else if pi < p.len() && p[pi] == '*' {
+                star = Some(pi);
+                mark = ti;
+                pi += 1;
+            } else if let Some(s) = star {
+                pi = s + 1;
+                mark += 1;
+                ti = mark;
+            } else {
+                return false;
+            }
+        }
+        while pi < p.len() && p[pi] == '*' {
+            pi += 1;
+        }
+        pi == p.len()
+    }
+}
+
+/// `match = { ... }`: which calls a budget applies to. An absent field matches everything; a
+/// field with several globs matches when any of them does.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Match {
+    /// Tenant globs.
+    pub tenant: Vec<Glob>,
+    /// Model globs.
+    pub model: Vec<Glob>,
+    /// Upstream globs.
+    pub upstream: Vec<Glob>,
+    /// Key globs.
+    pub key: Vec<Glob>,
+    /// Route globs.
+    pub route: Vec<Glob>,
+}
+
+impl Match {
+    /// The globs of one dimension.
+    pub fn globs(&self, dim: ScopeDim) -> &[Glob] {
+        match dim {
+            ScopeDim::Tenant => &self.tenant,
+            ScopeDim::Model => &self.model,
+            ScopeDim::Upstream => &self.upstream,
+            ScopeDim::Key => &self.key,
+            ScopeDim::Route => &self.route,
+        }
+    }
+
+    /// Whether this matches everything.
+    pub fn is_empty(&self) -> bool {
+        ScopeDim::ALL.iter().all(|d| self.globs(*d).is_empty())
+    }
+}
+
+/// What a rate limit counts, and over which window. Each kind has a fixed slot in a budget's
+/// state, so state survives reloads that add or remove other limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LimitKind {
+    /// `requests_per_second`
+    RequestsPerSecond,
+    /// `requests_per_minute`
+    RequestsPerMinute,
+    /// `requests_per_hour`
+    RequestsPerHour,
+    /// `requests_per_day`
+    RequestsPerDay,
+    /// `tokens_per_minute` (prompt + completion)
+    TokensPerMinute,
+    /// `tokens_per_hour`
+    TokensPerHour,
+    /// `tokens_per_day`
+    TokensPerDay,
+    /// `spend_per_day`, in the currency of the price table
+    SpendPerDay,
+    /// `spend_per_month` (30 days)
+    SpendPerMonth,
+}
+
+/// What a [`LimitKind`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Unit {
+    /// Calls.
+    Requests,
+    /// Tokens, prompt plus completion.
+    Tokens,
+    /// Money, in the price table's currency.
+    Spend,
+}
+
+impl LimitKind {
+    /// Every kind, in slot order.
+    pub const ALL: [LimitKind; 9] = [
+        LimitKind::RequestsPerSecond,
+        LimitKind::RequestsPerMinute,
+        LimitKind::RequestsPerHour,
+        LimitKind::RequestsPerDay,
+        LimitKind::TokensPerMinute,
+        LimitKind::TokensPerHour,
+        LimitKind::TokensPerDay,
+        LimitKind::SpendPerDay,
+        LimitKind::SpendPerMonth,
+    ];
+
+    /// The field name in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::RequestsPerSecond => "requests_per_second",
+            LimitKind::RequestsPerMinute => "requests_per_minute",
+            LimitKind::RequestsPerHour => "requests_per_hour",
+            LimitKind::RequestsPerDay => "requests_per_day",
+            LimitKind::TokensPerMinute => "tokens_per_minute",
+            LimitKind::TokensPerHour => "tokens_per_hour",
+            LimitKind::TokensPerDay => "tokens_per_day",
+            LimitKind::SpendPerDay => "spend_per_day",
+            LimitKind::SpendPerMonth => "spend_per_month",
+        }
+    }
+
+    /// The kind for a policy field name.
+    pub fn from_name(name: &str) -> Option<LimitKind> {
+        LimitKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// The state slot of this kind (0..9).
+    pub fn slot(self) -> usize {
+        self as usize
+    }
+
+    /// What it counts.
+    pub fn unit(self) -> Unit {
+        match self {
+            LimitKind::RequestsPerSecond
+            | LimitKind::RequestsPerMinute
+            | LimitKind::RequestsPerHour
+            | LimitKind::RequestsPerDay => Unit::Requests,
+            LimitKind::TokensPerMinute | LimitKind::TokensPerHour | LimitKind::TokensPerDay => {
+                Unit::Tokens
+            }
+            LimitKind::SpendPerDay | LimitKind::SpendPerMonth => Unit::Spend,
+        }
+    }
+
+    /// The window the amount refills over.
+    pub fn window(self) -> Duration {
+        const MIN: u64 = 60;
+        const HOUR: u64 = 60 * MIN;
+        const DAY: u64 = 24 * HOUR;
+        Duration::from_secs(match self {
+            LimitKind::RequestsPerSecond => 1,
+            LimitKind::RequestsPerMinute | LimitKind::TokensPerMinute => MIN,
+            LimitKind::RequestsPerHour | LimitKind::TokensPerHour => HOUR,
+            LimitKind::RequestsPerDay | LimitKind::TokensPerDay | LimitKind::SpendPerDay => DAY,
+            LimitKind::SpendPerMonth => 30 * DAY,
+        })
+    }
+}
+
+/// One rate limit of a budget: `amount` per window, refilled smoothly, bursting up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limit {
+    /// What and over which window.
+    pub kind: LimitKind,
+    /// Amount per window: calls, tokens, or money (> 0, finite).
+    pub amount: f64,
+    /// Most that may be used at once; defaults to `amount`.
+    pub burst: f64,
+}
+
+/// What happens when a budget has no room for a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exhausted {
+    /// Refuse at once.
+    Deny,
+    /// Queue for at most this long, then refuse.
+    Wait(Duration),
+}
+
+/// Where a budget's state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// In this process.
+    Local,
+}
+
+/// `[[budget]]`: limits applied to every call that matches, one state per scope key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budget {
+    /// Unique name; state is keyed by it, so renaming a budget starts it afresh.
+    pub name: String,
+    /// The dimensions that split this budget (empty: one state for every matching call).
+    pub scope: Vec<ScopeDim>,
+    /// Which calls it applies to.
+    pub matcher: Match,
+    /// Rate limits, at most one per kind, in slot order.
+    pub limits: Vec<Limit>,
+    /// Most calls in flight at once per key.
+    pub concurrency: Option<u32>,
+    /// Queue or refuse when exhausted.
+    pub when_exhausted: Exhausted,
+    /// Most distinct keys kept (defaults to `defaults.key_capacity`).
+    pub key_capacity: usize,
+    /// Where the state lives.
+    pub store: Store,
+}
+
+/// How a route picks among its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// First healthy target in order.
+    Ordered,
+    /// By weight.
+    Weighted,
+    /// Lowest recent latency (EWMA, power of two choices).
+    LowestLatency,
+}
+
+/// One target of a route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// Upstream name (exists in `upstreams`).
+    pub upstream: String,
+    /// Model name sent to that upstream.
+    pub model: String,
+    /// Weight for [`Strategy::Weighted`] (default 1).
+    pub weight: u32,
+}
+
+/// `[[route]]`: where calls for a model name go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// Route name (defaults to `model`).
+    pub name: String,
+    /// Requested model name (glob).
+    pub model: Glob,
+    /// Targets, at least one.
+    pub targets: Vec<Target>,
+    /// How to pick.
+    pub strategy: Strategy,
+}
+
+/// Jitter applied to exponential backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Jitter {
+    /// No jitter.
+    None,
+    /// Uniform in [0, delay].
+    Full,
+    /// delay/2 + uniform in [0, delay/2].
+    Equal,
+    /// AWS "decorrelated jitter".
+    Decorrelated,
+}
+
+/// An outcome class that may be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetryOn {
+    /// An HTTP status code.
+    Status(u16),
+    /// Every status from 500 to 599 (`"5xx"`).
+    ServerErrors,
+    /// Connection refused or reset, DNS failure.
+    Connect,
+    /// Any timeout.
+    Timeout,
+    /// A 200 whose body was not the expected JSON.
+    Malformed,
+    /// A stream cut before `[DONE]` (only before content reached the caller).
+    CutStream,
+}
+
+/// `[retry]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retry {
+    /// Attempts in all, the first one included (default 3).
+    pub max_attempts: u32,
+    /// Backoff base (default 500ms).
+    pub base: Duration,
+    /// Backoff cap (default 8s).
+    pub max_backoff: Duration,
+    /// Jitter (default full).
+    pub jitter: Jitter,
+    /// Longest server-directed delay honoured; above it the call gives up (default 60s).
+    pub max_retry_after: Duration,
+    /// What is retried (default: 408, 409, 429, 5xx, connect, timeout).
+    pub retry_on: Vec<RetryOn>,
+    /// Retry budget: tokens refunded per success (default 0.1).
+    pub budget_ratio: f64,
+    /// Retry budget: bucket size (default 10).
+    pub budget_max_tokens: f64,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            max_attempts: 3,
+            base: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(8),
+            jitter: Jitter::Full,
+            max_retry_after: Duration::from_secs(60),
+            retry_on: vec![
+                RetryOn::Status(408),
+                RetryOn::Status(409),
+                RetryOn::Status(429),
+                RetryOn::ServerErrors,
+                RetryOn::Connect,
+                RetryOn::Timeout,
+            ],
+            budget_ratio: 0.1,
+            budget_max_tokens: 10.0,
+        }
+    }
+}
+
+/// `[breaker]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct Breaker {
+    /// Whether breakers are used (default true).
+    pub enabled: bool,
+    /// Sliding window length, in calls (count window) — default 20.
+    pub window_calls: u32,
+    /// Calls needed before the rate is judged (default 20).
+    pub min_calls: u32,
+    /// Failure rate that opens (0..=1, default 0.5).
+    pub failure_rate: f64,
+    /// A call slower than this counts as slow (default none).
+    pub slow_call: Option<Duration>,
+    /// Slow-call rate that opens (0..=1, default 1.0).
+    pub slow_call_rate: f64,
+    /// How long it stays open (default 30s).
+    pub open_for: Duration,
+    /// Probe calls allowed while half-open (default 3).
+    pub half_open_calls: u32,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker {
+            enabled: true,
+            window_calls: 20,
+            min_calls: 20,
+            failure_rate: 0.5,
+            slow_call: None,
+            slow_call_rate: 1.0,
+            open_for: Duration::from_secs(30),
+            half_open_calls: 3,
+        }
+    }
+}
+
+/// `[cache]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cache {
+    /// Whether responses are cached (default false).
+    pub enabled: bool,
+    /// Memory bound in bytes (default 64 MiB).
+    pub max_bytes: u64,
+    /// Time to live (default 10m).
+    pub ttl: Duration,
+    /// Only requests with temperature at most this are cached (default 0.0).
+    pub temperature_at_most: f64,
+    /// Serve an expired entry this long past its TTL when every target failed (default: off).
+    pub stale_if_error: Option<Duration>,
+    /// Merge identical requests in flight (default true).
+    pub single_flight: bool,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            enabled: false,
+            max_bytes: 64 * 1024 * 1024,
+            ttl: Duration::from_secs(600),
+            temperature_at_most: 0.0,
+            stale_if_error: None,
+            single_flight: true,
+        }
+    }
+}
+
+/// `[models."name"]`: facts about a model that the bundled table lacks or gets wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ModelOverride {
+    /// Exact tokenizer, if known.
+    pub encoding: Option<Encoding>,
+    /// Context window in tokens.
+    pub context_window: Option<u64>,
+}

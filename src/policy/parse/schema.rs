@@ -1,0 +1,1251 @@
+//! The policy schema: one reader per section, each collecting every error it finds.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::read::{
+    Cx, Table, array, boolean, choice, duration, fraction, http_url, index, join, name,
+    non_negative, number, positive, secret, strings, whole,
+};
+use super::tree::{Kind, Node};
+use super::units::{format_duration, is_glob, parse_bytes, quote};
+use crate::policy::{
+    Auth, Breaker, Budget, Cache, Defaults, Exhausted, Glob, Jitter, Limit, LimitKind, Match,
+    ModelOverride, Policy, Retry, RetryOn, Route, ScopeDim, SecretRef, Store, Strategy, Target,
+    Timeouts, TokenPlacement, Unit, Upstream,
+};
+use crate::tokens::{Encoding, Price};
+
+const TOP: &[&str] = &[
+    "version", "defaults", "upstream", "budget", "route", "retry", "breaker", "cache", "prices",
+    "models",
+];
+
+/// Largest `key_capacity`: the keyed state of a budget may be sized up front.
+const MAX_KEY_CAPACITY: u64 = 10_000_000;
+
+/// Reads and validates a whole policy.
+pub(crate) fn policy(cx: &mut Cx, root: &Node) -> Option<Policy> {
+    let t = Table::read(cx, root, "", "{ \"version\": 1 }")?;
+    t.check_keys(cx, TOP);
+    let version = t.req(cx, "version", "version = 1 at the top of the file", version);
+    let defaults = t.opt(cx, "defaults", Defaults::default(), defaults);
+    let key_capacity = defaults
+        .as_ref()
+        .map_or(Defaults::default().key_capacity, |d| d.key_capacity);
+
+    let upstreams = list(cx, &t, "upstream", "[[upstream]]", upstream);
+    let upstream_names = names(cx, &t, "upstream", "upstream", |_| None);
+    let budgets = list(cx, &t, "budget", "[[budget]]", |cx, n, p| {
+        budget(cx, n, p, key_capacity)
+    });
+    names(cx, &t, "budget", "budget", |_| None);
+    let routes = list(cx, &t, "route", "[[route]]", |cx, n, p| {
+        route(cx, n, p, &upstream_names)
+    });
+    names(cx, &t, "route", "route", |entries| {
+        entries
+            .iter()
+            .find(|(k, _)| k.name == "model")
+            .and_then(|(_, v)| match &v.kind {
+                Kind::Str(s) => Some((s.clone(), v.pos)),
+                _ => None,
+            })
+    });
+    let retry = t.opt(cx, "retry", Retry::default(), retry);
+    let breaker = t.opt(cx, "breaker", Breaker::default(), breaker);
+    let cache = t.opt(cx, "cache", Cache::default(), cache);
+    let prices = t.opt(cx, "prices", BTreeMap::new(), prices);
+    let models = t.opt(cx, "models", BTreeMap::new(), models);
+    Some(Policy {
+        version: version?,
+        defaults: defaults?,
+        upstreams: upstreams?,
+        budgets: budgets?,
+        routes: routes?,
+        retry: retry?,
+        breaker: breaker?,
+        cache: cache?,
+        prices: prices?,
+        models: models?,
+    })
+}
+
+fn version(cx: &mut Cx, node: &Node, path: &str) -> Option<u32> {
+    match node.kind {
+        Kind::Int(1) => Some(1),
+        Kind::Float(1.0) => Some(1),
+        Kind::Int(_) | Kind::Float(_) => {
+            cx.err(
+                path,
+                node.pos,
+                format!(
+                    "version {} is not supported; this tollgate reads version 1",
+                    cx.show(node)
+                ),
+            );
+            None
+        }
+        _ => {
+            cx.err(
+                path,
+                node.pos,
+                format!("must be the number 1, got {}", cx.show(node)),
+            );
+            None
+        }
+    }
+}
+
+/// Reads an array of tables (`[[budget]]`); absent means empty.
+fn list<'n, T>(
+    cx: &mut Cx,
+    t: &Table<'n>,
+    key: &str,
+    example: &str,
+    mut read: impl FnMut(&mut Cx, &'n Node, &str) -> Option<T>,
+) -> Option<Vec<T>> {
+    let Some(node) = t.get(key) else {
+        return Some(Vec::new());
+    };
+    let path = t.path(key);
+    let Kind::Array(items) = &node.kind else {
+        cx.err(
+            &path,
+            node.pos,
+            format!(
+                "must be a list of tables, got {}; write {example} (two brackets) in TOML, or \
+                 \"{key}\": [{{ ... }}] in JSON",
+                cx.show(node)
+            ),
+        );
+        return None;
+    };
+    let mut out = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        match read(cx, item, &index(&path, i)) {
+            Some(v) => out.push(v),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+/// Reports names used twice in an array of tables and returns the names (even of entries that are
+/// otherwise invalid, so that references to them are not reported as well). `fallback` gives the
+/// name of an entry without `name` (routes default to their model).
+fn names(
+    cx: &mut Cx,
+    t: &Table<'_>,
+    key: &str,
+    what: &str,
+    fallback: impl Fn(&[(super::tree::Key, Node)]) -> Option<(String, Option<usize>)>,
+) -> Vec<String> {
+    let Some(Node {
+        kind: Kind::Array(items),
+        ..
+    }) = t.get(key)
+    else {
+        return Vec::new();
+    };
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let Kind::Table(entries) = &item.kind else {
+            continue;
+        };
+        let named = entries
+            .iter()
+            .find(|(k, _)| k.name == "name")
+            .and_then(|(_, v)| match &v.kind {
+                Kind::Str(s) => Some((s.clone(), v.pos)),
+                _ => None,
+            });
+        let Some((n, pos)) = named.or_else(|| fallback(entries)) else {
+            continue;
+        };
+        let path = join(&index(&t.path(key), i), "name");
+        match seen.get(&n) {
+            Some(first) => cx.err(
+                &path,
+                pos,
+                format!(
+                    "{what} name {} is already used by {key}[{first}]; {what} names must be unique",
+                    quote(&n)
+                ),
+            ),
+            None => {
+                seen.insert(n.clone(), i);
+                out.push(n);
+            }
+        }
+    }
+    out
+}
+
+fn defaults(cx: &mut Cx, node: &Node, path: &str) -> Option<Defaults> {
+    let t = Table::read(cx, node, path, "{ max_completion_tokens = 1024 }")?;
+    t.check_keys(
+        cx,
+        &[
+            "max_completion_tokens",
+            "key_capacity",
+            "enforce_context_window",
+        ],
+    );
+    let d = Defaults::default();
+    let max_completion_tokens = t.opt(
+        cx,
+        "max_completion_tokens",
+        d.max_completion_tokens,
+        |cx, n, p| whole(cx, n, p, 1, u64::from(u32::MAX)),
+    );
+    let key_capacity = t.opt(cx, "key_capacity", d.key_capacity, key_capacity);
+    let enforce_context_window = t.opt(
+        cx,
+        "enforce_context_window",
+        d.enforce_context_window,
+        boolean,
+    );
+    Some(Defaults {
+        max_completion_tokens: max_completion_tokens?,
+        key_capacity: key_capacity?,
+        enforce_context_window: enforce_context_window?,
+    })
+}
+
+fn key_capacity(cx: &mut Cx, node: &Node, path: &str) -> Option<usize> {
+    whole(cx, node, path, 1, MAX_KEY_CAPACITY).and_then(|v| usize::try_from(v).ok())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstreams
+
+fn upstream(cx: &mut Cx, node: &Node, path: &str) -> Option<Upstream> {
+    let t = Table::read(
+        cx,
+        node,
+        path,
+        "{ name = \"openai\", base_url = \"https://api.openai.com/v1\" }",
+    )?;
+    t.check_keys(
+        cx,
+        &["name", "base_url", "auth", "timeouts", "ca_file", "proxy"],
+    );
+    let up_name = t.req(cx, "name", "name = \"openai\"", name);
+    let base_url = t.req(
+        cx,
+        "base_url",
+        "base_url = \"https://api.openai.com/v1\"",
+        http_url,
+    );
+    let auth = t.opt(cx, "auth", Auth::None, |cx, n, p| {
+        let was = cx.redact;
+        cx.redact = true;
+        let a = auth(cx, n, p);
+        cx.redact = was;
+        a
+    });
+    let timeouts = t.opt(cx, "timeouts", Timeouts::default(), timeouts);
+    let ca_file = t.maybe(cx, "ca_file", |cx, n, p| name(cx, n, p).map(PathBuf::from));
+    let proxy = t.maybe(cx, "proxy", http_url);
+    Some(Upstream {
+        name: up_name?,
+        base_url: base_url?,
+        auth: auth?,
+        timeouts: timeouts?,
+        ca_file: ca_file?,
+        proxy: proxy?,
+    })
+}
+
+const AUTH_KINDS: [(&str, &[&str]); 4] = [
+    ("none", &["kind"]),
+    ("bearer", &["kind", "key", "keys"]),
+    ("jwt", &["kind", "id", "secret", "ttl", "refresh_before"]),
+    (
+        "oauth2",
+        &[
+            "kind",
+            "token_url",
+            "client_id",
+            "client_secret",
+            "placement",
+        ],
+    ),
+];
+
+fn auth(cx: &mut Cx, node: &Node, path: &str) -> Option<Auth> {
+    let t = Table::read(
+        cx,
+        node,
+        path,
+        "{ kind = \"bearer\", key = \"env:OPENAI_API_KEY\" }",
+    )?;
+    let kinds: Vec<(&str, &str)> = AUTH_KINDS.iter().map(|(k, _)| (*k, *k)).collect();
+    let kind = t.opt(cx, "kind", "none", |cx, n, p| choice(cx, n, p, &kinds));
+    let all: Vec<&str> = {
+        let mut v: Vec<&str> = AUTH_KINDS
+            .iter()
+            .flat_map(|(_, keys)| keys.iter().copied())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let Some(kind) = kind else {
+        t.check_keys(cx, &all);
+        return None;
+    };
+    let allowed = AUTH_KINDS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map_or(&[][..], |(_, keys)| keys);
+    // A field of another kind gets a message naming that kind; anything else is unknown.
+    for (key, _) in t.entries {
+        let k = key.name.as_str();
+        if !allowed.contains(&k) && all.contains(&k) {
+            let owner = AUTH_KINDS
+                .iter()
+                .find(|(_, keys)| keys.contains(&k))
+                .map_or("", |(n, _)| n);
+            cx.err(
+                &t.path(k),
+                key.pos,
+                format!(
+                    "`{k}` does not apply to kind = \"{kind}\"; it belongs to kind = \"{owner}\"{}",
+                    if t.get("kind").is_none() {
+                        " (add kind = \"...\")"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+    }
+    t.check_keys(cx, &all);
+    match kind {
+        "none" => Some(Auth::None),
+        "bearer" => bearer(cx, &t),
+        "jwt" => {
+            let id = t.req(cx, "id", "id = \"env:ZHIPU_API_KEY_ID\"", secret);
+            let secret_ref = t.req(cx, "secret", "secret = \"env:ZHIPU_API_SECRET\"", secret);
+            let ttl = t.opt(cx, "ttl", Duration::from_secs(30 * 60), duration);
+            let refresh = t.opt(cx, "refresh_before", Duration::from_secs(60), duration);
+            if let (Some(ttl), Some(refresh)) = (ttl, refresh) {
+                if refresh >= ttl {
+                    let pos = t.get("refresh_before").or(t.get("ttl")).and_then(|n| n.pos);
+                    cx.err(
+                        &t.path("refresh_before"),
+                        pos,
+                        format!(
+                            "refresh_before ({}) must be shorter than ttl ({}); a token would be \
+                             refreshed before it is minted. Lower refresh_before or raise ttl",
+                            format_duration(refresh),
+                            format_duration(ttl)
+                        ),
+                    );
+                    return None;
+                }
+            }
+            Some(Auth::Jwt {
+                id: id?,
+                secret: secret_ref?,
+                ttl: ttl?,
+                refresh_before: refresh?,
+            })
+        }
+        _ => {
+            let token_url = t.req(
+                cx,
+                "token_url",
+                "token_url = \"https://aip.baidubce.com/oauth/2.0/token\"",
+                http_url,
+            );
+            let client_id = t.req(cx, "client_id", "client_id = \"env:CLIENT_ID\"", secret);
+            let client_secret = t.req(
+                cx,
+                "client_secret",
+                "client_secret = \"env:CLIENT_SECRET\"",
+                secret,
+            );
+            let placement = t.opt(cx, "placement", TokenPlacement::Header, |cx, n, p| {
+                choice(
+                    cx,
+                    n,
+                    p,
+                    &[
+                        ("header", TokenPlacement::Header),
+                        ("query", TokenPlacement::Query),
+                    ],
+                )
+            });
+            Some(Auth::OAuth2 {
+                token_url: token_url?,
+                client_id: client_id?,
+                client_secret: client_secret?,
+                placement: placement?,
+            })
+        }
+    }
+}
+
+fn bearer(cx: &mut Cx, t: &Table<'_>) -> Option<Auth> {
+    match (t.get("key"), t.get("keys")) {
+        (Some(_), Some(n)) => {
+            cx.err(
+                &t.path("keys"),
+                n.pos,
+                "give either key or keys, not both; put every key in keys = [...]",
+            );
+            None
+        }
+        (Some(n), None) => secret(cx, n, &t.path("key")).map(|k| Auth::Bearer { keys: vec![k] }),
+        (None, Some(n)) => {
+            let path = t.path("keys");
+            let items = array(cx, n, &path, "[\"env:OPENAI_API_KEY\"]")?;
+            if items.is_empty() {
+                cx.err(
+                    &path,
+                    n.pos,
+                    "must list at least one key such as \"env:OPENAI_API_KEY\"",
+                );
+                return None;
+            }
+            let mut keys: Vec<SecretRef> = Vec::new();
+            let mut ok = true;
+            for (i, item) in items.iter().enumerate() {
+                let p = index(&path, i);
+                match secret(cx, item, &p) {
+                    Some(k) if keys.contains(&k) => {
+                        cx.err(&p, item.pos, format!("{k} is listed twice; remove one"));
+                        ok = false;
+                    }
+                    Some(k) => keys.push(k),
+                    None => ok = false,
+                }
+            }
+            ok.then_some(Auth::Bearer { keys })
+        }
+        (None, None) => {
+            cx.err(
+                &t.path("keys"),
+                t.pos,
+                "is required for kind = \"bearer\"; add keys = [\"env:OPENAI_API_KEY\"] or \
+                 key = \"env:OPENAI_API_KEY\"",
+            );
+            None
+        }
+    }
+}
+
+fn timeouts(cx: &mut Cx, node: &Node, path: &str) -> Option<Timeouts> {
+    let t = Table::read(cx, node, path, "{ connect = \"3s\", total = \"300s\" }")?;
+    t.check_keys(cx, &["connect", "first_byte", "idle", "total"]);
+    let d = Timeouts::default();
+    let connect = t.opt(cx, "connect", d.connect, duration);
+    let first_byte = t.opt(cx, "first_byte", d.first_byte, duration);
+    let idle = t.opt(cx, "idle", d.idle, duration);
+    let total = t.opt(cx, "total", d.total, duration);
+    Some(Timeouts {
+        connect: connect?,
+        first_byte: first_byte?,
+        idle: idle?,
+        total: total?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Budgets
+
+const SCOPES: [(&str, ScopeDim); 5] = [
+    ("tenant", ScopeDim::Tenant),
+    ("model", ScopeDim::Model),
+    ("upstream", ScopeDim::Upstream),
+    ("key", ScopeDim::Key),
+    ("route", ScopeDim::Route),
+];
+
+fn budget(cx: &mut Cx, node: &Node, path: &str, default_capacity: usize) -> Option<Budget> {
+    let t = Table::read(
+        cx,
+        node,
+        path,
+        "{ name = \"per-tenant\", requests_per_minute = 600 }",
+    )?;
+    let mut allowed = vec![
+        "name",
+        "scope",
+        "match",
+        "burst",
+        "concurrency",
+        "when_exhausted",
+        "key_capacity",
+        "store",
+    ];
+    allowed.extend(LimitKind::ALL.iter().map(|k| k.as_str()));
+    t.check_keys(cx, &allowed);
+    let budget_name = t.req(cx, "name", "name = \"per-tenant\"", name);
+    let scope = t.opt(cx, "scope", Vec::new(), scope);
+    let matcher = t.opt(cx, "match", Match::default(), matcher);
+    let burst = t.maybe(cx, "burst", |cx, n, p| {
+        let b = positive(cx, n, p)?;
+        if b < 1.0 {
+            cx.err(
+                p,
+                n.pos,
+                format!(
+                    "must be at least 1, got {}; a burst below one request could never admit a \
+                     call",
+                    cx.show(n)
+                ),
+            );
+            return None;
+        }
+        Some(b)
+    });
+    let mut limits = Vec::new();
+    let mut limits_ok = true;
+    let mut any_limit = false;
+    let mut any_request_limit = false;
+    for kind in LimitKind::ALL {
+        let Some(n) = t.get(kind.as_str()) else {
+            continue;
+        };
+        any_limit = true;
+        any_request_limit |= kind.unit() == Unit::Requests;
+        match limit(cx, n, &t.path(kind.as_str()), kind) {
+            Some(l) => limits.push(l),
+            None => limits_ok = false,
+        }
+    }
+    let concurrency = t.maybe(cx, "concurrency", |cx, n, p| {
+        whole(cx, n, p, 1, u64::from(u32::MAX)).and_then(|v| u32::try_from(v).ok())
+    });
+    let when_exhausted = t.opt(cx, "when_exhausted", Exhausted::Deny, when_exhausted);
+    let key_capacity = t.opt(cx, "key_capacity", default_capacity, key_capacity);
+    let store = t.opt(cx, "store", Store::Local, |cx, n, p| {
+        choice(cx, n, p, &[("local", Store::Local)])
+    });
+
+    let shown = budget_name.as_deref().map_or_else(
+        || "this budget".to_owned(),
+        |n| format!("budget {}", quote(n)),
+    );
+    if !any_limit && t.get("concurrency").is_none() {
+        cx.err(
+            path,
+            t.pos,
+            format!(
+                "{shown} has no limit and no concurrency, so it would never hold a call back; add \
+                 a limit such as requests_per_minute = 600 or concurrency = 8, or remove the budget"
+            ),
+        );
+        return None;
+    }
+    let burst = burst?;
+    if let (Some(_), false) = (burst, any_request_limit) {
+        cx.err(
+            &t.path("burst"),
+            t.get("burst").and_then(|n| n.pos),
+            format!(
+                "{shown} sets burst but has no requests_per_* limit, which is what it applies \
+                 to; put the burst in the limit itself: tokens_per_minute = {{ limit = 150000, \
+                 burst = 20000 }}"
+            ),
+        );
+        return None;
+    }
+    if !limits_ok {
+        return None;
+    }
+    let limits = limits
+        .into_iter()
+        .map(|(kind, amount, own)| {
+            let burst = match (own, kind.unit()) {
+                (Some(b), _) => b,
+                (None, Unit::Requests) => burst.unwrap_or(amount.max(1.0)),
+                (None, _) => amount,
+            };
+            Limit {
+                kind,
+                amount,
+                burst,
+            }
+        })
+        .collect();
+    Some(Budget {
+        name: budget_name?,
+        scope: scope?,
+        matcher: matcher?,
+        limits,
+        concurrency: concurrency?,
+        when_exhausted: when_exhausted?,
+        key_capacity: key_capacity?,
+        store: store?,
+    })
+}
+
+/// A limit: a number, or `{ limit = N, burst = B }`. Returns the kind, amount and own burst.
+fn limit(
+    cx: &mut Cx,
+    node: &Node,
+    path: &str,
+    kind: LimitKind,
+) -> Option<(LimitKind, f64, Option<f64>)> {
+    match &node.kind {
+        Kind::Int(_) | Kind::Float(_) => positive(cx, node, path).map(|a| (kind, a, None)),
+        Kind::Table(_) => {
+            let t = Table::read(cx, node, path, "{ limit = 600, burst = 50 }")?;
+            t.check_keys(cx, &["limit", "burst"]);
+            let amount = t.req(cx, "limit", "limit = 600", positive);
+            let burst = t.maybe(cx, "burst", |cx, n, p| {
+                let b = positive(cx, n, p)?;
+                if kind.unit() == Unit::Requests && b < 1.0 {
+                    cx.err(
+                        p,
+                        n.pos,
+                        format!(
+                            "must be at least 1 for {}, got {}; a burst below one request could \
+                             never admit a call",
+                            kind.as_str(),
+                            cx.show(n)
+                        ),
+                    );
+                    return None;
+                }
+                Some(b)
+            });
+            Some((kind, amount?, burst?))
+        }
+        _ => {
+            cx.err(
+                path,
+                node.pos,
+                format!(
+                    "must be a positive number or a table such as {{ limit = 600, burst = 50 }}, \
+                     got {}",
+                    cx.show(node)
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn scope(cx: &mut Cx, node: &Node, path: &str) -> Option<Vec<ScopeDim>> {
+    let items = strings(cx, node, path)?;
+    let single = matches!(node.kind, Kind::Str(_));
+    let mut out: Vec<ScopeDim> = Vec::new();
+    let mut ok = true;
+    for (i, (_, item)) in items.iter().enumerate() {
+        let p = if single {
+            path.to_owned()
+        } else {
+            index(path, i)
+        };
+        match choice(cx, item, &p, &SCOPES) {
+            Some(d) if out.contains(&d) => {
+                cx.err(
+                    &p,
+                    item.pos,
+                    format!("\"{}\" is listed twice; remove one", d.as_str()),
+                );
+                ok = false;
+            }
+            Some(d) => out.push(d),
+            None => ok = false,
+        }
+    }
+    out.sort();
+    ok.then_some(out)
+}
+
+fn matcher(cx: &mut Cx, node: &Node, path: &str) -> Option<Match> {
+    let t = Table::read(
+        cx,
+        node,
+        path,
+        "{ model = \"gpt-4o*\", tenant = [\"a*\", \"b\"] }",
+    )?;
+    let keys: Vec<&str> = SCOPES.iter().map(|(n, _)| *n).collect();
+    t.check_keys(cx, &keys);
+    let mut m = Match::default();
+    let mut ok = true;
+    for (key, dim) in SCOPES {
+        let Some(n) = t.get(key) else { continue };
+        let p = t.path(key);
+        let Some(items) = strings(cx, n, &p) else {
+            ok = false;
+            continue;
+        };
+        if items.is_empty() {
+            cx.err(
+                &p,
+                n.pos,
+                format!("must list at least one pattern; remove the line to match every {key}"),
+            );
+            ok = false;
+        }
+        let globs = items
+            .iter()
+            .filter_map(|(s, item)| {
+                if s.is_empty() {
+                    cx.err(
+                        &p,
+                        item.pos,
+                        "must not be an empty pattern; use \"*\" to match anything",
+                    );
+                    ok = false;
+                    None
+                } else {
+                    Some(Glob::new(s))
+                }
+            })
+            .collect();
+        match dim {
+            ScopeDim::Tenant => m.tenant = globs,
+            ScopeDim::Model => m.model = globs,
+            ScopeDim::Upstream => m.upstream = globs,
+            ScopeDim::Key => m.key = globs,
+            ScopeDim::Route => m.route = globs,
+        }
+    }
+    ok.then_some(m)
+}
+
+fn when_exhausted(cx: &mut Cx, node: &Node, path: &str) -> Option<Exhausted> {
+    const HINT: &str = "write \"deny\" or { wait_up_to = \"2s\" }";
+    match &node.kind {
+        Kind::Str(s) if s == "deny" => Some(Exhausted::Deny),
+        Kind::Table(_) => {
+            let t = Table::read(cx, node, path, "{ wait_up_to = \"2s\" }")?;
+            t.check_keys(cx, &["wait_up_to"]);
+            t.req(cx, "wait_up_to", "wait_up_to = \"2s\"", duration)
+                .map(Exhausted::Wait)
+        }
+        _ => {
+            cx.err(
+                path,
+                node.pos,
+                format!("must be \"deny\" or a wait, got {}; {HINT}", cx.show(node)),
+            );
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routes
+
+fn route(cx: &mut Cx, node: &Node, path: &str, upstreams: &[String]) -> Option<Route> {
+    let t = Table::read(
+        cx,
+        node,
+        path,
+        "{ model = \"gpt-4o\", targets = [{ upstream = \"openai\" }] }",
+    )?;
+    t.check_keys(cx, &["name", "model", "strategy", "targets"]);
+    let model = t.req(cx, "model", "model = \"gpt-4o\"", name);
+    let route_name = t.maybe(cx, "name", name);
+    let strategy = t.opt(cx, "strategy", Strategy::Ordered, |cx, n, p| {
+        choice(
+            cx,
+            n,
+            p,
+            &[
+                ("ordered", Strategy::Ordered),
+                ("weighted", Strategy::Weighted),
+                ("lowest_latency", Strategy::LowestLatency),
+            ],
+        )
+    });
+    let targets = t.req(
+        cx,
+        "targets",
+        "targets = [{ upstream = \"openai\" }]",
+        |cx, n, p| {
+            let items = array(cx, n, p, "[{ upstream = \"openai\", model = \"gpt-4o\" }]")?;
+            if items.is_empty() {
+                cx.err(
+                    p,
+                    n.pos,
+                    "must list at least one target such as { upstream = \"openai\" }",
+                );
+                return None;
+            }
+            let mut out = Vec::new();
+            let mut ok = true;
+            for (i, item) in items.iter().enumerate() {
+                match target(cx, item, &index(p, i), model.as_deref(), upstreams) {
+                    Some(v) => out.push(v),
+                    None => ok = false,
+                }
+            }
+            ok.then_some(out)
+        },
+    );
+    let model = model?;
+    Some(Route {
+        name: route_name?.unwrap_or_else(|| model.clone()),
+        model: Glob::new(&model),
+        targets: targets?,
+        strategy: strategy?,
+    })
+}
+
+fn target(
+    cx: &mut Cx,
+    node: &Node,
+    path: &str,
+    route_model: Option<&str>,
+    upstreams: &[String],
+) -> Option<Target> {
+    let t = Table::read(
+        cx,
+        node,
+        path,
+        "{ upstream = \"openai\", model = \"gpt-4o\" }",
+    )?;
+    t.check_keys(cx, &["upstream", "model", "weight"]);
+    let upstream = t.req(cx, "upstream", "upstream = \"openai\"", |cx, n, p| {
+        let u = name(cx, n, p)?;
+        if upstreams.contains(&u) {
+            return Some(u);
+        }
+        let candidates: Vec<&str> = upstreams.iter().map(String::as_str).collect();
+        let hint = match super::suggest::nearest(&u, &candidates) {
+            Some(near) => format!("did you mean \"{near}\"?"),
+            None if candidates.is_empty() => {
+                format!("add an [[upstream]] with name = {}", quote(&u))
+            }
+            None => format!(
+                "the upstreams are {}; add an [[upstream]] with name = {} or fix the name",
+                candidates.join(", "),
+                quote(&u)
+            ),
+        };
+        cx.err(
+            p,
+            n.pos,
+            format!("no upstream is named {}; {hint}", quote(&u)),
+        );
+        None
+    });
+    let model = match t.get("model") {
+        Some(n) => name(cx, n, &t.path("model")),
+        None => match route_model {
+            Some(m) if is_glob(m) => {
+                cx.err(
+                    &t.path("model"),
+                    t.pos,
+                    format!(
+                        "is required because the route's model {} is a pattern; add model = \
+                         \"...\" with the name this upstream knows",
+                        quote(m)
+                    ),
+                );
+                None
+            }
+            Some(m) => Some(m.to_owned()),
+            None => None,
+        },
+    };
+    let weight = t.opt(cx, "weight", 1, |cx, n, p| {
+        whole(cx, n, p, 1, 1_000_000).and_then(|v| u32::try_from(v).ok())
+    });
+    Some(Target {
+        upstream: upstream?,
+        model: model?,
+        weight: weight?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retry, breaker, cache
+
+fn retry(cx: &mut Cx, node: &Node, path: &str) -> Option<Retry> {
+    let t = Table::read(cx, node, path, "{ max_attempts = 3 }")?;
+    t.check_keys(
+        cx,
+        &[
+            "max_attempts",
+            "backoff",
+            "max_retry_after",
+            "retry_on",
+            "budget",
+        ],
+    );
+    let d = Retry::default();
+    let max_attempts = t.opt(cx, "max_attempts", d.max_attempts, |cx, n, p| {
+        whole(cx, n, p, 1, 20).and_then(|v| u32::try_from(v).ok())
+    });
+    let backoff = t.opt(
+        cx,
+        "backoff",
+        (d.base, d.max_backoff, d.jitter),
+        |cx, n, p| {
+            let b = Table::read(
+                cx,
+                n,
+                p,
+                "{ base = \"500ms\", max = \"8s\", jitter = \"full\" }",
+            )?;
+            b.check_keys(cx, &["base", "max", "jitter"]);
+            let base = b.opt(cx, "base", d.base, duration);
+            let max = b.opt(cx, "max", d.max_backoff, duration);
+            let jitter = b.opt(cx, "jitter", d.jitter, |cx, n, p| {
+                choice(
+                    cx,
+                    n,
+                    p,
+                    &[
+                        ("none", Jitter::None),
+                        ("full", Jitter::Full),
+                        ("equal", Jitter::Equal),
+                        ("decorrelated", Jitter::Decorrelated),
+                    ],
+                )
+            });
+            if let (Some(base), Some(max)) = (base, max) {
+                if base > max {
+                    cx.err(
+                        &b.path("base"),
+                        b.get("base").or(b.get("max")).and_then(|n| n.pos),
+                        format!(
+                            "base ({}) must not be longer than max ({}); lower base or raise max",
+                            format_duration(base),
+                            format_duration(max)
+                        ),
+                    );
+                    return None;
+                }
+            }
+            Some((base?, max?, jitter?))
+        },
+    );
+    let max_retry_after = t.opt(cx, "max_retry_after", d.max_retry_after, duration);
+    let retry_on = t.opt(cx, "retry_on", d.retry_on.clone(), retry_on);
+    let budget = t.opt(
+        cx,
+        "budget",
+        (d.budget_ratio, d.budget_max_tokens),
+        |cx, n, p| {
+            let b = Table::read(cx, n, p, "{ ratio = 0.1, max_tokens = 10 }")?;
+            b.check_keys(cx, &["ratio", "max_tokens"]);
+            let ratio = b.opt(cx, "ratio", d.budget_ratio, fraction);
+            let max_tokens = b.opt(cx, "max_tokens", d.budget_max_tokens, positive);
+            Some((ratio?, max_tokens?))
+        },
+    );
+    let (base, max_backoff, jitter) = backoff?;
+    let (budget_ratio, budget_max_tokens) = budget?;
+    Some(Retry {
+        max_attempts: max_attempts?,
+        base,
+        max_backoff,
+        jitter,
+        max_retry_after: max_retry_after?,
+        retry_on: retry_on?,
+        budget_ratio,
+        budget_max_tokens,
+    })
+}
+
+const RETRY_NAMES: [(&str, RetryOn); 5] = [
+    ("5xx", RetryOn::ServerErrors),
+    ("connect", RetryOn::Connect),
+    ("timeout", RetryOn::Timeout),
+    ("malformed", RetryOn::Malformed),
+    ("cut_stream", RetryOn::CutStream),
+];
+
+fn retry_on(cx: &mut Cx, node: &Node, path: &str) -> Option<Vec<RetryOn>> {
+    let items = array(cx, node, path, "[429, \"5xx\", \"connect\", \"timeout\"]")?;
+    let mut out: Vec<RetryOn> = Vec::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let p = index(path, i);
+        let value = match &item.kind {
+            Kind::Int(_) | Kind::Float(_) => whole(cx, item, &p, 100, 599)
+                .and_then(|v| u16::try_from(v).ok())
+                .map(RetryOn::Status),
+            Kind::Str(s) if s.parse::<u16>().is_ok() => {
+                cx.err(
+                    &p,
+                    item.pos,
+                    format!("write the status code as a number: {s} without quotes"),
+                );
+                None
+            }
+            Kind::Str(_) => choice(cx, item, &p, &RETRY_NAMES),
+            _ => {
+                cx.err(
+                    &p,
+                    item.pos,
+                    format!(
+                        "must be a status code such as 429 or one of \"5xx\", \"connect\", \
+                         \"timeout\", \"malformed\", \"cut_stream\"; got {}",
+                        cx.show(item)
+                    ),
+                );
+                None
+            }
+        };
+        match value {
+            Some(v) if out.contains(&v) => {
+                cx.err(
+                    &p,
+                    item.pos,
+                    format!("{} is listed twice; remove one", cx.show(item)),
+                );
+                ok = false;
+            }
+            Some(v) => out.push(v),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn breaker(cx: &mut Cx, node: &Node, path: &str) -> Option<Breaker> {
+    let t = Table::read(cx, node, path, "{ failure_rate = 0.5 }")?;
+    t.check_keys(
+        cx,
+        &[
+            "enabled",
+            "window",
+            "min_calls",
+            "failure_rate",
+            "slow_call",
+            "slow_call_rate",
+            "open_for",
+            "half_open_calls",
+        ],
+    );
+    let d = Breaker::default();
+    let count = |cx: &mut Cx, n: &Node, p: &str| {
+        whole(cx, n, p, 1, 100_000).and_then(|v| u32::try_from(v).ok())
+    };
+    let enabled = t.opt(cx, "enabled", d.enabled, boolean);
+    let window_calls = t.opt(cx, "window", d.window_calls, |cx, n, p| {
+        if let Kind::Str(_) = n.kind {
+            cx.err(
+                p,
+                n.pos,
+                format!(
+                    "must be a number of calls such as 20, got {}; the window counts calls, not \
+                     time",
+                    cx.show(n)
+                ),
+            );
+            return None;
+        }
+        count(cx, n, p)
+    });
+    let min_calls = t.opt(cx, "min_calls", d.min_calls, count);
+    let failure_rate = t.opt(cx, "failure_rate", d.failure_rate, fraction);
+    let slow_call = t.maybe(cx, "slow_call", duration);
+    let slow_call_rate = t.opt(cx, "slow_call_rate", d.slow_call_rate, fraction);
+    let open_for = t.opt(cx, "open_for", d.open_for, duration);
+    let half_open_calls = t.opt(cx, "half_open_calls", d.half_open_calls, count);
+    if let (Some(w), Some(m)) = (window_calls, min_calls) {
+        if m > w {
+            cx.err(
+                &t.path("min_calls"),
+                t.get("min_calls").or(t.get("window")).and_then(|n| n.pos),
+                format!(
+                    "min_calls ({m}) is more than window ({w}), so the breaker could never open; \
+                     lower min_calls or raise window"
+                ),
+            );
+            return None;
+        }
+    }
+    Some(Breaker {
+        enabled: enabled?,
+        window_calls: window_calls?,
+        min_calls: min_calls?,
+        failure_rate: failure_rate?,
+        slow_call: slow_call?,
+        slow_call_rate: slow_call_rate?,
+        open_for: open_for?,
+        half_open_calls: half_open_calls?,
+    })
+}
+
+fn cache(cx: &mut Cx, node: &Node, path: &str) -> Option<Cache> {
+    let t = Table::read(cx, node, path, "{ enabled = true, max_bytes = \"256MB\" }")?;
+    t.check_keys(
+        cx,
+        &[
+            "enabled",
+            "max_bytes",
+            "ttl",
+            "only_when",
+            "stale_if_error",
+            "single_flight",
+        ],
+    );
+    let d = Cache::default();
+    let enabled = t.opt(cx, "enabled", d.enabled, boolean);
+    let max_bytes = t.opt(cx, "max_bytes", d.max_bytes, max_bytes);
+    let ttl = t.opt(cx, "ttl", d.ttl, duration);
+    let temperature = t.opt(cx, "only_when", d.temperature_at_most, |cx, n, p| {
+        let w = Table::read(cx, n, p, "{ temperature_at_most = 0.0 }")?;
+        w.check_keys(cx, &["temperature_at_most"]);
+        w.opt(
+            cx,
+            "temperature_at_most",
+            d.temperature_at_most,
+            non_negative,
+        )
+    });
+    let stale_if_error = t.maybe(cx, "stale_if_error", duration);
+    let single_flight = t.opt(cx, "single_flight", d.single_flight, boolean);
+    Some(Cache {
+        enabled: enabled?,
+        max_bytes: max_bytes?,
+        ttl: ttl?,
+        temperature_at_most: temperature?,
+        stale_if_error: stale_if_error?,
+        single_flight: single_flight?,
+    })
+}
+
+fn max_bytes(cx: &mut Cx, node: &Node, path: &str) -> Option<u64> {
+    match &node.kind {
+        Kind::Str(s) => match parse_bytes(s) {
+            Ok(0) => {
+                cx.err(
+                    path,
+                    node.pos,
+                    "must be more than zero; to turn the cache off write enabled = false",
+                );
+                None
+            }
+            Ok(v) => Some(v),
+            Err(why) => {
+                cx.err(path, node.pos, format!("{} {why}", quote(s)));
+                None
+            }
+        },
+        _ => whole(cx, node, path, 1, u64::MAX),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prices and models
+
+fn prices(cx: &mut Cx, node: &Node, path: &str) -> Option<BTreeMap<String, Price>> {
+    let t = Table::read(
+        cx,
+        node,
+        path,
+        "{ \"gpt-4o\" = { input = 2.5, output = 10.0 } }",
+    )?;
+    let mut out = BTreeMap::new();
+    let mut ok = true;
+    for (key, value) in t.entries {
+        let p = join(path, &key.name);
+        match price(cx, value, &p) {
+            Some(price) => {
+                out.insert(key.name.clone(), price);
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn price(cx: &mut Cx, node: &Node, path: &str) -> Option<Price> {
+    let t = Table::read(
+        cx,
+        node,
+        path,
+        "{ input = 2.5, cached_input = 1.25, output = 10.0 }",
+    )?;
+    t.check_keys(cx, &["input", "cached_input", "output"]);
+    let money = |cx: &mut Cx, n: &Node, p: &str| {
+        let v = number(cx, n, p, "a price per 1M tokens of at least 0")?;
+        if v < 0.0 {
+            cx.err(
+                p,
+                n.pos,
+                format!(
+                    "must be 0 or more, got {}; prices cannot be negative",
+                    cx.show(n)
+                ),
+            );
+            return None;
+        }
+        Some(v)
+    };
+    let input = t.req(cx, "input", "input = 2.5 (per 1M prompt tokens)", money);
+    let cached_input = t.maybe(cx, "cached_input", money);
+    let output = t.req(
+        cx,
+        "output",
+        "output = 10.0 (per 1M completion tokens)",
+        money,
+    );
+    let input = input?;
+    Some(Price {
+        input,
+        cached_input: cached_input?.unwrap_or(input),
+        output: output?,
+    })
+}
+
+fn models(cx: &mut Cx, node: &Node, path: &str) -> Option<BTreeMap<String, ModelOverride>> {
+    let t = Table::read(
+        cx,
+        node,
+        path,
+        "{ \"my-model\" = { context_window = 128000 } }",
+    )?;
+    let mut out = BTreeMap::new();
+    let mut ok = true;
+    for (key, value) in t.entries {
+        let p = join(path, &key.name);
+        let Some(m) = Table::read(
+            cx,
+            value,
+            &p,
+            "{ encoding = \"o200k_base\", context_window = 128000 }",
+        ) else {
+            ok = false;
+            continue;
+        };
+        m.check_keys(cx, &["encoding", "context_window"]);
+        let encoding = m.maybe(cx, "encoding", |cx, n, p| {
+            choice(
+                cx,
+                n,
+                p,
+                &[
+                    (Encoding::O200kBase.as_str(), Encoding::O200kBase),
+                    (Encoding::Cl100kBase.as_str(), Encoding::Cl100kBase),
+                ],
+            )
+        });
+        let context_window = m.maybe(cx, "context_window", |cx, n, p| {
+            whole(cx, n, p, 1, u64::MAX)
+        });
+        match (encoding, context_window) {
+            (Some(encoding), Some(context_window)) => {
+                out.insert(
+                    key.name.clone(),
+                    ModelOverride {
+                        encoding,
+                        context_window,
+                    },
+                );
+            }
+            _ => ok = false,
+        }
+    }
+    ok.then_some(out)
+}

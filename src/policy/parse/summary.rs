@@ -1,0 +1,328 @@
+//! A plain-English summary of a policy, for `tollgate check`.
+
+use std::fmt::Write as _;
+
+use super::read::show_float;
+use super::units::format_duration;
+use crate::policy::{
+    Auth, Budget, Exhausted, Jitter, LimitKind, Policy, RetryOn, Route, ScopeDim, Strategy,
+    TokenPlacement, Unit, Upstream,
+};
+
+impl Policy {
+    /// What this policy enforces, in plain English, one line per budget, upstream and route, then
+    /// the retry, breaker, cache, price and model settings. Secrets appear only as their
+    /// references (`env:NAME`, `file:PATH`).
+    ///
+    /// ```
+    /// use tollgate::policy::Policy;
+    /// let p = Policy::from_toml(
+    ///     "version = 1\n[[budget]]\nname = \"org\"\nspend_per_month = 500.0\n",
+    /// )
+    /// .unwrap();
+    /// assert!(p.summary().contains("budget \"org\""));
+    /// ```
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+        let _ = writeln!(
+            out,
+            "policy version {}: {}, {}, {}",
+            self.version,
+            plural(self.upstreams.len(), "upstream"),
+            plural(self.budgets.len(), "budget"),
+            plural(self.routes.len(), "route"),
+        );
+        for b in &self.budgets {
+            let _ = writeln!(out, "{}", budget_line(b));
+        }
+        for u in &self.upstreams {
+            let _ = writeln!(out, "{}", upstream_line(u));
+        }
+        for r in &self.routes {
+            let _ = writeln!(out, "{}", route_line(r));
+        }
+        let d = &self.defaults;
+        let _ = writeln!(
+            out,
+            "defaults: reserve {} completion tokens when a request sets no maximum; at most {} \
+             keys per budget; context windows {}",
+            d.max_completion_tokens,
+            d.key_capacity,
+            if d.enforce_context_window {
+                "enforced"
+            } else {
+                "not enforced"
+            }
+        );
+        let r = &self.retry;
+        let jitter = match r.jitter {
+            Jitter::None => "no jitter",
+            Jitter::Full => "full jitter",
+            Jitter::Equal => "equal jitter",
+            Jitter::Decorrelated => "decorrelated jitter",
+        };
+        let on: Vec<String> = r.retry_on.iter().map(|o| retry_on_name(*o)).collect();
+        let _ = writeln!(
+            out,
+            "retry: up to {} attempts in all; backoff from {} doubling up to {} with {jitter}; \
+             retries on {}; server-directed delays honoured up to {}; retry budget earns {} per \
+             success, holds at most {}",
+            r.max_attempts,
+            format_duration(r.base),
+            format_duration(r.max_backoff),
+            if on.is_empty() {
+                "nothing".to_owned()
+            } else {
+                on.join(", ")
+            },
+            format_duration(r.max_retry_after),
+            num(r.budget_ratio),
+            num(r.budget_max_tokens),
+        );
+        let b = &self.breaker;
+        if b.enabled {
+            let slow = match b.slow_call {
+                Some(s) => format!(
+                    ", or when {}% are slower than {}",
+                    num(b.slow_call_rate * 100.0),
+                    format_duration(s)
+                ),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "breaker: per upstream, opens for {} when {}% of the last {} calls fail (judged \
+                 after {} calls){slow}; then lets {} probe calls through",
+                format_duration(b.open_for),
+                num(b.failure_rate * 100.0),
+                b.window_calls,
+                b.min_calls,
+                b.half_open_calls
+            );
+        } else {
+            let _ = writeln!(out, "breaker: off");
+        }
+        let c = &self.cache;
+        if c.enabled {
+            let stale = match c.stale_if_error {
+                Some(s) => format!(
+                    "; serves expired entries up to {} late when every target fails",
+                    format_duration(s)
+                ),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "cache: on, at most {}, entries live {}, only for temperature <= {}{stale}; \
+                 identical requests in flight {}",
+                bytes(c.max_bytes),
+                format_duration(c.ttl),
+                num(c.temperature_at_most),
+                if c.single_flight {
+                    "are merged"
+                } else {
+                    "are not merged"
+                }
+            );
+        } else {
+            let _ = writeln!(out, "cache: off");
+        }
+        for (model, p) in &self.prices {
+            let _ = writeln!(
+                out,
+                "price {model:?}: input {}, cached input {}, output {} per 1M tokens",
+                num(p.input),
+                num(p.cached_input),
+                num(p.output)
+            );
+        }
+        for (model, m) in &self.models {
+            let mut facts = Vec::new();
+            if let Some(e) = m.encoding {
+                facts.push(format!("encoding {e}"));
+            }
+            if let Some(w) = m.context_window {
+                facts.push(format!("context window {w} tokens"));
+            }
+            if facts.is_empty() {
+                facts.push("no overrides".into());
+            }
+            let _ = writeln!(out, "model {model:?}: {}", facts.join(", "));
+        }
+        out
+    }
+}
+
+fn num(v: f64) -> String {
+    if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        show_float(v)
+    }
+}
+
+fn bytes(n: u64) -> String {
+    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if n >= size && n % size == 0 {
+            return format!("{}{unit}", n / size);
+        }
+    }
+    for (unit, size) in [("GB", 1_000_000_000u64), ("MB", 1_000_000), ("KB", 1_000)] {
+        if n >= size && n % size == 0 {
+            return format!("{}{unit}", n / size);
+        }
+    }
+    format!("{n} bytes")
+}
+
+fn window_name(kind: LimitKind) -> &'static str {
+    match kind {
+        LimitKind::RequestsPerSecond => "second",
+        LimitKind::RequestsPerMinute | LimitKind::TokensPerMinute => "minute",
+        LimitKind::RequestsPerHour | LimitKind::TokensPerHour => "hour",
+        LimitKind::RequestsPerDay | LimitKind::TokensPerDay | LimitKind::SpendPerDay => "day",
+        LimitKind::SpendPerMonth => "30 days",
+    }
+}
+
+fn budget_line(b: &Budget) -> String {
+    let scope = if b.scope.is_empty() {
+        "one shared state".to_owned()
+    } else {
+        let dims: Vec<&str> = b.scope.iter().map(|d| d.as_str()).collect();
+        format!(
+            "one state per {} (at most {} kept)",
+            dims.join(" and "),
+            b.key_capacity
+        )
+    };
+    let mut matched = Vec::new();
+    for dim in ScopeDim::ALL {
+        let globs = b.matcher.globs(dim);
+        if !globs.is_empty() {
+            let g: Vec<&str> = globs.iter().map(|g| g.as_str()).collect();
+            matched.push(format!("{} {}", dim.as_str(), g.join(" or ")));
+        }
+    }
+    let matched = if matched.is_empty() {
+        "every call".to_owned()
+    } else {
+        format!("calls with {}", matched.join(", "))
+    };
+    let mut rules: Vec<String> = b
+        .limits
+        .iter()
+        .map(|l| {
+            let what = match l.kind.unit() {
+                Unit::Requests => "requests",
+                Unit::Tokens => "tokens",
+                Unit::Spend => "spend",
+            };
+            let per = window_name(l.kind);
+            let amount = match l.kind.unit() {
+                Unit::Spend => format!("spend {} per {per}", num(l.amount)),
+                _ => format!("{} {what} per {per}", num(l.amount)),
+            };
+            format!("{amount} (burst {})", num(l.burst))
+        })
+        .collect();
+    if let Some(c) = b.concurrency {
+        rules.push(format!("at most {c} in flight"));
+    }
+    let exhausted = match b.when_exhausted {
+        Exhausted::Deny => "denies at once when exhausted".to_owned(),
+        Exhausted::Wait(d) => format!(
+            "waits up to {} when exhausted, then denies",
+            format_duration(d)
+        ),
+    };
+    format!(
+        "budget {:?}: {matched}, {scope}: {}; {exhausted}",
+        b.name,
+        rules.join(", ")
+    )
+}
+
+fn upstream_line(u: &Upstream) -> String {
+    let auth = match &u.auth {
+        Auth::None => "no auth".to_owned(),
+        Auth::Bearer { keys } if keys.len() == 1 => format!("bearer key {}", keys[0]),
+        Auth::Bearer { keys } => {
+            let k: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+            format!("bearer key pool of {} ({})", keys.len(), k.join(", "))
+        }
+        Auth::Jwt {
+            id,
+            secret,
+            ttl,
+            refresh_before,
+        } => format!(
+            "JWT from id {id} and secret {secret}, valid {}, renewed {} before expiry",
+            format_duration(*ttl),
+            format_duration(*refresh_before)
+        ),
+        Auth::OAuth2 {
+            token_url,
+            client_id,
+            client_secret,
+            placement,
+        } => format!(
+            "OAuth2 client credentials from {token_url} (id {client_id}, secret {client_secret}), \
+             token sent in the {}",
+            match placement {
+                TokenPlacement::Header => "Authorization header",
+                TokenPlacement::Query => "query string",
+            }
+        ),
+    };
+    let t = &u.timeouts;
+    let mut line = format!(
+        "upstream {:?}: {}, {auth}; timeouts connect {}, first byte {}, idle {}, total {}",
+        u.name,
+        u.base_url,
+        format_duration(t.connect),
+        format_duration(t.first_byte),
+        format_duration(t.idle),
+        format_duration(t.total)
+    );
+    if let Some(ca) = &u.ca_file {
+        let _ = write!(line, "; extra CA {}", ca.display());
+    }
+    if let Some(p) = &u.proxy {
+        let _ = write!(line, "; proxy {p}");
+    }
+    line
+}
+
+fn route_line(r: &Route) -> String {
+    let targets: Vec<String> = r
+        .targets
+        .iter()
+        .map(|t| match r.strategy {
+            Strategy::Weighted => format!("{}/{} (weight {})", t.upstream, t.model, t.weight),
+            _ => format!("{}/{}", t.upstream, t.model),
+        })
+        .collect();
+    let how = match r.strategy {
+        Strategy::Ordered => targets.join(", falling back to "),
+        Strategy::Weighted => format!("by weight: {}", targets.join(", ")),
+        Strategy::LowestLatency => format!("lowest latency of {}", targets.join(", ")),
+    };
+    format!(
+        "route {:?}: model {} goes to {how}",
+        r.name,
+        r.model.as_str()
+    )
+}
+
+fn retry_on_name(o: RetryOn) -> String {
+    match o {
+        RetryOn::Status(s) => s.to_string(),
+        RetryOn::ServerErrors => "5xx".into(),
+        RetryOn::Connect => "connect errors".into(),
+        RetryOn::Timeout => "timeouts".into(),
+        RetryOn::Malformed => "malformed responses".into(),
+        RetryOn::CutStream => "cut streams".into(),
+    }
+}

@@ -1,0 +1,843 @@
+// Integration tests of the policy file: every bad input is refused with its path, its location
+// (TOML) and a message that says what to do; good files give the expected `Policy`.
+//
+// No inner attributes or doc comments here: the file is also `include!`d by a scratch crate.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use tollgate::policy::{
+    Auth, Exhausted, Format, LimitKind, Policy, PolicyError, PolicyErrors, ScopeDim, SecretRef,
+    Strategy,
+};
+
+fn example_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policy.toml")
+}
+
+fn example() -> String {
+    std::fs::read_to_string(example_path()).expect("examples/policy.toml is readable")
+}
+
+fn refused(text: &str) -> Vec<PolicyError> {
+    match Policy::from_toml(text) {
+        Ok(p) => panic!("expected errors, got {p:#?}"),
+        Err(PolicyErrors { errors }) => errors,
+    }
+}
+
+fn refused_json(text: &str) -> Vec<PolicyError> {
+    match Policy::from_json(text) {
+        Ok(p) => panic!("expected errors, got {p:#?}"),
+        Err(PolicyErrors { errors }) => errors,
+    }
+}
+
+/// The only error of `text`, which must have exactly one.
+fn only(text: &str) -> PolicyError {
+    let errors = refused(text);
+    assert_eq!(errors.len(), 1, "expected one error, got {errors:#?}");
+    errors.into_iter().next().expect("one error")
+}
+
+#[track_caller]
+fn check(e: &PolicyError, path: &str, line: u32, column: u32, fragment: &str) {
+    assert_eq!(e.path, path, "path of {e}");
+    assert_eq!(
+        (e.line, e.column),
+        (Some(line), Some(column)),
+        "location of {e}"
+    );
+    assert!(
+        e.message.contains(fragment),
+        "{e:?} should contain {fragment:?}"
+    );
+}
+
+const BUDGET: &str = "version = 1\n[[budget]]\nname = \"b\"\n";
+
+// ---------------------------------------------------------------------------------------------
+// Bad input, one test each
+
+#[test]
+fn zero_limit() {
+    let e = only(&format!("{BUDGET}tokens_per_minute = 0\n"));
+    check(
+        &e,
+        "budget[0].tokens_per_minute",
+        4,
+        21,
+        "must be a positive number, got 0",
+    );
+    assert!(
+        e.message
+            .contains("use a positive number or remove the line")
+    );
+    assert_eq!(
+        e.to_string(),
+        "line 4, column 21: budget[0].tokens_per_minute: must be a positive number, got 0; use a \
+         positive number or remove the line"
+    );
+}
+
+#[test]
+fn negative_limit() {
+    let e = only(&format!("{BUDGET}requests_per_minute = -5\n"));
+    check(&e, "budget[0].requests_per_minute", 4, 23, "got -5");
+    let e = only(&format!("{BUDGET}spend_per_day = {{ limit = -0.5 }}\n"));
+    check(
+        &e,
+        "budget[0].spend_per_day.limit",
+        4,
+        27,
+        "must be a positive number, got -0.5",
+    );
+}
+
+#[test]
+fn nan_and_infinite_prices() {
+    let errors = refused("version = 1\n[prices]\n\"gpt-4o\" = { input = nan, output = inf }\n");
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    check(
+        &errors[0],
+        "prices.\"gpt-4o\".input",
+        3,
+        22,
+        "must be a finite number, got nan",
+    );
+    check(
+        &errors[1],
+        "prices.\"gpt-4o\".output",
+        3,
+        36,
+        "must be a finite number, got inf",
+    );
+    let e = only(&format!("{BUDGET}spend_per_day = -inf\n"));
+    check(&e, "budget[0].spend_per_day", 4, 17, "got -inf");
+}
+
+#[test]
+fn negative_price() {
+    let e = only("version = 1\n[prices.\"gpt-4o\"]\ninput = 2.5\noutput = -10.0\n");
+    check(
+        &e,
+        "prices.\"gpt-4o\".output",
+        4,
+        10,
+        "prices cannot be negative",
+    );
+}
+
+#[test]
+fn unknown_scope_name() {
+    let e = only(&format!(
+        "{BUDGET}scope = [\"tenant\", \"teanant\"]\nconcurrency = 1\n"
+    ));
+    check(&e, "budget[0].scope[1]", 4, 20, "did you mean \"tenant\"?");
+    assert!(
+        e.message
+            .contains("\"tenant\", \"model\", \"upstream\", \"key\", \"route\"")
+    );
+    let e = only(&format!("{BUDGET}scope = [\"user\"]\nconcurrency = 1\n"));
+    check(&e, "budget[0].scope[0]", 4, 10, "got \"user\"");
+}
+
+#[test]
+fn duplicate_scope_name() {
+    let e = only(&format!(
+        "{BUDGET}scope = [\"model\", \"model\"]\nconcurrency = 1\n"
+    ));
+    check(&e, "budget[0].scope[1]", 4, 19, "listed twice");
+}
+
+#[test]
+fn unknown_field_with_hint() {
+    let e = only(&format!(
+        "{BUDGET}token_per_minute = 100\nconcurrency = 1\n"
+    ));
+    check(
+        &e,
+        "budget[0].token_per_minute",
+        4,
+        1,
+        "unknown field `token_per_minute`; did you mean `tokens_per_minute`?",
+    );
+    // Nothing close: the allowed fields are listed instead.
+    let e = only("version = 1\n[cache]\ncolour = \"red\"\n");
+    check(
+        &e,
+        "cache.colour",
+        3,
+        1,
+        "the fields here are enabled, max_bytes, ttl",
+    );
+    // Top level, a common plural.
+    let e = only("version = 1\n[[budgets]]\nname = \"x\"\n");
+    check(&e, "budgets", 2, 3, "did you mean `budget`?");
+}
+
+#[test]
+fn duplicate_budget_names() {
+    let text = format!("{BUDGET}concurrency = 1\n[[budget]]\nname = \"b\"\nconcurrency = 2\n");
+    let e = only(&text);
+    check(
+        &e,
+        "budget[1].name",
+        6,
+        8,
+        "budget name \"b\" is already used by budget[0]",
+    );
+}
+
+#[test]
+fn duplicate_upstream_names() {
+    let text = "version = 1\n\
+                [[upstream]]\nname = \"openai\"\nbase_url = \"https://api.openai.com/v1\"\n\
+                [[upstream]]\nname = \"openai\"\nbase_url = \"https://example.com/v1\"\n";
+    let e = only(text);
+    check(
+        &e,
+        "upstream[1].name",
+        6,
+        8,
+        "upstream name \"openai\" is already used by upstream[0]",
+    );
+}
+
+#[test]
+fn route_to_unknown_upstream() {
+    let text = "version = 1\n\
+                [[upstream]]\nname = \"openai\"\nbase_url = \"https://api.openai.com/v1\"\n\
+                [[route]]\nmodel = \"gpt-4o\"\n\
+                targets = [{ upstream = \"openai\" }, { upstream = \"azure\" }]\n";
+    let e = only(text);
+    check(
+        &e,
+        "route[0].targets[1].upstream",
+        7,
+        50,
+        "no upstream is named \"azure\"",
+    );
+    assert!(
+        e.message
+            .contains("add an [[upstream]] with name = \"azure\""),
+        "{e}"
+    );
+    // A near miss gets a suggestion.
+    let e = only(&text.replace("\"azure\"", "\"opena\""));
+    assert!(e.message.contains("did you mean \"openai\"?"), "{e}");
+}
+
+#[test]
+fn duration_in_words() {
+    let text =
+        format!("{BUDGET}concurrency = 1\nwhen_exhausted = {{ wait_up_to = \"5 minutes\" }}\n");
+    let e = only(&text);
+    check(
+        &e,
+        "budget[0].when_exhausted.wait_up_to",
+        5,
+        33,
+        "write \"5m\"",
+    );
+    let e = only("version = 1\n[cache]\nttl = \"5 min\"\n");
+    check(
+        &e,
+        "cache.ttl",
+        3,
+        7,
+        "\"5 min\" is not a duration; write \"5m\"",
+    );
+    let e = only("version = 1\n[breaker]\nopen_for = 30\n");
+    check(&e, "breaker.open_for", 3, 12, "write \"30s\"");
+    let e = only("version = 1\n[breaker]\nopen_for = \"0s\"\n");
+    check(&e, "breaker.open_for", 3, 12, "longer than zero");
+    let e = only("version = 1\n[breaker]\nopen_for = \"9999999999999999999999d\"\n");
+    check(&e, "breaker.open_for", 3, 12, "too long");
+}
+
+#[test]
+fn huge_policy_is_refused_before_parsing() {
+    let big = "#".repeat(50_000_000);
+    let e = Policy::from_toml(&big).unwrap_err();
+    assert_eq!(e.errors.len(), 1);
+    assert_eq!(e.errors[0].message, "policy is 50.0 MB; the limit is 1 MiB");
+    assert_eq!(e.errors[0].path, "");
+    let e = Policy::from_bytes(big.as_bytes(), None).unwrap_err();
+    assert_eq!(e.errors[0].message, "policy is 50.0 MB; the limit is 1 MiB");
+
+    // A file is refused from its size alone (this one is sparse: nothing is written or read).
+    let dir = std::env::temp_dir().join(format!("tollgate-policy-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("huge.toml");
+    let file = std::fs::File::create(&path).expect("create");
+    file.set_len(50_000_000).expect("set_len");
+    let e = Policy::from_file(&path).unwrap_err();
+    assert_eq!(e.errors[0].message, "policy is 50.0 MB; the limit is 1 MiB");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[cfg(unix)]
+#[test]
+fn endless_file_is_refused_after_the_limit() {
+    // /dev/zero reports a size of 0 and never ends: reading stops one byte past the limit.
+    let e = Policy::from_file(Path::new("/dev/zero")).unwrap_err();
+    assert!(
+        e.errors[0]
+            .message
+            .starts_with("policy is 1.0 MB; the limit is 1 MiB"),
+        "{e}"
+    );
+}
+
+#[test]
+fn invalid_utf8() {
+    let bytes = b"version = 1\n[cache]\nttl = \"1\xffm\"\n";
+    let e = Policy::from_bytes(bytes, None).unwrap_err();
+    assert_eq!(e.errors.len(), 1);
+    let e = &e.errors[0];
+    assert_eq!(e.path, "");
+    assert!(e.message.contains("not valid UTF-8 at byte 28"), "{e}");
+    assert_eq!((e.line, e.column), (Some(3), Some(9)));
+}
+
+#[test]
+fn wrong_types() {
+    let e = only(&format!("{BUDGET}requests_per_minute = \"ten\"\n"));
+    check(
+        &e,
+        "budget[0].requests_per_minute",
+        4,
+        23,
+        "must be a positive number or a table",
+    );
+    assert!(e.message.contains("got \"ten\""));
+    let e = only(&format!("{BUDGET}concurrency = \"32\"\n"));
+    check(
+        &e,
+        "budget[0].concurrency",
+        4,
+        15,
+        "must be a positive whole number, got \"32\"",
+    );
+    let e = only("version = 1\n[cache]\nenabled = \"yes\"\n");
+    check(&e, "cache.enabled", 3, 11, "must be true or false");
+    let e = only("version = 1\n[defaults]\nmax_completion_tokens = 1.5\n");
+    check(&e, "defaults.max_completion_tokens", 3, 25, "whole number");
+    let e = only("version = 1\nupstream = \"openai\"\n");
+    check(&e, "upstream", 2, 12, "write [[upstream]] (two brackets)");
+    let errors = refused_json(r#"{"version": 1, "budget": [{"name": "b", "concurrency": "8"}]}"#);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].path, "budget[0].concurrency");
+    assert_eq!((errors[0].line, errors[0].column), (None, None));
+}
+
+#[test]
+fn missing_version() {
+    let e = only("[cache]\nenabled = true\n");
+    check(&e, "version", 1, 1, "is required; add version = 1");
+    let errors = refused_json("{}");
+    assert_eq!(errors[0].path, "version");
+}
+
+#[test]
+fn unsupported_version() {
+    let e = only("version = 2\n");
+    check(
+        &e,
+        "version",
+        1,
+        11,
+        "version 2 is not supported; this tollgate reads version 1",
+    );
+    let e = only("version = \"1\"\n");
+    check(&e, "version", 1, 11, "must be the number 1");
+}
+
+#[test]
+fn toml_syntax_error_is_located() {
+    let e = only("version = 1\n[cache\nenabled = true\n");
+    assert_eq!(e.path, "");
+    assert_eq!(e.line, Some(2));
+    assert!(e.column.is_some());
+    assert!(e.message.starts_with("invalid TOML: "), "{e}");
+}
+
+#[test]
+fn json_syntax_error_is_located() {
+    let errors = refused_json("{\n  \"version\": 1,\n  \"cache\": { \"enabled\": tru }\n}");
+    assert_eq!(errors.len(), 1);
+    let e = &errors[0];
+    assert_eq!(e.path, "");
+    assert_eq!(e.line, Some(3));
+    assert!(e.column.is_some());
+    assert!(e.message.starts_with("invalid JSON: "), "{e}");
+}
+
+#[test]
+fn literal_secret_is_refused_and_never_repeated() {
+    let secret = "sk-proj-Zx81VERYSECRET";
+    let text = format!(
+        "version = 1\n[[upstream]]\nname = \"openai\"\nbase_url = \"https://api.openai.com/v1\"\n\
+         auth = {{ kind = \"bearer\", keys = [\"env:OPENAI_API_KEY\", \"{secret}\"] }}\n"
+    );
+    let errors = refused(&text);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    check(
+        &errors[0],
+        "upstream[0].auth.keys[1]",
+        5,
+        57,
+        "write env:NAME or file:PATH; literal secrets are not accepted",
+    );
+    let shown = format!(
+        "{}\n{:?}",
+        PolicyErrors {
+            errors: errors.clone()
+        },
+        errors
+    );
+    assert!(!shown.contains("Zx81"), "{shown}");
+
+    // Secrets in the wrong place or of the wrong shape are not repeated either.
+    for auth in [
+        format!("{{ kind = \"bearer\", key = \"{secret}\" }}"),
+        format!("{{ kind = \"bearer\", key = \"env:{secret}\" }}"),
+        format!("{{ kind = \"jwt\", id = \"env:ID\", secret = \"{secret}\" }}"),
+        format!("{{ kind = \"{secret}\" }}"),
+        format!("\"{secret}\""),
+    ] {
+        let text = format!(
+            "version = 1\n[[upstream]]\nname = \"o\"\nbase_url = \"https://o.example\"\n\
+             auth = {auth}\n"
+        );
+        let shown = Policy::from_toml(&text).unwrap_err().to_string();
+        assert!(!shown.contains("Zx81"), "{shown}");
+    }
+    let text = format!(
+        r#"{{"version": 1, "upstream": [{{"name": "o", "base_url": "https://o.example",
+             "auth": {{"kind": "bearer", "key": "{secret}"}}}}]}}"#
+    );
+    let shown = Policy::from_json(&text).unwrap_err().to_string();
+    assert!(
+        shown.contains("literal secrets are not accepted"),
+        "{shown}"
+    );
+    assert!(!shown.contains("Zx81"), "{shown}");
+}
+
+#[test]
+fn refresh_before_must_be_shorter_than_ttl() {
+    let text = "version = 1\n[[upstream]]\nname = \"zhipu\"\n\
+                base_url = \"https://open.bigmodel.cn/api/paas/v4\"\n\
+                auth = { kind = \"jwt\", id = \"env:ID\", secret = \"env:S\", ttl = \"60s\", \
+                refresh_before = \"60s\" }\n";
+    let e = only(text);
+    check(
+        &e,
+        "upstream[0].auth.refresh_before",
+        5,
+        87,
+        "refresh_before (1m) must be shorter than ttl (1m)",
+    );
+}
+
+#[test]
+fn burst_below_one_request() {
+    let e = only(&format!(
+        "{BUDGET}requests_per_second = {{ limit = 5, burst = 0.5 }}\n"
+    ));
+    check(
+        &e,
+        "budget[0].requests_per_second.burst",
+        4,
+        44,
+        "must be at least 1",
+    );
+    let e = only(&format!("{BUDGET}requests_per_minute = 60\nburst = 0.9\n"));
+    check(
+        &e,
+        "budget[0].burst",
+        5,
+        9,
+        "a burst below one request could never admit a call",
+    );
+    // Tokens and money may burst below one unit.
+    let p = Policy::from_toml(&format!(
+        "{BUDGET}spend_per_day = {{ limit = 5, burst = 0.5 }}\n"
+    ))
+    .expect("valid");
+    assert_eq!(p.budgets[0].limits[0].burst, 0.5);
+}
+
+#[test]
+fn budget_burst_needs_a_request_limit() {
+    let e = only(&format!("{BUDGET}tokens_per_minute = 1000\nburst = 10\n"));
+    check(&e, "budget[0].burst", 5, 9, "no requests_per_* limit");
+}
+
+#[test]
+fn budget_without_limits() {
+    let e = only(&format!("{BUDGET}scope = [\"tenant\"]\n"));
+    check(
+        &e,
+        "budget[0]",
+        2,
+        1,
+        "budget \"b\" has no limit and no concurrency",
+    );
+}
+
+#[test]
+fn missing_required_fields() {
+    let errors = refused(
+        "version = 1\n[[upstream]]\nauth = { kind = \"bearer\" }\n[[route]]\ntargets = []\n",
+    );
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "upstream[0].name",
+            "upstream[0].base_url",
+            "upstream[0].auth.keys",
+            "route[0].model",
+            "route[0].targets"
+        ]
+    );
+    check(
+        &errors[0],
+        "upstream[0].name",
+        2,
+        1,
+        "is required; add name = \"openai\"",
+    );
+    check(&errors[4], "route[0].targets", 5, 11, "at least one target");
+}
+
+#[test]
+fn bad_urls() {
+    let text = "version = 1\n[[upstream]]\nname = \"t\"\nbase_url = \"http://127.0.0.1:0/v1\"\n\
+                proxy = \"socks5://p:1080\"\n";
+    let errors = refused(text);
+    assert_eq!(errors.len(), 2);
+    check(&errors[0], "upstream[0].base_url", 4, 12, "invalid port");
+    check(
+        &errors[1],
+        "upstream[0].proxy",
+        5,
+        9,
+        "must start with http:// or https://",
+    );
+}
+
+#[test]
+fn cross_field_checks() {
+    let e = only("version = 1\n[retry]\nbackoff = { base = \"10s\", max = \"1s\" }\n");
+    check(
+        &e,
+        "retry.backoff.base",
+        3,
+        20,
+        "must not be longer than max",
+    );
+    let e = only("version = 1\n[breaker]\nwindow = 10\nmin_calls = 20\n");
+    check(&e, "breaker.min_calls", 4, 13, "could never open");
+    let e = only("version = 1\n[retry]\nmax_attempts = 50\n");
+    check(&e, "retry.max_attempts", 3, 16, "from 1 to 20");
+    let e = only("version = 1\n[retry]\nretry_on = [429, \"503\"]\n");
+    check(&e, "retry.retry_on[1]", 3, 18, "503 without quotes");
+    let e = only("version = 1\n[breaker]\nfailure_rate = 1.5\n");
+    check(&e, "breaker.failure_rate", 3, 16, "above 0 and at most 1");
+}
+
+#[test]
+fn route_target_model_required_for_glob_routes() {
+    let text = "version = 1\n[[upstream]]\nname = \"z\"\nbase_url = \"https://z.example\"\n\
+                [[route]]\nmodel = \"glm-*\"\ntargets = [{ upstream = \"z\" }]\n";
+    let e = only(text);
+    check(
+        &e,
+        "route[0].targets[0].model",
+        7,
+        12,
+        "the route's model \"glm-*\" is a pattern",
+    );
+}
+
+#[test]
+fn every_problem_at_once() {
+    let text = "\
+version = 2
+[[budget]]
+name = \"b\"
+tokens_per_minute = 0
+scope = [\"tenat\"]
+concurency = 4
+[cache]
+ttl = \"5 minutes\"
+";
+    let errors = refused(text);
+    let found: Vec<(&str, Option<u32>)> =
+        errors.iter().map(|e| (e.path.as_str(), e.line)).collect();
+    assert_eq!(
+        found,
+        [
+            ("version", Some(1)),
+            ("budget[0].tokens_per_minute", Some(4)),
+            ("budget[0].scope[0]", Some(5)),
+            ("budget[0].concurency", Some(6)),
+            ("cache.ttl", Some(8)),
+        ]
+    );
+    let shown = PolicyErrors { errors }.to_string();
+    assert!(shown.starts_with("the policy has 5 errors:\n"), "{shown}");
+    assert_eq!(shown.lines().count(), 6);
+}
+
+#[test]
+fn every_problem_at_once_in_json() {
+    let text = r#"{
+      "version": 1,
+      "upstream": [{ "name": "", "base_url": "https://x.example", "auth": { "kind": "basic" } }],
+      "budget": [{ "name": "b", "requests_per_minute": -1, "match": { "tenant": [] } }],
+      "route": [{ "model": "m", "targets": [{ "upstream": "nowhere" }] }]
+    }"#;
+    let errors = refused_json(text);
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    // JSON keeps no positions: errors come in schema order.
+    assert_eq!(
+        paths,
+        [
+            "upstream[0].name",
+            "upstream[0].auth.kind",
+            "budget[0].match.tenant",
+            "budget[0].requests_per_minute",
+            "route[0].targets[0].upstream",
+        ]
+    );
+    assert!(errors.iter().all(|e| e.line.is_none()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Good input
+
+#[test]
+fn example_policy_parses() {
+    let p = Policy::from_file(&example_path()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.version, 1);
+    let names: Vec<&str> = p.upstreams.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["openai", "deepseek", "zhipu"]);
+    assert_eq!(
+        p.upstreams[0].auth,
+        Auth::Bearer {
+            keys: vec![
+                SecretRef::Env("OPENAI_API_KEY".into()),
+                SecretRef::Env("OPENAI_API_KEY_2".into())
+            ]
+        }
+    );
+    assert!(matches!(
+        &p.upstreams[2].auth,
+        Auth::Jwt { ttl, refresh_before, .. }
+            if *ttl == Duration::from_secs(1800) && *refresh_before == Duration::from_secs(60)
+    ));
+    let b = &p.budgets[0];
+    assert_eq!(b.name, "per-tenant");
+    assert_eq!(b.scope, [ScopeDim::Tenant]);
+    assert_eq!(b.when_exhausted, Exhausted::Wait(Duration::from_secs(2)));
+    assert_eq!(b.concurrency, Some(32));
+    assert_eq!(b.key_capacity, 5000);
+    let kinds: Vec<LimitKind> = b.limits.iter().map(|l| l.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            LimitKind::RequestsPerMinute,
+            LimitKind::TokensPerMinute,
+            LimitKind::SpendPerDay
+        ]
+    );
+    assert_eq!(
+        (b.limits[1].amount, b.limits[1].burst),
+        (150_000.0, 20_000.0)
+    );
+    // The budget-level burst applies to request limits only.
+    let per_model = &p.budgets[1];
+    assert_eq!(per_model.limits[0].kind, LimitKind::RequestsPerSecond);
+    assert_eq!(per_model.limits[0].burst, 100.0);
+    assert_eq!(per_model.limits[1].burst, 2_000_000.0);
+    assert_eq!(p.budgets[2].limits[0].kind, LimitKind::SpendPerMonth);
+    assert_eq!(p.routes[1].name, "glm-*");
+    assert_eq!(p.routes[0].targets[1].model, "deepseek-chat");
+    assert!(p.cache.enabled);
+    assert_eq!(p.cache.max_bytes, 256_000_000);
+    assert_eq!(p.prices["glm-4-plus"].cached_input, 0.7);
+    assert_eq!(p.models["my-finetune"].context_window, Some(128_000));
+}
+
+#[test]
+fn example_in_json_is_the_same_policy() {
+    let text = example();
+    let value: serde_json::Value = toml::from_str(&text).expect("example is TOML");
+    let json = serde_json::to_string_pretty(&value).expect("to JSON");
+    let from_json = Policy::from_json(&json).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(from_json, Policy::from_toml(&text).expect("valid"));
+    // Detection by content, and by extension.
+    assert_eq!(
+        Policy::from_bytes(json.as_bytes(), None).expect("valid"),
+        from_json
+    );
+    let dir = std::env::temp_dir().join(format!("tollgate-policy-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("policy.json");
+    std::fs::write(&path, &json).expect("write");
+    assert_eq!(Policy::from_file(&path).expect("valid"), from_json);
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[test]
+fn hand_written_json() {
+    let json = r#"{
+      "version": 1,
+      "upstream": [{ "name": "local", "base_url": "http://127.0.0.1:8000/v1" }],
+      "budget": [{ "name": "g", "scope": ["model", "tenant"], "requests_per_minute": 0.5 }],
+      "route": [{ "model": "llama", "targets": [{ "upstream": "local" }] }]
+    }"#;
+    let p = Policy::parse(json, Format::Json).unwrap_or_else(|e| panic!("{e}"));
+    // Scope is kept in canonical order; a fractional request rate gets a burst of one request.
+    assert_eq!(p.budgets[0].scope, [ScopeDim::Tenant, ScopeDim::Model]);
+    assert_eq!(
+        (p.budgets[0].limits[0].amount, p.budgets[0].limits[0].burst),
+        (0.5, 1.0)
+    );
+    assert_eq!(p.routes[0].targets[0].model, "llama");
+    assert_eq!(p.upstreams[0].auth, Auth::None);
+}
+
+#[test]
+fn defaults_are_applied() {
+    let p = Policy::from_toml("version = 1\n").expect("valid");
+    assert_eq!(p.defaults, Default::default());
+    assert_eq!(p.retry, Default::default());
+    assert_eq!(p.breaker, Default::default());
+    assert_eq!(p.cache, Default::default());
+    assert!(p.upstreams.is_empty() && p.budgets.is_empty() && p.routes.is_empty());
+
+    let p = Policy::from_toml(
+        "version = 1\n[defaults]\nkey_capacity = 7\n\
+         [[budget]]\nname = \"b\"\nrequests_per_minute = 10\n\
+         [[upstream]]\nname = \"u\"\nbase_url = \"https://u.example\"\n\
+         [[route]]\nmodel = \"m\"\ntargets = [{ upstream = \"u\" }]\n",
+    )
+    .expect("valid");
+    let b = &p.budgets[0];
+    assert_eq!(b.key_capacity, 7);
+    assert_eq!(b.when_exhausted, Exhausted::Deny);
+    assert_eq!(b.limits[0].burst, 10.0);
+    assert!(b.scope.is_empty() && b.matcher.is_empty());
+    assert_eq!(p.upstreams[0].timeouts, Default::default());
+    assert_eq!(p.routes[0].strategy, Strategy::Ordered);
+    assert_eq!(p.routes[0].targets[0].weight, 1);
+}
+
+#[test]
+fn globs_in_match() {
+    let p = Policy::from_toml(&format!(
+        "{BUDGET}concurrency = 1\nmatch = {{ model = \"gpt-4o*\", tenant = [\"a*\", \"b\"] }}\n"
+    ))
+    .expect("valid");
+    let m = &p.budgets[0].matcher;
+    let model = m.globs(ScopeDim::Model);
+    assert!(model[0].matches("gpt-4o-mini") && model[0].matches("gpt-4o"));
+    assert!(!model[0].matches("gpt-4"));
+    let tenant = m.globs(ScopeDim::Tenant);
+    assert_eq!(tenant.len(), 2);
+    assert!(tenant[0].matches("acme") && tenant[1].matches("b") && !tenant[1].matches("bb"));
+    assert!(m.globs(ScopeDim::Route).is_empty());
+}
+
+#[test]
+fn summary_mentions_everything() {
+    let p = Policy::from_toml(&example()).expect("valid");
+    let s = p.summary();
+    for b in &p.budgets {
+        assert!(s.contains(&format!("budget \"{}\"", b.name)), "{s}");
+    }
+    for needle in [
+        "per tenant",
+        "gpt-4o*",
+        "600 requests per minute",
+        "burst 20000",
+        "at most 32 in flight",
+        "waits up to 2s",
+        "spend 500 per 30 days",
+        "env:OPENAI_API_KEY",
+        "file:/run/secrets/deepseek_key",
+        "JWT",
+        "falling back to deepseek/deepseek-chat",
+        "retry: up to 3 attempts",
+        "breaker:",
+        "cache: on",
+    ] {
+        assert!(s.contains(needle), "summary lacks {needle:?}:\n{s}");
+    }
+}
+
+#[test]
+fn io_errors_have_an_empty_path() {
+    let e = Policy::from_file(Path::new("/nonexistent/tollgate/policy.toml")).unwrap_err();
+    assert_eq!(e.errors.len(), 1);
+    assert_eq!(e.errors[0].path, "");
+    assert!(
+        e.errors[0]
+            .message
+            .starts_with("cannot read /nonexistent/tollgate/policy.toml")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Properties
+
+proptest! {
+    #[test]
+    fn parse_never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = Policy::from_bytes(&bytes, None);
+        let _ = Policy::from_bytes(&bytes, Some(Format::Toml));
+        let _ = Policy::from_bytes(&bytes, Some(Format::Json));
+    }
+
+    #[test]
+    fn parse_never_panics_on_policy_like_text(
+        lines in proptest::collection::vec(
+            (
+                prop::sample::select(vec![
+                    "version", "name", "scope", "burst", "tokens_per_minute", "ttl", "auth",
+                    "targets", "[[budget]]", "[[upstream]]", "[[route]]", "[cache]", "[retry]",
+                    "max_bytes", "retry_on", "base_url", "when_exhausted", "match",
+                ]),
+                prop::sample::select(vec![
+                    "1", "0", "-1", "nan", "inf", "1.5", "\"5m\"", "\"1m30s\"", "\"x\"", "[]",
+                    "[\"tenant\"]", "{ limit = 1, burst = 0 }", "{}", "true", "\"256MB\"",
+                    "\"env:X\"", "[429, \"5xx\"]", "{ kind = \"jwt\" }", "\"http://h:1\"",
+                ]),
+            ),
+            0..24,
+        )
+    ) {
+        let mut text = String::from("version = 1\n");
+        for (k, v) in lines {
+            if k.starts_with('[') {
+                text.push_str(k);
+            } else {
+                text.push_str(&format!("{k} = {v}"));
+            }
+            text.push('\n');
+        }
+        if let Err(e) = Policy::from_toml(&text) {
+            prop_assert!(!e.errors.is_empty());
+            for err in &e.errors {
+                prop_assert!(!err.message.is_empty());
+            }
+        }
+    }
+}
