@@ -1,0 +1,250 @@
+//! What a host tells the engine about a call, and what the engine estimates it will cost.
+
+use crate::policy::{Policy, ScopeDim};
+use crate::tokens::{self, ModelTable, Price};
+
+use super::decision::{Denial, DenyReason};
+use super::money_to_nanos;
+
+/// The prompt of a call, in whichever form the host has it.
+#[derive(Debug, Clone, Copy)]
+pub enum Prompt<'a> {
+    /// Prompt tokens, already counted by the host.
+    Tokens(u64),
+    /// Plain prompt text, counted with the model's tokenizer.
+    Text(&'a str),
+    /// An OpenAI chat-completions request body; messages, tools and `max_tokens` /
+    /// `max_completion_tokens` are read from it.
+    Request(&'a serde_json::Value),
+}
+
+/// One call to be admitted: who makes it, to which model, and how big it is.
+///
+/// Borrowed fields keep admission allocation-free.
+///
+/// ```
+/// use tollgate::{Call, Prompt};
+/// let call = Call::new("gpt-4o").tenant("acme").prompt(Prompt::Tokens(120)).max_tokens(256);
+/// assert_eq!(call.tenant, "acme");
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// Calling tenant (`scope = ["tenant"]`).
+    pub tenant: &'a str,
+    /// Requested model.
+    pub model: &'a str,
+    /// Upstream the call goes to, if the host knows it.
+    pub upstream: &'a str,
+    /// API key name (or key-pool member) the call uses.
+    pub key: &'a str,
+    /// Route name.
+    pub route: &'a str,
+    /// Queue priority: higher goes first among waiting calls (default 0).
+    pub priority: i16,
+    /// The prompt.
+    pub prompt: Prompt<'a>,
+    /// Completion allowance; when `None`, the request's own `max_tokens` /
+    /// `max_completion_tokens`, else the policy's `defaults.max_completion_tokens`.
+    pub max_tokens: Option<u64>,
+}
+
+impl<'a> Call<'a> {
+    /// A call to `model` with an empty prompt and default everything else.
+    pub fn new(model: &'a str) -> Call<'a> {
+        Call {
+            tenant: "",
+            model,
+            upstream: "",
+            key: "",
+            route: "",
+            priority: 0,
+            prompt: Prompt::Tokens(0),
+            max_tokens: None,
+        }
+    }
+
+    /// Sets the tenant.
+    pub fn tenant(mut self, tenant: &'a str) -> Self {
+        self.tenant = tenant;
+        self
+    }
+
+    /// Sets the upstream.
+    pub fn upstream(mut self, upstream: &'a str) -> Self {
+        self.upstream = upstream;
+        self
+    }
+
+    /// Sets the key name.
+    pub fn key(mut self, key: &'a str) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// Sets the route.
+    pub fn route(mut self, route: &'a str) -> Self {
+        self.route = route;
+        self
+    }
+
+    /// Sets the queue priority.
+    pub fn priority(mut self, priority: i16) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets the prompt.
+    pub fn prompt(mut self, prompt: Prompt<'a>) -> Self {
+        self.prompt = prompt;
+        self
+    }
+
+    /// Sets the completion allowance.
+    pub fn max_tokens(mut self, max_tokens: u64) -> Self {
+        self.max_tokens = Some(max_tokens);
+        self
+    }
+
+    pub(crate) fn view(&self) -> CallView<'_> {
+        CallView {
+            tenant: self.tenant,
+            model: self.model,
+            upstream: self.upstream,
+            key: self.key,
+            route: self.route,
+            priority: self.priority,
+        }
+    }
+}
+
+/// The identifying part of a call, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallView<'a> {
+    pub tenant: &'a str,
+    pub model: &'a str,
+    pub upstream: &'a str,
+    pub key: &'a str,
+    pub route: &'a str,
+    pub priority: i16,
+}
+
+impl<'a> CallView<'a> {
+    #[inline]
+    pub(crate) fn field(&self, dim: ScopeDim) -> &'a str {
+        match dim {
+            ScopeDim::Tenant => self.tenant,
+            ScopeDim::Model => self.model,
+            ScopeDim::Upstream => self.upstream,
+            ScopeDim::Key => self.key,
+            ScopeDim::Route => self.route,
+        }
+    }
+}
+
+/// The identifying part of a call, owned (for calls that wait).
+#[derive(Debug, Clone)]
+pub(crate) struct OwnedCall {
+    tenant: String,
+    model: String,
+    upstream: String,
+    key: String,
+    route: String,
+    priority: i16,
+}
+
+impl OwnedCall {
+    pub(crate) fn from_view(v: CallView<'_>) -> OwnedCall {
+        OwnedCall {
+            tenant: v.tenant.to_owned(),
+            model: v.model.to_owned(),
+            upstream: v.upstream.to_owned(),
+            key: v.key.to_owned(),
+            route: v.route.to_owned(),
+            priority: v.priority,
+        }
+    }
+
+    pub(crate) fn view(&self) -> CallView<'_> {
+        CallView {
+            tenant: &self.tenant,
+            model: &self.model,
+            upstream: &self.upstream,
+            key: &self.key,
+            route: &self.route,
+            priority: self.priority,
+        }
+    }
+}
+
+/// What admission reserves for a call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Demand {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Prompt plus completion allowance.
+    pub tokens: u64,
+    /// Estimated cost in nano-units of money (0 when the price is unknown).
+    pub spend_nanos: u64,
+    pub price: Option<Price>,
+    /// Whether the prompt count is exact.
+    pub exact: bool,
+}
+
+/// Estimates a call's tokens and cost, and refuses calls that can never succeed.
+pub(crate) fn demand(
+    policy: &Policy,
+    models: &ModelTable,
+    call: &Call<'_>,
+) -> Result<Demand, Denial> {
+    let (prompt_tokens, request_allowance, exact) = match call.prompt {
+        Prompt::Tokens(n) => (n, None, true),
+        Prompt::Text(text) => {
+            let c = tokens::count_text(models, call.model, text);
+            (c.tokens, None, c.exact)
+        }
+        Prompt::Request(body) => match tokens::count_chat(models, call.model, body) {
+            Ok(e) => (e.prompt_tokens, e.completion_allowance, e.exact),
+            Err(e) => {
+                return Err(Denial::new(DenyReason::InvalidRequest {
+                    message: e.to_string(),
+                }));
+            }
+        },
+    };
+    let explicit = call.max_tokens.or(request_allowance);
+    let window = models.context_window(call.model);
+    let mut completion_tokens = explicit.unwrap_or(policy.defaults.max_completion_tokens);
+    if let Some(window) = window
+        && policy.defaults.enforce_context_window
+    {
+        let over = match explicit {
+            // An explicit allowance must fit beside the prompt, or the API refuses the call.
+            Some(c) => prompt_tokens.saturating_add(c) > window,
+            // The default allowance shrinks to what the window leaves; the prompt must fit.
+            None => {
+                completion_tokens = completion_tokens.min(window.saturating_sub(prompt_tokens));
+                prompt_tokens >= window
+            }
+        };
+        if over {
+            return Err(Denial::new(DenyReason::ContextWindow {
+                model: call.model.to_owned(),
+                prompt_tokens,
+                completion_tokens: explicit.unwrap_or(0),
+                context_window: window,
+            }));
+        }
+    }
+    let price = models.price(call.model);
+    let spend_nanos = price
+        .map(|p| money_to_nanos(tokens::estimate_cost(&p, prompt_tokens, completion_tokens)))
+        .unwrap_or(0);
+    Ok(Demand {
+        prompt_tokens,
+        completion_tokens,
+        tokens: prompt_tokens.saturating_add(completion_tokens),
+        spend_nanos,
+        price,
+        exact,
+    })
+}

@@ -1,0 +1,303 @@
+//! Decisions and their reasons: what `admit` and `settle` answer.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::policy::LimitKind;
+use crate::tokens::{Cost, Usage};
+
+use super::permit::Permit;
+
+/// The answer to [`crate::Engine::admit`].
+// A permit is moved once from admission to settle; boxing it to shrink this enum would add an
+// allocation to every admission, so the size difference is accepted.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+#[must_use = "a Go decision holds capacity until its permit is settled or dropped"]
+pub enum Decision {
+    /// Send the call now; settle the permit afterwards.
+    Go(Permit),
+    /// No room now, but the policy allows waiting: ask again after `after`. Nothing is held.
+    Wait(WaitHint),
+    /// Do not send the call.
+    Deny(Denial),
+}
+
+impl Decision {
+    /// Short machine-readable name: `go`, `wait` or `deny`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Decision::Go(_) => "go",
+            Decision::Wait(_) => "wait",
+            Decision::Deny(_) => "deny",
+        }
+    }
+}
+
+/// Why a call should wait, and for how long.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaitHint {
+    /// Ask again after this long.
+    pub after: Duration,
+    /// The budget that has no room.
+    pub budget: Arc<str>,
+    /// Its scope key.
+    pub key: Arc<str>,
+    /// The limit that is exhausted; `None` for concurrency or a queue of earlier calls.
+    pub limit: Option<LimitKind>,
+}
+
+/// A refusal: which budget and key decided, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Denial {
+    /// The deciding budget, when a budget decided.
+    pub budget: Option<Arc<str>>,
+    /// Its scope key (empty for an unscoped budget).
+    pub key: Option<Arc<str>>,
+    /// Why.
+    pub reason: DenyReason,
+}
+
+impl Denial {
+    pub(crate) fn new(reason: DenyReason) -> Denial {
+        Denial {
+            budget: None,
+            key: None,
+            reason,
+        }
+    }
+
+    pub(crate) fn by(budget: &Arc<str>, key: &Arc<str>, reason: DenyReason) -> Denial {
+        Denial {
+            budget: Some(Arc::clone(budget)),
+            key: Some(Arc::clone(key)),
+            reason,
+        }
+    }
+
+    /// A stable machine-readable code, e.g. `budget_exhausted`.
+    pub fn code(&self) -> &'static str {
+        self.reason.code()
+    }
+
+    /// How long until the same call could pass, when that is known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self.reason {
+            DenyReason::Exhausted { retry_after, .. } => Some(retry_after),
+            _ => None,
+        }
+    }
+}
+
+/// Why a call was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DenyReason {
+    /// The limit has no room within the time the policy lets a call wait.
+    Exhausted {
+        /// The exhausted limit.
+        limit: LimitKind,
+        /// When the call would fit.
+        retry_after: Duration,
+    },
+    /// The call costs more than the limit's burst: it can never be admitted.
+    NeverFits {
+        /// The limit.
+        limit: LimitKind,
+        /// The call's cost in the limit's unit.
+        cost: f64,
+        /// The limit's burst.
+        burst: f64,
+    },
+    /// Every concurrency slot is taken and the policy does not wait.
+    Concurrency {
+        /// The budget's concurrency.
+        max: u32,
+    },
+    /// The call waited as long as the policy allows.
+    WaitedTooLong {
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// The budget keeps state for `capacity` keys, all in use; a new key cannot be tracked.
+    KeyCapacity {
+        /// The key capacity.
+        capacity: usize,
+    },
+    /// A spend budget matches, but the model has no price.
+    UnknownPrice {
+        /// The model.
+        model: String,
+    },
+    /// Prompt plus completion allowance exceed the model's context window.
+    ContextWindow {
+        /// The model.
+        model: String,
+        /// Prompt tokens.
+        prompt_tokens: u64,
+        /// Completion allowance asked for (0 when none was asked for and the prompt alone is too long).
+        completion_tokens: u64,
+        /// The model's context window.
+        context_window: u64,
+    },
+    /// The request could not be read (e.g. a chat body without `messages`).
+    InvalidRequest {
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl DenyReason {
+    /// A stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DenyReason::Exhausted { .. } => "budget_exhausted",
+            DenyReason::NeverFits { .. } => "never_fits",
+            DenyReason::Concurrency { .. } => "concurrency",
+            DenyReason::WaitedTooLong { .. } => "wait_timeout",
+            DenyReason::KeyCapacity { .. } => "key_capacity",
+            DenyReason::UnknownPrice { .. } => "unknown_price",
+            DenyReason::ContextWindow { .. } => "context_window",
+            DenyReason::InvalidRequest { .. } => "invalid_request",
+        }
+    }
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DenyReason::Exhausted { limit, retry_after } => write!(
+                f,
+                "{} exhausted; room again in {} ms",
+                limit.as_str(),
+                retry_after.as_millis()
+            ),
+            DenyReason::NeverFits { limit, cost, burst } => write!(
+                f,
+                "call costs {cost} against {} but its burst is {burst}: it can never fit; \
+                 raise the burst or split the call",
+                limit.as_str()
+            ),
+            DenyReason::Concurrency { max } => write!(f, "all {max} concurrency slots are taken"),
+            DenyReason::WaitedTooLong { waited } => {
+                write!(
+                    f,
+                    "waited {} ms, the most the policy allows",
+                    waited.as_millis()
+                )
+            }
+            DenyReason::KeyCapacity { capacity } => write!(
+                f,
+                "all {capacity} tracked keys are busy; raise key_capacity to track more"
+            ),
+            DenyReason::UnknownPrice { model } => write!(
+                f,
+                "a spend budget applies but model '{model}' has no price; add it under [prices]"
+            ),
+            DenyReason::ContextWindow {
+                model,
+                prompt_tokens,
+                completion_tokens,
+                context_window,
+            } => {
+                write!(
+                    f,
+                    "prompt of {prompt_tokens} tokens plus {completion_tokens} completion tokens \
+                     exceeds the {context_window}-token context window of '{model}'"
+                )
+            }
+            DenyReason::InvalidRequest { message } => write!(f, "invalid request: {message}"),
+        }
+    }
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.budget, &self.key) {
+            (Some(b), Some(k)) if !k.is_empty() => write!(f, "budget '{b}' [{k}]: {}", self.reason),
+            (Some(b), _) => write!(f, "budget '{b}': {}", self.reason),
+            _ => fmt::Display::fmt(&self.reason, f),
+        }
+    }
+}
+
+impl std::error::Error for Denial {}
+
+/// What happened to an admitted call; given to [`crate::Engine::settle`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Outcome {
+    /// Whether the request left the host (false: refund everything, the request included).
+    pub sent: bool,
+    /// HTTP status, when a response head arrived.
+    pub status: Option<u16>,
+    /// Usage the response reported.
+    pub usage: Option<Usage>,
+    /// Time from send to the end of the response.
+    pub latency: Option<Duration>,
+}
+
+impl Outcome {
+    /// A response with its reported usage (status 200).
+    pub fn ok(usage: Usage) -> Outcome {
+        Outcome {
+            sent: true,
+            status: Some(200),
+            usage: Some(usage),
+            latency: None,
+        }
+    }
+
+    /// A response with a status and no usage (providers do not bill failed requests, so the
+    /// token and spend reservations are refunded when `status >= 400`).
+    pub fn status(status: u16) -> Outcome {
+        Outcome {
+            sent: true,
+            status: Some(status),
+            usage: None,
+            latency: None,
+        }
+    }
+
+    /// The call was never sent.
+    pub fn not_sent() -> Outcome {
+        Outcome::default()
+    }
+
+    /// Sent, but what came back is unknown (timeout, cut connection): the reservation is kept.
+    pub fn unknown() -> Outcome {
+        Outcome {
+            sent: true,
+            ..Outcome::default()
+        }
+    }
+
+    /// Sets the latency.
+    pub fn with_latency(mut self, latency: Duration) -> Outcome {
+        self.latency = Some(latency);
+        self
+    }
+}
+
+/// The answer to [`crate::Engine::settle`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Verdict {
+    /// The call is finished; here is what it was charged.
+    Done(Settlement),
+}
+
+/// What a settled call was finally charged.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settlement {
+    /// Tokens reserved at admission (prompt estimate plus completion allowance).
+    pub reserved_tokens: u64,
+    /// Tokens charged: the reported usage, the reservation when usage is unknown, 0 when the
+    /// call was not sent or failed.
+    pub tokens: u64,
+    /// Reported usage, when there was some.
+    pub usage: Option<Usage>,
+    /// Cost split by kind, when usage and price are known.
+    pub cost: Option<Cost>,
+    /// Money charged against spend budgets.
+    pub spend: f64,
+}

@@ -1,0 +1,743 @@
+//! The engine: the running policy (swapped atomically on reload), budget state that outlives
+//! reloads, and the decide API.
+
+mod call;
+mod decision;
+mod permit;
+mod wait;
+mod watch;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use smallvec::SmallVec;
+
+use crate::budget::gcra::{self, Charge, Rate};
+use crate::budget::{BudgetState, BudgetStats, CapacityFull, Cell, Cells, SLOTS, key_hash};
+use crate::clock::{Clock, MonotonicClock, Nanos, duration_nanos};
+use crate::policy::{Budget, Exhausted, LimitKind, Match, Policy, PolicyErrors, ScopeDim, Unit};
+use crate::tokens::ModelTable;
+
+pub use call::{Call, Prompt};
+pub use decision::{Decision, Denial, DenyReason, Outcome, Settlement, Verdict, WaitHint};
+pub use permit::Permit;
+pub use wait::{WaitPoll, Waiter};
+pub use watch::{WatchEvent, Watcher};
+
+use call::{CallView, Demand};
+use permit::Hold;
+
+/// Money is counted in nano-units so budgets stay integer and exact.
+const NANOS_PER_UNIT: f64 = 1e9;
+
+pub(crate) fn money_to_nanos(money: f64) -> u64 {
+    if money.is_nan() || money <= 0.0 {
+        return 0;
+    }
+    let n = (money * NANOS_PER_UNIT).ceil();
+    if n >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        n as u64
+    }
+}
+
+pub(crate) fn nanos_to_money(nanos: u64) -> f64 {
+    nanos as f64 / NANOS_PER_UNIT
+}
+
+/// One limit of a budget, compiled.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CompiledLimit {
+    pub kind: LimitKind,
+    pub slot: usize,
+    pub unit: Unit,
+    pub rate: Rate,
+    /// Burst in the limit's unit (money in nano-units), for messages.
+    pub burst_units: f64,
+}
+
+/// A budget, compiled against its state.
+#[derive(Debug)]
+pub(crate) struct CompiledBudget {
+    pub state: Arc<BudgetState>,
+    pub scope: SmallVec<[ScopeDim; 5]>,
+    pub matcher: Match,
+    pub match_all: bool,
+    pub limits: SmallVec<[CompiledLimit; 4]>,
+    pub concurrency: Option<u32>,
+    pub exhausted: Exhausted,
+    pub spends: bool,
+}
+
+impl CompiledBudget {
+    #[inline]
+    fn matches(&self, call: &CallView<'_>) -> bool {
+        self.match_all
+            || ScopeDim::ALL.iter().all(|d| {
+                let globs = self.matcher.globs(*d);
+                globs.is_empty() || globs.iter().any(|g| g.matches(call.field(*d)))
+            })
+    }
+
+    /// The cell this call maps to.
+    #[inline]
+    fn cell(&self, call: &CallView<'_>, now: Nanos) -> Result<Arc<Cell>, CapacityFull> {
+        match &self.state.cells {
+            Cells::Global(cell) => Ok(Arc::clone(cell)),
+            Cells::Keyed(keyed) => {
+                let parts = self.scope.iter().map(|d| call.field(*d));
+                let hash = key_hash(parts);
+                keyed.get_or_insert(hash, || Arc::from(self.key_text(call)), now)
+            }
+        }
+    }
+
+    fn key_text(&self, call: &CallView<'_>) -> String {
+        let mut s = String::new();
+        for (i, d) in self.scope.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            s.push_str(d.as_str());
+            s.push('=');
+            s.push_str(call.field(*d));
+        }
+        s
+    }
+
+    fn units(&self, unit: Unit, demand: &Demand) -> u64 {
+        match unit {
+            Unit::Requests => 1,
+            Unit::Tokens => demand.tokens,
+            Unit::Spend => demand.spend_nanos,
+        }
+    }
+}
+
+/// A policy compiled for the hot path, with the state it acts on.
+#[derive(Debug)]
+pub(crate) struct Compiled {
+    pub policy: Arc<Policy>,
+    pub budgets: Vec<CompiledBudget>,
+    pub models: ModelTable,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Why an admission attempt could not take capacity now.
+pub(crate) struct Blocked {
+    pub budget: usize,
+    pub cell: Arc<Cell>,
+    /// Time until the limit has room; `None` when a concurrency slot or earlier waiters block.
+    pub wait: Option<Nanos>,
+    pub limit: Option<LimitKind>,
+}
+
+// A permit is moved once from admission to settle; boxing it to shrink this enum would add an
+// allocation to every admission, so the size difference is accepted.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Attempt {
+    Go(Permit),
+    Blocked(Blocked),
+    Deny(Denial),
+}
+
+struct Registered {
+    scope: Vec<ScopeDim>,
+    state: Arc<BudgetState>,
+    /// Nanoseconds per unit of each limit slot in the running policy (`None`: no such limit).
+    rates: [Option<f64>; SLOTS],
+}
+
+pub(crate) struct Inner {
+    current: ArcSwap<Compiled>,
+    registry: Mutex<HashMap<String, Registered>>,
+    clock: Arc<dyn Clock>,
+    generation: AtomicU64,
+    seq: AtomicU64,
+}
+
+/// The policy engine: admits calls against every matching budget and settles them afterwards.
+///
+/// Cheap to clone (an `Arc`); share one per process. Decisions never lock globally and never
+/// panic; a reload swaps the policy atomically while decisions continue.
+///
+/// ```
+/// use tollgate::{Call, Decision, Engine, Outcome, Policy, Prompt};
+/// use tollgate::tokens::Usage;
+///
+/// let policy = Policy::from_toml(r#"
+///     version = 1
+///     [[budget]]
+///     name = "per-tenant"
+///     scope = ["tenant"]
+///     requests_per_minute = 2
+/// "#).unwrap();
+/// let engine = Engine::new(policy);
+/// let call = Call::new("gpt-4o").tenant("acme").prompt(Prompt::Tokens(10)).max_tokens(5);
+/// let Decision::Go(permit) = engine.admit(&call) else { panic!("room for two") };
+/// let usage = Usage { prompt_tokens: 10, completion_tokens: 3, total_tokens: 13, ..Usage::default() };
+/// engine.settle(permit, &Outcome::ok(usage));
+/// ```
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("generation", &self.generation())
+            .finish()
+    }
+}
+
+/// What a successful reload changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Increases by one per accepted policy.
+    pub generation: u64,
+    /// Budgets that are new (fresh state).
+    pub added: Vec<String>,
+    /// Budgets that kept their state.
+    pub kept: Vec<String>,
+    /// Budgets that are gone.
+    pub removed: Vec<String>,
+    /// Budgets whose scope changed, so their state started afresh.
+    pub rescoped: Vec<String>,
+}
+
+/// Usage of one budget key at one moment (for inspection and tests).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyUsage {
+    /// The scope key.
+    pub key: String,
+    /// Calls holding a concurrency slot.
+    pub in_flight: u32,
+    /// Per limit: units in use now (the part not yet refilled) and the burst, in the limit's unit.
+    pub limits: Vec<(LimitKind, f64, f64)>,
+}
+
+impl Engine {
+    /// An engine on the real monotonic clock.
+    pub fn new(policy: Policy) -> Engine {
+        Engine::with_clock(policy, Arc::new(MonotonicClock::new()))
+    }
+
+    /// An engine on a given clock ([`crate::clock::ManualClock`] for tests and simulation).
+    pub fn with_clock(policy: Policy, clock: Arc<dyn Clock>) -> Engine {
+        let mut registry = HashMap::new();
+        let (compiled, _) = compile(policy, &mut registry, &clock);
+        Engine {
+            inner: Arc::new(Inner {
+                current: ArcSwap::from_pointee(compiled),
+                registry: Mutex::new(registry),
+                clock,
+                generation: AtomicU64::new(1),
+                seq: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// An engine from policy text (TOML or JSON, detected).
+    pub fn from_text(text: &str) -> Result<Engine, PolicyErrors> {
+        Ok(Engine::new(Policy::from_bytes(text.as_bytes(), None)?))
+    }
+
+    /// An engine from a policy file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Engine, PolicyErrors> {
+        Ok(Engine::new(Policy::from_file(path.as_ref())?))
+    }
+
+    /// The clock decisions are made on.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// The running policy.
+    pub fn policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.inner.current.load().policy)
+    }
+
+    /// Number of accepted policies so far (1 for the first).
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
+    }
+
+    /// Replaces the policy with one read from `text` (TOML or JSON, detected). A policy with
+    /// errors is refused with all of them and the running one stays.
+    pub fn reload(&self, text: &str) -> Result<ReloadReport, PolicyErrors> {
+        let policy = Policy::from_bytes(text.as_bytes(), None)?;
+        Ok(self.reload_policy(policy))
+    }
+
+    /// Replaces the policy with an already validated one. Budget state is kept for every budget
+    /// whose name and scope are unchanged, and new limits apply from the next decision.
+    pub fn reload_policy(&self, policy: Policy) -> ReloadReport {
+        self.inner.reload_policy(policy)
+    }
+
+    /// Decides whether a call may go now. `Go` reserves its estimated requests, tokens and money
+    /// in every matching budget and holds a concurrency slot; if any budget refuses, none keeps
+    /// anything. `Wait` holds nothing: ask again after the hint (or use [`Engine::acquire`] /
+    /// [`Engine::waiter`] to wait in the budget's priority queue).
+    pub fn admit(&self, call: &Call<'_>) -> Decision {
+        let compiled = self.inner.current.load_full();
+        let demand = match call::demand(&compiled.policy, &compiled.models, call) {
+            Ok(d) => d,
+            Err(denial) => return Decision::Deny(denial),
+        };
+        let now = compiled.clock.now();
+        match attempt(&compiled, &call.view(), &demand, None, now) {
+            Attempt::Go(permit) => {
+                count_admitted(&permit, false);
+                Decision::Go(permit)
+            }
+            Attempt::Deny(denial) => {
+                count_denied(&compiled, &denial);
+                Decision::Deny(denial)
+            }
+            Attempt::Blocked(b) => {
+                let budget = &compiled.budgets[b.budget];
+                match blocked_verdict(budget, &b, None) {
+                    Ok(after) => Decision::Wait(WaitHint {
+                        after,
+                        budget: Arc::clone(&budget.state.name),
+                        key: Arc::clone(b.cell.key()),
+                        limit: b.limit,
+                    }),
+                    Err(denial) => {
+                        budget.state.counters.denied.fetch_add(1, Ordering::Relaxed);
+                        Decision::Deny(denial)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Admits a call, waiting in the budgets' priority queues as long as the policy allows.
+    /// Blocks the thread; needs a clock that moves by itself (not a `ManualClock`).
+    pub fn acquire(&self, call: &Call<'_>) -> Result<Permit, Denial> {
+        let mut waiter = self.waiter(call)?;
+        loop {
+            match waiter.poll() {
+                WaitPoll::Ready(result) => return result,
+                WaitPoll::Pending { until } => {
+                    let now = self.inner.clock.now();
+                    waiter
+                        .signal()
+                        .wait(Duration::from_nanos(until.saturating_sub(now).max(1)));
+                }
+            }
+        }
+    }
+
+    /// A call that waits in the budgets' priority queues: poll it until it is ready (for event
+    /// loops and virtual time; [`Engine::acquire`] does this for a thread).
+    pub fn waiter(&self, call: &Call<'_>) -> Result<Waiter, Denial> {
+        let compiled = self.inner.current.load_full();
+        let demand = call::demand(&compiled.policy, &compiled.models, call)?;
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+        Ok(Waiter::new(
+            Arc::clone(&self.inner),
+            call.view(),
+            demand,
+            seq,
+            compiled.clock.now(),
+        ))
+    }
+
+    /// Settles an admitted call: reserved tokens and money are replaced by the reported usage
+    /// (refund or extra charge), and its concurrency slots are released.
+    pub fn settle(&self, permit: Permit, outcome: &Outcome) -> Verdict {
+        Verdict::Done(permit.settle(outcome))
+    }
+
+    /// Counters of every budget in the running policy, in policy order.
+    pub fn stats(&self) -> Vec<BudgetStats> {
+        self.inner
+            .current
+            .load()
+            .budgets
+            .iter()
+            .map(|b| b.state.stats())
+            .collect()
+    }
+
+    /// What one budget key is using now: the key is the one `call` maps to.
+    pub fn key_usage(&self, budget: &str, call: &Call<'_>) -> Option<KeyUsage> {
+        let compiled = self.inner.current.load();
+        let b = compiled.budgets.iter().find(|b| &*b.state.name == budget)?;
+        let view = call.view();
+        let cell = match &b.state.cells {
+            Cells::Global(c) => Arc::clone(c),
+            Cells::Keyed(k) => k.peek(key_hash(b.scope.iter().map(|d| view.field(*d))))?,
+        };
+        let now = compiled.clock.now();
+        let limits = b
+            .limits
+            .iter()
+            .map(|l| {
+                let mut used = gcra::used_units(&cell.tat[l.slot], &l.rate, now);
+                let mut burst = l.burst_units;
+                if l.unit == Unit::Spend {
+                    used /= NANOS_PER_UNIT;
+                    burst /= NANOS_PER_UNIT;
+                }
+                (l.kind, used, burst)
+            })
+            .collect();
+        Some(KeyUsage {
+            key: cell.key().to_string(),
+            in_flight: cell.inflight.load(Ordering::Acquire),
+            limits,
+        })
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+}
+
+impl Inner {
+    pub(crate) fn current(&self) -> Arc<Compiled> {
+        self.current.load_full()
+    }
+
+    pub(crate) fn reload_policy(&self, policy: Policy) -> ReloadReport {
+        let mut registry = self.registry.lock();
+        let generation = self.generation.load(Ordering::Acquire) + 1;
+        let (compiled, mut report) = compile(policy, &mut registry, &self.clock);
+        report.generation = generation;
+        self.current.store(Arc::new(compiled));
+        self.generation.store(generation, Ordering::Release);
+        report
+    }
+}
+
+fn count_admitted(permit: &Permit, waited: bool) {
+    for h in &permit.holds {
+        let c = &permit.compiled.budgets[usize::from(h.budget)]
+            .state
+            .counters;
+        c.admitted.fetch_add(1, Ordering::Relaxed);
+        if waited {
+            c.waited.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn count_denied(compiled: &Compiled, denial: &Denial) {
+    if let Some(name) = &denial.budget
+        && let Some(b) = compiled
+            .budgets
+            .iter()
+            .find(|b| Arc::ptr_eq(&b.state.name, name))
+    {
+        b.state.counters.denied.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether a blocked call may wait (`Ok(after)`) or is refused. `waited` is how long it has
+/// waited already.
+fn blocked_verdict(
+    budget: &CompiledBudget,
+    blocked: &Blocked,
+    waited: Option<Nanos>,
+) -> Result<Duration, Denial> {
+    let deny = |reason| Denial::by(&budget.state.name, blocked.cell.key(), reason);
+    let max = match budget.exhausted {
+        Exhausted::Wait(max) => duration_nanos(max),
+        Exhausted::Deny => 0,
+    };
+    let waited = waited.unwrap_or(0);
+    let left = max.saturating_sub(waited);
+    match (blocked.wait, blocked.limit) {
+        (Some(wait), Some(limit)) if wait > left || max == 0 => Err(deny(DenyReason::Exhausted {
+            limit,
+            retry_after: Duration::from_nanos(wait),
+        })),
+        (Some(wait), _) => Ok(Duration::from_nanos(wait.max(1))),
+        (None, _) if max == 0 => Err(deny(match budget.concurrency {
+            Some(max) => DenyReason::Concurrency { max },
+            None => DenyReason::WaitedTooLong {
+                waited: Duration::from_nanos(waited),
+            },
+        })),
+        (None, _) if left == 0 => Err(deny(DenyReason::WaitedTooLong {
+            waited: Duration::from_nanos(waited),
+        })),
+        // Concurrency or a queue: no time is known; hosts polling `admit` retry shortly.
+        (None, _) => Ok(Duration::from_millis(10).min(Duration::from_nanos(left))),
+    }
+}
+
+/// One all-or-nothing admission attempt at `now`. `seq` is the waiter's queue ticket, if any.
+pub(crate) fn attempt(
+    compiled: &Arc<Compiled>,
+    call: &CallView<'_>,
+    demand: &Demand,
+    seq: Option<u64>,
+    now: Nanos,
+) -> Attempt {
+    let mut holds: SmallVec<[Hold; 2]> = SmallVec::new();
+    let undo = |holds: &mut SmallVec<[Hold; 2]>| {
+        for h in holds.drain(..) {
+            let b = &compiled.budgets[usize::from(h.budget)];
+            undo_hold(b, &h, now);
+        }
+    };
+    for (i, b) in compiled.budgets.iter().enumerate() {
+        if !b.matches(call) {
+            continue;
+        }
+        let cell = match b.cell(call, now) {
+            Ok(c) => c,
+            Err(CapacityFull(capacity)) => {
+                undo(&mut holds);
+                return Attempt::Deny(Denial {
+                    budget: Some(Arc::clone(&b.state.name)),
+                    key: Some(Arc::from(b.key_text(call))),
+                    reason: DenyReason::KeyCapacity { capacity },
+                });
+            }
+        };
+        if b.spends && demand.price.is_none() {
+            undo(&mut holds);
+            let reason = DenyReason::UnknownPrice {
+                model: call.model.to_owned(),
+            };
+            return Attempt::Deny(Denial::by(&b.state.name, cell.key(), reason));
+        }
+        if !cell.queue.may_pass(call.priority, seq) {
+            undo(&mut holds);
+            let wait = first_wait(b, &cell, demand, now);
+            return Attempt::Blocked(Blocked {
+                budget: i,
+                cell,
+                wait: None,
+                limit: wait.map(|w| w.1),
+            });
+        }
+        let mut hold = Hold {
+            budget: i as u16,
+            cell: Arc::clone(&cell),
+            charges: [Charge::default(); SLOTS],
+            concurrency: false,
+        };
+        for l in &b.limits {
+            let inc = l.rate.increment(b.units(l.unit, demand));
+            if !l.rate.fits(inc) {
+                undo_hold(b, &hold, now);
+                undo(&mut holds);
+                let mut cost = b.units(l.unit, demand) as f64;
+                let mut burst = l.burst_units;
+                if l.unit == Unit::Spend {
+                    cost /= NANOS_PER_UNIT;
+                    burst /= NANOS_PER_UNIT;
+                }
+                let reason = DenyReason::NeverFits {
+                    limit: l.kind,
+                    cost,
+                    burst,
+                };
+                return Attempt::Deny(Denial::by(&b.state.name, cell.key(), reason));
+            }
+            match gcra::reserve(&cell.tat[l.slot], &l.rate, inc, now) {
+                Ok(charge) => hold.charges[l.slot] = charge,
+                Err(wait) => {
+                    undo_hold(b, &hold, now);
+                    undo(&mut holds);
+                    return Attempt::Blocked(Blocked {
+                        budget: i,
+                        cell,
+                        wait: Some(wait),
+                        limit: Some(l.kind),
+                    });
+                }
+            }
+        }
+        if let Some(max) = b.concurrency {
+            if !cell.try_acquire(max) {
+                undo_hold(b, &hold, now);
+                undo(&mut holds);
+                return Attempt::Blocked(Blocked {
+                    budget: i,
+                    cell,
+                    wait: None,
+                    limit: None,
+                });
+            }
+            hold.concurrency = true;
+        }
+        holds.push(hold);
+    }
+    Attempt::Go(Permit {
+        compiled: Arc::clone(compiled),
+        holds,
+        demand: *demand,
+        settled: false,
+    })
+}
+
+/// The first limit of `b` that would make this call wait, and for how long.
+fn first_wait(
+    b: &CompiledBudget,
+    cell: &Cell,
+    demand: &Demand,
+    now: Nanos,
+) -> Option<(Nanos, LimitKind)> {
+    b.limits.iter().find_map(|l| {
+        let w = gcra::wait_for(
+            &cell.tat[l.slot],
+            &l.rate,
+            l.rate.increment(b.units(l.unit, demand)),
+            now,
+        );
+        (w > 0).then_some((w, l.kind))
+    })
+}
+
+/// Gives back what an unfinished hold took (same `now`, so every charge returns whole).
+fn undo_hold(b: &CompiledBudget, h: &Hold, now: Nanos) {
+    for l in &b.limits {
+        let c = h.charges[l.slot];
+        if c.increment > 0 {
+            gcra::refund(&h.cell.tat[l.slot], c.increment, c.end, now);
+        }
+    }
+    if h.concurrency {
+        h.cell.release();
+    }
+}
+
+/// Compiles a policy against the registry of budget state.
+fn compile(
+    policy: Policy,
+    registry: &mut HashMap<String, Registered>,
+    clock: &Arc<dyn Clock>,
+) -> (Compiled, ReloadReport) {
+    let now = clock.now();
+    let mut report = ReloadReport {
+        generation: 1,
+        added: vec![],
+        kept: vec![],
+        removed: vec![],
+        rescoped: vec![],
+    };
+    let mut budgets = Vec::with_capacity(policy.budgets.len());
+    for spec in &policy.budgets {
+        let compiled = match registry.get_mut(&spec.name) {
+            Some(r) if r.scope == spec.scope => {
+                report.kept.push(spec.name.clone());
+                let compiled = compile_budget(spec, Arc::clone(&r.state));
+                carry_over(r, &compiled, now);
+                compiled
+            }
+            existing => {
+                if existing.is_some() {
+                    report.rescoped.push(spec.name.clone());
+                } else {
+                    report.added.push(spec.name.clone());
+                }
+                let scoped = !spec.scope.is_empty();
+                let state = Arc::new(BudgetState::new(&spec.name, scoped, spec.key_capacity));
+                let compiled = compile_budget(spec, state);
+                registry.insert(
+                    spec.name.clone(),
+                    Registered {
+                        scope: spec.scope.clone(),
+                        state: Arc::clone(&compiled.state),
+                        rates: rates_of(&compiled),
+                    },
+                );
+                compiled
+            }
+        };
+        if let Cells::Keyed(k) = &compiled.state.cells {
+            k.set_capacity(spec.key_capacity);
+        }
+        budgets.push(compiled);
+    }
+    registry.retain(|name, _| {
+        let keep = policy.budgets.iter().any(|b| &b.name == name);
+        if !keep {
+            report.removed.push(name.clone());
+        }
+        keep
+    });
+    report.removed.sort();
+    let models = ModelTable::with_overrides(
+        policy.prices.iter().map(|(m, p)| (m.as_str(), *p)),
+        policy
+            .models
+            .iter()
+            .map(|(m, o)| (m.as_str(), o.encoding, o.context_window)),
+    );
+    let compiled = Compiled {
+        policy: Arc::new(policy),
+        budgets,
+        models,
+        clock: Arc::clone(clock),
+    };
+    (compiled, report)
+}
+
+fn rates_of(b: &CompiledBudget) -> [Option<f64>; SLOTS] {
+    let mut rates = [None; SLOTS];
+    for l in &b.limits {
+        rates[l.slot] = Some(l.rate.ns_per_unit);
+    }
+    rates
+}
+
+/// Keeps a kept budget's use in units across a change of its limits: a changed rate rescales the
+/// outstanding use of every key, a limit that is new starts empty.
+fn carry_over(r: &mut Registered, b: &CompiledBudget, now: Nanos) {
+    let rates = rates_of(b);
+    for (slot, (old, new)) in r.rates.iter().zip(rates.iter()).enumerate() {
+        match (old, new) {
+            (Some(old), Some(new)) if old != new => r.state.rescale(slot, *old, *new, now),
+            (None, Some(_)) => r.state.reset_slot(slot),
+            _ => {}
+        }
+    }
+    r.rates = rates;
+}
+
+fn compile_budget(spec: &Budget, state: Arc<BudgetState>) -> CompiledBudget {
+    let limits: SmallVec<[CompiledLimit; 4]> = spec
+        .limits
+        .iter()
+        .map(|l| {
+            let scale = if l.kind.unit() == Unit::Spend {
+                NANOS_PER_UNIT
+            } else {
+                1.0
+            };
+            let window = duration_nanos(l.kind.window());
+            CompiledLimit {
+                kind: l.kind,
+                slot: l.kind.slot(),
+                unit: l.kind.unit(),
+                rate: Rate::new(l.amount * scale, window, l.burst * scale),
+                burst_units: l.burst * scale,
+            }
+        })
+        .collect();
+    CompiledBudget {
+        state,
+        scope: spec.scope.iter().copied().collect(),
+        matcher: spec.matcher.clone(),
+        match_all: spec.matcher.is_empty(),
+        spends: limits.iter().any(|l| l.unit == Unit::Spend),
+        limits,
+        concurrency: spec.concurrency,
+        exhausted: spec.when_exhausted,
+    }
+}

@@ -1,0 +1,191 @@
+//! Permits: what an admitted call holds until it is settled or dropped.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use smallvec::SmallVec;
+
+use crate::budget::gcra::{self, Charge};
+use crate::budget::{Cell, SLOTS};
+use crate::policy::Unit;
+use crate::tokens::{self, Cost, Usage};
+
+use super::call::Demand;
+use super::decision::{Outcome, Settlement};
+use super::{Compiled, money_to_nanos, nanos_to_money};
+
+/// One budget's share of a permit.
+pub(crate) struct Hold {
+    pub budget: u16,
+    pub cell: Arc<Cell>,
+    pub charges: [Charge; SLOTS],
+    pub concurrency: bool,
+}
+
+/// Capacity held by an admitted call: reserved requests, tokens and money in every matching
+/// budget, and a concurrency slot where a budget limits concurrency.
+///
+/// Settle it with [`crate::Engine::settle`] once the call is done. Dropping it unsettled gives
+/// everything back, as if the call had not been sent.
+#[must_use = "dropping a permit refunds it as if the call was not sent"]
+pub struct Permit {
+    pub(crate) compiled: Arc<Compiled>,
+    pub(crate) holds: SmallVec<[Hold; 2]>,
+    pub(crate) demand: Demand,
+    pub(crate) settled: bool,
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("budgets", &self.budgets().collect::<Vec<_>>())
+            .field("reserved_tokens", &self.demand.tokens)
+            .field("estimated_cost", &self.estimated_cost())
+            .finish()
+    }
+}
+
+/// What the call was charged, in the units the budgets count.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Actual {
+    pub refund_request: bool,
+    pub tokens: u64,
+    pub spend_nanos: u64,
+}
+
+impl Permit {
+    /// The budgets holding capacity for this call, with their scope keys.
+    pub fn budgets(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.holds.iter().map(|h| {
+            let b = &self.compiled.budgets[usize::from(h.budget)];
+            (&*b.state.name, &**h.cell.key())
+        })
+    }
+
+    /// Prompt tokens estimated at admission.
+    pub fn prompt_tokens(&self) -> u64 {
+        self.demand.prompt_tokens
+    }
+
+    /// Completion allowance reserved at admission.
+    pub fn completion_allowance(&self) -> u64 {
+        self.demand.completion_tokens
+    }
+
+    /// Tokens reserved (prompt plus completion allowance).
+    pub fn reserved_tokens(&self) -> u64 {
+        self.demand.tokens
+    }
+
+    /// Whether the prompt count is exact (BPE) rather than estimated.
+    pub fn exact_prompt(&self) -> bool {
+        self.demand.exact
+    }
+
+    /// The cost reserved at admission (0 when the model has no price).
+    pub fn estimated_cost(&self) -> f64 {
+        nanos_to_money(self.demand.spend_nanos)
+    }
+
+    /// Turns an outcome into charges and applies them.
+    pub(crate) fn settle(mut self, outcome: &Outcome) -> Settlement {
+        let (actual, cost) = self.actual(outcome);
+        self.apply(actual);
+        for h in &self.holds {
+            let c = &self.compiled.budgets[usize::from(h.budget)].state.counters;
+            c.tokens.fetch_add(actual.tokens, Ordering::Relaxed);
+            c.spend_nanos
+                .fetch_add(actual.spend_nanos, Ordering::Relaxed);
+        }
+        Settlement {
+            reserved_tokens: self.demand.tokens,
+            tokens: actual.tokens,
+            usage: outcome.usage,
+            cost,
+            spend: nanos_to_money(actual.spend_nanos),
+        }
+    }
+
+    fn actual(&self, outcome: &Outcome) -> (Actual, Option<Cost>) {
+        let nothing = Actual {
+            refund_request: !outcome.sent,
+            tokens: 0,
+            spend_nanos: 0,
+        };
+        if !outcome.sent {
+            return (nothing, None);
+        }
+        if let Some(usage) = outcome.usage {
+            return self.charged_for(&usage);
+        }
+        match outcome.status {
+            // Failed requests are not billed.
+            Some(s) if s >= 400 => (nothing, None),
+            // Success without usage, or no answer at all: keep the reservation.
+            _ => (
+                Actual {
+                    refund_request: false,
+                    tokens: self.demand.tokens,
+                    spend_nanos: self.demand.spend_nanos,
+                },
+                None,
+            ),
+        }
+    }
+
+    fn charged_for(&self, usage: &Usage) -> (Actual, Option<Cost>) {
+        let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+        let cost = self.demand.price.map(|p| tokens::cost(&p, usage));
+        let spend_nanos = cost.map(|c| money_to_nanos(c.total())).unwrap_or(0);
+        (
+            Actual {
+                refund_request: false,
+                tokens,
+                spend_nanos,
+            },
+            cost,
+        )
+    }
+
+    /// Replaces every reservation by `actual` and releases concurrency slots.
+    fn apply(&mut self, actual: Actual) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        let now = self.compiled.clock.now();
+        for h in &self.holds {
+            let budget = &self.compiled.budgets[usize::from(h.budget)];
+            let mut gave_back = false;
+            for l in &budget.limits {
+                let units = match l.unit {
+                    Unit::Requests => u64::from(!actual.refund_request),
+                    Unit::Tokens => actual.tokens,
+                    Unit::Spend => actual.spend_nanos,
+                };
+                let charge = h.charges[l.slot];
+                let inc = l.rate.increment(units);
+                gave_back |= inc < charge.increment;
+                gcra::adjust(&h.cell.tat[l.slot], charge, inc, now);
+            }
+            if h.concurrency {
+                h.cell.release();
+            } else if gave_back {
+                h.cell.queue.wake_head();
+            }
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.apply(Actual {
+                refund_request: true,
+                tokens: 0,
+                spend_nanos: 0,
+            });
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Calls that wait for room, in the budgets' priority queues.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use smallvec::SmallVec;
+
+use crate::budget::{Cell, Signal};
+use crate::clock::{Nanos, duration_nanos};
+use crate::policy::Exhausted;
+
+use super::call::{CallView, Demand, OwnedCall};
+use super::decision::{Denial, DenyReason};
+use super::permit::Permit;
+use super::{Attempt, Inner, attempt, blocked_verdict, count_admitted, count_denied};
+
+/// What polling a [`Waiter`] gives.
+// A permit is moved once from admission to settle; boxing it to shrink this enum would add an
+// allocation to every admission, so the size difference is accepted.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum WaitPoll {
+    /// Finished: admitted or refused.
+    Ready(Result<Permit, Denial>),
+    /// Not yet: poll again at clock time `until` (nanoseconds), or earlier when
+    /// [`Waiter::signal`] fires.
+    Pending {
+        /// Clock time of the next useful poll.
+        until: Nanos,
+    },
+}
+
+/// A call waiting for room. It keeps its place in the queue of every budget that made it wait;
+/// dropping it leaves the queues.
+pub struct Waiter {
+    inner: Arc<Inner>,
+    call: OwnedCall,
+    demand: Demand,
+    seq: u64,
+    signal: Arc<Signal>,
+    started: Nanos,
+    deadline: Option<Nanos>,
+    queued: SmallVec<[Arc<Cell>; 2]>,
+    done: bool,
+}
+
+impl std::fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiter")
+            .field("seq", &self.seq)
+            .field("started", &self.started)
+            .field("deadline", &self.deadline)
+            .field("queued_in", &self.queued.len())
+            .finish()
+    }
+}
+
+impl Waiter {
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        call: CallView<'_>,
+        demand: Demand,
+        seq: u64,
+        now: Nanos,
+    ) -> Waiter {
+        Waiter {
+            inner,
+            call: OwnedCall::from_view(call),
+            demand,
+            seq,
+            signal: Arc::new(Signal::default()),
+            started: now,
+            deadline: None,
+            queued: SmallVec::new(),
+            done: false,
+        }
+    }
+
+    /// Fires when the waiter should be polled before its `until` (capacity came back, or it
+    /// reached the head of a queue).
+    pub fn signal(&self) -> &Arc<Signal> {
+        &self.signal
+    }
+
+    /// When the waiter started waiting (clock nanoseconds).
+    pub fn started(&self) -> Nanos {
+        self.started
+    }
+
+    /// Tries to take room now.
+    pub fn poll(&mut self) -> WaitPoll {
+        if self.done {
+            let message = "this waiter already finished; make a new one".to_owned();
+            return WaitPoll::Ready(Err(Denial::new(DenyReason::InvalidRequest { message })));
+        }
+        let compiled = self.inner.current();
+        let now = compiled.clock.now();
+        let waited = now.saturating_sub(self.started);
+        match attempt(
+            &compiled,
+            &self.call.view(),
+            &self.demand,
+            Some(self.seq),
+            now,
+        ) {
+            Attempt::Go(permit) => {
+                let did_wait = waited > 0 || !self.queued.is_empty();
+                self.finish();
+                count_admitted(&permit, did_wait);
+                WaitPoll::Ready(Ok(permit))
+            }
+            Attempt::Deny(denial) => {
+                self.finish();
+                count_denied(&compiled, &denial);
+                WaitPoll::Ready(Err(denial))
+            }
+            Attempt::Blocked(blocked) => {
+                let budget = &compiled.budgets[blocked.budget];
+                let refuse = |this: &mut Waiter, denial: Denial| {
+                    this.finish();
+                    budget
+                        .state
+                        .counters
+                        .denied
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    WaitPoll::Ready(Err(denial))
+                };
+                if let Err(denial) = blocked_verdict(budget, &blocked, Some(waited)) {
+                    return refuse(self, denial);
+                }
+                let max = match budget.exhausted {
+                    Exhausted::Wait(max) => duration_nanos(max),
+                    Exhausted::Deny => 0,
+                };
+                let deadline = self
+                    .started
+                    .saturating_add(max)
+                    .min(self.deadline.unwrap_or(u64::MAX));
+                self.deadline = Some(deadline);
+                if now >= deadline {
+                    let reason = DenyReason::WaitedTooLong {
+                        waited: Duration::from_nanos(waited),
+                    };
+                    return refuse(
+                        self,
+                        Denial::by(&budget.state.name, blocked.cell.key(), reason),
+                    );
+                }
+                if !self.queued.iter().any(|c| Arc::ptr_eq(c, &blocked.cell)) {
+                    blocked
+                        .cell
+                        .queue
+                        .enqueue(self.call.view().priority, self.seq, &self.signal);
+                    self.queued.push(Arc::clone(&blocked.cell));
+                }
+                let until = match blocked.wait {
+                    Some(wait) => now.saturating_add(wait.max(1)),
+                    None => deadline,
+                };
+                WaitPoll::Pending {
+                    until: until.min(deadline),
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        for cell in self.queued.drain(..) {
+            cell.queue.remove(self.seq);
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish();
+        }
+    }
+}
