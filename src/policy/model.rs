@@ -405,7 +405,7 @@ pub struct Limit {
     pub kind: LimitKind,
     /// Amount per window: calls, tokens, or money (> 0, finite).
     pub amount: f64,
-    /// Most that may be used at once; defaults to `amount`.
+    /// Most that may be used at once; defaults to `amount` (at least 1 for request limits).
     pub burst: f64,
 }
 
