@@ -1,0 +1,107 @@
+//! Exact token counts for OpenAI's `o200k_base` and `cl100k_base` vocabularies.
+//!
+//! Backed by the `bpe-openai` crate (GitHub `rust-gems`), which embeds the vocabularies
+//! (pre-compiled at build time, nothing is read at run time) and counts in linear time, so a
+//! hostile prompt (a megabyte of one letter, of spaces) costs the same per byte as prose. Each
+//! vocabulary is deserialized once, on first use (a process-wide lazily initialised static,
+//! thread-safe); [`warm_up`] moves that cost (~25–60 ms) out of the first request.
+
+use super::Encoding;
+
+fn tokenizer(encoding: Encoding) -> &'static bpe_openai::Tokenizer {
+    match encoding {
+        Encoding::O200kBase => bpe_openai::o200k_base(),
+        Encoding::Cl100kBase => bpe_openai::cl100k_base(),
+    }
+}
+
+/// Counts the tokens of `text` exactly as OpenAI's tiktoken does with `encoding`.
+///
+/// The text is encoded as ordinary text: special-token strings such as `<|endoftext|>` are
+/// counted as the characters they are, which is what the API does with user content.
+///
+/// ```
+/// use tollgate::tokens::{count, Encoding};
+/// assert_eq!(count(Encoding::O200kBase, "hello world"), 2);
+/// assert_eq!(count(Encoding::Cl100kBase, "今天天气很好，我们一起去公园散步吧。"), 22);
+/// assert_eq!(count(Encoding::O200kBase, ""), 0);
+/// ```
+pub fn count(encoding: Encoding, text: &str) -> usize {
+    if text.is_empty() {
+        return 0;
+    }
+    tokenizer(encoding).count(text)
+}
+
+/// Loads the vocabulary of `encoding` now instead of on the first [`count`].
+///
+/// Calling it more than once, from any thread, is cheap.
+///
+/// ```
+/// tollgate::tokens::warm_up(tollgate::tokens::Encoding::O200kBase);
+/// ```
+pub fn warm_up(encoding: Encoding) {
+    let _ = tokenizer(encoding).count("warm up");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_and_tiny() {
+        for e in [Encoding::O200kBase, Encoding::Cl100kBase] {
+            assert_eq!(count(e, ""), 0);
+            assert_eq!(count(e, "a"), 1);
+            assert_eq!(count(e, " "), 1);
+        }
+    }
+
+    #[test]
+    fn known_counts() {
+        assert_eq!(count(Encoding::O200kBase, "hello world"), 2);
+        assert_eq!(
+            count(Encoding::O200kBase, "今天天气很好，我们一起去公园散步吧。"),
+            13
+        );
+        assert_eq!(
+            count(Encoding::Cl100kBase, "今天天气很好，我们一起去公园散步吧。"),
+            22
+        );
+    }
+
+    #[test]
+    fn special_token_text_is_ordinary() {
+        // tiktoken's encode_ordinary: "<|endoftext|>" is several ordinary tokens, not one.
+        assert!(count(Encoding::Cl100kBase, "<|endoftext|>") > 1);
+        assert!(count(Encoding::O200kBase, "<|endoftext|>") > 1);
+    }
+
+    #[test]
+    fn huge_degenerate_inputs_are_counted() {
+        // 1 MB runs that make backtracking tokenizers overflow their stack or go quadratic.
+        let spaces = " ".repeat(1 << 20);
+        assert!(count(Encoding::O200kBase, &spaces) > 0);
+        let letters = "a".repeat(1 << 20);
+        assert_eq!(count(Encoding::O200kBase, &letters), (1 << 20) / 8);
+    }
+
+    #[test]
+    fn counts_from_many_threads() {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let e = if i % 2 == 0 {
+                        Encoding::O200kBase
+                    } else {
+                        Encoding::Cl100kBase
+                    };
+                    count(e, "hello world")
+                })
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().expect("counting thread panicked"), 2);
+        }
+    }
+}
