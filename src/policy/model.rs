@@ -100,7 +100,12 @@ pub struct Upstream {
     pub ca_file: Option<PathBuf>,
     /// Proxy URL (`http://host:port`) used through CONNECT; `None` means `HTTPS_PROXY` if set.
     pub proxy: Option<String>,
+    /// How long a pool key that got 401 is left out of rotation (`key_quarantine`, default 5m).
+    pub key_quarantine: Duration,
 }
+
+/// Default for [`Upstream::key_quarantine`].
+pub const DEFAULT_KEY_QUARANTINE: Duration = Duration::from_secs(300);
 
 /// How an upstream authenticates.
 #[derive(Debug, Clone, PartialEq)]
@@ -479,6 +484,9 @@ pub struct Route {
     pub targets: Vec<Target>,
     /// How to pick.
     pub strategy: Strategy,
+    /// Route whose targets are tried when every target of this one has failed (`fallback`).
+    /// Chains are followed; validation refuses loops.
+    pub fallback: Option<String>,
 }
 
 /// Jitter applied to exponential backoff.
@@ -530,6 +538,9 @@ pub struct Retry {
     pub budget_ratio: f64,
     /// Retry budget: bucket size (default 10).
     pub budget_max_tokens: f64,
+    /// Let `x-ratelimit-remaining-*` / `x-ratelimit-reset-*` response headers tighten the local
+    /// budgets of that upstream and key until the reset (`honor_server_limits`, default true).
+    pub honor_server_limits: bool,
 }
 
 impl Default for Retry {
@@ -550,6 +561,7 @@ impl Default for Retry {
             ],
             budget_ratio: 0.1,
             budget_max_tokens: 10.0,
+            honor_server_limits: true,
         }
     }
 }
@@ -559,8 +571,8 @@ impl Default for Retry {
 pub struct Breaker {
     /// Whether breakers are used (default true).
     pub enabled: bool,
-    /// Sliding window length, in calls (count window) — default 20.
-    pub window_calls: u32,
+    /// Sliding window: the last N calls, or the calls of the last duration (default 20 calls).
+    pub window: BreakerWindow,
     /// Calls needed before the rate is judged (default 20).
     pub min_calls: u32,
     /// Failure rate that opens (0..=1, default 0.5).
@@ -573,19 +585,41 @@ pub struct Breaker {
     pub open_for: Duration,
     /// Probe calls allowed while half-open (default 3).
     pub half_open_calls: u32,
+    /// A synthetic probe request sent while half-open instead of letting users' calls test a
+    /// sick upstream (`probe = { prompt = "ping", max_tokens = 1 }`); `None`: probes are real calls.
+    pub probe: Option<Probe>,
+}
+
+/// The sliding window of a circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerWindow {
+    /// The last N calls (`window = 20`).
+    Calls(u32),
+    /// The calls of the last duration (`window = "30s"`).
+    Time(Duration),
+}
+
+/// A synthetic half-open probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// The user message sent.
+    pub prompt: String,
+    /// `max_tokens` of the probe (default 1).
+    pub max_tokens: u32,
 }
 
 impl Default for Breaker {
     fn default() -> Self {
         Breaker {
             enabled: true,
-            window_calls: 20,
+            window: BreakerWindow::Calls(20),
             min_calls: 20,
             failure_rate: 0.5,
             slow_call: None,
             slow_call_rate: 1.0,
             open_for: Duration::from_secs(30),
             half_open_calls: 3,
+            probe: None,
         }
     }
 }
@@ -605,6 +639,14 @@ pub struct Cache {
     pub stale_if_error: Option<Duration>,
     /// Merge identical requests in flight (default true).
     pub single_flight: bool,
+    /// Only requests asking for at most this many choices (`n`) are cached (default 1).
+    pub max_n: u32,
+    /// Cache requests that carry `tools` / `functions` (default false: tool results change).
+    pub allow_tools: bool,
+    /// Cache only requests that set a `seed` (default false).
+    pub require_seed: bool,
+    /// Largest single entry, in bytes (default: max_bytes / 8); larger responses are not cached.
+    pub max_entry_bytes: u64,
 }
 
 impl Default for Cache {
@@ -616,6 +658,10 @@ impl Default for Cache {
             temperature_at_most: 0.0,
             stale_if_error: None,
             single_flight: true,
+            max_n: 1,
+            allow_tools: false,
+            require_seed: false,
+            max_entry_bytes: 8 * 1024 * 1024,
         }
     }
 }

@@ -258,6 +258,7 @@ fn upstream(cx: &mut Cx, node: &Node, path: &str) -> Option<Upstream> {
         timeouts: timeouts?,
         ca_file: ca_file?,
         proxy: proxy?,
+        key_quarantine: crate::policy::DEFAULT_KEY_QUARANTINE,
     })
 }
 
@@ -793,6 +794,7 @@ fn route(cx: &mut Cx, node: &Node, path: &str, upstreams: &[String]) -> Option<R
         model: Glob::new(&model),
         targets: targets?,
         strategy: strategy?,
+        fallback: None,
     })
 }
 
@@ -951,6 +953,7 @@ fn retry(cx: &mut Cx, node: &Node, path: &str) -> Option<Retry> {
         retry_on: retry_on?,
         budget_ratio,
         budget_max_tokens,
+        honor_server_limits: true,
     })
 }
 
@@ -1030,7 +1033,11 @@ fn breaker(cx: &mut Cx, node: &Node, path: &str) -> Option<Breaker> {
         whole(cx, n, p, 1, 100_000).and_then(|v| u32::try_from(v).ok())
     };
     let enabled = t.opt(cx, "enabled", d.enabled, boolean);
-    let window_calls = t.opt(cx, "window", d.window_calls, |cx, n, p| {
+    let default_window = match d.window {
+        crate::policy::BreakerWindow::Calls(n) => n,
+        crate::policy::BreakerWindow::Time(_) => 20,
+    };
+    let window_calls = t.opt(cx, "window", default_window, |cx, n, p| {
         if let Kind::Str(_) = n.kind {
             cx.err(
                 p,
@@ -1066,13 +1073,14 @@ fn breaker(cx: &mut Cx, node: &Node, path: &str) -> Option<Breaker> {
     }
     Some(Breaker {
         enabled: enabled?,
-        window_calls: window_calls?,
+        window: crate::policy::BreakerWindow::Calls(window_calls?),
         min_calls: min_calls?,
         failure_rate: failure_rate?,
         slow_call: slow_call?,
         slow_call_rate: slow_call_rate?,
         open_for: open_for?,
         half_open_calls: half_open_calls?,
+        probe: None,
     })
 }
 
@@ -1112,6 +1120,7 @@ fn cache(cx: &mut Cx, node: &Node, path: &str) -> Option<Cache> {
         temperature_at_most: temperature?,
         stale_if_error: stale_if_error?,
         single_flight: single_flight?,
+        ..Cache::default()
     })
 }
 

@@ -92,11 +92,16 @@ impl Policy {
             };
             let _ = writeln!(
                 out,
-                "breaker: per upstream, opens for {} when {}% of the last {} calls fail (judged \
+                "breaker: per upstream, opens for {} when {}% of {} fail (judged \
                  after {} calls){slow}; then lets {} probe calls through",
                 format_duration(b.open_for),
                 num(b.failure_rate * 100.0),
-                b.window_calls,
+                match b.window {
+                    crate::policy::BreakerWindow::Calls(n) => format!("the last {n} calls"),
+                    crate::policy::BreakerWindow::Time(d) => {
+                        format!("the calls of the last {}", format_duration(d))
+                    }
+                },
                 b.min_calls,
                 b.half_open_calls
             );
