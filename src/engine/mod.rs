@@ -295,7 +295,7 @@ impl Engine {
         let now = compiled.clock.now();
         match attempt(&compiled, &call.view(), &demand, None, now) {
             Attempt::Go(permit) => {
-                count_admitted(&permit, false);
+                count_admitted(&permit, &[]);
                 Decision::Go(permit)
             }
             Attempt::Deny(denial) => {
@@ -420,14 +420,13 @@ impl Inner {
     }
 }
 
-fn count_admitted(permit: &Permit, waited: bool) {
+/// Counts an admission in every budget of the permit, and a wait in the budgets that queued it.
+fn count_admitted(permit: &Permit, waited_in: &[Arc<BudgetState>]) {
     for h in &permit.holds {
-        let c = &permit.compiled.budgets[usize::from(h.budget)]
-            .state
-            .counters;
-        c.admitted.fetch_add(1, Ordering::Relaxed);
-        if waited {
-            c.waited.fetch_add(1, Ordering::Relaxed);
+        let state = &permit.compiled.budgets[usize::from(h.budget)].state;
+        state.counters.admitted.fetch_add(1, Ordering::Relaxed);
+        if waited_in.iter().any(|w| Arc::ptr_eq(w, state)) {
+            state.counters.waited.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

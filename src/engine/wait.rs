@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
-use crate::budget::{Cell, Signal};
+use crate::budget::{BudgetState, Cell, Signal};
 use crate::clock::{Nanos, duration_nanos};
 use crate::policy::Exhausted;
 
@@ -41,6 +41,10 @@ pub struct Waiter {
     started: Nanos,
     deadline: Option<Nanos>,
     queued: SmallVec<[Arc<Cell>; 2]>,
+    /// Budgets it waited in (for the `waited` counters).
+    waited_in: SmallVec<[Arc<BudgetState>; 2]>,
+    /// The budget and key that made it wait last.
+    blocked_on: Option<(Arc<str>, Arc<str>)>,
     done: bool,
 }
 
@@ -72,6 +76,8 @@ impl Waiter {
             started: now,
             deadline: None,
             queued: SmallVec::new(),
+            waited_in: SmallVec::new(),
+            blocked_on: None,
             done: false,
         }
     }
@@ -85,6 +91,11 @@ impl Waiter {
     /// When the waiter started waiting (clock nanoseconds).
     pub fn started(&self) -> Nanos {
         self.started
+    }
+
+    /// The budget and scope key that made this call wait most recently, if any did.
+    pub fn blocked_on(&self) -> Option<(&str, &str)> {
+        self.blocked_on.as_ref().map(|(b, k)| (&**b, &**k))
     }
 
     /// Tries to take room now.
@@ -104,9 +115,8 @@ impl Waiter {
             now,
         ) {
             Attempt::Go(permit) => {
-                let did_wait = waited > 0 || !self.queued.is_empty();
                 self.finish();
-                count_admitted(&permit, did_wait);
+                count_admitted(&permit, &self.waited_in);
                 WaitPoll::Ready(Ok(permit))
             }
             Attempt::Deny(denial) => {
@@ -145,6 +155,13 @@ impl Waiter {
                         self,
                         Denial::by(&budget.state.name, blocked.cell.key(), reason),
                     );
+                }
+                self.blocked_on = Some((
+                    Arc::clone(&budget.state.name),
+                    Arc::clone(blocked.cell.key()),
+                ));
+                if !self.waited_in.iter().any(|w| Arc::ptr_eq(w, &budget.state)) {
+                    self.waited_in.push(Arc::clone(&budget.state));
                 }
                 if !self.queued.iter().any(|c| Arc::ptr_eq(c, &blocked.cell)) {
                     blocked

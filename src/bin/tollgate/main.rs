@@ -1,0 +1,155 @@
+//! `tollgate`: the command-line tool of the tollgate policy engine.
+//!
+//! Subcommands: `check` (validate a policy), `count` (token counts and input cost), `simulate`
+//! (replay a trace of calls through the real engine in virtual time) and `demo` (the bundled
+//! simulation). Each subcommand lives in its own module; this file holds the argument grammar
+//! and maps every result to an exit status.
+
+mod check;
+mod count;
+mod demo;
+mod fmt;
+mod simulate;
+mod trace;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit statuses, shared by every subcommand (documented in `--help`).
+pub(crate) mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The command could not do its job: unreadable file, invalid policy, invalid input.
+    pub const FAILED: u8 = 1;
+    /// The command ran to the end but skipped some bad input lines (or `--strict` stopped at
+    /// one); clap also uses 2 for a malformed command line.
+    pub const PARTIAL: u8 = 2;
+}
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0  success
+  1  the command could not do its job (unreadable file, invalid policy, invalid input)
+  2  some input lines were bad and were skipped (or --strict stopped at one), or the command
+     line itself is malformed";
+
+/// Client-side policy engine for LLM API calls: budgets, token accounting, cache and retry
+/// decisions.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, about, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a policy file and summarise what it enforces.
+    ///
+    /// Every problem is listed at once, one per line as FILE:LINE:COLUMN: FIELD: WHAT TO DO, on
+    /// stderr. A valid policy prints its summary on stdout.
+    #[command(after_help = EXIT_CODES)]
+    Check(CheckArgs),
+    /// Count the tokens of a text (or a chat request) for a model, with the input cost.
+    ///
+    /// The text is counted exactly as given, byte for byte: a trailing newline (as `echo` adds)
+    /// is part of it; use `printf` to leave it out. Models with a bundled tokenizer (o200k_base,
+    /// cl100k_base) are counted exactly; others are estimated, erring high.
+    #[command(after_help = EXIT_CODES)]
+    Count(CountArgs),
+    /// Replay a trace of calls through the real engine, in virtual time.
+    #[command(long_about = simulate::LONG_ABOUT, after_help = EXIT_CODES)]
+    Simulate(SimulateArgs),
+    /// Run the bundled example: examples/policy.toml against examples/trace.jsonl.
+    ///
+    /// Needs no arguments, no network and no keys. Until tollgate's HTTP transport lands, the
+    /// demo is a simulation in virtual time through the real engine (the same code as
+    /// `tollgate simulate`); it ends with a table per tenant and per budget.
+    #[command(after_help = EXIT_CODES)]
+    Demo(DemoArgs),
+}
+
+/// Arguments of `tollgate check`.
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// Policy file (TOML, or JSON when it ends in .json or starts with `{`).
+    policy: PathBuf,
+}
+
+/// Arguments of `tollgate count`.
+#[derive(Debug, Args)]
+pub(crate) struct CountArgs {
+    /// Model whose tokenizer and price apply, e.g. gpt-4o. With --chat it defaults to the
+    /// request's own "model".
+    #[arg(long, short)]
+    pub model: Option<String>,
+    /// Input file; `-` or nothing reads stdin.
+    pub file: Option<PathBuf>,
+    /// The input is an OpenAI chat-completions request (JSON): count the prompt with the
+    /// per-message overhead, and show the completion allowance it asks for.
+    #[arg(long, conflicts_with = "jsonl")]
+    pub chat: bool,
+    /// One text per line: a JSON string or {"text": "...", "model": "..."} (model optional).
+    /// Prints one count per line; a bad line prints `error` there, is named on stderr, and
+    /// makes the exit status 2.
+    #[arg(long)]
+    pub jsonl: bool,
+    /// Print JSON instead of text (one object per line with --jsonl).
+    #[arg(long)]
+    pub json: bool,
+    /// Use this policy's [prices] and [models] over the bundled model table.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+}
+
+/// Arguments of `tollgate simulate`.
+#[derive(Debug, Args)]
+pub(crate) struct SimulateArgs {
+    /// Policy file.
+    #[arg(long, short)]
+    pub policy: PathBuf,
+    /// Trace file, one JSON object per line (`-` reads stdin).
+    #[arg(long, short)]
+    pub trace: PathBuf,
+    /// Stop at the first bad trace line (exit status 2) instead of skipping it.
+    #[arg(long)]
+    pub strict: bool,
+    /// Also write the per-budget summary as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
+    /// Do not print the summary table on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Arguments of `tollgate demo`.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Also print every call as a JSON line, as `tollgate simulate` does.
+    #[arg(long)]
+    pub calls: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Check(a) => check::run(&a.policy),
+        Command::Count(a) => count::run(&a),
+        Command::Simulate(a) => simulate::run(&a),
+        Command::Demo(a) => demo::run(&a),
+    };
+    ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

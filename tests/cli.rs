@@ -1,0 +1,405 @@
+//! End-to-end tests of the `tollgate` command-line tool: each runs the built binary.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+/// What a run of the binary gave.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn finish(out: Output) -> Run {
+    Run {
+        // A run killed by a signal has no code; -1 fails every assertion on codes.
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `tollgate ARGS` with `stdin` as its standard input.
+fn tollgate(args: &[&str], stdin: &str) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the tollgate binary runs");
+    let mut input = child.stdin.take().expect("stdin is piped");
+    input
+        .write_all(stdin.as_bytes())
+        .expect("stdin accepts the input");
+    drop(input);
+    finish(child.wait_with_output().expect("tollgate finishes"))
+}
+
+/// A fresh directory for one test's files.
+fn temp_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tollgate-cli-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir can be made");
+    dir
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("temp file can be written");
+    path.to_string_lossy().into_owned()
+}
+
+/// The JSON lines of stdout.
+fn json_lines(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// (decision, waited_ms) of every simulated call.
+fn decisions(calls: &[Value]) -> Vec<(String, f64)> {
+    calls
+        .iter()
+        .map(|c| {
+            (
+                c["decision"].as_str().unwrap_or("?").to_owned(),
+                c["waited_ms"].as_f64().unwrap_or(-1.0),
+            )
+        })
+        .collect()
+}
+
+fn d(decision: &str, waited: f64) -> (String, f64) {
+    (decision.to_owned(), waited)
+}
+
+/// Simulates `trace` under `policy` in a fresh temp dir.
+fn simulate(test: &str, policy: &str, trace: &str, extra: &[&str]) -> Run {
+    let dir = temp_dir(test);
+    let p = write(&dir, "policy.toml", policy);
+    let t = write(&dir, "trace.jsonl", trace);
+    let mut args = vec!["simulate", "--policy", &p, "--trace", &t];
+    args.extend_from_slice(extra);
+    tollgate(&args, "")
+}
+
+const RPS2: &str = "version = 1\n[[budget]]\nname = \"g\"\nrequests_per_second = 2\n";
+
+// ---- check -------------------------------------------------------------------------------
+
+#[test]
+fn check_accepts_a_valid_policy_and_summarises_it() {
+    let dir = temp_dir("check-ok");
+    let p = write(&dir, "p.toml", RPS2);
+    let r = tollgate(&["check", &p], "");
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    assert!(r.stdout.contains("budget \"g\""), "{}", r.stdout);
+    assert!(r.stderr.is_empty(), "{}", r.stderr);
+}
+
+#[test]
+fn check_accepts_the_bundled_example() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policy.toml");
+    let r = tollgate(&["check", example], "");
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    assert!(r.stdout.contains("per-tenant"));
+}
+
+#[test]
+fn check_lists_every_error_with_file_line_and_column() {
+    let dir = temp_dir("check-errors");
+    let p = write(
+        &dir,
+        "bad.toml",
+        "version = 2\n[[budget]]\nname = \"x\"\nrequests_per_minute = 0\nscope = [\"tenat\"]\n",
+    );
+    let r = tollgate(&["check", &p], "");
+    assert_eq!(r.code, 1);
+    assert!(r.stdout.is_empty(), "nothing on stdout: {}", r.stdout);
+    for (line, field) in [
+        (1, "version"),
+        (4, "budget[0].requests_per_minute"),
+        (5, "budget[0].scope[0]"),
+    ] {
+        let prefix = format!("{p}:{line}:");
+        assert!(
+            r.stderr
+                .lines()
+                .any(|l| l.starts_with(&prefix) && l.contains(field)),
+            "no `{prefix} ... {field}` line in:\n{}",
+            r.stderr
+        );
+    }
+    assert!(r.stderr.contains("3 errors"), "{}", r.stderr);
+}
+
+#[test]
+fn check_names_a_missing_file() {
+    let dir = temp_dir("check-missing");
+    let p = dir.join("nope.toml");
+    let r = tollgate(&["check", &p.to_string_lossy()], "");
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("does not exist"), "{}", r.stderr);
+}
+
+// ---- count -------------------------------------------------------------------------------
+
+#[test]
+fn count_hello_world_on_gpt_4o_is_exactly_two() {
+    let r = tollgate(&["count", "--model", "gpt-4o"], "hello world");
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let mut lines = r.stdout.lines();
+    assert_eq!(lines.next(), Some("2 tokens (exact, o200k_base)"));
+    assert_eq!(lines.next(), Some("input cost: $0.000005 at $2.50 / 1M"));
+}
+
+#[test]
+fn count_reads_a_file_and_prints_json() {
+    let dir = temp_dir("count-file");
+    let f = write(&dir, "text.txt", "hello world");
+    let r = tollgate(&["count", "--model", "gpt-4o", "--json", &f], "");
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let v: Value = serde_json::from_str(r.stdout.trim()).expect("JSON");
+    assert_eq!(v["tokens"], 2);
+    assert_eq!(v["exact"], true);
+    assert_eq!(v["encoding"], "o200k_base");
+}
+
+#[test]
+fn count_unknown_model_estimates_and_says_so() {
+    let r = tollgate(&["count", "--model", "foo"], "hello world");
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("tokens (estimated)"), "{}", r.stdout);
+    assert!(
+        r.stderr
+            .contains("model 'foo' is not in the table; estimated count, not exact"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn count_jsonl_marks_bad_lines_and_goes_on() {
+    let input = "\"hello world\"\nnot json\n{\"text\": \"hello world\"}\n{\"txt\": 1}\n";
+    let r = tollgate(&["count", "--model", "gpt-4o", "--jsonl"], input);
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stdout.lines().collect::<Vec<_>>(),
+        ["2", "error", "2", "error"]
+    );
+    assert!(r.stderr.contains("stdin:2:"), "{}", r.stderr);
+    assert!(r.stderr.contains("stdin:4:"), "{}", r.stderr);
+}
+
+#[test]
+fn count_chat_includes_message_overhead_and_allowance() {
+    let request = r#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "hello world"}],
+                      "max_tokens": 100}"#;
+    let r = tollgate(&["count", "--chat"], request);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    // 3 per message + 1 ("user") + 2 ("hello world") + 3 reply priming.
+    assert!(
+        r.stdout.starts_with("prompt: 9 tokens (exact, o200k_base)"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("completion allowance: 100 tokens"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn count_chat_refuses_a_request_without_messages() {
+    let r = tollgate(&["count", "--chat", "--model", "gpt-4o"], "{}");
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("\"messages\""), "{}", r.stderr);
+}
+
+// ---- simulate ----------------------------------------------------------------------------
+
+#[test]
+fn simulate_requests_per_second_go_go_deny() {
+    let trace = "{\"at_ms\": 0, \"tenant\": \"a\", \"model\": \"m\"}\n\
+                 {\"at_ms\": 1, \"tenant\": \"a\", \"model\": \"m\"}\n\
+                 {\"at_ms\": 2, \"tenant\": \"a\", \"model\": \"m\"}\n";
+    let r = simulate("sim-rps", RPS2, trace, &[]);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let calls = json_lines(&r.stdout);
+    assert_eq!(
+        decisions(&calls),
+        [d("go", 0.0), d("go", 0.0), d("deny", 0.0)]
+    );
+    assert_eq!(calls[2]["reason"], "budget_exhausted");
+    assert_eq!(calls[2]["budget"], "g");
+    assert_eq!(calls[0]["budgets"], serde_json::json!([["g", ""]]));
+    assert_eq!(calls[0]["line"], 1);
+    // The summary table is on stderr.
+    assert!(r.stderr.contains("admitted"), "{}", r.stderr);
+}
+
+#[test]
+fn simulate_waits_then_goes_with_wait_up_to() {
+    let policy = "version = 1\n[[budget]]\nname = \"per-tenant\"\nscope = [\"tenant\"]\n\
+                  requests_per_second = 1\nburst = 1\nwhen_exhausted = { wait_up_to = \"2s\" }\n";
+    // Out of time order on purpose: replayed sorted by at_ms, printed in file order.
+    let trace = "{\"at_ms\": 100, \"tenant\": \"a\", \"model\": \"m\"}\n\
+                 {\"at_ms\": 0, \"tenant\": \"a\", \"model\": \"m\"}\n\
+                 {\"at_ms\": 50, \"tenant\": \"b\", \"model\": \"m\"}\n";
+    let r = simulate("sim-wait", policy, trace, &[]);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let calls = json_lines(&r.stdout);
+    assert_eq!(
+        decisions(&calls),
+        [d("go", 900.0), d("go", 0.0), d("go", 0.0)]
+    );
+    assert_eq!(calls[0]["budget"], "per-tenant");
+    assert_eq!(calls[0]["key"], "tenant=a");
+    assert_eq!(calls[1]["budget"], Value::Null);
+}
+
+#[test]
+fn simulate_denies_when_the_wait_would_be_too_long() {
+    let policy = "version = 1\n[[budget]]\nname = \"g\"\nrequests_per_second = 1\nburst = 1\n\
+                  when_exhausted = { wait_up_to = \"500ms\" }\n";
+    let trace = "{\"at_ms\": 0, \"model\": \"m\"}\n{\"at_ms\": 100, \"model\": \"m\"}\n";
+    let r = simulate("sim-wait-deny", policy, trace, &[]);
+    let calls = json_lines(&r.stdout);
+    assert_eq!(decisions(&calls), [d("go", 0.0), d("deny", 0.0)]);
+    assert_eq!(calls[1]["reason"], "budget_exhausted");
+}
+
+#[test]
+fn simulate_settles_with_usage_status_or_the_reservation() {
+    let policy = "version = 1\n[[budget]]\nname = \"g\"\ntokens_per_minute = 100000\n";
+    let trace = r#"{"at_ms": 0, "model": "gpt-4o", "prompt_tokens": 100, "max_tokens": 50, "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}}
+{"at_ms": 0, "model": "gpt-4o", "prompt_tokens": 100, "max_tokens": 50, "status": 429, "headers": {"retry-after": "1"}}
+{"at_ms": 0, "model": "gpt-4o", "prompt_tokens": 100, "max_tokens": 50, "latency_ms": 700}
+"#;
+    let r = simulate("sim-settle", policy, trace, &[]);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let calls = json_lines(&r.stdout);
+    let tokens: Vec<u64> = calls
+        .iter()
+        .map(|c| c["tokens"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(tokens, [120, 0, 150], "usage, not billed, reservation kept");
+    // 100 prompt at $2.50 + 20 completion at $10 per 1M.
+    let cost = calls[0]["cost"].as_f64().unwrap_or(0.0);
+    assert!((cost - 0.00045).abs() < 1e-8, "cost {cost}");
+}
+
+#[test]
+fn simulate_skips_bad_lines_names_them_and_exits_2() {
+    let trace = "# a comment\n\
+                 {\"at_ms\": 0, \"model\": \"m\"}\n\
+                 this is not json\n\
+                 \n\
+                 {\"at_ms\": 1}\n\
+                 {\"at_ms\": \"soon\", \"model\": \"m\"}\n\
+                 {\"at_ms\": 2, \"model\": \"m\"}\n";
+    let r = simulate("sim-bad", RPS2, trace, &[]);
+    assert_eq!(r.code, 2);
+    let calls = json_lines(&r.stdout);
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[1]["line"], 7);
+    for n in [3, 5, 6] {
+        assert!(
+            r.stderr.contains(&format!("trace.jsonl:{n}: ")),
+            "line {n} in:\n{}",
+            r.stderr
+        );
+    }
+    assert!(r.stderr.contains("\"model\""), "{}", r.stderr);
+    assert!(r.stderr.contains("3 bad lines skipped"), "{}", r.stderr);
+}
+
+#[test]
+fn simulate_strict_stops_at_the_first_bad_line() {
+    let trace = "{\"at_ms\": 0, \"model\": \"m\"}\n{\"model\": \"m\"}\n{\"at_ms\": 2}\n";
+    let r = simulate("sim-strict", RPS2, trace, &["--strict"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stdout.is_empty(), "nothing replayed: {}", r.stdout);
+    assert!(r.stderr.contains("trace.jsonl:2: "), "{}", r.stderr);
+    assert!(
+        !r.stderr.contains("trace.jsonl:3: "),
+        "stopped at the first: {}",
+        r.stderr
+    );
+}
+
+#[test]
+fn simulate_writes_the_summary_as_json() {
+    let dir = temp_dir("sim-summary");
+    let summary = dir.join("summary.json");
+    let trace = "{\"at_ms\": 0, \"model\": \"m\"}\n{\"at_ms\": 0, \"model\": \"m\"}\n\
+                 {\"at_ms\": 0, \"model\": \"m\"}\n";
+    let r = simulate(
+        "sim-summary-run",
+        RPS2,
+        trace,
+        &["--summary-json", &summary.to_string_lossy()],
+    );
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let text = std::fs::read_to_string(&summary).expect("summary written");
+    let v: Value = serde_json::from_str(&text).expect("summary is JSON");
+    assert_eq!(v["calls"], 3);
+    assert_eq!(v["budgets"][0]["name"], "g");
+    assert_eq!(v["budgets"][0]["admitted"], 2);
+    assert_eq!(v["budgets"][0]["denied"], 1);
+}
+
+#[test]
+fn simulate_refuses_an_invalid_policy() {
+    let r = simulate(
+        "sim-bad-policy",
+        "version = 1\n[[budget]]\nname = 3\n",
+        "",
+        &[],
+    );
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("policy.toml:3:"), "{}", r.stderr);
+}
+
+// ---- demo and help -----------------------------------------------------------------------
+
+#[test]
+fn demo_runs_with_no_arguments_and_shows_waits_and_denials() {
+    let r = tollgate(&["demo"], "");
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    assert!(r.stdout.contains("SIMULATION"), "{}", r.stdout);
+    assert!(r.stdout.contains("Per tenant:"), "{}", r.stdout);
+    assert!(r.stdout.contains("Per budget"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("then went"),
+        "a call waited: {}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("denied by"),
+        "a call was denied: {}",
+        r.stdout
+    );
+}
+
+#[test]
+fn help_documents_exit_statuses() {
+    for args in [
+        &["--help"][..],
+        &["simulate", "--help"],
+        &["count", "--help"],
+    ] {
+        let r = tollgate(args, "");
+        assert_eq!(r.code, 0);
+        assert!(r.stdout.contains("Exit status:"), "{args:?}: {}", r.stdout);
+    }
+    let r = tollgate(&["simulate", "--help"], "");
+    assert!(r.stdout.contains("headers"), "{}", r.stdout);
+    assert!(r.stdout.contains("--strict"), "{}", r.stdout);
+}
