@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tollgate::policy::{
-    Auth, Exhausted, Format, LimitKind, Policy, PolicyError, PolicyErrors, ScopeDim, SecretRef,
-    Strategy,
+    Auth, BreakerWindow, Cache, DEFAULT_KEY_QUARANTINE, Exhausted, Format, LimitKind, Policy,
+    PolicyError, PolicyErrors, Probe, ScopeDim, SecretRef, Strategy,
 };
 
 fn example_path() -> PathBuf {
@@ -669,8 +669,27 @@ fn example_policy_parses() {
     assert_eq!(p.budgets[2].limits[0].kind, LimitKind::SpendPerMonth);
     assert_eq!(p.routes[1].name, "glm-*");
     assert_eq!(p.routes[0].targets[1].model, "deepseek-chat");
+    // The fallback chain gpt-4o -> cheap -> glm-*.
+    assert_eq!(p.routes[0].fallback.as_deref(), Some("cheap"));
+    assert_eq!(p.routes[2].name, "cheap");
+    assert_eq!(p.routes[2].fallback.as_deref(), Some("glm-*"));
+    assert_eq!(p.routes[1].fallback, None);
+    assert_eq!(p.upstreams[0].key_quarantine, Duration::from_secs(600));
+    assert_eq!(p.upstreams[1].key_quarantine, DEFAULT_KEY_QUARANTINE);
+    assert!(p.retry.honor_server_limits);
+    assert_eq!(p.breaker.window, BreakerWindow::Calls(20));
+    assert_eq!(
+        p.breaker.probe,
+        Some(Probe {
+            prompt: "ping".into(),
+            max_tokens: 1
+        })
+    );
     assert!(p.cache.enabled);
     assert_eq!(p.cache.max_bytes, 256_000_000);
+    assert_eq!(p.cache.max_entry_bytes, 8 * 1024 * 1024);
+    assert_eq!(p.cache.max_n, 1);
+    assert!(!p.cache.allow_tools && !p.cache.require_seed);
     assert_eq!(p.prices["glm-4-plus"].cached_input, 0.7);
     assert_eq!(p.models["my-finetune"].context_window, Some(128_000));
 }
@@ -778,9 +797,475 @@ fn summary_mentions_everything() {
         "retry: up to 3 attempts",
         "breaker:",
         "cache: on",
+        "falls back to route \"cheap\", then route \"glm-*\"",
+        "synthetic probe",
+        "left out for 10m",
     ] {
         assert!(s.contains(needle), "summary lacks {needle:?}:\n{s}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key quarantine, route fallbacks, server limits, breaker windows and probes, cache rules
+
+const UPSTREAM: &str =
+    "version = 1\n[[upstream]]\nname = \"u\"\nbase_url = \"https://u.example\"\n";
+
+/// A route named and matching `name`, on upstream `u`, with an optional fallback (5 lines, the
+/// fallback value on the last at column 12).
+fn route(name: &str, fallback: Option<&str>) -> String {
+    let mut r = format!(
+        "[[route]]\nname = \"{name}\"\nmodel = \"{name}\"\ntargets = [{{ upstream = \"u\" }}]\n"
+    );
+    if let Some(f) = fallback {
+        r.push_str(&format!("fallback = \"{f}\"\n"));
+    }
+    r
+}
+
+#[test]
+fn key_quarantine_is_read_and_defaults_to_five_minutes() {
+    let p = Policy::from_toml(&format!("{UPSTREAM}key_quarantine = \"90s\"\n")).expect("valid");
+    assert_eq!(p.upstreams[0].key_quarantine, Duration::from_secs(90));
+    let p = Policy::from_toml(UPSTREAM).expect("valid");
+    assert_eq!(p.upstreams[0].key_quarantine, DEFAULT_KEY_QUARANTINE);
+    assert_eq!(DEFAULT_KEY_QUARANTINE, Duration::from_secs(300));
+    let e = only(&format!("{UPSTREAM}key_quarantine = \"0s\"\n"));
+    check(
+        &e,
+        "upstream[0].key_quarantine",
+        5,
+        18,
+        "must be longer than zero",
+    );
+    let e = only(&format!("{UPSTREAM}key_quarantine = 300\n"));
+    check(&e, "upstream[0].key_quarantine", 5, 18, "write \"300s\"");
+}
+
+#[test]
+fn fallback_to_an_unknown_route() {
+    let text = format!(
+        "{UPSTREAM}{}{}",
+        route("primary", Some("chep")),
+        route("cheap", None)
+    );
+    let e = only(&text);
+    check(
+        &e,
+        "route[0].fallback",
+        9,
+        12,
+        "no route is named \"chep\"; did you mean \"cheap\"?",
+    );
+    // Nothing close: the other routes are listed.
+    let e = only(&text.replace("\"chep\"", "\"backup\""));
+    check(
+        &e,
+        "route[0].fallback",
+        9,
+        12,
+        "the other routes are cheap; fix the name or add a [[route]] with name = \"backup\"",
+    );
+    // Empty, or not a string.
+    let e = only(&text.replace("\"chep\"", "\"\""));
+    check(&e, "route[0].fallback", 9, 12, "must not be empty");
+    let e = only(&text.replace("\"chep\"", "[\"cheap\"]"));
+    check(&e, "route[0].fallback", 9, 12, "must be a string");
+}
+
+#[test]
+fn fallback_loop_of_two_routes() {
+    // c -> a -> b -> a: c leads into the loop but is not part of it; one error, at a.
+    let text = format!(
+        "{UPSTREAM}{}{}{}",
+        route("c", Some("a")),
+        route("a", Some("b")),
+        route("b", Some("a"))
+    );
+    let e = only(&text);
+    check(
+        &e,
+        "route[1].fallback",
+        14,
+        12,
+        "route fallback chain loops: a → b → a; break the loop",
+    );
+}
+
+#[test]
+fn fallback_to_itself() {
+    let e = only(&format!(
+        "{UPSTREAM}{}{}",
+        route("b", None),
+        route("a", Some("a"))
+    ));
+    check(
+        &e,
+        "route[1].fallback",
+        13,
+        12,
+        "route fallback chain loops: a → a; break the loop",
+    );
+}
+
+#[test]
+fn every_fallback_loop_is_reported_once() {
+    // Two separate loops (a <-> b, c -> c) and a route named after its model in one of them.
+    let text = format!(
+        "{UPSTREAM}{}{}{}\
+         [[route]]\nmodel = \"d\"\ntargets = [{{ upstream = \"u\" }}]\nfallback = \"b\"\n",
+        route("b", Some("d")),
+        route("c", Some("c")),
+        route("a", Some("b")),
+    );
+    let errors = refused(&text);
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    check(&errors[0], "route[0].fallback", 9, 12, "loops: b → d → b;");
+    check(&errors[1], "route[1].fallback", 14, 12, "loops: c → c;");
+}
+
+#[test]
+fn fallback_chain_without_loop_is_accepted() {
+    let p = Policy::from_toml(&format!(
+        "{UPSTREAM}{}{}{}",
+        route("a", Some("b")),
+        route("b", Some("c")),
+        route("c", None)
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let fallbacks: Vec<Option<&str>> = p.routes.iter().map(|r| r.fallback.as_deref()).collect();
+    assert_eq!(fallbacks, [Some("b"), Some("c"), None]);
+    // Two routes may share a fallback.
+    Policy::from_toml(&format!(
+        "{UPSTREAM}{}{}{}",
+        route("a", Some("c")),
+        route("b", Some("c")),
+        route("c", None)
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn honor_server_limits_is_read() {
+    assert!(
+        Policy::from_toml("version = 1\n")
+            .expect("valid")
+            .retry
+            .honor_server_limits
+    );
+    let p = Policy::from_toml("version = 1\n[retry]\nhonor_server_limits = false\n").expect("ok");
+    assert!(!p.retry.honor_server_limits);
+    let e = only("version = 1\n[retry]\nhonor_server_limits = \"no\"\n");
+    check(
+        &e,
+        "retry.honor_server_limits",
+        3,
+        23,
+        "must be true or false",
+    );
+}
+
+#[test]
+fn breaker_window_as_a_duration_is_a_time_window() {
+    let p = Policy::from_toml("version = 1\n[breaker]\nwindow = \"30s\"\n").expect("valid");
+    assert_eq!(
+        p.breaker.window,
+        BreakerWindow::Time(Duration::from_secs(30))
+    );
+    // min_calls is not bounded by a time window.
+    let p = Policy::from_toml("version = 1\n[breaker]\nwindow = \"1m\"\nmin_calls = 100\n")
+        .expect("valid");
+    assert_eq!(p.breaker.min_calls, 100);
+    let e = only("version = 1\n[breaker]\nwindow = \"0s\"\n");
+    check(&e, "breaker.window", 3, 10, "must be longer than zero");
+    let e = only("version = 1\n[breaker]\nwindow = \"30 seconds\"\n");
+    check(&e, "breaker.window", 3, 10, "is not a duration");
+}
+
+#[test]
+fn breaker_window_as_a_number_counts_calls() {
+    let p = Policy::from_toml("version = 1\n[breaker]\nwindow = 20\n").expect("valid");
+    assert_eq!(p.breaker.window, BreakerWindow::Calls(20));
+    let e = only("version = 1\n[breaker]\nwindow = 0\n");
+    check(&e, "breaker.window", 3, 10, "from 1 to 100000");
+    let e = only("version = 1\n[breaker]\nwindow = true\n");
+    check(
+        &e,
+        "breaker.window",
+        3,
+        10,
+        "must be a number of calls such as 20 or a duration such as \"30s\", got true",
+    );
+}
+
+#[test]
+fn breaker_window_as_a_quoted_number() {
+    let e = only("version = 1\n[breaker]\nwindow = \"20\"\n");
+    check(
+        &e,
+        "breaker.window",
+        3,
+        10,
+        "\"20\" is neither a number of calls nor a duration; write 20 without quotes for the \
+         last 20 calls, or \"20s\" for the calls of the last 20 seconds",
+    );
+}
+
+#[test]
+fn breaker_probe_is_read() {
+    let p = Policy::from_toml(
+        "version = 1\n[breaker]\nprobe = { prompt = \"Say OK.\", max_tokens = 2 }\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        p.breaker.probe,
+        Some(Probe {
+            prompt: "Say OK.".into(),
+            max_tokens: 2
+        })
+    );
+    let p = Policy::from_toml("version = 1\n[breaker]\nprobe = { prompt = \"ping\" }\n")
+        .expect("valid");
+    assert_eq!(p.breaker.probe.expect("probe").max_tokens, 1);
+    assert_eq!(
+        Policy::from_toml("version = 1\n")
+            .expect("valid")
+            .breaker
+            .probe,
+        None
+    );
+}
+
+#[test]
+fn breaker_probe_with_an_empty_prompt() {
+    let e = only("version = 1\n[breaker]\nprobe = { prompt = \"\" }\n");
+    check(
+        &e,
+        "breaker.probe.prompt",
+        3,
+        20,
+        "must not be empty; write a short prompt such as \"ping\"",
+    );
+    let e = only("version = 1\n[breaker]\nprobe = { max_tokens = 1 }\n");
+    check(
+        &e,
+        "breaker.probe.prompt",
+        3,
+        9,
+        "is required; add prompt = \"ping\"",
+    );
+    let long = "x".repeat(4097);
+    let e = only(&format!(
+        "version = 1\n[breaker]\nprobe = {{ prompt = \"{long}\" }}\n"
+    ));
+    check(
+        &e,
+        "breaker.probe.prompt",
+        3,
+        20,
+        "is 4097 bytes long; a probe prompt is at most 4096 bytes",
+    );
+    let e = only("version = 1\n[breaker]\nprobe = \"ping\"\n");
+    check(
+        &e,
+        "breaker.probe",
+        3,
+        9,
+        "must be a table such as { prompt = \"ping\", max_tokens = 1 }",
+    );
+}
+
+#[test]
+fn breaker_probe_with_zero_max_tokens() {
+    let e = only("version = 1\n[breaker]\nprobe = { prompt = \"ping\", max_tokens = 0 }\n");
+    check(
+        &e,
+        "breaker.probe.max_tokens",
+        3,
+        41,
+        "must be a whole number from 1 to 4096, got 0",
+    );
+    let e = only("version = 1\n[breaker]\nprobe = { prompt = \"ping\", max_token = 1 }\n");
+    check(
+        &e,
+        "breaker.probe.max_token",
+        3,
+        28,
+        "did you mean `max_tokens`?",
+    );
+}
+
+#[test]
+fn cache_rules_are_read() {
+    let p = Policy::from_toml(
+        "version = 1\n[cache]\nenabled = true\nmax_n = 4\nallow_tools = true\n\
+         require_seed = true\nmax_entry_bytes = \"1MiB\"\n",
+    )
+    .expect("valid");
+    let c = &p.cache;
+    assert_eq!(c.max_n, 4);
+    assert!(c.allow_tools && c.require_seed);
+    assert_eq!(c.max_entry_bytes, 1024 * 1024);
+    let p = Policy::from_toml("version = 1\n[cache]\nmax_entry_bytes = 4096\n").expect("valid");
+    assert_eq!(p.cache.max_entry_bytes, 4096);
+    let errors = refused(
+        "version = 1\n[cache]\nmax_n = 0\nallow_tools = 1\nrequire_seed = \"yes\"\n\
+         max_entry_bytes = \"0MB\"\n",
+    );
+    let found: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        found,
+        [
+            "cache.max_n",
+            "cache.allow_tools",
+            "cache.require_seed",
+            "cache.max_entry_bytes"
+        ]
+    );
+    check(
+        &errors[0],
+        "cache.max_n",
+        3,
+        9,
+        "must be a positive whole number",
+    );
+    check(
+        &errors[3],
+        "cache.max_entry_bytes",
+        6,
+        19,
+        "must be more than zero; remove the line for the default",
+    );
+}
+
+#[test]
+fn cache_entry_larger_than_the_cache() {
+    let e = only("version = 1\n[cache]\nmax_bytes = \"1MB\"\nmax_entry_bytes = \"2MB\"\n");
+    check(
+        &e,
+        "cache.max_entry_bytes",
+        4,
+        19,
+        "max_entry_bytes (2MB) is more than max_bytes (1MB); an entry larger than the whole \
+         cache could never be stored",
+    );
+    // Equal is allowed.
+    Policy::from_toml("version = 1\n[cache]\nmax_bytes = \"1MB\"\nmax_entry_bytes = 1000000\n")
+        .expect("valid");
+}
+
+#[test]
+fn default_max_entry_bytes_follows_max_bytes() {
+    let entry = |max_bytes: &str| {
+        Policy::from_toml(&format!("version = 1\n[cache]\nmax_bytes = {max_bytes}\n"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .cache
+            .max_entry_bytes
+    };
+    // An eighth of the cache, at most 8 MiB.
+    assert_eq!(entry("\"1MB\""), 125_000);
+    assert_eq!(entry("\"64MiB\""), 8 * 1024 * 1024);
+    assert_eq!(entry("\"1GB\""), 8 * 1024 * 1024);
+    assert_eq!(entry("4"), 1);
+    assert_eq!(
+        Policy::from_toml("version = 1\n")
+            .expect("valid")
+            .cache
+            .max_entry_bytes,
+        8 * 1024 * 1024
+    );
+    let d = Cache::default();
+    assert_eq!(
+        d.max_entry_bytes,
+        Cache::default_max_entry_bytes(d.max_bytes)
+    );
+}
+
+#[test]
+fn new_fields_in_json() {
+    let json = r#"{
+      "version": 1,
+      "upstream": [{ "name": "u", "base_url": "https://u.example", "key_quarantine": "1m" }],
+      "route": [
+        { "name": "a", "model": "a", "targets": [{ "upstream": "u" }], "fallback": "b" },
+        { "name": "b", "model": "b", "targets": [{ "upstream": "u" }] }
+      ],
+      "retry": { "honor_server_limits": false },
+      "breaker": { "window": "30s", "probe": { "prompt": "ping", "max_tokens": 1.0 } },
+      "cache": { "max_bytes": 1000000, "max_n": 2, "allow_tools": true, "require_seed": true }
+    }"#;
+    let p = Policy::from_json(json).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.upstreams[0].key_quarantine, Duration::from_secs(60));
+    assert_eq!(p.routes[0].fallback.as_deref(), Some("b"));
+    assert!(!p.retry.honor_server_limits);
+    assert_eq!(
+        p.breaker.window,
+        BreakerWindow::Time(Duration::from_secs(30))
+    );
+    assert_eq!(p.breaker.probe.as_ref().map(|p| p.max_tokens), Some(1));
+    assert_eq!((p.cache.max_n, p.cache.max_entry_bytes), (2, 125_000));
+    assert!(p.cache.allow_tools && p.cache.require_seed);
+}
+
+#[test]
+fn new_errors_in_json() {
+    let json = r#"{
+      "version": 1,
+      "upstream": [{ "name": "u", "base_url": "https://u.example" }],
+      "route": [
+        { "name": "a", "model": "a", "targets": [{ "upstream": "u" }], "fallback": "b" },
+        { "name": "b", "model": "b", "targets": [{ "upstream": "u" }], "fallback": "a" }
+      ],
+      "breaker": { "window": "20", "probe": { "prompt": "" } },
+      "cache": { "max_bytes": 1000, "max_entry_bytes": 2000 }
+    }"#;
+    let errors = refused_json(json);
+    let found: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    // JSON keeps no positions: schema order, loops after the routes are read.
+    assert_eq!(
+        found,
+        [
+            "route[0].fallback",
+            "breaker.window",
+            "breaker.probe.prompt",
+            "cache.max_entry_bytes"
+        ]
+    );
+    assert!(errors[0].message.contains("a → b → a"), "{}", errors[0]);
+    assert!(errors.iter().all(|e| e.line.is_none()));
+}
+
+#[test]
+fn summary_mentions_the_new_settings() {
+    let text = format!(
+        "{UPSTREAM}key_quarantine = \"2m\"\n{}{}{}\
+         [retry]\nhonor_server_limits = false\n\
+         [breaker]\nwindow = \"45s\"\nprobe = {{ prompt = \"ping\", max_tokens = 3 }}\n\
+         [cache]\nenabled = true\nmax_bytes = \"1MB\"\nmax_n = 2\nrequire_seed = true\n",
+        route("a", Some("b")),
+        route("b", Some("c")),
+        route("c", None)
+    );
+    let s = Policy::from_toml(&text)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .summary();
+    for needle in [
+        "route \"a\": model a goes to u/a; when every target fails, falls back to route \"b\", \
+         then route \"c\"",
+        "route \"b\": model b goes to u/b; when every target fails, falls back to route \"c\"\n",
+        "a key refused with 401 is left out for 2m",
+        "x-ratelimit-* response headers are ignored",
+        "the calls of the last 45s",
+        "3 synthetic probes (prompt \"ping\", max_tokens 3)",
+        "entries of at most 125KB",
+        "n <= 2, no tools, a seed set",
+    ] {
+        assert!(s.contains(needle), "summary lacks {needle:?}:\n{s}");
+    }
+    // Defaults are not spelled out where they change nothing.
+    let s = Policy::from_toml(UPSTREAM).expect("valid").summary();
+    assert!(!s.contains("left out for"), "{s}");
+    assert!(!s.contains("falls back to route"), "{s}");
 }
 
 #[test]
@@ -814,11 +1299,14 @@ proptest! {
                     "version", "name", "scope", "burst", "tokens_per_minute", "ttl", "auth",
                     "targets", "[[budget]]", "[[upstream]]", "[[route]]", "[cache]", "[retry]",
                     "max_bytes", "retry_on", "base_url", "when_exhausted", "match",
+                    "fallback", "window", "probe", "max_entry_bytes", "key_quarantine",
+                    "[breaker]",
                 ]),
                 prop::sample::select(vec![
                     "1", "0", "-1", "nan", "inf", "1.5", "\"5m\"", "\"1m30s\"", "\"x\"", "[]",
                     "[\"tenant\"]", "{ limit = 1, burst = 0 }", "{}", "true", "\"256MB\"",
                     "\"env:X\"", "[429, \"5xx\"]", "{ kind = \"jwt\" }", "\"http://h:1\"",
+                    "\"m\"", "{ prompt = \"\" }", "\"1B\"",
                 ]),
             ),
             0..24,

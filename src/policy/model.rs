@@ -645,8 +645,24 @@ pub struct Cache {
     pub allow_tools: bool,
     /// Cache only requests that set a `seed` (default false).
     pub require_seed: bool,
-    /// Largest single entry, in bytes (default: max_bytes / 8); larger responses are not cached.
+    /// Largest single entry, in bytes; larger responses are not cached. At most `max_bytes`.
+    /// Default: `min(8 MiB, max_bytes / 8)` (at least 1 byte), computed from the file's
+    /// `max_bytes`; see [`Cache::default_max_entry_bytes`].
     pub max_entry_bytes: u64,
+}
+
+impl Cache {
+    /// The `max_entry_bytes` used when a policy sets none: an eighth of the cache, at most 8 MiB
+    /// (and at least 1 byte).
+    ///
+    /// ```
+    /// use tollgate::policy::Cache;
+    /// assert_eq!(Cache::default_max_entry_bytes(256_000_000), 8 * 1024 * 1024);
+    /// assert_eq!(Cache::default_max_entry_bytes(1_000_000), 125_000);
+    /// ```
+    pub fn default_max_entry_bytes(max_bytes: u64) -> u64 {
+        (max_bytes / 8).clamp(1, 8 * 1024 * 1024)
+    }
 }
 
 impl Default for Cache {

@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use super::read::{
     Cx, Table, array, boolean, choice, duration, fraction, http_url, index, join, name,
-    non_negative, number, positive, secret, strings, whole,
+    non_negative, number, positive, secret, string, strings, whole,
 };
 use super::tree::{Kind, Node};
-use super::units::{format_duration, is_glob, parse_bytes, quote};
+use super::units::{format_bytes, format_duration, is_glob, parse_bytes, quote};
 use crate::policy::{
-    Auth, Breaker, Budget, Cache, Defaults, Exhausted, Glob, Jitter, Limit, LimitKind, Match,
-    ModelOverride, Policy, Retry, RetryOn, Route, ScopeDim, SecretRef, Store, Strategy, Target,
-    Timeouts, TokenPlacement, Unit, Upstream,
+    Auth, Breaker, BreakerWindow, Budget, Cache, DEFAULT_KEY_QUARANTINE, Defaults, Exhausted, Glob,
+    Jitter, Limit, LimitKind, Match, ModelOverride, Policy, Probe, Retry, RetryOn, Route, ScopeDim,
+    SecretRef, Store, Strategy, Target, Timeouts, TokenPlacement, Unit, Upstream,
 };
 use crate::tokens::{Encoding, Price};
 
@@ -44,15 +44,8 @@ pub(crate) fn policy(cx: &mut Cx, root: &Node) -> Option<Policy> {
     let routes = list(cx, &t, "route", "[[route]]", |cx, n, p| {
         route(cx, n, p, &upstream_names)
     });
-    names(cx, &t, "route", "route", |entries| {
-        entries
-            .iter()
-            .find(|(k, _)| k.name == "model")
-            .and_then(|(_, v)| match &v.kind {
-                Kind::Str(s) => Some((s.clone(), v.pos)),
-                _ => None,
-            })
-    });
+    let route_names = names(cx, &t, "route", "route", route_default_name);
+    fallbacks(cx, &t, &route_names);
     let retry = t.opt(cx, "retry", Retry::default(), retry);
     let breaker = t.opt(cx, "breaker", Breaker::default(), breaker);
     let cache = t.opt(cx, "cache", Cache::default(), cache);
@@ -185,6 +178,150 @@ fn names(
     out
 }
 
+/// The name of a route without `name`: its model, when that is a string.
+fn route_default_name(entries: &[(super::tree::Key, Node)]) -> Option<(String, Option<usize>)> {
+    entries
+        .iter()
+        .find(|(k, _)| k.name == "model")
+        .and_then(|(_, v)| match &v.kind {
+            Kind::Str(s) => Some((s.clone(), v.pos)),
+            _ => None,
+        })
+}
+
+/// A route's name (when it has one), and the name in its `fallback` with the value's node.
+type RouteLink<'n> = (Option<String>, Option<(&'n str, &'n Node)>);
+
+/// Checks every route's `fallback`: it must name a route, and following the chain must never come
+/// back to a route already on it. Reports one error per unknown name and one per loop (at the
+/// `fallback` of the loop's first route in file order, naming the whole cycle). `route_names` are
+/// the names of every route (from [`names`]); a fallback's type was checked by [`route`].
+fn fallbacks(cx: &mut Cx, t: &Table<'_>, route_names: &[String]) {
+    let Some(Node {
+        kind: Kind::Array(items),
+        ..
+    }) = t.get("route")
+    else {
+        return;
+    };
+    let base = t.path("route");
+    // Per route in file order: its name, and its fallback's name and node.
+    let mut routes: Vec<RouteLink<'_>> = Vec::new();
+    for item in items {
+        let Kind::Table(entries) = &item.kind else {
+            routes.push((None, None));
+            continue;
+        };
+        let own = entries
+            .iter()
+            .find(|(k, _)| k.name == "name")
+            .and_then(|(_, v)| match &v.kind {
+                Kind::Str(s) => Some(s.clone()),
+                _ => None,
+            })
+            .or_else(|| route_default_name(entries).map(|(n, _)| n));
+        let fallback =
+            entries
+                .iter()
+                .find(|(k, _)| k.name == "fallback")
+                .and_then(|(_, v)| match &v.kind {
+                    Kind::Str(s) if !s.trim().is_empty() => Some((s.as_str(), v)),
+                    _ => None,
+                });
+        routes.push((own, fallback));
+    }
+    // The route a name refers to: the first one with that name (a later duplicate is reported by
+    // `names`).
+    let by_name = |wanted: &str| {
+        routes
+            .iter()
+            .position(|(own, _)| own.as_deref() == Some(wanted))
+    };
+    let candidates: Vec<&str> = route_names.iter().map(String::as_str).collect();
+    let mut next: Vec<Option<usize>> = Vec::with_capacity(routes.len());
+    for (i, (_, fallback)) in routes.iter().enumerate() {
+        let Some((wanted, node)) = fallback else {
+            next.push(None);
+            continue;
+        };
+        let target = by_name(wanted);
+        if target.is_none() {
+            let others: Vec<&str> = candidates
+                .iter()
+                .copied()
+                .filter(|c| Some(*c) != routes[i].0.as_deref())
+                .collect();
+            let hint = match super::suggest::nearest(wanted, &others) {
+                Some(near) => format!("did you mean \"{near}\"?"),
+                None if others.is_empty() => format!(
+                    "add a [[route]] with name = {} or remove the fallback",
+                    quote(wanted)
+                ),
+                None => format!(
+                    "the other routes are {}; fix the name or add a [[route]] with name = {}",
+                    others.join(", "),
+                    quote(wanted)
+                ),
+            };
+            cx.err(
+                &join(&index(&base, i), "fallback"),
+                node.pos,
+                format!("no route is named {}; {hint}", quote(wanted)),
+            );
+        }
+        next.push(target);
+    }
+    // Each route has at most one fallback, so every walk either ends or runs into a loop. Walk
+    // from each route in file order; a loop is reported by the walk that closes it, once.
+    const NEW: u8 = 0;
+    const ON_WALK: u8 = 1;
+    const DONE: u8 = 2;
+    let mut state = vec![NEW; routes.len()];
+    for start in 0..routes.len() {
+        let mut walk = Vec::new();
+        let mut at = Some(start);
+        while let Some(i) = at {
+            match state[i] {
+                NEW => {
+                    state[i] = ON_WALK;
+                    walk.push(i);
+                    at = next[i];
+                }
+                ON_WALK => {
+                    let from = walk.iter().position(|&w| w == i).unwrap_or(0);
+                    let mut cycle = walk[from..].to_vec();
+                    let first = cycle
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, r)| **r)
+                        .map_or(0, |(k, _)| k);
+                    cycle.rotate_left(first);
+                    let mut shown: Vec<&str> = cycle
+                        .iter()
+                        .map(|&r| routes[r].0.as_deref().unwrap_or("?"))
+                        .collect();
+                    shown.push(shown[0]);
+                    let head = cycle[0];
+                    cx.err(
+                        &join(&index(&base, head), "fallback"),
+                        routes[head].1.and_then(|(_, n)| n.pos),
+                        format!(
+                            "route fallback chain loops: {}; break the loop by removing or \
+                             changing one of these fallbacks",
+                            shown.join(" → ")
+                        ),
+                    );
+                    break;
+                }
+                _ => break,
+            }
+        }
+        for w in walk {
+            state[w] = DONE;
+        }
+    }
+}
+
 fn defaults(cx: &mut Cx, node: &Node, path: &str) -> Option<Defaults> {
     let t = Table::read(cx, node, path, "{ max_completion_tokens = 1024 }")?;
     t.check_keys(
@@ -232,7 +369,15 @@ fn upstream(cx: &mut Cx, node: &Node, path: &str) -> Option<Upstream> {
     )?;
     t.check_keys(
         cx,
-        &["name", "base_url", "auth", "timeouts", "ca_file", "proxy"],
+        &[
+            "name",
+            "base_url",
+            "auth",
+            "timeouts",
+            "ca_file",
+            "proxy",
+            "key_quarantine",
+        ],
     );
     let up_name = t.req(cx, "name", "name = \"openai\"", name);
     let base_url = t.req(
@@ -251,6 +396,7 @@ fn upstream(cx: &mut Cx, node: &Node, path: &str) -> Option<Upstream> {
     let timeouts = t.opt(cx, "timeouts", Timeouts::default(), timeouts);
     let ca_file = t.maybe(cx, "ca_file", |cx, n, p| name(cx, n, p).map(PathBuf::from));
     let proxy = t.maybe(cx, "proxy", http_url);
+    let key_quarantine = t.opt(cx, "key_quarantine", DEFAULT_KEY_QUARANTINE, duration);
     Some(Upstream {
         name: up_name?,
         base_url: base_url?,
@@ -258,7 +404,7 @@ fn upstream(cx: &mut Cx, node: &Node, path: &str) -> Option<Upstream> {
         timeouts: timeouts?,
         ca_file: ca_file?,
         proxy: proxy?,
-        key_quarantine: crate::policy::DEFAULT_KEY_QUARANTINE,
+        key_quarantine: key_quarantine?,
     })
 }
 
@@ -748,7 +894,7 @@ fn route(cx: &mut Cx, node: &Node, path: &str, upstreams: &[String]) -> Option<R
         path,
         "{ model = \"gpt-4o\", targets = [{ upstream = \"openai\" }] }",
     )?;
-    t.check_keys(cx, &["name", "model", "strategy", "targets"]);
+    t.check_keys(cx, &["name", "model", "strategy", "targets", "fallback"]);
     let model = t.req(cx, "model", "model = \"gpt-4o\"", name);
     let route_name = t.maybe(cx, "name", name);
     let strategy = t.opt(cx, "strategy", Strategy::Ordered, |cx, n, p| {
@@ -788,13 +934,27 @@ fn route(cx: &mut Cx, node: &Node, path: &str, upstreams: &[String]) -> Option<R
             ok.then_some(out)
         },
     );
+    // Whether the named route exists, and whether the chain loops, is checked once every route
+    // is known (see `fallbacks`).
+    let fallback = t.maybe(cx, "fallback", |cx, n, p| {
+        let s = string(cx, n, p)?;
+        if s.trim().is_empty() {
+            cx.err(
+                p,
+                n.pos,
+                "must not be empty; write the name of another [[route]], or remove the line",
+            );
+            return None;
+        }
+        Some(s.to_owned())
+    });
     let model = model?;
     Some(Route {
         name: route_name?.unwrap_or_else(|| model.clone()),
         model: Glob::new(&model),
         targets: targets?,
         strategy: strategy?,
-        fallback: None,
+        fallback: fallback?,
     })
 }
 
@@ -878,6 +1038,7 @@ fn retry(cx: &mut Cx, node: &Node, path: &str) -> Option<Retry> {
             "max_retry_after",
             "retry_on",
             "budget",
+            "honor_server_limits",
         ],
     );
     let d = Retry::default();
@@ -942,6 +1103,7 @@ fn retry(cx: &mut Cx, node: &Node, path: &str) -> Option<Retry> {
             Some((ratio?, max_tokens?))
         },
     );
+    let honor_server_limits = t.opt(cx, "honor_server_limits", d.honor_server_limits, boolean);
     let (base, max_backoff, jitter) = backoff?;
     let (budget_ratio, budget_max_tokens) = budget?;
     Some(Retry {
@@ -953,7 +1115,7 @@ fn retry(cx: &mut Cx, node: &Node, path: &str) -> Option<Retry> {
         retry_on: retry_on?,
         budget_ratio,
         budget_max_tokens,
-        honor_server_limits: true,
+        honor_server_limits: honor_server_limits?,
     })
 }
 
@@ -1026,39 +1188,22 @@ fn breaker(cx: &mut Cx, node: &Node, path: &str) -> Option<Breaker> {
             "slow_call_rate",
             "open_for",
             "half_open_calls",
+            "probe",
         ],
     );
     let d = Breaker::default();
-    let count = |cx: &mut Cx, n: &Node, p: &str| {
-        whole(cx, n, p, 1, 100_000).and_then(|v| u32::try_from(v).ok())
-    };
     let enabled = t.opt(cx, "enabled", d.enabled, boolean);
-    let default_window = match d.window {
-        crate::policy::BreakerWindow::Calls(n) => n,
-        crate::policy::BreakerWindow::Time(_) => 20,
-    };
-    let window_calls = t.opt(cx, "window", default_window, |cx, n, p| {
-        if let Kind::Str(_) = n.kind {
-            cx.err(
-                p,
-                n.pos,
-                format!(
-                    "must be a number of calls such as 20, got {}; the window counts calls, not \
-                     time",
-                    cx.show(n)
-                ),
-            );
-            return None;
-        }
-        count(cx, n, p)
-    });
-    let min_calls = t.opt(cx, "min_calls", d.min_calls, count);
+    let window = t.opt(cx, "window", d.window, breaker_window);
+    let min_calls = t.opt(cx, "min_calls", d.min_calls, breaker_count);
     let failure_rate = t.opt(cx, "failure_rate", d.failure_rate, fraction);
     let slow_call = t.maybe(cx, "slow_call", duration);
     let slow_call_rate = t.opt(cx, "slow_call_rate", d.slow_call_rate, fraction);
     let open_for = t.opt(cx, "open_for", d.open_for, duration);
-    let half_open_calls = t.opt(cx, "half_open_calls", d.half_open_calls, count);
-    if let (Some(w), Some(m)) = (window_calls, min_calls) {
+    let half_open_calls = t.opt(cx, "half_open_calls", d.half_open_calls, breaker_count);
+    let probe = t.maybe(cx, "probe", probe);
+    // A time window holds however many calls arrive in it, so only a count window bounds
+    // min_calls.
+    if let (Some(BreakerWindow::Calls(w)), Some(m)) = (window, min_calls) {
         if m > w {
             cx.err(
                 &t.path("min_calls"),
@@ -1073,14 +1218,95 @@ fn breaker(cx: &mut Cx, node: &Node, path: &str) -> Option<Breaker> {
     }
     Some(Breaker {
         enabled: enabled?,
-        window: crate::policy::BreakerWindow::Calls(window_calls?),
+        window: window?,
         min_calls: min_calls?,
         failure_rate: failure_rate?,
         slow_call: slow_call?,
         slow_call_rate: slow_call_rate?,
         open_for: open_for?,
         half_open_calls: half_open_calls?,
-        probe: None,
+        probe: probe?,
+    })
+}
+
+fn breaker_count(cx: &mut Cx, node: &Node, path: &str) -> Option<u32> {
+    whole(cx, node, path, 1, 100_000).and_then(|v| u32::try_from(v).ok())
+}
+
+/// `window = 20` (the last 20 calls) or `window = "30s"` (the calls of the last 30 seconds).
+fn breaker_window(cx: &mut Cx, node: &Node, path: &str) -> Option<BreakerWindow> {
+    match &node.kind {
+        Kind::Int(_) | Kind::Float(_) => breaker_count(cx, node, path).map(BreakerWindow::Calls),
+        Kind::Str(s) => {
+            let trimmed = s.trim();
+            if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {
+                cx.err(
+                    path,
+                    node.pos,
+                    format!(
+                        "{} is neither a number of calls nor a duration; write {trimmed} \
+                         without quotes for the last {trimmed} calls, or \"{trimmed}s\" for the \
+                         calls of the last {trimmed} seconds",
+                        quote(s)
+                    ),
+                );
+                return None;
+            }
+            duration(cx, node, path).map(BreakerWindow::Time)
+        }
+        _ => {
+            cx.err(
+                path,
+                node.pos,
+                format!(
+                    "must be a number of calls such as 20 or a duration such as \"30s\", got {}",
+                    cx.show(node)
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Longest probe prompt, in bytes: a probe only has to show the upstream answers.
+const MAX_PROBE_PROMPT: usize = 4096;
+/// Largest probe `max_tokens`.
+const MAX_PROBE_TOKENS: u64 = 4096;
+
+/// `probe = { prompt = "ping", max_tokens = 1 }`
+fn probe(cx: &mut Cx, node: &Node, path: &str) -> Option<Probe> {
+    let t = Table::read(cx, node, path, "{ prompt = \"ping\", max_tokens = 1 }")?;
+    t.check_keys(cx, &["prompt", "max_tokens"]);
+    let prompt = t.req(cx, "prompt", "prompt = \"ping\"", |cx, n, p| {
+        let s = string(cx, n, p)?;
+        if s.trim().is_empty() {
+            cx.err(
+                p,
+                n.pos,
+                "must not be empty; write a short prompt such as \"ping\"",
+            );
+            return None;
+        }
+        if s.len() > MAX_PROBE_PROMPT {
+            cx.err(
+                p,
+                n.pos,
+                format!(
+                    "is {} bytes long; a probe prompt is at most {MAX_PROBE_PROMPT} bytes, and a \
+                     short one such as \"ping\" is enough",
+                    s.len()
+                ),
+            );
+            return None;
+        }
+        Some(s.to_owned())
+    });
+    let max_tokens = t.opt(cx, "max_tokens", 1, |cx, n, p| {
+        whole(cx, n, p, 1, MAX_PROBE_TOKENS).and_then(|v| u32::try_from(v).ok())
+    });
+    Some(Probe {
+        prompt: prompt?,
+        max_tokens: max_tokens?,
     })
 }
 
@@ -1095,11 +1321,22 @@ fn cache(cx: &mut Cx, node: &Node, path: &str) -> Option<Cache> {
             "only_when",
             "stale_if_error",
             "single_flight",
+            "max_n",
+            "allow_tools",
+            "require_seed",
+            "max_entry_bytes",
         ],
     );
     let d = Cache::default();
     let enabled = t.opt(cx, "enabled", d.enabled, boolean);
-    let max_bytes = t.opt(cx, "max_bytes", d.max_bytes, max_bytes);
+    let max_bytes = t.opt(cx, "max_bytes", d.max_bytes, |cx, n, p| {
+        size(
+            cx,
+            n,
+            p,
+            "must be more than zero; to turn the cache off write enabled = false",
+        )
+    });
     let ttl = t.opt(cx, "ttl", d.ttl, duration);
     let temperature = t.opt(cx, "only_when", d.temperature_at_most, |cx, n, p| {
         let w = Table::read(cx, n, p, "{ temperature_at_most = 0.0 }")?;
@@ -1113,26 +1350,58 @@ fn cache(cx: &mut Cx, node: &Node, path: &str) -> Option<Cache> {
     });
     let stale_if_error = t.maybe(cx, "stale_if_error", duration);
     let single_flight = t.opt(cx, "single_flight", d.single_flight, boolean);
+    let max_n = t.opt(cx, "max_n", d.max_n, |cx, n, p| {
+        whole(cx, n, p, 1, u64::from(u32::MAX)).and_then(|v| u32::try_from(v).ok())
+    });
+    let allow_tools = t.opt(cx, "allow_tools", d.allow_tools, boolean);
+    let require_seed = t.opt(cx, "require_seed", d.require_seed, boolean);
+    let max_entry_bytes = t.maybe(cx, "max_entry_bytes", |cx, n, p| {
+        size(
+            cx,
+            n,
+            p,
+            "must be more than zero; remove the line for the default (max_bytes / 8, at most 8MiB)",
+        )
+    });
+    let max_bytes = max_bytes?;
+    let max_entry_bytes = match max_entry_bytes? {
+        Some(entry) if entry > max_bytes => {
+            cx.err(
+                &t.path("max_entry_bytes"),
+                t.get("max_entry_bytes").and_then(|n| n.pos),
+                format!(
+                    "max_entry_bytes ({}) is more than max_bytes ({}); an entry larger than the \
+                     whole cache could never be stored. Lower max_entry_bytes or raise max_bytes",
+                    format_bytes(entry),
+                    format_bytes(max_bytes)
+                ),
+            );
+            return None;
+        }
+        Some(entry) => entry,
+        None => Cache::default_max_entry_bytes(max_bytes),
+    };
     Some(Cache {
         enabled: enabled?,
-        max_bytes: max_bytes?,
+        max_bytes,
         ttl: ttl?,
         temperature_at_most: temperature?,
         stale_if_error: stale_if_error?,
         single_flight: single_flight?,
-        ..Cache::default()
+        max_n: max_n?,
+        allow_tools: allow_tools?,
+        require_seed: require_seed?,
+        max_entry_bytes,
     })
 }
 
-fn max_bytes(cx: &mut Cx, node: &Node, path: &str) -> Option<u64> {
+/// A byte size: a whole number of bytes or a string such as `"256MB"`, more than zero (`zero` is
+/// the message for zero).
+fn size(cx: &mut Cx, node: &Node, path: &str, zero: &str) -> Option<u64> {
     match &node.kind {
         Kind::Str(s) => match parse_bytes(s) {
             Ok(0) => {
-                cx.err(
-                    path,
-                    node.pos,
-                    "must be more than zero; to turn the cache off write enabled = false",
-                );
+                cx.err(path, node.pos, zero);
                 None
             }
             Ok(v) => Some(v),

@@ -3,10 +3,10 @@
 use std::fmt::Write as _;
 
 use super::read::show_float;
-use super::units::format_duration;
+use super::units::{format_bytes, format_duration, quote};
 use crate::policy::{
-    Auth, Budget, Exhausted, Jitter, LimitKind, Policy, RetryOn, Route, ScopeDim, Strategy,
-    TokenPlacement, Unit, Upstream,
+    Auth, BreakerWindow, Budget, DEFAULT_KEY_QUARANTINE, Exhausted, Jitter, LimitKind, Policy,
+    RetryOn, Route, ScopeDim, Strategy, TokenPlacement, Unit, Upstream,
 };
 
 impl Policy {
@@ -40,7 +40,7 @@ impl Policy {
             let _ = writeln!(out, "{}", upstream_line(u));
         }
         for r in &self.routes {
-            let _ = writeln!(out, "{}", route_line(r));
+            let _ = writeln!(out, "{}", route_line(r, &self.routes));
         }
         let d = &self.defaults;
         let _ = writeln!(
@@ -67,7 +67,7 @@ impl Policy {
             out,
             "retry: up to {} attempts in all; backoff from {} doubling up to {} with {jitter}; \
              retries on {}; server-directed delays honoured up to {}; retry budget earns {} per \
-             success, holds at most {}",
+             success, holds at most {}; {}",
             r.max_attempts,
             format_duration(r.base),
             format_duration(r.max_backoff),
@@ -79,6 +79,11 @@ impl Policy {
             format_duration(r.max_retry_after),
             num(r.budget_ratio),
             num(r.budget_max_tokens),
+            if r.honor_server_limits {
+                "x-ratelimit-* response headers tighten local budgets until their reset"
+            } else {
+                "x-ratelimit-* response headers are ignored"
+            }
         );
         let b = &self.breaker;
         if b.enabled {
@@ -90,20 +95,30 @@ impl Policy {
                 ),
                 None => String::new(),
             };
+            let probes = match &b.probe {
+                Some(p) => format!(
+                    "then sends {} synthetic probe{} (prompt {}, max_tokens {}) before letting \
+                     calls through again",
+                    b.half_open_calls,
+                    if b.half_open_calls == 1 { "" } else { "s" },
+                    quote(&p.prompt),
+                    p.max_tokens
+                ),
+                None => format!("then lets {} probe calls through", b.half_open_calls),
+            };
             let _ = writeln!(
                 out,
                 "breaker: per upstream, opens for {} when {}% of {} fail (judged \
-                 after {} calls){slow}; then lets {} probe calls through",
+                 after {} calls){slow}; {probes}",
                 format_duration(b.open_for),
                 num(b.failure_rate * 100.0),
                 match b.window {
-                    crate::policy::BreakerWindow::Calls(n) => format!("the last {n} calls"),
-                    crate::policy::BreakerWindow::Time(d) => {
+                    BreakerWindow::Calls(n) => format!("the last {n} calls"),
+                    BreakerWindow::Time(d) => {
                         format!("the calls of the last {}", format_duration(d))
                     }
                 },
                 b.min_calls,
-                b.half_open_calls
             );
         } else {
             let _ = writeln!(out, "breaker: off");
@@ -117,13 +132,24 @@ impl Policy {
                 ),
                 None => String::new(),
             };
+            let mut only = vec![
+                format!("temperature <= {}", num(c.temperature_at_most)),
+                format!("n <= {}", c.max_n),
+            ];
+            if !c.allow_tools {
+                only.push("no tools".to_owned());
+            }
+            if c.require_seed {
+                only.push("a seed set".to_owned());
+            }
             let _ = writeln!(
                 out,
-                "cache: on, at most {}, entries live {}, only for temperature <= {}{stale}; \
-                 identical requests in flight {}",
-                bytes(c.max_bytes),
+                "cache: on, at most {}, entries of at most {} live {}, only for requests with \
+                 {}{stale}; identical requests in flight {}",
+                format_bytes(c.max_bytes),
+                format_bytes(c.max_entry_bytes),
                 format_duration(c.ttl),
-                num(c.temperature_at_most),
+                only.join(", "),
                 if c.single_flight {
                     "are merged"
                 } else {
@@ -165,20 +191,6 @@ fn num(v: f64) -> String {
     } else {
         show_float(v)
     }
-}
-
-fn bytes(n: u64) -> String {
-    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if n >= size && n % size == 0 {
-            return format!("{}{unit}", n / size);
-        }
-    }
-    for (unit, size) in [("GB", 1_000_000_000u64), ("MB", 1_000_000), ("KB", 1_000)] {
-        if n >= size && n % size == 0 {
-            return format!("{}{unit}", n / size);
-        }
-    }
-    format!("{n} bytes")
 }
 
 fn window_name(kind: LimitKind) -> &'static str {
@@ -297,10 +309,17 @@ fn upstream_line(u: &Upstream) -> String {
     if let Some(p) = &u.proxy {
         let _ = write!(line, "; proxy {p}");
     }
+    if u.key_quarantine != DEFAULT_KEY_QUARANTINE {
+        let _ = write!(
+            line,
+            "; a key refused with 401 is left out for {}",
+            format_duration(u.key_quarantine)
+        );
+    }
     line
 }
 
-fn route_line(r: &Route) -> String {
+fn route_line(r: &Route, routes: &[Route]) -> String {
     let targets: Vec<String> = r
         .targets
         .iter()
@@ -314,11 +333,34 @@ fn route_line(r: &Route) -> String {
         Strategy::Weighted => format!("by weight: {}", targets.join(", ")),
         Strategy::LowestLatency => format!("lowest latency of {}", targets.join(", ")),
     };
-    format!(
+    let mut line = format!(
         "route {:?}: model {} goes to {how}",
         r.name,
         r.model.as_str()
-    )
+    );
+    // Follow the fallback chain; a validated policy has no loops, but stop at one anyway.
+    let mut chain: Vec<&str> = Vec::new();
+    let mut next = r.fallback.as_deref();
+    while let Some(name) = next {
+        if name == r.name || chain.contains(&name) {
+            chain.push(name);
+            break;
+        }
+        chain.push(name);
+        next = routes
+            .iter()
+            .find(|o| o.name == name)
+            .and_then(|o| o.fallback.as_deref());
+    }
+    if !chain.is_empty() {
+        let shown: Vec<String> = chain.iter().map(|n| format!("{n:?}")).collect();
+        let _ = write!(
+            line,
+            "; when every target fails, falls back to route {}",
+            shown.join(", then route ")
+        );
+    }
+    line
 }
 
 fn retry_on_name(o: RetryOn) -> String {

@@ -248,6 +248,25 @@ pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
     u64::try_from(value).map_err(|_| too_big())
 }
 
+/// Formats a byte size exactly, in the largest unit that divides it, binary or decimal: `8MiB`,
+/// `256MB`, `125KB`, or `1234 bytes` when none does.
+pub(crate) fn format_bytes(n: u64) -> String {
+    const UNITS: [(&str, u64); 6] = [
+        ("GiB", 1 << 30),
+        ("GB", 1_000_000_000),
+        ("MiB", 1 << 20),
+        ("MB", 1_000_000),
+        ("KiB", 1 << 10),
+        ("KB", 1_000),
+    ];
+    for (unit, size) in UNITS {
+        if n >= size && n % size == 0 {
+            return format!("{}{unit}", n / size);
+        }
+    }
+    format!("{n} bytes")
+}
+
 /// Parses `env:NAME` or `file:PATH`. The error never contains the text, which may be a secret
 /// written where a reference belongs.
 pub(crate) fn parse_secret(text: &str) -> Result<SecretRef, String> {
@@ -348,6 +367,20 @@ mod tests {
     use proptest::strategy::Strategy as _;
 
     use super::*;
+
+    #[test]
+    fn byte_sizes_are_formatted_exactly() {
+        assert_eq!(format_bytes(256_000_000), "256MB");
+        assert_eq!(format_bytes(8 * 1024 * 1024), "8MiB");
+        assert_eq!(format_bytes(125_000), "125KB");
+        assert_eq!(format_bytes(1_024_000), "1000KiB");
+        assert_eq!(format_bytes(1 << 30), "1GiB");
+        assert_eq!(format_bytes(1234), "1234 bytes");
+        assert_eq!(format_bytes(0), "0 bytes");
+        for n in [256_000_000u64, 8 << 20, 125_000, 1 << 30] {
+            assert_eq!(parse_bytes(&format_bytes(n)), Ok(n));
+        }
+    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
