@@ -36,14 +36,17 @@
 #![warn(missing_docs)]
 
 pub mod budget;
+pub mod cache;
 pub mod clock;
 mod engine;
 pub mod policy;
+pub mod retry;
 pub mod tokens;
 
 pub use budget::BudgetStats;
 pub use engine::{
-    Call, Decision, Denial, DenyReason, Engine, KeyUsage, Outcome, Permit, Prompt, ReloadReport,
-    Settlement, Verdict, WaitHint, WaitPoll, Waiter, WatchEvent, Watcher,
+    Attempt, AttemptRecord, Call, Decision, Denial, DenyReason, Engine, GiveUp, KeyUsage, Outcome,
+    Permit, Prompt, ReloadReport, Settlement, TargetRef, Verdict, WaitHint, WaitPoll, Waiter,
+    WatchEvent, Watcher,
 };
 pub use policy::{Policy, PolicyError, PolicyErrors};

@@ -3,8 +3,11 @@
 use crate::policy::{Policy, ScopeDim};
 use crate::tokens::{self, ModelTable, Price};
 
+use std::time::Duration;
+
 use super::decision::{Denial, DenyReason};
 use super::money_to_nanos;
+use super::route::Attempt;
 
 /// The prompt of a call, in whichever form the host has it.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +49,11 @@ pub struct Call<'a> {
     /// Completion allowance; when `None`, the request's own `max_tokens` /
     /// `max_completion_tokens`, else the policy's `defaults.max_completion_tokens`.
     pub max_tokens: Option<u64>,
+    /// Time the whole call (every attempt) may take, from its first admission; no retry is
+    /// offered that could not finish before it.
+    pub deadline: Option<Duration>,
+    /// The state from the previous attempt's [`crate::Verdict::Retry`], when this is a retry.
+    pub attempt: Option<&'a Attempt>,
 }
 
 impl<'a> Call<'a> {
@@ -60,6 +68,8 @@ impl<'a> Call<'a> {
             priority: 0,
             prompt: Prompt::Tokens(0),
             max_tokens: None,
+            deadline: None,
+            attempt: None,
         }
     }
 
@@ -102,6 +112,18 @@ impl<'a> Call<'a> {
     /// Sets the completion allowance.
     pub fn max_tokens(mut self, max_tokens: u64) -> Self {
         self.max_tokens = Some(max_tokens);
+        self
+    }
+
+    /// Sets the deadline of the whole call.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Marks this as the retry described by `attempt` (from [`crate::Verdict::Retry`]).
+    pub fn attempt(mut self, attempt: &'a Attempt) -> Self {
+        self.attempt = Some(attempt);
         self
     }
 
@@ -176,7 +198,16 @@ impl OwnedCall {
     }
 }
 
-/// What admission reserves for a call.
+/// A call's prompt, counted once (with the requested model's tokenizer).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Counted {
+    pub prompt_tokens: u64,
+    /// Completion allowance the call or its request asked for.
+    pub explicit_allowance: Option<u64>,
+    pub exact: bool,
+}
+
+/// What admission reserves for a call on one model.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Demand {
     pub prompt_tokens: u64,
@@ -190,12 +221,8 @@ pub(crate) struct Demand {
     pub exact: bool,
 }
 
-/// Estimates a call's tokens and cost, and refuses calls that can never succeed.
-pub(crate) fn demand(
-    policy: &Policy,
-    models: &ModelTable,
-    call: &Call<'_>,
-) -> Result<Demand, Denial> {
+/// Counts a call's prompt.
+pub(crate) fn count(models: &ModelTable, call: &Call<'_>) -> Result<Counted, Denial> {
     let (prompt_tokens, request_allowance, exact) = match call.prompt {
         Prompt::Tokens(n) => (n, None, true),
         Prompt::Text(text) => {
@@ -211,8 +238,26 @@ pub(crate) fn demand(
             }
         },
     };
-    let explicit = call.max_tokens.or(request_allowance);
-    let window = models.context_window(call.model);
+    Ok(Counted {
+        prompt_tokens,
+        explicit_allowance: call.max_tokens.or(request_allowance),
+        exact,
+    })
+}
+
+/// What a counted call reserves on `model`; refuses calls that can never succeed there.
+pub(crate) fn price(
+    policy: &Policy,
+    models: &ModelTable,
+    counted: &Counted,
+    model: &str,
+) -> Result<Demand, Denial> {
+    let Counted {
+        prompt_tokens,
+        explicit_allowance: explicit,
+        exact,
+    } = *counted;
+    let window = models.context_window(model);
     let mut completion_tokens = explicit.unwrap_or(policy.defaults.max_completion_tokens);
     if let Some(window) = window
         && policy.defaults.enforce_context_window
@@ -228,14 +273,14 @@ pub(crate) fn demand(
         };
         if over {
             return Err(Denial::new(DenyReason::ContextWindow {
-                model: call.model.to_owned(),
+                model: model.to_owned(),
                 prompt_tokens,
                 completion_tokens: explicit.unwrap_or(0),
                 context_window: window,
             }));
         }
     }
-    let price = models.price(call.model);
+    let price = models.price(model);
     let spend_nanos = price
         .map(|p| money_to_nanos(tokens::estimate_cost(&p, prompt_tokens, completion_tokens)))
         .unwrap_or(0);

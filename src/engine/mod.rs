@@ -3,7 +3,10 @@
 
 mod call;
 mod decision;
+mod health;
 mod permit;
+mod route;
+mod settle;
 mod wait;
 mod watch;
 
@@ -24,13 +27,16 @@ use crate::policy::{Budget, Exhausted, LimitKind, Match, Policy, PolicyErrors, S
 use crate::tokens::ModelTable;
 
 pub use call::{Call, Prompt};
-pub use decision::{Decision, Denial, DenyReason, Outcome, Settlement, Verdict, WaitHint};
+pub use decision::{Decision, Denial, DenyReason, GiveUp, Outcome, Settlement, Verdict, WaitHint};
 pub use permit::Permit;
+pub use route::{Attempt, AttemptRecord, TargetRef};
 pub use wait::{WaitPoll, Waiter};
 pub use watch::{WatchEvent, Watcher};
 
-use call::{CallView, Demand};
-use permit::Hold;
+use call::{CallView, Counted, Demand};
+use health::HealthRegistry;
+use permit::{Hold, Journey, TargetCtx};
+use route::{Routing, Skip};
 
 /// Money is counted in nano-units so budgets stay integer and exact.
 const NANOS_PER_UNIT: f64 = 1e9;
@@ -73,6 +79,9 @@ pub(crate) struct CompiledBudget {
     pub concurrency: Option<u32>,
     pub exhausted: Exhausted,
     pub spends: bool,
+    /// Scoped or matched by upstream or key: its refusal is about one target, so a routed call
+    /// may try the next target instead.
+    pub target_specific: bool,
 }
 
 impl CompiledBudget {
@@ -126,6 +135,7 @@ pub(crate) struct Compiled {
     pub policy: Arc<Policy>,
     pub budgets: Vec<CompiledBudget>,
     pub models: ModelTable,
+    pub routing: Routing,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -141,7 +151,7 @@ pub(crate) struct Blocked {
 // A permit is moved once from admission to settle; boxing it to shrink this enum would add an
 // allocation to every admission, so the size difference is accepted.
 #[allow(clippy::large_enum_variant)]
-pub(crate) enum Attempt {
+pub(crate) enum Try {
     Go(Permit),
     Blocked(Blocked),
     Deny(Denial),
@@ -157,6 +167,7 @@ struct Registered {
 pub(crate) struct Inner {
     current: ArcSwap<Compiled>,
     registry: Mutex<HashMap<String, Registered>>,
+    health: Mutex<HealthRegistry>,
     clock: Arc<dyn Clock>,
     generation: AtomicU64,
     seq: AtomicU64,
@@ -232,11 +243,13 @@ impl Engine {
     /// An engine on a given clock ([`crate::clock::ManualClock`] for tests and simulation).
     pub fn with_clock(policy: Policy, clock: Arc<dyn Clock>) -> Engine {
         let mut registry = HashMap::new();
-        let (compiled, _) = compile(policy, &mut registry, &clock);
+        let mut health = HealthRegistry::default();
+        let (compiled, _) = compile(policy, &mut registry, &mut health, &clock);
         Engine {
             inner: Arc::new(Inner {
                 current: ArcSwap::from_pointee(compiled),
                 registry: Mutex::new(registry),
+                health: Mutex::new(health),
                 clock,
                 generation: AtomicU64::new(1),
                 seq: AtomicU64::new(1),
@@ -288,21 +301,22 @@ impl Engine {
     /// [`Engine::waiter`] to wait in the budget's priority queue).
     pub fn admit(&self, call: &Call<'_>) -> Decision {
         let compiled = self.inner.current.load_full();
-        let demand = match call::demand(&compiled.policy, &compiled.models, call) {
-            Ok(d) => d,
+        let counted = match call::count(&compiled.models, call) {
+            Ok(c) => c,
             Err(denial) => return Decision::Deny(denial),
         };
         let now = compiled.clock.now();
-        match attempt(&compiled, &call.view(), &demand, None, now) {
-            Attempt::Go(permit) => {
+        let spec = Spec::new(call.view(), counted, call, now);
+        match try_admit(&compiled, &spec, None, now) {
+            Try::Go(permit) => {
                 count_admitted(&permit, &[]);
                 Decision::Go(permit)
             }
-            Attempt::Deny(denial) => {
+            Try::Deny(denial) => {
                 count_denied(&compiled, &denial);
                 Decision::Deny(denial)
             }
-            Attempt::Blocked(b) => {
+            Try::Blocked(b) => {
                 let budget = &compiled.budgets[b.budget];
                 match blocked_verdict(budget, &b, None) {
                     Ok(after) => Decision::Wait(WaitHint {
@@ -341,21 +355,28 @@ impl Engine {
     /// loops and virtual time; [`Engine::acquire`] does this for a thread).
     pub fn waiter(&self, call: &Call<'_>) -> Result<Waiter, Denial> {
         let compiled = self.inner.current.load_full();
-        let demand = call::demand(&compiled.policy, &compiled.models, call)?;
+        let counted = call::count(&compiled.models, call)?;
         let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+        let now = compiled.clock.now();
         Ok(Waiter::new(
             Arc::clone(&self.inner),
-            call.view(),
-            demand,
+            call,
+            counted,
             seq,
-            compiled.clock.now(),
+            now,
         ))
     }
 
     /// Settles an admitted call: reserved tokens and money are replaced by the reported usage
     /// (refund or extra charge), and its concurrency slots are released.
-    pub fn settle(&self, permit: Permit, outcome: &Outcome) -> Verdict {
-        Verdict::Done(permit.settle(outcome))
+    ///
+    /// For a failed attempt the verdict says whether and when to retry, and where: the outcome is
+    /// classified (status, transport failure, `x-should-retry`), the breaker of the target and the
+    /// retry budget of its upstream are fed, server rate-limit headers tighten that key, a 401
+    /// quarantines the key, and the retry policy picks the delay (server-directed first, then
+    /// backoff) within the call's deadline.
+    pub fn settle(&self, permit: Permit, outcome: &Outcome<'_>) -> Verdict {
+        settle::settle(permit, outcome)
     }
 
     /// Counters of every budget in the running policy, in policy order.
@@ -411,8 +432,9 @@ impl Inner {
 
     pub(crate) fn reload_policy(&self, policy: Policy) -> ReloadReport {
         let mut registry = self.registry.lock();
+        let mut health = self.health.lock();
         let generation = self.generation.load(Ordering::Acquire) + 1;
-        let (compiled, mut report) = compile(policy, &mut registry, &self.clock);
+        let (compiled, mut report) = compile(policy, &mut registry, &mut health, &self.clock);
         report.generation = generation;
         self.current.store(Arc::new(compiled));
         self.generation.store(generation, Ordering::Release);
@@ -476,6 +498,162 @@ fn blocked_verdict(
     }
 }
 
+/// A call as admission sees it: who, the counted prompt, and its retry state.
+pub(crate) struct Spec<'a> {
+    pub view: CallView<'a>,
+    pub counted: Counted,
+    pub attempt: Option<&'a route::Attempt>,
+    pub number: u32,
+    pub deadline: Option<Nanos>,
+}
+
+impl<'a> Spec<'a> {
+    pub(crate) fn new(
+        view: CallView<'a>,
+        counted: Counted,
+        call: &Call<'a>,
+        now: Nanos,
+    ) -> Spec<'a> {
+        let deadline = match call.attempt {
+            Some(a) => a.deadline,
+            None => call.deadline.map(|d| now.saturating_add(duration_nanos(d))),
+        };
+        Spec {
+            view,
+            counted,
+            attempt: call.attempt,
+            number: call.attempt.map_or(1, |a| a.number.max(1)),
+            deadline,
+        }
+    }
+
+    fn journey(&self) -> Journey {
+        Journey {
+            number: self.number,
+            deadline: self.deadline,
+            prior: self.attempt.map(|a| Box::new(a.clone())),
+        }
+    }
+}
+
+/// Admission of one call: through its route's targets when it has a route, else directly.
+pub(crate) fn try_admit(
+    compiled: &Arc<Compiled>,
+    spec: &Spec<'_>,
+    seq: Option<u64>,
+    now: Nanos,
+) -> Try {
+    let v = &spec.view;
+    let Some(route) = compiled.routing.route_for(v.route, v.model, v.upstream) else {
+        let demand = match call::price(&compiled.policy, &compiled.models, &spec.counted, v.model) {
+            Ok(d) => d,
+            Err(denial) => return Try::Deny(denial),
+        };
+        let mut result = attempt(compiled, v, &demand, seq, now);
+        if let Try::Go(p) = &mut result {
+            p.journey = spec.journey();
+        }
+        return result;
+    };
+    let routing = &compiled.routing;
+    let mut first_blocked = None;
+    let mut first_deny = None;
+    let mut skipped: SmallVec<[Skip; 2]> = SmallVec::new();
+    let avoid = spec.attempt.map_or(&[][..], |a| &a.failed_keys[..]);
+    for c in routing.candidates(route, spec.attempt) {
+        let t = &routing.routes[c.0].targets[c.1];
+        let up = &routing.upstreams[t.upstream];
+        let breaker = match t.health.breaker.try_acquire(now) {
+            Ok(p) => p,
+            Err(rejected) => {
+                skipped.push(Skip::BreakerOpen {
+                    target: format!("{}/{}", up.name, t.model),
+                    retry_in: rejected.retry_in,
+                });
+                continue;
+            }
+        };
+        let demand = match call::price(&compiled.policy, &compiled.models, &spec.counted, &t.model)
+        {
+            Ok(d) => d,
+            Err(denial) => {
+                t.health.breaker.release(breaker);
+                first_deny.get_or_insert(denial);
+                continue;
+            }
+        };
+        let key = match routing.pick_key(t.upstream, avoid, demand.tokens, now) {
+            Ok(k) => k,
+            Err(skip) => {
+                t.health.breaker.release(breaker);
+                skipped.push(skip);
+                continue;
+            }
+        };
+        let view = CallView {
+            tenant: v.tenant,
+            model: &t.model,
+            upstream: &up.name,
+            key: &key.id,
+            route: &routing.routes[c.0].name,
+            priority: v.priority,
+        };
+        match attempt(compiled, &view, &demand, seq, now) {
+            Try::Go(mut permit) => {
+                permit.target = Some(TargetCtx {
+                    route,
+                    target: routing.target_ref(c, key),
+                    health: Arc::clone(&t.health),
+                    breaker: Some(breaker),
+                    key: Arc::clone(key),
+                    upstream: t.upstream,
+                });
+                permit.journey = spec.journey();
+                return Try::Go(permit);
+            }
+            // A refusal by a budget that is not about this target (a tenant's, a model's)
+            // would follow the call to every target: it ends the search.
+            Try::Blocked(b) => {
+                t.health.breaker.release(breaker);
+                if !compiled.budgets[b.budget].target_specific {
+                    return Try::Blocked(b);
+                }
+                first_blocked.get_or_insert(b);
+            }
+            Try::Deny(d) => {
+                t.health.breaker.release(breaker);
+                let specific = d.budget.as_ref().is_none_or(|name| {
+                    compiled
+                        .budgets
+                        .iter()
+                        .any(|b| Arc::ptr_eq(&b.state.name, name) && b.target_specific)
+                });
+                if !specific {
+                    return Try::Deny(d);
+                }
+                first_deny.get_or_insert(d);
+            }
+        }
+    }
+    if let Some(b) = first_blocked {
+        return Try::Blocked(b);
+    }
+    if let Some(d) = first_deny {
+        return Try::Deny(d);
+    }
+    let detail = if skipped.is_empty() {
+        "the route has no targets".to_owned()
+    } else {
+        skipped
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let route = routing.routes[route].name.to_string();
+    Try::Deny(Denial::new(DenyReason::Unavailable { route, detail }))
+}
+
 /// One all-or-nothing admission attempt at `now`. `seq` is the waiter's queue ticket, if any.
 pub(crate) fn attempt(
     compiled: &Arc<Compiled>,
@@ -483,7 +661,7 @@ pub(crate) fn attempt(
     demand: &Demand,
     seq: Option<u64>,
     now: Nanos,
-) -> Attempt {
+) -> Try {
     let mut holds: SmallVec<[Hold; 2]> = SmallVec::new();
     let undo = |holds: &mut SmallVec<[Hold; 2]>| {
         for h in holds.drain(..) {
@@ -499,7 +677,7 @@ pub(crate) fn attempt(
             Ok(c) => c,
             Err(CapacityFull(capacity)) => {
                 undo(&mut holds);
-                return Attempt::Deny(Denial {
+                return Try::Deny(Denial {
                     budget: Some(Arc::clone(&b.state.name)),
                     key: Some(Arc::from(b.key_text(call))),
                     reason: DenyReason::KeyCapacity { capacity },
@@ -511,12 +689,12 @@ pub(crate) fn attempt(
             let reason = DenyReason::UnknownPrice {
                 model: call.model.to_owned(),
             };
-            return Attempt::Deny(Denial::by(&b.state.name, cell.key(), reason));
+            return Try::Deny(Denial::by(&b.state.name, cell.key(), reason));
         }
         if !cell.queue.may_pass(call.priority, seq) {
             undo(&mut holds);
             let wait = first_wait(b, &cell, demand, now);
-            return Attempt::Blocked(Blocked {
+            return Try::Blocked(Blocked {
                 budget: i,
                 cell,
                 wait: None,
@@ -545,14 +723,14 @@ pub(crate) fn attempt(
                     cost,
                     burst,
                 };
-                return Attempt::Deny(Denial::by(&b.state.name, cell.key(), reason));
+                return Try::Deny(Denial::by(&b.state.name, cell.key(), reason));
             }
             match gcra::reserve(&cell.tat[l.slot], &l.rate, inc, now) {
                 Ok(charge) => hold.charges[l.slot] = charge,
                 Err(wait) => {
                     undo_hold(b, &hold, now);
                     undo(&mut holds);
-                    return Attempt::Blocked(Blocked {
+                    return Try::Blocked(Blocked {
                         budget: i,
                         cell,
                         wait: Some(wait),
@@ -565,7 +743,7 @@ pub(crate) fn attempt(
             if !cell.try_acquire(max) {
                 undo_hold(b, &hold, now);
                 undo(&mut holds);
-                return Attempt::Blocked(Blocked {
+                return Try::Blocked(Blocked {
                     budget: i,
                     cell,
                     wait: None,
@@ -576,11 +754,13 @@ pub(crate) fn attempt(
         }
         holds.push(hold);
     }
-    Attempt::Go(Permit {
+    Try::Go(Permit {
         compiled: Arc::clone(compiled),
         holds,
         demand: *demand,
         settled: false,
+        target: None,
+        journey: Journey::default(),
     })
 }
 
@@ -619,6 +799,7 @@ fn undo_hold(b: &CompiledBudget, h: &Hold, now: Nanos) {
 fn compile(
     policy: Policy,
     registry: &mut HashMap<String, Registered>,
+    health: &mut HealthRegistry,
     clock: &Arc<dyn Clock>,
 ) -> (Compiled, ReloadReport) {
     let now = clock.now();
@@ -678,10 +859,12 @@ fn compile(
             .iter()
             .map(|(m, o)| (m.as_str(), o.encoding, o.context_window)),
     );
+    let routing = Routing::compile(&policy, health);
     let compiled = Compiled {
         policy: Arc::new(policy),
         budgets,
         models,
+        routing,
         clock: Arc::clone(clock),
     };
     (compiled, report)
@@ -735,6 +918,12 @@ fn compile_budget(spec: &Budget, state: Arc<BudgetState>) -> CompiledBudget {
         matcher: spec.matcher.clone(),
         match_all: spec.matcher.is_empty(),
         spends: limits.iter().any(|l| l.unit == Unit::Spend),
+        target_specific: spec
+            .scope
+            .iter()
+            .any(|d| matches!(d, ScopeDim::Upstream | ScopeDim::Key))
+            || !spec.matcher.upstream.is_empty()
+            || !spec.matcher.key.is_empty(),
         limits,
         concurrency: spec.concurrency,
         exhausted: spec.when_exhausted,

@@ -13,7 +13,31 @@ use crate::tokens::{self, Cost, Usage};
 
 use super::call::Demand;
 use super::decision::{Outcome, Settlement};
+use super::health::{KeyState, TargetHealth};
+use super::route::{Attempt, TargetRef};
 use super::{Compiled, money_to_nanos, nanos_to_money};
+use crate::clock::Nanos;
+use crate::retry::BreakerPermit;
+
+/// Where a routed call went, and what it holds there.
+pub(crate) struct TargetCtx {
+    pub route: usize,
+    pub target: TargetRef,
+    pub health: Arc<TargetHealth>,
+    pub breaker: Option<BreakerPermit>,
+    pub key: Arc<KeyState>,
+    pub upstream: usize,
+}
+
+/// Which attempt of its call a permit is.
+#[derive(Default)]
+pub(crate) struct Journey {
+    /// 1 for the first attempt.
+    pub number: u32,
+    pub deadline: Option<Nanos>,
+    /// The state this attempt was admitted with (retries only).
+    pub prior: Option<Box<Attempt>>,
+}
 
 /// One budget's share of a permit.
 pub(crate) struct Hold {
@@ -34,6 +58,8 @@ pub struct Permit {
     pub(crate) holds: SmallVec<[Hold; 2]>,
     pub(crate) demand: Demand,
     pub(crate) settled: bool,
+    pub(crate) target: Option<TargetCtx>,
+    pub(crate) journey: Journey,
 }
 
 impl fmt::Debug for Permit {
@@ -63,6 +89,16 @@ impl Permit {
         })
     }
 
+    /// Where to send the call, when a route chose: upstream, model and pool key.
+    pub fn target(&self) -> Option<&TargetRef> {
+        self.target.as_ref().map(|t| &t.target)
+    }
+
+    /// Which attempt of the call this is (1 for the first).
+    pub fn attempt_number(&self) -> u32 {
+        self.journey.number
+    }
+
     /// Prompt tokens estimated at admission.
     pub fn prompt_tokens(&self) -> u64 {
         self.demand.prompt_tokens
@@ -89,7 +125,7 @@ impl Permit {
     }
 
     /// Turns an outcome into charges and applies them.
-    pub(crate) fn settle(mut self, outcome: &Outcome) -> Settlement {
+    pub(crate) fn settle(&mut self, outcome: &Outcome<'_>) -> Settlement {
         let (actual, cost) = self.actual(outcome);
         self.apply(actual);
         for h in &self.holds {
@@ -107,7 +143,7 @@ impl Permit {
         }
     }
 
-    fn actual(&self, outcome: &Outcome) -> (Actual, Option<Cost>) {
+    fn actual(&self, outcome: &Outcome<'_>) -> (Actual, Option<Cost>) {
         let nothing = Actual {
             refund_request: !outcome.sent,
             tokens: 0,
@@ -186,6 +222,12 @@ impl Drop for Permit {
                 tokens: 0,
                 spend_nanos: 0,
             });
+        }
+        // A permit dropped unsettled gives its breaker probe slot back.
+        if let Some(t) = self.target.as_mut()
+            && let Some(p) = t.breaker.take()
+        {
+            t.health.breaker.release(p);
         }
     }
 }

@@ -9,10 +9,11 @@ use crate::budget::{BudgetState, Cell, Signal};
 use crate::clock::{Nanos, duration_nanos};
 use crate::policy::Exhausted;
 
-use super::call::{CallView, Demand, OwnedCall};
+use super::call::{Call, Counted, OwnedCall};
 use super::decision::{Denial, DenyReason};
 use super::permit::Permit;
-use super::{Attempt, Inner, attempt, blocked_verdict, count_admitted, count_denied};
+use super::route::Attempt;
+use super::{Inner, Spec, Try, blocked_verdict, count_admitted, count_denied, try_admit};
 
 /// What polling a [`Waiter`] gives.
 // A permit is moved once from admission to settle; boxing it to shrink this enum would add an
@@ -35,7 +36,9 @@ pub enum WaitPoll {
 pub struct Waiter {
     inner: Arc<Inner>,
     call: OwnedCall,
-    demand: Demand,
+    counted: Counted,
+    attempt: Option<Attempt>,
+    deadline_total: Option<std::time::Duration>,
     seq: u64,
     signal: Arc<Signal>,
     started: Nanos,
@@ -62,15 +65,17 @@ impl std::fmt::Debug for Waiter {
 impl Waiter {
     pub(crate) fn new(
         inner: Arc<Inner>,
-        call: CallView<'_>,
-        demand: Demand,
+        call: &Call<'_>,
+        counted: Counted,
         seq: u64,
         now: Nanos,
     ) -> Waiter {
         Waiter {
             inner,
-            call: OwnedCall::from_view(call),
-            demand,
+            call: OwnedCall::from_view(call.view()),
+            counted,
+            attempt: call.attempt.cloned(),
+            deadline_total: call.deadline,
             seq,
             signal: Arc::new(Signal::default()),
             started: now,
@@ -107,24 +112,22 @@ impl Waiter {
         let compiled = self.inner.current();
         let now = compiled.clock.now();
         let waited = now.saturating_sub(self.started);
-        match attempt(
-            &compiled,
-            &self.call.view(),
-            &self.demand,
-            Some(self.seq),
-            now,
-        ) {
-            Attempt::Go(permit) => {
+        let mut call = Call::new("");
+        call.deadline = self.deadline_total;
+        call.attempt = self.attempt.as_ref();
+        let spec = Spec::new(self.call.view(), self.counted, &call, self.started);
+        match try_admit(&compiled, &spec, Some(self.seq), now) {
+            Try::Go(permit) => {
                 self.finish();
                 count_admitted(&permit, &self.waited_in);
                 WaitPoll::Ready(Ok(permit))
             }
-            Attempt::Deny(denial) => {
+            Try::Deny(denial) => {
                 self.finish();
                 count_denied(&compiled, &denial);
                 WaitPoll::Ready(Err(denial))
             }
-            Attempt::Blocked(blocked) => {
+            Try::Blocked(blocked) => {
                 let budget = &compiled.budgets[blocked.budget];
                 let refuse = |this: &mut Waiter, denial: Denial| {
                     this.finish();

@@ -86,22 +86,15 @@ impl Row {
 
     /// How the call ended: the reported usage; a failed status (not billed); otherwise unknown,
     /// which keeps the whole reservation (as a call that timed out would).
-    pub(crate) fn outcome(&self) -> Outcome {
+    pub(crate) fn outcome(&self) -> Outcome<'static> {
         let latency = std::time::Duration::from_millis(self.latency_ms);
         let outcome = match (self.usage, self.status) {
             (Some(usage), status) => Outcome {
-                sent: true,
                 status: Some(status.unwrap_or(200)),
-                usage: Some(usage),
-                latency: None,
+                ..Outcome::ok(usage)
             },
             (None, Some(s)) if s >= 400 => Outcome::status(s),
-            (None, Some(s)) => Outcome {
-                sent: true,
-                status: Some(s),
-                usage: None,
-                latency: None,
-            },
+            (None, Some(s)) => Outcome::status(s),
             (None, None) => Outcome::unknown(),
         };
         outcome.with_latency(latency)

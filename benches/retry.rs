@@ -1,0 +1,229 @@
+//! Retry hot paths: the breaker check while closed, `decide()` returning a retry, and
+//! `server_delay` over a typical 429 header set. Prints a table of criterion's medians at the end.
+//!
+//! Run: `cargo bench --bench retry`.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use criterion::{Criterion, Throughput};
+use tollgate::policy::{Breaker, BreakerWindow, Retry};
+use tollgate::retry::{
+    CircuitBreaker, Failure, Headers, RetryBudget, RetryDecision, RetryInput, Rng, ServerLimits,
+    decide, server_delay,
+};
+
+const GROUP: &str = "retry";
+
+/// What OpenAI sends with a 429 (values shaped like its documentation's examples).
+const HEADERS_429: &[(&str, &[u8])] = &[
+    ("date", b"Sun, 01 Jun 2025 00:00:00 GMT"),
+    ("content-type", b"application/json"),
+    ("content-length", b"312"),
+    ("openai-organization", b"org-abc"),
+    ("openai-processing-ms", b"12"),
+    ("openai-version", b"2020-10-01"),
+    ("x-request-id", b"req_0123456789abcdef"),
+    ("x-ratelimit-limit-requests", b"10000"),
+    ("x-ratelimit-limit-tokens", b"2000000"),
+    ("x-ratelimit-remaining-requests", b"9999"),
+    ("x-ratelimit-remaining-tokens", b"0"),
+    ("x-ratelimit-reset-requests", b"6ms"),
+    ("x-ratelimit-reset-tokens", b"1m30.5s"),
+    ("retry-after", b"2"),
+    ("retry-after-ms", b"1500"),
+];
+
+/// The same without `retry-after*`: the delay comes from the `x-ratelimit-reset-*` pair, the
+/// longest path through `server_delay`.
+const HEADERS_429_RESET_ONLY: &[(&str, &[u8])] = HEADERS_429.split_at(13).0;
+
+fn breaker_config() -> Breaker {
+    Breaker {
+        window: BreakerWindow::Calls(20),
+        min_calls: 20,
+        ..Breaker::default()
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group(GROUP);
+    g.throughput(Throughput::Elements(1));
+
+    let breaker = CircuitBreaker::new(&breaker_config());
+    g.bench_function("breaker_check_closed", |b| {
+        let mut now = 0u64;
+        b.iter(|| {
+            now += 1;
+            black_box(breaker.try_acquire(black_box(now)))
+        });
+    });
+
+    let breaker = CircuitBreaker::new(&breaker_config());
+    g.bench_function("breaker_check_and_record_closed", |b| {
+        let mut now = 0u64;
+        b.iter(|| {
+            now += 1;
+            if let Ok(p) = breaker.try_acquire(black_box(now)) {
+                breaker.record(p, true, Duration::from_millis(80), now);
+            }
+        });
+    });
+
+    let policy = Retry::default();
+    let budget = RetryBudget::from_policy(&policy);
+    let now_wall = UNIX_EPOCH + Duration::from_secs(1_748_736_000);
+    g.bench_function("decide_retry_backoff", |b| {
+        let mut rng = Rng::new(1);
+        let input = RetryInput {
+            now_wall,
+            ..RetryInput::new(1, Failure::Status(503))
+        };
+        b.iter(|| {
+            let d = decide(black_box(&input), &policy, &budget, &mut rng);
+            debug_assert!(matches!(d, RetryDecision::Retry { .. }));
+            black_box(d)
+        });
+    });
+    g.bench_function("decide_retry_429_headers", |b| {
+        let mut rng = Rng::new(1);
+        let input = RetryInput {
+            headers: Headers::new(HEADERS_429),
+            now_wall,
+            ..RetryInput::new(1, Failure::Status(429))
+        };
+        b.iter(|| {
+            let d = decide(black_box(&input), &policy, &budget, &mut rng);
+            debug_assert!(matches!(d, RetryDecision::Retry { .. }));
+            black_box(d)
+        });
+    });
+
+    let headers = Headers::new(HEADERS_429);
+    g.bench_function("server_delay_429", |b| {
+        b.iter(|| black_box(server_delay(black_box(&headers), now_wall)));
+    });
+    let reset_only = Headers::new(HEADERS_429_RESET_ONLY);
+    g.bench_function("server_delay_429_reset_only", |b| {
+        b.iter(|| black_box(server_delay(black_box(&reset_only), now_wall)));
+    });
+    g.bench_function("server_limits_429", |b| {
+        b.iter(|| black_box(ServerLimits::from_headers(black_box(&headers))));
+    });
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table
+
+/// `<target>/criterion`: `$CARGO_TARGET_DIR`, else the nearest ancestor of this executable
+/// that has a `criterion` directory.
+fn criterion_dir() -> Option<PathBuf> {
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        return Some(PathBuf::from(t).join("criterion"));
+    }
+    let exe = std::env::current_exe().ok()?;
+    exe.ancestors()
+        .skip(1)
+        .map(|p: &Path| p.join("criterion"))
+        .find(|p| p.is_dir())
+}
+
+/// Median ns per iteration of `bench`, if this run (since `since`) measured it.
+fn median(dir: &Path, bench: &str, since: SystemTime) -> Option<f64> {
+    let path = dir
+        .join(GROUP)
+        .join(bench)
+        .join("new")
+        .join("estimates.json");
+    let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+    if modified < since {
+        return None; // left over from an earlier run
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
+    json["median"]["point_estimate"].as_f64()
+}
+
+fn print_table(since: SystemTime) {
+    let args: Vec<String> = std::env::args().collect();
+    let test_mode = !args.iter().any(|a| a == "--bench") || args.iter().any(|a| a == "--test");
+    println!();
+    println!("== tollgate retry (criterion medians, this run) ==");
+    if test_mode {
+        println!("test mode: every benchmark ran once; no measurements.");
+        return;
+    }
+    let Some(dir) = criterion_dir() else {
+        println!("no measurements: criterion's output directory was not found");
+        return;
+    };
+    let rows: [(&str, &str, Option<f64>); 7] = [
+        (
+            "breaker_check_closed",
+            "breaker try_acquire, closed",
+            Some(50.0),
+        ),
+        (
+            "breaker_check_and_record_closed",
+            "breaker try_acquire + record, closed",
+            None,
+        ),
+        (
+            "decide_retry_backoff",
+            "decide(): 503, no headers -> backoff",
+            None,
+        ),
+        (
+            "decide_retry_429_headers",
+            "decide(): 429 + 15 headers -> server delay",
+            None,
+        ),
+        (
+            "server_delay_429",
+            "server_delay, 429 set (retry-after-ms)",
+            None,
+        ),
+        (
+            "server_delay_429_reset_only",
+            "server_delay, 429 set (x-ratelimit-reset)",
+            None,
+        ),
+        (
+            "server_limits_429",
+            "ServerLimits::from_headers, 429 set",
+            None,
+        ),
+    ];
+    println!("{:<48} {:>12}  target", "benchmark", "median");
+    let mut printed = 0;
+    for (bench, what, target) in rows {
+        let Some(ns) = median(&dir, bench, since) else {
+            continue;
+        };
+        let verdict = match target {
+            Some(t) if ns <= t => format!("<= {t} ns: met"),
+            Some(t) => format!("<= {t} ns: MISSED"),
+            None => String::new(),
+        };
+        println!("{what:<48} {ns:>9.1} ns  {verdict}");
+        printed += 1;
+    }
+    if printed == 0 {
+        println!("no measurements from this run under {}", dir.display());
+    }
+}
+
+fn main() {
+    let since = SystemTime::now();
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30)
+        .without_plots()
+        .configure_from_args();
+    benches(&mut c);
+    c.final_summary();
+    print_table(since);
+}

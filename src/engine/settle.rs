@@ -1,0 +1,188 @@
+//! Settling an attempt: budgets reconciled, health fed, and the retry verdict.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::clock::duration_nanos;
+use crate::retry::{self, Failure, Headers, RetryDecision, RetryInput, Rng, ServerLimits};
+
+use super::decision::{GiveUp, Outcome, Verdict};
+use super::permit::Permit;
+use super::route::{Attempt, AttemptRecord};
+
+/// A short stable code for how an attempt ended.
+fn outcome_code(failure: &Failure) -> String {
+    match failure {
+        Failure::Status(s) => format!("status_{s}"),
+        other => other.code().to_owned(),
+    }
+}
+
+/// Failures that say the target is unwell (for its breaker): server errors, transport failures,
+/// timeouts, malformed bodies, cut streams. Client errors and rate limits do not.
+fn counts_against_breaker(failure: &Failure) -> bool {
+    match failure {
+        Failure::Status(s) => *s >= 500,
+        _ => true,
+    }
+}
+
+pub(crate) fn settle(mut permit: Permit, outcome: &Outcome<'_>) -> Verdict {
+    let settlement = permit.settle(outcome);
+    let compiled = Arc::clone(&permit.compiled);
+    let now = compiled.clock.now();
+    let policy = &compiled.policy;
+    let failure = outcome.failure_class();
+    let headers = Headers::new(outcome.headers);
+    let target = permit.target.take();
+    let journey = std::mem::take(&mut permit.journey);
+    drop(permit);
+
+    let upstream_health = target
+        .as_ref()
+        .map(|t| Arc::clone(&compiled.routing.upstreams[t.upstream].health));
+    if let Some(t) = &target {
+        if let Some(latency) = outcome.latency {
+            t.health.observe_latency(latency);
+        }
+        let unwell = failure.as_ref().is_some_and(counts_against_breaker);
+        if let Some(p) = t.breaker.as_ref().copied() {
+            if outcome.sent {
+                t.health
+                    .breaker
+                    .record(p, !unwell, outcome.latency.unwrap_or_default(), now);
+            } else {
+                t.health.breaker.release(p);
+            }
+        }
+        if policy.retry.honor_server_limits {
+            t.key
+                .server
+                .update(&ServerLimits::from_headers(&headers), now);
+        }
+        if failure == Some(Failure::Status(401)) {
+            let up = &compiled.routing.upstreams[t.upstream];
+            t.key
+                .quarantine(now.saturating_add(duration_nanos(up.quarantine)));
+        }
+    }
+    let budget = upstream_health
+        .as_ref()
+        .map(|u| &u.retry_budget)
+        .unwrap_or(&compiled.routing.default_health.retry_budget);
+    let Some(failure) = failure else {
+        if outcome.sent && outcome.status.is_some() {
+            budget.on_success();
+        }
+        return Verdict::Done(settlement);
+    };
+    let retryable = retry::is_retryable(&failure, &policy.retry.retry_on, &headers);
+    if retryable {
+        budget.on_failure();
+    }
+
+    let prior = journey.prior.map(|b| *b).unwrap_or_default();
+    let number = journey.number.max(1);
+    let time_left = journey
+        .deadline
+        .map(|d| Duration::from_nanos(d.saturating_sub(now)));
+    let input = RetryInput {
+        attempt: number,
+        failure,
+        headers,
+        now_wall: SystemTime::now(),
+        prev_backoff: prior.prev_backoff,
+        time_left,
+        content_delivered: outcome.content_delivered,
+    };
+    let mut rng = Rng::new(compiled.routing.random());
+    // A 401 on a key pool is the key's fault, not the request's: move to another key at once,
+    // whatever retry_on says, while attempts remain.
+    let other_key = target.as_ref().is_some_and(|t| {
+        compiled.routing.upstreams[t.upstream]
+            .keys
+            .iter()
+            .any(|k| !Arc::ptr_eq(k, &t.key) && !k.quarantined(now))
+    });
+    let decision = if failure == Failure::Status(401)
+        && other_key
+        && !outcome.content_delivered
+        && number < policy.retry.max_attempts
+    {
+        RetryDecision::Retry {
+            after: Duration::ZERO,
+            reason: retry::RetryReason::Backoff { failure },
+        }
+    } else {
+        retry::decide(&input, &policy.retry, budget, &mut rng)
+    };
+    let this_target = target.as_ref().map(|t| t.target.clone());
+    let mut history = prior.history;
+    let outcome_text = outcome_code(&failure);
+    match decision {
+        RetryDecision::Retry { after, .. } => {
+            let mut next = Attempt {
+                number: number + 1,
+                deadline: journey.deadline,
+                prev_backoff: after,
+                next: None,
+                failed_targets: prior.failed_targets,
+                failed_keys: prior.failed_keys,
+                history: vec![],
+            };
+            if let Some(t) = &target {
+                let key_problem = matches!(failure, Failure::Status(401) | Failure::Status(429));
+                let pool = compiled.routing.upstreams[t.upstream].keys.len() > 1;
+                if key_problem && pool {
+                    // Same target, another key.
+                    next.failed_keys
+                        .push((Arc::clone(&t.target.upstream), Arc::clone(&t.target.key)));
+                    next.next = Some(t.target.clone());
+                } else {
+                    next.failed_targets
+                        .push((Arc::clone(&t.target.upstream), Arc::clone(&t.target.model)));
+                    let candidates = compiled.routing.candidates(t.route, Some(&next));
+                    next.next = candidates.first().and_then(|c| {
+                        let target = &compiled.routing.routes[c.0].targets[c.1];
+                        let up = &compiled.routing.upstreams[target.upstream];
+                        let key = up.keys.iter().find(|k| !k.quarantined(now))?;
+                        Some(compiled.routing.target_ref(*c, key))
+                    });
+                }
+            }
+            let decision_text = match &next.next {
+                Some(n) => format!("retry in {} ms on {n}", after.as_millis()),
+                None => format!("retry in {} ms", after.as_millis()),
+            };
+            history.push(AttemptRecord {
+                number,
+                target: this_target,
+                outcome: outcome_text,
+                decision: decision_text,
+            });
+            next.history = history;
+            Verdict::Retry {
+                after,
+                target: next.next.clone(),
+                attempt: Box::new(next),
+                settlement,
+            }
+        }
+        RetryDecision::GiveUp(reason) => {
+            history.push(AttemptRecord {
+                number,
+                target: this_target,
+                outcome: outcome_text,
+                decision: format!("gave up: {reason}"),
+            });
+            Verdict::GiveUp {
+                reason: GiveUp {
+                    code: reason.code(),
+                    message: reason.to_string(),
+                    history,
+                },
+                settlement,
+            }
+        }
+    }
+}
