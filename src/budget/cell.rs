@@ -21,15 +21,18 @@ pub struct Cell {
     pub(crate) queue: WaitQueue,
     /// The scope key as text, e.g. `tenant=acme,model=gpt-4o` (empty for an unscoped budget).
     key: Arc<str>,
+    /// The budget's name, counters, clock and rates.
+    pub(crate) shared: Arc<super::BudgetShared>,
 }
 
 impl Cell {
-    pub(crate) fn new(key: Arc<str>) -> Cell {
+    pub(crate) fn new(key: Arc<str>, shared: Arc<super::BudgetShared>) -> Cell {
         Cell {
             tat: std::array::from_fn(|_| AtomicU64::new(0)),
             inflight: AtomicU32::new(0),
             queue: WaitQueue::default(),
             key,
+            shared,
         }
     }
 

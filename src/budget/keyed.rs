@@ -5,7 +5,6 @@
 //! evicted (see [`super::cell::Cell::is_idle`]): forgetting it changes no decision, so eviction never
 //! makes a limit looser. When every candidate is busy the new key is refused instead.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -43,15 +42,26 @@ pub(crate) struct Keyed {
 pub(crate) struct CapacityFull(pub usize);
 
 /// 128-bit key hash of scope parts; parts are length-prefixed so ("ab","c") ≠ ("a","bc").
+/// XXH3-128 in one pass over a stack buffer; keys longer than the buffer are streamed.
 pub(crate) fn key_hash<'a>(parts: impl Iterator<Item = &'a str> + Clone) -> u128 {
-    let mut a = std::hash::DefaultHasher::new();
-    let mut b = std::hash::DefaultHasher::new();
-    0x9e37_79b9_u32.hash(&mut b);
-    for p in parts {
-        p.hash(&mut a);
-        p.hash(&mut b);
+    let mut buf = [0u8; 192];
+    let mut len = 0;
+    for p in parts.clone() {
+        let bytes = p.as_bytes();
+        let need = 4 + bytes.len();
+        if len + need > buf.len() {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            for p in parts {
+                h.update(&(p.len() as u32).to_le_bytes());
+                h.update(p.as_bytes());
+            }
+            return h.digest128();
+        }
+        buf[len..len + 4].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+        buf[len + 4..len + need].copy_from_slice(bytes);
+        len += need;
     }
-    (u128::from(a.finish()) << 64) | u128::from(b.finish())
+    xxhash_rust::xxh3::xxh3_128(&buf[..len])
 }
 
 impl Keyed {
@@ -83,6 +93,7 @@ impl Keyed {
         &self,
         hash: u128,
         make_key: impl FnOnce() -> Arc<str>,
+        shared: &Arc<super::BudgetShared>,
         now: Nanos,
     ) -> Result<Arc<Cell>, CapacityFull> {
         let shard = self.shard(hash);
@@ -93,7 +104,7 @@ impl Keyed {
             }
         }
         let capacity = self.capacity.load(Ordering::Acquire);
-        let cell = Arc::new(Cell::new(make_key()));
+        let cell = Arc::new(Cell::new(make_key(), Arc::clone(shared)));
         // Make room first (possibly in other shards), then insert under this shard's lock.
         while self.len.load(Ordering::Acquire) >= capacity {
             if !self.evict_one(hash, now) {

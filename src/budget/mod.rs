@@ -10,15 +10,21 @@ mod keyed;
 mod queue;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::clock::Clock;
 
 pub use cell::{Cell, SLOTS};
 pub(crate) use keyed::{CapacityFull, Cells, Keyed, key_hash};
 pub use queue::Signal;
 
-/// Counters of one budget, kept across reloads.
+/// Stripes of counters: threads add to their own stripe (its own cache line), readers sum.
+const STRIPES: usize = 8;
+
+/// One stripe of a budget's counters, alone on its cache line.
 #[derive(Debug, Default)]
-pub(crate) struct Counters {
+#[repr(align(128))]
+pub(crate) struct Stripe {
     pub admitted: AtomicU64,
     pub waited: AtomicU64,
     pub denied: AtomicU64,
@@ -26,25 +32,93 @@ pub(crate) struct Counters {
     pub spend_nanos: AtomicU64,
 }
 
+/// Counters of one budget, kept across reloads; striped so that threads counting calls on
+/// different keys do not fight over one cache line.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    stripes: [Stripe; STRIPES],
+}
+
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static STRIPE: usize = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
+}
+
+impl Counters {
+    /// This thread's stripe.
+    #[inline]
+    pub(crate) fn local(&self) -> &Stripe {
+        &self.stripes[STRIPE.with(|s| *s)]
+    }
+
+    fn sum(&self, f: impl Fn(&Stripe) -> &AtomicU64) -> u64 {
+        self.stripes
+            .iter()
+            .map(|s| f(s).load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// What every cell of a budget shares: its name, counters, the engine's clock and the current
+/// rate of each limit slot. Cells hold it, so settling a permit needs nothing else.
+#[derive(Debug)]
+pub(crate) struct BudgetShared {
+    pub name: Arc<str>,
+    pub counters: Counters,
+    pub clock: Arc<dyn Clock>,
+    /// Nanoseconds per unit of each slot as f64 bits; 0 = the budget has no such limit.
+    rates: [AtomicU64; SLOTS],
+}
+
+impl BudgetShared {
+    /// The current rate of a slot, if the budget has that limit.
+    #[inline]
+    pub(crate) fn rate(&self, slot: usize) -> Option<f64> {
+        match self.rates[slot].load(Ordering::Acquire) {
+            0 => None,
+            bits => Some(f64::from_bits(bits)),
+        }
+    }
+
+    pub(crate) fn set_rates(&self, rates: &[Option<f64>; SLOTS]) {
+        for (slot, r) in rates.iter().enumerate() {
+            self.rates[slot].store(r.map_or(0, f64::to_bits), Ordering::Release);
+        }
+    }
+}
+
 /// The state of one budget, keyed by its name: it outlives reloads that keep the name.
 #[derive(Debug)]
 pub(crate) struct BudgetState {
     pub name: Arc<str>,
     pub cells: Cells,
-    pub counters: Counters,
+    pub shared: Arc<BudgetShared>,
 }
 
 impl BudgetState {
-    pub(crate) fn new(name: &str, scoped: bool, capacity: usize) -> BudgetState {
+    pub(crate) fn new(
+        name: &str,
+        scoped: bool,
+        capacity: usize,
+        clock: Arc<dyn Clock>,
+    ) -> BudgetState {
+        let name: Arc<str> = Arc::from(name);
+        let shared = Arc::new(BudgetShared {
+            name: Arc::clone(&name),
+            counters: Counters::default(),
+            clock,
+            rates: std::array::from_fn(|_| AtomicU64::new(0)),
+        });
         let cells = if scoped {
             Cells::Keyed(Keyed::new(capacity))
         } else {
-            Cells::Global(Arc::new(Cell::new(Arc::from(""))))
+            Cells::Global(Arc::new(Cell::new(Arc::from(""), Arc::clone(&shared))))
         };
         BudgetState {
-            name: Arc::from(name),
+            name,
             cells,
-            counters: Counters::default(),
+            shared,
         }
     }
 
@@ -98,14 +172,14 @@ pub struct BudgetStats {
 
 impl BudgetState {
     pub(crate) fn stats(&self) -> BudgetStats {
-        let c = &self.counters;
+        let c = &self.shared.counters;
         BudgetStats {
             name: self.name.to_string(),
-            admitted: c.admitted.load(Ordering::Relaxed),
-            waited: c.waited.load(Ordering::Relaxed),
-            denied: c.denied.load(Ordering::Relaxed),
-            tokens: c.tokens.load(Ordering::Relaxed),
-            spend: crate::engine::nanos_to_money(c.spend_nanos.load(Ordering::Relaxed)),
+            admitted: c.sum(|s| &s.admitted),
+            waited: c.sum(|s| &s.waited),
+            denied: c.sum(|s| &s.denied),
+            tokens: c.sum(|s| &s.tokens),
+            spend: crate::engine::nanos_to_money(c.sum(|s| &s.spend_nanos)),
             keys: self.keys(),
         }
     }

@@ -1,7 +1,9 @@
 //! What a host tells the engine about a call, and what the engine estimates it will cost.
 
 use crate::policy::{Policy, ScopeDim};
-use crate::tokens::{self, ModelTable, Price};
+use std::collections::HashMap;
+
+use crate::tokens::{self, ModelInfo, ModelTable, Price};
 
 use std::time::Duration;
 
@@ -246,9 +248,62 @@ pub(crate) fn count(models: &ModelTable, call: &Call<'_>) -> Result<Counted, Den
 }
 
 /// What a counted call reserves on `model`; refuses calls that can never succeed there.
+/// Model facts admission needs, memoised per policy so the hot path does one cheap hash probe
+/// instead of the table's name resolution (prefixes, dated suffixes).
+#[derive(Debug, Default)]
+pub(crate) struct ModelMemo {
+    map: arc_swap::ArcSwap<HashMap<Box<str>, Option<ModelInfo>, BuildFnv>>,
+}
+
+/// Most distinct model names memoised; past it, lookups go to the table every time.
+const MEMO_CAPACITY: usize = 4096;
+
+impl ModelMemo {
+    pub(crate) fn get(&self, models: &ModelTable, model: &str) -> Option<ModelInfo> {
+        if let Some(info) = self.map.load().get(model) {
+            return *info;
+        }
+        let info = models.lookup(model);
+        if self.map.load().len() < MEMO_CAPACITY {
+            self.map.rcu(|m| {
+                let mut m = HashMap::clone(m);
+                m.insert(Box::from(model), info);
+                m
+            });
+        }
+        info
+    }
+}
+
+/// FNV-1a: a few nanoseconds for short model names (no DoS concern: names come from the host).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct BuildFnv;
+
+/// The FNV-1a hasher state.
+pub(crate) struct Fnv(u64);
+
+impl std::hash::BuildHasher for BuildFnv {
+    type Hasher = Fnv;
+    fn build_hasher(&self) -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
 pub(crate) fn price(
     policy: &Policy,
     models: &ModelTable,
+    memo: &ModelMemo,
     counted: &Counted,
     model: &str,
 ) -> Result<Demand, Denial> {
@@ -257,7 +312,8 @@ pub(crate) fn price(
         explicit_allowance: explicit,
         exact,
     } = *counted;
-    let window = models.context_window(model);
+    let info = memo.get(models, model);
+    let window = info.and_then(|i| i.context_window);
     let mut completion_tokens = explicit.unwrap_or(policy.defaults.max_completion_tokens);
     if let Some(window) = window
         && policy.defaults.enforce_context_window
@@ -280,7 +336,7 @@ pub(crate) fn price(
             }));
         }
     }
-    let price = models.price(model);
+    let price = info.and_then(|i| i.price);
     let spend_nanos = price
         .map(|p| money_to_nanos(tokens::estimate_cost(&p, prompt_tokens, completion_tokens)))
         .unwrap_or(0);

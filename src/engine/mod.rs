@@ -1,6 +1,7 @@
 //! The engine: the running policy (swapped atomically on reload), budget state that outlives
 //! reloads, and the decide API.
 
+mod cache;
 mod call;
 mod decision;
 mod health;
@@ -20,12 +21,13 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use smallvec::SmallVec;
 
-use crate::budget::gcra::{self, Charge, Rate};
+use crate::budget::gcra::{self, Rate};
 use crate::budget::{BudgetState, BudgetStats, CapacityFull, Cell, Cells, SLOTS, key_hash};
 use crate::clock::{Clock, MonotonicClock, Nanos, duration_nanos};
 use crate::policy::{Budget, Exhausted, LimitKind, Match, Policy, PolicyErrors, ScopeDim, Unit};
 use crate::tokens::ModelTable;
 
+pub use cache::{CacheFill, CacheLookup, FlightResult};
 pub use call::{Call, Prompt};
 pub use decision::{Decision, Denial, DenyReason, GiveUp, Outcome, Settlement, Verdict, WaitHint};
 pub use permit::Permit;
@@ -102,7 +104,12 @@ impl CompiledBudget {
             Cells::Keyed(keyed) => {
                 let parts = self.scope.iter().map(|d| call.field(*d));
                 let hash = key_hash(parts);
-                keyed.get_or_insert(hash, || Arc::from(self.key_text(call)), now)
+                keyed.get_or_insert(
+                    hash,
+                    || Arc::from(self.key_text(call)),
+                    &self.state.shared,
+                    now,
+                )
             }
         }
     }
@@ -135,6 +142,7 @@ pub(crate) struct Compiled {
     pub policy: Arc<Policy>,
     pub budgets: Vec<CompiledBudget>,
     pub models: ModelTable,
+    pub memo: call::ModelMemo,
     pub routing: Routing,
     pub clock: Arc<dyn Clock>,
 }
@@ -168,6 +176,8 @@ pub(crate) struct Inner {
     current: ArcSwap<Compiled>,
     registry: Mutex<HashMap<String, Registered>>,
     health: Mutex<HealthRegistry>,
+    cache: crate::cache::CacheStore,
+    flights: crate::cache::SingleFlight<FlightResult>,
     clock: Arc<dyn Clock>,
     generation: AtomicU64,
     seq: AtomicU64,
@@ -245,11 +255,14 @@ impl Engine {
         let mut registry = HashMap::new();
         let mut health = HealthRegistry::default();
         let (compiled, _) = compile(policy, &mut registry, &mut health, &clock);
+        let cache = crate::cache::CacheStore::from_policy(&compiled.policy.cache);
         Engine {
             inner: Arc::new(Inner {
                 current: ArcSwap::from_pointee(compiled),
                 registry: Mutex::new(registry),
                 health: Mutex::new(health),
+                cache,
+                flights: crate::cache::SingleFlight::new(),
                 clock,
                 generation: AtomicU64::new(1),
                 seq: AtomicU64::new(1),
@@ -300,7 +313,7 @@ impl Engine {
     /// anything. `Wait` holds nothing: ask again after the hint (or use [`Engine::acquire`] /
     /// [`Engine::waiter`] to wait in the budget's priority queue).
     pub fn admit(&self, call: &Call<'_>) -> Decision {
-        let compiled = self.inner.current.load_full();
+        let compiled = self.inner.current.load();
         let counted = match call::count(&compiled.models, call) {
             Ok(c) => c,
             Err(denial) => return Decision::Deny(denial),
@@ -326,7 +339,13 @@ impl Engine {
                         limit: b.limit,
                     }),
                     Err(denial) => {
-                        budget.state.counters.denied.fetch_add(1, Ordering::Relaxed);
+                        budget
+                            .state
+                            .shared
+                            .counters
+                            .local()
+                            .denied
+                            .fetch_add(1, Ordering::Relaxed);
                         Decision::Deny(denial)
                     }
                 }
@@ -376,7 +395,7 @@ impl Engine {
     /// quarantines the key, and the retry policy picks the delay (server-directed first, then
     /// backoff) within the call's deadline.
     pub fn settle(&self, permit: Permit, outcome: &Outcome<'_>) -> Verdict {
-        settle::settle(permit, outcome)
+        settle::settle(&self.inner.current.load(), permit, outcome)
     }
 
     /// Counters of every budget in the running policy, in policy order.
@@ -436,6 +455,7 @@ impl Inner {
         let generation = self.generation.load(Ordering::Acquire) + 1;
         let (compiled, mut report) = compile(policy, &mut registry, &mut health, &self.clock);
         report.generation = generation;
+        self.cache.apply_policy(&compiled.policy.cache);
         self.current.store(Arc::new(compiled));
         self.generation.store(generation, Ordering::Release);
         report
@@ -445,10 +465,11 @@ impl Inner {
 /// Counts an admission in every budget of the permit, and a wait in the budgets that queued it.
 fn count_admitted(permit: &Permit, waited_in: &[Arc<BudgetState>]) {
     for h in &permit.holds {
-        let state = &permit.compiled.budgets[usize::from(h.budget)].state;
-        state.counters.admitted.fetch_add(1, Ordering::Relaxed);
-        if waited_in.iter().any(|w| Arc::ptr_eq(w, state)) {
-            state.counters.waited.fetch_add(1, Ordering::Relaxed);
+        let shared = &h.cell.shared;
+        let c = shared.counters.local();
+        c.admitted.fetch_add(1, Ordering::Relaxed);
+        if waited_in.iter().any(|w| Arc::ptr_eq(&w.shared, shared)) {
+            c.waited.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -460,7 +481,12 @@ fn count_denied(compiled: &Compiled, denial: &Denial) {
             .iter()
             .find(|b| Arc::ptr_eq(&b.state.name, name))
     {
-        b.state.counters.denied.fetch_add(1, Ordering::Relaxed);
+        b.state
+            .shared
+            .counters
+            .local()
+            .denied
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -537,15 +563,16 @@ impl<'a> Spec<'a> {
 }
 
 /// Admission of one call: through its route's targets when it has a route, else directly.
-pub(crate) fn try_admit(
-    compiled: &Arc<Compiled>,
-    spec: &Spec<'_>,
-    seq: Option<u64>,
-    now: Nanos,
-) -> Try {
+pub(crate) fn try_admit(compiled: &Compiled, spec: &Spec<'_>, seq: Option<u64>, now: Nanos) -> Try {
     let v = &spec.view;
     let Some(route) = compiled.routing.route_for(v.route, v.model, v.upstream) else {
-        let demand = match call::price(&compiled.policy, &compiled.models, &spec.counted, v.model) {
+        let demand = match call::price(
+            &compiled.policy,
+            &compiled.models,
+            &compiled.memo,
+            &spec.counted,
+            v.model,
+        ) {
             Ok(d) => d,
             Err(denial) => return Try::Deny(denial),
         };
@@ -573,8 +600,13 @@ pub(crate) fn try_admit(
                 continue;
             }
         };
-        let demand = match call::price(&compiled.policy, &compiled.models, &spec.counted, &t.model)
-        {
+        let demand = match call::price(
+            &compiled.policy,
+            &compiled.models,
+            &compiled.memo,
+            &spec.counted,
+            &t.model,
+        ) {
             Ok(d) => d,
             Err(denial) => {
                 t.health.breaker.release(breaker);
@@ -600,14 +632,14 @@ pub(crate) fn try_admit(
         };
         match attempt(compiled, &view, &demand, seq, now) {
             Try::Go(mut permit) => {
-                permit.target = Some(TargetCtx {
-                    route,
+                permit.target = Some(Box::new(TargetCtx {
                     target: routing.target_ref(c, key),
                     health: Arc::clone(&t.health),
                     breaker: Some(breaker),
                     key: Arc::clone(key),
-                    upstream: t.upstream,
-                });
+                    upstream: Arc::clone(&up.health),
+                    quarantine: up.quarantine,
+                }));
                 permit.journey = spec.journey();
                 return Try::Go(permit);
             }
@@ -656,17 +688,16 @@ pub(crate) fn try_admit(
 
 /// One all-or-nothing admission attempt at `now`. `seq` is the waiter's queue ticket, if any.
 pub(crate) fn attempt(
-    compiled: &Arc<Compiled>,
+    compiled: &Compiled,
     call: &CallView<'_>,
     demand: &Demand,
     seq: Option<u64>,
     now: Nanos,
 ) -> Try {
-    let mut holds: SmallVec<[Hold; 2]> = SmallVec::new();
-    let undo = |holds: &mut SmallVec<[Hold; 2]>| {
+    let mut holds: SmallVec<[Hold; 3]> = SmallVec::new();
+    let undo = |holds: &mut SmallVec<[Hold; 3]>| {
         for h in holds.drain(..) {
-            let b = &compiled.budgets[usize::from(h.budget)];
-            undo_hold(b, &h, now);
+            undo_hold(&h, now);
         }
     };
     for (i, b) in compiled.budgets.iter().enumerate() {
@@ -702,15 +733,15 @@ pub(crate) fn attempt(
             });
         }
         let mut hold = Hold {
-            budget: i as u16,
             cell: Arc::clone(&cell),
-            charges: [Charge::default(); SLOTS],
+            slots: 0,
+            charges: SmallVec::new(),
             concurrency: false,
         };
         for l in &b.limits {
             let inc = l.rate.increment(b.units(l.unit, demand));
             if !l.rate.fits(inc) {
-                undo_hold(b, &hold, now);
+                undo_hold(&hold, now);
                 undo(&mut holds);
                 let mut cost = b.units(l.unit, demand) as f64;
                 let mut burst = l.burst_units;
@@ -726,9 +757,12 @@ pub(crate) fn attempt(
                 return Try::Deny(Denial::by(&b.state.name, cell.key(), reason));
             }
             match gcra::reserve(&cell.tat[l.slot], &l.rate, inc, now) {
-                Ok(charge) => hold.charges[l.slot] = charge,
+                Ok(charge) => {
+                    hold.slots |= 1 << l.slot;
+                    hold.charges.push(charge);
+                }
                 Err(wait) => {
-                    undo_hold(b, &hold, now);
+                    undo_hold(&hold, now);
                     undo(&mut holds);
                     return Try::Blocked(Blocked {
                         budget: i,
@@ -741,7 +775,7 @@ pub(crate) fn attempt(
         }
         if let Some(max) = b.concurrency {
             if !cell.try_acquire(max) {
-                undo_hold(b, &hold, now);
+                undo_hold(&hold, now);
                 undo(&mut holds);
                 return Try::Blocked(Blocked {
                     budget: i,
@@ -755,7 +789,6 @@ pub(crate) fn attempt(
         holds.push(hold);
     }
     Try::Go(Permit {
-        compiled: Arc::clone(compiled),
         holds,
         demand: *demand,
         settled: false,
@@ -783,11 +816,11 @@ fn first_wait(
 }
 
 /// Gives back what an unfinished hold took (same `now`, so every charge returns whole).
-fn undo_hold(b: &CompiledBudget, h: &Hold, now: Nanos) {
-    for l in &b.limits {
-        let c = h.charges[l.slot];
+fn undo_hold(h: &Hold, now: Nanos) {
+    for (i, slot) in (0..16usize).filter(|s| h.slots & (1 << s) != 0).enumerate() {
+        let c = h.charges[i];
         if c.increment > 0 {
-            gcra::refund(&h.cell.tat[l.slot], c.increment, c.end, now);
+            gcra::refund(&h.cell.tat[slot], c.increment, c.end, now);
         }
     }
     if h.concurrency {
@@ -826,7 +859,12 @@ fn compile(
                     report.added.push(spec.name.clone());
                 }
                 let scoped = !spec.scope.is_empty();
-                let state = Arc::new(BudgetState::new(&spec.name, scoped, spec.key_capacity));
+                let state = Arc::new(BudgetState::new(
+                    &spec.name,
+                    scoped,
+                    spec.key_capacity,
+                    Arc::clone(clock),
+                ));
                 let compiled = compile_budget(spec, state);
                 registry.insert(
                     spec.name.clone(),
@@ -842,6 +880,7 @@ fn compile(
         if let Cells::Keyed(k) = &compiled.state.cells {
             k.set_capacity(spec.key_capacity);
         }
+        compiled.state.shared.set_rates(&rates_of(&compiled));
         budgets.push(compiled);
     }
     registry.retain(|name, _| {
@@ -864,6 +903,7 @@ fn compile(
         policy: Arc::new(policy),
         budgets,
         models,
+        memo: call::ModelMemo::default(),
         routing,
         clock: Arc::clone(clock),
     };
@@ -893,7 +933,7 @@ fn carry_over(r: &mut Registered, b: &CompiledBudget, now: Nanos) {
 }
 
 fn compile_budget(spec: &Budget, state: Arc<BudgetState>) -> CompiledBudget {
-    let limits: SmallVec<[CompiledLimit; 4]> = spec
+    let mut limits: SmallVec<[CompiledLimit; 4]> = spec
         .limits
         .iter()
         .map(|l| {
@@ -912,6 +952,8 @@ fn compile_budget(spec: &Budget, state: Arc<BudgetState>) -> CompiledBudget {
             }
         })
         .collect();
+    // Holds record charges in slot order.
+    limits.sort_by_key(|l| l.slot);
     CompiledBudget {
         state,
         scope: spec.scope.iter().copied().collect(),

@@ -3,30 +3,32 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use smallvec::SmallVec;
 
+use crate::budget::Cell;
 use crate::budget::gcra::{self, Charge};
-use crate::budget::{Cell, SLOTS};
-use crate::policy::Unit;
+use crate::clock::Nanos;
+use crate::policy::{LimitKind, Unit};
+use crate::retry::BreakerPermit;
 use crate::tokens::{self, Cost, Usage};
 
 use super::call::Demand;
 use super::decision::{Outcome, Settlement};
-use super::health::{KeyState, TargetHealth};
+use super::health::{KeyState, TargetHealth, UpstreamHealth};
 use super::route::{Attempt, TargetRef};
-use super::{Compiled, money_to_nanos, nanos_to_money};
-use crate::clock::Nanos;
-use crate::retry::BreakerPermit;
+use super::{money_to_nanos, nanos_to_money};
 
-/// Where a routed call went, and what it holds there.
+/// Where a routed call went, and what it holds there. Everything is held by reference count, not
+/// by index, so a reload between admission and settlement cannot confuse it.
 pub(crate) struct TargetCtx {
-    pub route: usize,
     pub target: TargetRef,
     pub health: Arc<TargetHealth>,
     pub breaker: Option<BreakerPermit>,
     pub key: Arc<KeyState>,
-    pub upstream: usize,
+    pub upstream: Arc<UpstreamHealth>,
+    pub quarantine: Duration,
 }
 
 /// Which attempt of its call a permit is.
@@ -39,12 +41,22 @@ pub(crate) struct Journey {
     pub prior: Option<Box<Attempt>>,
 }
 
-/// One budget's share of a permit.
+/// One budget's share of a permit: the cell, which limit slots were charged (a bit per slot) and
+/// the charges, in slot order.
 pub(crate) struct Hold {
-    pub budget: u16,
     pub cell: Arc<Cell>,
-    pub charges: [Charge; SLOTS],
+    pub slots: u16,
+    pub charges: SmallVec<[Charge; 4]>,
     pub concurrency: bool,
+}
+
+impl Hold {
+    /// (slot, charge) pairs.
+    fn charged(&self) -> impl Iterator<Item = (usize, Charge)> + '_ {
+        (0..16usize)
+            .filter(|s| self.slots & (1 << s) != 0)
+            .zip(self.charges.iter().copied())
+    }
 }
 
 /// Capacity held by an admitted call: reserved requests, tokens and money in every matching
@@ -54,11 +66,10 @@ pub(crate) struct Hold {
 /// everything back, as if the call had not been sent.
 #[must_use = "dropping a permit refunds it as if the call was not sent"]
 pub struct Permit {
-    pub(crate) compiled: Arc<Compiled>,
-    pub(crate) holds: SmallVec<[Hold; 2]>,
+    pub(crate) holds: SmallVec<[Hold; 3]>,
     pub(crate) demand: Demand,
     pub(crate) settled: bool,
-    pub(crate) target: Option<TargetCtx>,
+    pub(crate) target: Option<Box<TargetCtx>>,
     pub(crate) journey: Journey,
 }
 
@@ -66,6 +77,7 @@ impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
             .field("budgets", &self.budgets().collect::<Vec<_>>())
+            .field("target", &self.target())
             .field("reserved_tokens", &self.demand.tokens)
             .field("estimated_cost", &self.estimated_cost())
             .finish()
@@ -83,10 +95,9 @@ pub(crate) struct Actual {
 impl Permit {
     /// The budgets holding capacity for this call, with their scope keys.
     pub fn budgets(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.holds.iter().map(|h| {
-            let b = &self.compiled.budgets[usize::from(h.budget)];
-            (&*b.state.name, &**h.cell.key())
-        })
+        self.holds
+            .iter()
+            .map(|h| (&*h.cell.shared.name, &**h.cell.key()))
     }
 
     /// Where to send the call, when a route chose: upstream, model and pool key.
@@ -129,7 +140,7 @@ impl Permit {
         let (actual, cost) = self.actual(outcome);
         self.apply(actual);
         for h in &self.holds {
-            let c = &self.compiled.budgets[usize::from(h.budget)].state.counters;
+            let c = h.cell.shared.counters.local();
             c.tokens.fetch_add(actual.tokens, Ordering::Relaxed);
             c.spend_nanos
                 .fetch_add(actual.spend_nanos, Ordering::Relaxed);
@@ -184,26 +195,38 @@ impl Permit {
         )
     }
 
-    /// Replaces every reservation by `actual` and releases concurrency slots.
+    /// Replaces every reservation by `actual` and releases concurrency slots. The clock is read
+    /// only when a charge changes.
     fn apply(&mut self, actual: Actual) {
         if self.settled {
             return;
         }
         self.settled = true;
-        let now = self.compiled.clock.now();
+        let mut now: Option<Nanos> = None;
         for h in &self.holds {
-            let budget = &self.compiled.budgets[usize::from(h.budget)];
+            let shared = &h.cell.shared;
             let mut gave_back = false;
-            for l in &budget.limits {
-                let units = match l.unit {
+            for (slot, charge) in h.charged() {
+                // A limit removed by a reload since admission is no longer charged.
+                let Some(rate) = shared.rate(slot) else {
+                    continue;
+                };
+                let units = match LimitKind::ALL[slot].unit() {
                     Unit::Requests => u64::from(!actual.refund_request),
                     Unit::Tokens => actual.tokens,
                     Unit::Spend => actual.spend_nanos,
                 };
-                let charge = h.charges[l.slot];
-                let inc = l.rate.increment(units);
+                let inc = gcra::Rate {
+                    ns_per_unit: rate,
+                    tau: 0,
+                }
+                .increment(units);
+                if inc == charge.increment {
+                    continue;
+                }
                 gave_back |= inc < charge.increment;
-                gcra::adjust(&h.cell.tat[l.slot], charge, inc, now);
+                let at = *now.get_or_insert_with(|| shared.clock.now());
+                gcra::adjust(&h.cell.tat[slot], charge, inc, at);
             }
             if h.concurrency {
                 h.cell.release();

@@ -409,6 +409,10 @@ impl Routing {
         })
     }
 
+    pub(crate) fn upstream_named(&self, name: &str) -> Option<&CompiledUpstream> {
+        self.upstreams.iter().find(|u| &*u.name == name)
+    }
+
     pub(crate) fn target_ref(&self, c: Candidate, key: &KeyState) -> TargetRef {
         let route = &self.routes[c.0];
         let t = &route.targets[c.1];

@@ -6,8 +6,9 @@ use std::time::{Duration, SystemTime};
 use crate::clock::duration_nanos;
 use crate::retry::{self, Failure, Headers, RetryDecision, RetryInput, Rng, ServerLimits};
 
+use super::Compiled;
 use super::decision::{GiveUp, Outcome, Verdict};
-use super::permit::Permit;
+use super::permit::{Permit, TargetCtx};
 use super::route::{Attempt, AttemptRecord};
 
 /// A short stable code for how an attempt ended.
@@ -27,9 +28,16 @@ fn counts_against_breaker(failure: &Failure) -> bool {
     }
 }
 
-pub(crate) fn settle(mut permit: Permit, outcome: &Outcome<'_>) -> Verdict {
+/// Settles with the running policy's retry rules and routes (a reload since admission applies).
+pub(crate) fn settle(compiled: &Compiled, mut permit: Permit, outcome: &Outcome<'_>) -> Verdict {
     let settlement = permit.settle(outcome);
-    let compiled = Arc::clone(&permit.compiled);
+    if outcome.failure_class().is_none() && permit.target.is_none() {
+        // The common case: nothing to classify, no target to feed.
+        if outcome.sent && outcome.status.is_some() {
+            compiled.routing.default_health.retry_budget.on_success();
+        }
+        return Verdict::Done(settlement);
+    }
     let now = compiled.clock.now();
     let policy = &compiled.policy;
     let failure = outcome.failure_class();
@@ -38,9 +46,7 @@ pub(crate) fn settle(mut permit: Permit, outcome: &Outcome<'_>) -> Verdict {
     let journey = std::mem::take(&mut permit.journey);
     drop(permit);
 
-    let upstream_health = target
-        .as_ref()
-        .map(|t| Arc::clone(&compiled.routing.upstreams[t.upstream].health));
+    let upstream_health = target.as_ref().map(|t| Arc::clone(&t.upstream));
     if let Some(t) = &target {
         if let Some(latency) = outcome.latency {
             t.health.observe_latency(latency);
@@ -61,9 +67,8 @@ pub(crate) fn settle(mut permit: Permit, outcome: &Outcome<'_>) -> Verdict {
                 .update(&ServerLimits::from_headers(&headers), now);
         }
         if failure == Some(Failure::Status(401)) {
-            let up = &compiled.routing.upstreams[t.upstream];
             t.key
-                .quarantine(now.saturating_add(duration_nanos(up.quarantine)));
+                .quarantine(now.saturating_add(duration_nanos(t.quarantine)));
         }
     }
     let budget = upstream_health
@@ -98,9 +103,14 @@ pub(crate) fn settle(mut permit: Permit, outcome: &Outcome<'_>) -> Verdict {
     let mut rng = Rng::new(compiled.routing.random());
     // A 401 on a key pool is the key's fault, not the request's: move to another key at once,
     // whatever retry_on says, while attempts remain.
+    let pool = |t: &TargetCtx| {
+        compiled
+            .routing
+            .upstream_named(&t.target.upstream)
+            .map_or(&[][..], |u| &u.keys[..])
+    };
     let other_key = target.as_ref().is_some_and(|t| {
-        compiled.routing.upstreams[t.upstream]
-            .keys
+        pool(t)
             .iter()
             .any(|k| !Arc::ptr_eq(k, &t.key) && !k.quarantined(now))
     });
@@ -132,8 +142,7 @@ pub(crate) fn settle(mut permit: Permit, outcome: &Outcome<'_>) -> Verdict {
             };
             if let Some(t) = &target {
                 let key_problem = matches!(failure, Failure::Status(401) | Failure::Status(429));
-                let pool = compiled.routing.upstreams[t.upstream].keys.len() > 1;
-                if key_problem && pool {
+                if key_problem && pool(t).len() > 1 {
                     // Same target, another key.
                     next.failed_keys
                         .push((Arc::clone(&t.target.upstream), Arc::clone(&t.target.key)));
@@ -141,7 +150,14 @@ pub(crate) fn settle(mut permit: Permit, outcome: &Outcome<'_>) -> Verdict {
                 } else {
                     next.failed_targets
                         .push((Arc::clone(&t.target.upstream), Arc::clone(&t.target.model)));
-                    let candidates = compiled.routing.candidates(t.route, Some(&next));
+                    let route = compiled
+                        .routing
+                        .routes
+                        .iter()
+                        .position(|r| r.name == t.target.route);
+                    let candidates = route
+                        .map(|r| compiled.routing.candidates(r, Some(&next)))
+                        .unwrap_or_default();
                     next.next = candidates.first().and_then(|c| {
                         let target = &compiled.routing.routes[c.0].targets[c.1];
                         let up = &compiled.routing.upstreams[target.upstream];

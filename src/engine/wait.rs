@@ -133,7 +133,9 @@ impl Waiter {
                     this.finish();
                     budget
                         .state
+                        .shared
                         .counters
+                        .local()
                         .denied
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     WaitPoll::Ready(Err(denial))
