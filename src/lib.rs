@@ -45,8 +45,8 @@ pub mod tokens;
 
 pub use budget::BudgetStats;
 pub use engine::{
-    Attempt, AttemptRecord, Call, Decision, Denial, DenyReason, Engine, GiveUp, KeyUsage, Outcome,
-    Permit, Prompt, ReloadReport, Settlement, TargetRef, Verdict, WaitHint, WaitPoll, Waiter,
-    WatchEvent, Watcher,
+    Attempt, AttemptRecord, CacheFill, CacheLookup, Call, Decision, Denial, DenyReason, Engine,
+    FlightResult, GiveUp, KeyUsage, Outcome, Permit, Prompt, ReloadReport, Settlement, TargetRef,
+    Verdict, WaitHint, WaitPoll, Waiter, WatchEvent, Watcher,
 };
 pub use policy::{Policy, PolicyError, PolicyErrors};
