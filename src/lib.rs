@@ -46,7 +46,7 @@ pub mod tokens;
 pub use budget::BudgetStats;
 pub use engine::{
     Attempt, AttemptRecord, CacheFill, CacheLookup, Call, Decision, Denial, DenyReason, Engine,
-    FlightResult, GiveUp, KeyUsage, Outcome, Permit, Prompt, ReloadReport, Settlement, TargetRef,
-    Verdict, WaitHint, WaitPoll, Waiter, WatchEvent, Watcher,
+    FlightResult, GiveUp, KeyUsage, Outcome, Permit, Prompt, ReloadReport, Settlement,
+    TargetHealthInfo, TargetRef, Verdict, WaitHint, WaitPoll, Waiter, WatchEvent, Watcher,
 };
 pub use policy::{Policy, PolicyError, PolicyErrors};

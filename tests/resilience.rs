@@ -116,6 +116,14 @@ fn rate_limited_key_moves_to_the_next_key_and_honours_retry_after() {
         Duration::from_secs(2),
         "Retry-After wins over backoff"
     );
+    let named = attempt
+        .next_target()
+        .expect("the verdict names where to retry");
+    assert_eq!(&*named.upstream, "primary");
+    assert_ne!(
+        &*named.key, first_key,
+        "the verdict names the other key, not the failed one"
+    );
     let p = go(&e, &call().attempt(&attempt));
     let (up, _, key) = target(&p);
     assert_eq!(up, "primary", "same upstream");
@@ -371,4 +379,35 @@ fn tenant_budget_follows_the_call_but_an_upstream_budget_falls_back() {
         "the primary's own budget is spent: fall back"
     );
     drop(p);
+}
+
+#[test]
+fn a_retry_is_not_sent_to_a_target_whose_circuit_is_open() {
+    let (e, _clock) = engine(POLICY);
+    for _ in 0..4 {
+        let p = go(&e, &call());
+        let _ = e.settle(p, &Outcome::status(500));
+    }
+    let health = e.targets();
+    let primary = health
+        .iter()
+        .find(|t| t.upstream == "primary")
+        .expect("primary target");
+    assert_eq!(primary.opens, 1);
+    assert!(matches!(
+        primary.breaker,
+        tollgate::retry::BreakerState::Open { .. }
+    ));
+    // Now on the secondary; when it fails, the retry must not be sent to the open primary.
+    let p = go(&e, &call());
+    assert_eq!(target(&p).0, "secondary");
+    let (_, attempt) = retry(e.settle(p, &Outcome::status(503)));
+    let next = attempt.next_target().expect("a target");
+    assert_ne!(
+        &*next.upstream, "primary",
+        "primary's circuit is open when the retry is due"
+    );
+    let record = &attempt.history()[0];
+    assert_eq!(record.outcome, "status_503");
+    assert!(record.decision.contains("retry in"), "{record}");
 }

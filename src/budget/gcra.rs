@@ -39,11 +39,13 @@ impl Rate {
         if units == 0 {
             return 0;
         }
-        let ns = (units as f64 * self.ns_per_unit).ceil();
+        let ns = units as f64 * self.ns_per_unit;
         if ns >= u64::MAX as f64 {
             u64::MAX
         } else {
-            ns as u64
+            // Round up without a libm call: truncate, then add one if anything was cut.
+            let t = ns as u64;
+            t + u64::from((t as f64) < ns)
         }
     }
 

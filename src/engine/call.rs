@@ -250,9 +250,40 @@ pub(crate) fn count(models: &ModelTable, call: &Call<'_>) -> Result<Counted, Den
 /// What a counted call reserves on `model`; refuses calls that can never succeed there.
 /// Model facts admission needs, memoised per policy so the hot path does one cheap hash probe
 /// instead of the table's name resolution (prefixes, dated suffixes).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ModelMemo {
+    /// Unique per memo (per compiled policy), so a thread's last answer is never reused across
+    /// reloads.
+    id: u64,
     map: arc_swap::ArcSwap<HashMap<Box<str>, Option<ModelInfo>, BuildFnv>>,
+}
+
+impl Default for ModelMemo {
+    fn default() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        ModelMemo {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            map: Default::default(),
+        }
+    }
+}
+
+/// Longest model name the per-thread memo keeps.
+const LAST_NAME: usize = 48;
+
+/// Each thread's last model lookup: most callers ask about the same model over and over.
+#[derive(Clone, Copy)]
+struct Last {
+    memo: u64,
+    len: usize,
+    name: [u8; LAST_NAME],
+    info: Option<ModelInfo>,
+}
+
+thread_local! {
+    static LAST: std::cell::Cell<Last> = const {
+        std::cell::Cell::new(Last { memo: 0, len: 0, name: [0; LAST_NAME], info: None })
+    };
 }
 
 /// Most distinct model names memoised; past it, lookups go to the table every time.
@@ -260,6 +291,28 @@ const MEMO_CAPACITY: usize = 4096;
 
 impl ModelMemo {
     pub(crate) fn get(&self, models: &ModelTable, model: &str) -> Option<ModelInfo> {
+        let bytes = model.as_bytes();
+        let last = LAST.with(|l| l.get());
+        if last.memo == self.id && last.name.get(..last.len) == Some(bytes) {
+            return last.info;
+        }
+        let info = self.lookup(models, model);
+        if bytes.len() <= LAST_NAME {
+            let mut name = [0; LAST_NAME];
+            name[..bytes.len()].copy_from_slice(bytes);
+            LAST.with(|l| {
+                l.set(Last {
+                    memo: self.id,
+                    len: bytes.len(),
+                    name,
+                    info,
+                })
+            });
+        }
+        info
+    }
+
+    fn lookup(&self, models: &ModelTable, model: &str) -> Option<ModelInfo> {
         if let Some(info) = self.map.load().get(model) {
             return *info;
         }

@@ -12,9 +12,6 @@ use super::permit::Permit;
 use super::route::{Attempt, AttemptRecord, TargetRef};
 
 /// The answer to [`crate::Engine::admit`].
-// A permit is moved once from admission to settle; boxing it to shrink this enum would add an
-// allocation to every admission, so the size difference is accepted.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 #[must_use = "a Go decision holds capacity until its permit is settled or dropped"]
 pub enum Decision {

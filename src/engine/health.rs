@@ -16,6 +16,8 @@ pub(crate) struct TargetHealth {
     pub breaker: CircuitBreaker,
     /// Exponentially weighted moving average of latency, nanoseconds (0 = no sample yet).
     ewma_ns: AtomicU64,
+    /// Times the breaker went from closed or half-open to open.
+    opens: AtomicU64,
     config: Breaker,
 }
 
@@ -27,8 +29,17 @@ impl TargetHealth {
         TargetHealth {
             breaker: CircuitBreaker::new(config),
             ewma_ns: AtomicU64::new(0),
+            opens: AtomicU64::new(0),
             config: config.clone(),
         }
+    }
+
+    pub(crate) fn opened(&self) {
+        self.opens.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn opens(&self) -> u64 {
+        self.opens.load(Ordering::Relaxed)
     }
 
     pub(crate) fn latency(&self) -> Option<u64> {

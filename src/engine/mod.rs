@@ -156,9 +156,6 @@ pub(crate) struct Blocked {
     pub limit: Option<LimitKind>,
 }
 
-// A permit is moved once from admission to settle; boxing it to shrink this enum would add an
-// allocation to every admission, so the size difference is accepted.
-#[allow(clippy::large_enum_variant)]
 pub(crate) enum Try {
     Go(Permit),
     Blocked(Blocked),
@@ -231,6 +228,21 @@ pub struct ReloadReport {
     pub removed: Vec<String>,
     /// Budgets whose scope changed, so their state started afresh.
     pub rescoped: Vec<String>,
+}
+
+/// Health of one (upstream, model) target, from [`Engine::targets`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetHealthInfo {
+    /// Upstream name.
+    pub upstream: String,
+    /// Model sent to it.
+    pub model: String,
+    /// Breaker state now.
+    pub breaker: crate::retry::BreakerState,
+    /// Times the breaker opened since the target appeared.
+    pub opens: u64,
+    /// Moving average of its latency, once it has a sample.
+    pub latency: Option<Duration>,
 }
 
 /// Usage of one budget key at one moment (for inspection and tests).
@@ -409,6 +421,32 @@ impl Engine {
             .collect()
     }
 
+    /// Health of every routed target of the running policy: breaker state, how often it opened,
+    /// and the latency average used by `lowest_latency` routes.
+    pub fn targets(&self) -> Vec<TargetHealthInfo> {
+        let compiled = self.inner.current.load();
+        let now = compiled.clock.now();
+        let routing = &compiled.routing;
+        let mut out: Vec<TargetHealthInfo> = Vec::new();
+        for t in routing.routes.iter().flat_map(|r| r.targets.iter()) {
+            let upstream = routing.upstreams[t.upstream].name.to_string();
+            if out
+                .iter()
+                .any(|o| o.upstream == upstream && *o.model == *t.model)
+            {
+                continue;
+            }
+            out.push(TargetHealthInfo {
+                upstream,
+                model: t.model.to_string(),
+                breaker: t.health.breaker.state(now),
+                opens: t.health.opens(),
+                latency: t.health.latency().map(Duration::from_nanos),
+            });
+        }
+        out
+    }
+
     /// What one budget key is using now: the key is the one `call` maps to.
     pub fn key_usage(&self, budget: &str, call: &Call<'_>) -> Option<KeyUsage> {
         let compiled = self.inner.current.load();
@@ -464,7 +502,7 @@ impl Inner {
 
 /// Counts an admission in every budget of the permit, and a wait in the budgets that queued it.
 fn count_admitted(permit: &Permit, waited_in: &[Arc<BudgetState>]) {
-    for h in &permit.holds {
+    for h in &permit.inner.holds {
         let shared = &h.cell.shared;
         let c = shared.counters.local();
         c.admitted.fetch_add(1, Ordering::Relaxed);
@@ -578,7 +616,7 @@ pub(crate) fn try_admit(compiled: &Compiled, spec: &Spec<'_>, seq: Option<u64>, 
         };
         let mut result = attempt(compiled, v, &demand, seq, now);
         if let Try::Go(p) = &mut result {
-            p.journey = spec.journey();
+            p.inner.journey = spec.journey();
         }
         return result;
     };
@@ -632,7 +670,7 @@ pub(crate) fn try_admit(compiled: &Compiled, spec: &Spec<'_>, seq: Option<u64>, 
         };
         match attempt(compiled, &view, &demand, seq, now) {
             Try::Go(mut permit) => {
-                permit.target = Some(Box::new(TargetCtx {
+                permit.inner.target = Some(Box::new(TargetCtx {
                     target: routing.target_ref(c, key),
                     health: Arc::clone(&t.health),
                     breaker: Some(breaker),
@@ -640,7 +678,7 @@ pub(crate) fn try_admit(compiled: &Compiled, spec: &Spec<'_>, seq: Option<u64>, 
                     upstream: Arc::clone(&up.health),
                     quarantine: up.quarantine,
                 }));
-                permit.journey = spec.journey();
+                permit.inner.journey = spec.journey();
                 return Try::Go(permit);
             }
             // A refusal by a budget that is not about this target (a tenant's, a model's)
@@ -788,13 +826,13 @@ pub(crate) fn attempt(
         }
         holds.push(hold);
     }
-    Try::Go(Permit {
+    Try::Go(Permit::new(permit::Held {
         holds,
         demand: *demand,
         settled: false,
         target: None,
         journey: Journey::default(),
-    })
+    }))
 }
 
 /// The first limit of `b` that would make this call wait, and for how long.

@@ -36,9 +36,12 @@ impl fmt::Display for TargetRef {
 pub struct AttemptRecord {
     /// 1 for the first attempt.
     pub number: u32,
+    /// When it was settled, in the engine clock's nanoseconds.
+    pub at: Nanos,
     /// Where it went, when routed.
     pub target: Option<TargetRef>,
-    /// How it ended, as a stable code (`status_503`, `timeout_first_byte`, …).
+    /// How it ended, as a stable code (`status_503`, `timeout_first_byte`, `connect_refused`,
+    /// `malformed`, `cut_stream`).
     pub outcome: String,
     /// What was decided after it (`retry in 1200 ms on deepseek/deepseek-chat`, `gave up: …`).
     pub decision: String,

@@ -4,17 +4,36 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::clock::duration_nanos;
-use crate::retry::{self, Failure, Headers, RetryDecision, RetryInput, Rng, ServerLimits};
+use crate::retry::{
+    self, BreakerState, Failure, Headers, RetryDecision, RetryInput, Rng, ServerLimits,
+};
 
 use super::Compiled;
 use super::decision::{GiveUp, Outcome, Verdict};
 use super::permit::{Permit, TargetCtx};
 use super::route::{Attempt, AttemptRecord};
 
-/// A short stable code for how an attempt ended.
+/// A short stable code for how an attempt ended: `status_503`, `timeout_first_byte`,
+/// `connect_refused`, `malformed`, `cut_stream`.
 fn outcome_code(failure: &Failure) -> String {
+    use crate::retry::{ConnectKind, TimeoutKind};
     match failure {
         Failure::Status(s) => format!("status_{s}"),
+        Failure::Timeout(kind) => match kind {
+            TimeoutKind::Connect => "timeout_connect",
+            TimeoutKind::FirstByte => "timeout_first_byte",
+            TimeoutKind::Idle => "timeout_idle",
+            TimeoutKind::Total => "timeout_total",
+        }
+        .to_owned(),
+        Failure::Connect(kind) => match kind {
+            ConnectKind::Refused => "connect_refused",
+            ConnectKind::Reset => "connect_reset",
+            ConnectKind::Dns => "connect_dns",
+            ConnectKind::Tls => "connect_tls",
+            ConnectKind::Other => "connect_other",
+        }
+        .to_owned(),
         other => other.code().to_owned(),
     }
 }
@@ -30,8 +49,8 @@ fn counts_against_breaker(failure: &Failure) -> bool {
 
 /// Settles with the running policy's retry rules and routes (a reload since admission applies).
 pub(crate) fn settle(compiled: &Compiled, mut permit: Permit, outcome: &Outcome<'_>) -> Verdict {
-    let settlement = permit.settle(outcome);
-    if outcome.failure_class().is_none() && permit.target.is_none() {
+    let settlement = permit.inner.settle(outcome);
+    if outcome.failure_class().is_none() && permit.inner.target.is_none() {
         // The common case: nothing to classify, no target to feed.
         if outcome.sent && outcome.status.is_some() {
             compiled.routing.default_health.retry_budget.on_success();
@@ -42,8 +61,8 @@ pub(crate) fn settle(compiled: &Compiled, mut permit: Permit, outcome: &Outcome<
     let policy = &compiled.policy;
     let failure = outcome.failure_class();
     let headers = Headers::new(outcome.headers);
-    let target = permit.target.take();
-    let journey = std::mem::take(&mut permit.journey);
+    let target = permit.inner.target.take();
+    let journey = std::mem::take(&mut permit.inner.journey);
     drop(permit);
 
     let upstream_health = target.as_ref().map(|t| Arc::clone(&t.upstream));
@@ -54,9 +73,12 @@ pub(crate) fn settle(compiled: &Compiled, mut permit: Permit, outcome: &Outcome<
         let unwell = failure.as_ref().is_some_and(counts_against_breaker);
         if let Some(p) = t.breaker.as_ref().copied() {
             if outcome.sent {
-                t.health
-                    .breaker
-                    .record(p, !unwell, outcome.latency.unwrap_or_default(), now);
+                let was_open = matches!(t.health.breaker.state(now), BreakerState::Open { .. });
+                let latency = outcome.latency.unwrap_or_default();
+                t.health.breaker.record(p, !unwell, latency, now);
+                if !was_open && matches!(t.health.breaker.state(now), BreakerState::Open { .. }) {
+                    t.health.opened();
+                }
             } else {
                 t.health.breaker.release(p);
             }
@@ -146,7 +168,19 @@ pub(crate) fn settle(compiled: &Compiled, mut permit: Permit, outcome: &Outcome<
                     // Same target, another key.
                     next.failed_keys
                         .push((Arc::clone(&t.target.upstream), Arc::clone(&t.target.key)));
-                    next.next = Some(t.target.clone());
+                    let other = pool(t).iter().find(|k| {
+                        !Arc::ptr_eq(k, &t.key)
+                            && !k.quarantined(now)
+                            && !next
+                                .failed_keys
+                                .iter()
+                                .any(|(u, id)| *u == t.target.upstream && *id == k.id)
+                    });
+                    let mut same = t.target.clone();
+                    if let Some(k) = other {
+                        same.key = Arc::clone(&k.id);
+                    }
+                    next.next = Some(same);
                 } else {
                     next.failed_targets
                         .push((Arc::clone(&t.target.upstream), Arc::clone(&t.target.model)));
@@ -158,10 +192,18 @@ pub(crate) fn settle(compiled: &Compiled, mut permit: Permit, outcome: &Outcome<
                     let candidates = route
                         .map(|r| compiled.routing.candidates(r, Some(&next)))
                         .unwrap_or_default();
-                    next.next = candidates.first().and_then(|c| {
+                    // The first candidate that will be usable when the retry is due: its circuit
+                    // not open then, one of its keys not quarantined.
+                    let due = now.saturating_add(duration_nanos(after));
+                    next.next = candidates.iter().find_map(|c| {
                         let target = &compiled.routing.routes[c.0].targets[c.1];
+                        if let BreakerState::Open { until } = target.health.breaker.state(now)
+                            && until >= due
+                        {
+                            return None;
+                        }
                         let up = &compiled.routing.upstreams[target.upstream];
-                        let key = up.keys.iter().find(|k| !k.quarantined(now))?;
+                        let key = up.keys.iter().find(|k| !k.quarantined(due))?;
                         Some(compiled.routing.target_ref(*c, key))
                     });
                 }
@@ -172,6 +214,7 @@ pub(crate) fn settle(compiled: &Compiled, mut permit: Permit, outcome: &Outcome<
             };
             history.push(AttemptRecord {
                 number,
+                at: now,
                 target: this_target,
                 outcome: outcome_text,
                 decision: decision_text,
@@ -187,6 +230,7 @@ pub(crate) fn settle(compiled: &Compiled, mut permit: Permit, outcome: &Outcome<
         RetryDecision::GiveUp(reason) => {
             history.push(AttemptRecord {
                 number,
+                at: now,
                 target: this_target,
                 outcome: outcome_text,
                 decision: format!("gave up: {reason}"),

@@ -16,9 +16,6 @@ use super::route::Attempt;
 use super::{Inner, Spec, Try, blocked_verdict, count_admitted, count_denied, try_admit};
 
 /// What polling a [`Waiter`] gives.
-// A permit is moved once from admission to settle; boxing it to shrink this enum would add an
-// allocation to every admission, so the size difference is accepted.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum WaitPoll {
     /// Finished: admitted or refused.
