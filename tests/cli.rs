@@ -234,10 +234,12 @@ fn simulate_requests_per_second_go_go_deny() {
     let calls = json_lines(&r.stdout);
     assert_eq!(
         decisions(&calls),
-        [d("go", 0.0), d("go", 0.0), d("deny", 0.0)]
+        [d("done", 0.0), d("done", 0.0), d("deny", 0.0)]
     );
     assert_eq!(calls[2]["reason"], "budget_exhausted");
     assert_eq!(calls[2]["budget"], "g");
+    assert_eq!(calls[2]["attempts"], serde_json::json!([]));
+    assert_eq!(calls[0]["attempts"][0]["verdict"], "done");
     assert_eq!(calls[0]["budgets"], serde_json::json!([["g", ""]]));
     assert_eq!(calls[0]["line"], 1);
     // The summary table is on stderr.
@@ -257,7 +259,7 @@ fn simulate_waits_then_goes_with_wait_up_to() {
     let calls = json_lines(&r.stdout);
     assert_eq!(
         decisions(&calls),
-        [d("go", 900.0), d("go", 0.0), d("go", 0.0)]
+        [d("done", 900.0), d("done", 0.0), d("done", 0.0)]
     );
     assert_eq!(calls[0]["budget"], "per-tenant");
     assert_eq!(calls[0]["key"], "tenant=a");
@@ -271,13 +273,15 @@ fn simulate_denies_when_the_wait_would_be_too_long() {
     let trace = "{\"at_ms\": 0, \"model\": \"m\"}\n{\"at_ms\": 100, \"model\": \"m\"}\n";
     let r = simulate("sim-wait-deny", policy, trace, &[]);
     let calls = json_lines(&r.stdout);
-    assert_eq!(decisions(&calls), [d("go", 0.0), d("deny", 0.0)]);
+    assert_eq!(decisions(&calls), [d("done", 0.0), d("deny", 0.0)]);
     assert_eq!(calls[1]["reason"], "budget_exhausted");
 }
 
 #[test]
 fn simulate_settles_with_usage_status_or_the_reservation() {
-    let policy = "version = 1\n[[budget]]\nname = \"g\"\ntokens_per_minute = 100000\n";
+    // One attempt only: the 429 is not retried here (retries are tested below).
+    let policy = "version = 1\n[[budget]]\nname = \"g\"\ntokens_per_minute = 100000\n\
+                  [retry]\nmax_attempts = 1\n";
     let trace = r#"{"at_ms": 0, "model": "gpt-4o", "prompt_tokens": 100, "max_tokens": 50, "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}}
 {"at_ms": 0, "model": "gpt-4o", "prompt_tokens": 100, "max_tokens": 50, "status": 429, "headers": {"retry-after": "1"}}
 {"at_ms": 0, "model": "gpt-4o", "prompt_tokens": 100, "max_tokens": 50, "latency_ms": 700}
@@ -367,6 +371,286 @@ fn simulate_refuses_an_invalid_policy() {
     assert!(r.stderr.contains("policy.toml:3:"), "{}", r.stderr);
 }
 
+// ---- simulate: retries, breakers, fallbacks, incidents -------------------------------------
+
+/// Two upstreams behind one route: `primary` (a pool of two keys), then `secondary`. Backoff
+/// without jitter, so every retry time is exact; a breaker that opens after 4 calls at 50%.
+const ROUTED: &str = r#"version = 1
+[[upstream]]
+name = "primary"
+base_url = "http://127.0.0.1:9/v1"
+auth = { kind = "bearer", keys = ["env:KEY_ONE", "env:KEY_TWO"] }
+[[upstream]]
+name = "secondary"
+base_url = "http://127.0.0.1:9/v1"
+[[route]]
+model = "gpt-4o"
+targets = [{ upstream = "primary", model = "gpt-4o" }, { upstream = "secondary", model = "gpt-4o-mini" }]
+[retry]
+max_attempts = 3
+backoff = { base = "100ms", max = "1s", jitter = "none" }
+max_retry_after = "10s"
+budget = { ratio = 0.1, max_tokens = 100 }
+[breaker]
+window = 4
+min_calls = 4
+failure_rate = 0.5
+open_for = "30s"
+half_open_calls = 1
+"#;
+
+/// `upstream/model` of an attempt's target ("upstream/model (key K)").
+fn place(attempt: &Value) -> String {
+    attempt["target"]
+        .as_str()
+        .and_then(|t| t.split(' ').next())
+        .unwrap_or("-")
+        .to_owned()
+}
+
+#[test]
+fn simulate_retries_a_503_on_the_next_target() {
+    let trace = "{\"at_ms\": 1000, \"model\": \"gpt-4o\", \"latency_ms\": 20, \"status\": 503, \
+                 \"prompt_tokens\": 10, \"max_tokens\": 10}\n";
+    let r = simulate("sim-503", ROUTED, trace, &[]);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let calls = json_lines(&r.stdout);
+    let c = &calls[0];
+    assert_eq!(c["decision"], "done", "{c}");
+    assert_eq!(c["give_up"], Value::Null);
+    assert_eq!(c["target"], "secondary/gpt-4o-mini (key default)");
+    let attempts = c["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 2, "{c}");
+    assert_eq!(attempts[0]["n"], 1);
+    assert_eq!(attempts[0]["at_ms"], 1000.0);
+    assert_eq!(place(&attempts[0]), "primary/gpt-4o");
+    assert_eq!(attempts[0]["outcome"], "status_503");
+    assert_eq!(
+        attempts[0]["verdict"],
+        "retry in 100 ms on secondary/gpt-4o-mini (key default)"
+    );
+    // 20 ms of latency, then the 100 ms backoff.
+    assert_eq!(attempts[1]["n"], 2);
+    assert_eq!(attempts[1]["at_ms"], 1120.0);
+    assert_eq!(attempts[1]["target"], "secondary/gpt-4o-mini (key default)");
+    assert_eq!(attempts[1]["outcome"], "status_200");
+    assert_eq!(attempts[1]["verdict"], "done");
+    assert!(
+        r.stderr
+            .contains("1 retry (1 on another target: fallbacks)"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn simulate_follows_a_then_list_attempt_by_attempt() {
+    let trace = r#"{"at_ms": 0, "model": "gpt-4o", "latency_ms": 10, "status": 500, "then": [{"failure": "timeout_first_byte", "latency_ms": 40}, {"usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}]}
+"#;
+    let r = simulate("sim-then", ROUTED, trace, &[]);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let c = &json_lines(&r.stdout)[0];
+    assert_eq!(c["decision"], "done", "{c}");
+    let attempts = c["attempts"].as_array().expect("attempts");
+    let outcomes: Vec<&str> = attempts
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(outcomes.len(), 3, "{c}");
+    assert_eq!(outcomes[0], "status_500");
+    assert!(outcomes[1].starts_with("timeout"), "{outcomes:?}");
+    assert_eq!(outcomes[2], "status_200");
+    // 0 + 10 ms + 100 ms backoff = 110; + 40 ms + 200 ms backoff = 350.
+    let at: Vec<f64> = attempts
+        .iter()
+        .map(|a| a["at_ms"].as_f64().unwrap_or(-1.0))
+        .collect();
+    assert_eq!(at, [0.0, 110.0, 350.0]);
+    assert_eq!(place(&attempts[1]), "secondary/gpt-4o-mini");
+    // Only the last attempt reported usage; the failed ones were not billed, the timeout kept
+    // its reservation (the upstream may have billed it).
+    assert!(c["tokens"].as_u64().unwrap_or(0) >= 15, "{c}");
+}
+
+#[test]
+fn simulate_incident_opens_the_breaker_and_later_calls_skip_the_primary() {
+    let dir = temp_dir("sim-incident");
+    let summary = dir.join("summary.json");
+    let mut trace = String::from(
+        "{\"incident\": {\"upstream\": \"primary\", \"model\": \"gpt-4o\", \"from_ms\": 0, \
+         \"to_ms\": 1000, \"status\": 503, \"latency_ms\": 5}}\n",
+    );
+    for at in [0, 100, 200, 300] {
+        trace.push_str(&format!(
+            "{{\"at_ms\": {at}, \"model\": \"gpt-4o\", \"latency_ms\": 10}}\n"
+        ));
+    }
+    // After the incident, inside the breaker's 30 s: straight to secondary.
+    trace.push_str("{\"at_ms\": 2000, \"model\": \"gpt-4o\", \"latency_ms\": 10}\n");
+    // After open_for: primary again (the half-open probe succeeds).
+    trace.push_str("{\"at_ms\": 40000, \"model\": \"gpt-4o\", \"latency_ms\": 10}\n");
+    let r = simulate(
+        "sim-incident-run",
+        ROUTED,
+        &trace,
+        &["--summary-json", &summary.to_string_lossy()],
+    );
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let calls = json_lines(&r.stdout);
+    assert_eq!(calls.len(), 6, "incident lines print nothing");
+    for c in &calls[..4] {
+        let attempts = c["attempts"].as_array().expect("attempts");
+        assert_eq!(c["decision"], "done", "{c}");
+        assert_eq!(place(&attempts[0]), "primary/gpt-4o", "{c}");
+        assert_eq!(attempts[0]["outcome"], "status_503", "{c}");
+        assert_eq!(place(&attempts[1]), "secondary/gpt-4o-mini", "{c}");
+    }
+    let after = &calls[4];
+    let attempts = after["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 1, "the primary is not tried: {after}");
+    assert_eq!(place(&attempts[0]), "secondary/gpt-4o-mini");
+    assert_eq!(after["decision"], "done");
+    let recovered = &calls[5];
+    assert_eq!(
+        place(&recovered["attempts"][0]),
+        "primary/gpt-4o",
+        "{recovered}"
+    );
+    assert!(
+        r.stderr
+            .contains("incident (line 1) primary/gpt-4o 0..1000 ms: status 503"),
+        "{}",
+        r.stderr
+    );
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&summary).expect("summary"))
+        .expect("summary is JSON");
+    assert_eq!(v["retries"], 4);
+    assert_eq!(v["fallbacks"], 4);
+    let primary = v["targets"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["target"] == "primary/gpt-4o"))
+        .expect("primary in the targets");
+    assert_eq!(primary["attempts"], 5);
+    assert_eq!(primary["failed"], 4);
+    assert_eq!(primary["passed_over"], 1);
+    assert_eq!(primary["passed_from_ms"], 2000.0);
+}
+
+#[test]
+fn simulate_honours_retry_after_in_virtual_time() {
+    let trace = "{\"at_ms\": 1000, \"model\": \"gpt-4o\", \"latency_ms\": 250, \"status\": 429, \
+                 \"headers\": {\"retry-after\": \"3\"}}\n";
+    let r = simulate("sim-429", ROUTED, trace, &[]);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let c = &json_lines(&r.stdout)[0];
+    let attempts = c["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 2, "{c}");
+    assert_eq!(attempts[0]["outcome"], "status_429");
+    assert!(
+        attempts[0]["verdict"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("retry in 3000 ms")),
+        "{c}"
+    );
+    // Settled at 1250 ms; Retry-After: 3 puts the retry at exactly 4250 ms.
+    assert_eq!(attempts[1]["at_ms"], 4250.0);
+    // A 429 is the key's problem: same target, the pool's other key.
+    assert_eq!(place(&attempts[1]), "primary/gpt-4o");
+    assert_ne!(attempts[0]["target"], attempts[1]["target"], "{c}");
+    assert_eq!(c["decision"], "done");
+}
+
+#[test]
+fn simulate_gives_up_after_max_attempts_with_the_code() {
+    let trace = r#"{"at_ms": 0, "tenant": "t", "model": "gpt-4o", "status": 500, "then": [{"status": 502}, {"status": 503}]}
+"#;
+    let r = simulate("sim-give-up", ROUTED, trace, &[]);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let c = &json_lines(&r.stdout)[0];
+    assert_eq!(c["decision"], "gave_up", "{c}");
+    assert_eq!(c["give_up"], "attempts_exhausted");
+    assert_eq!(c["reason"], "attempts_exhausted");
+    let attempts = c["attempts"].as_array().expect("attempts");
+    let outcomes: Vec<&str> = attempts
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(outcomes, ["status_500", "status_502", "status_503"]);
+    assert!(
+        attempts[2]["verdict"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("gave up")),
+        "{c}"
+    );
+    assert_eq!(c["tokens"], 0, "failed statuses are not billed");
+    assert!(
+        r.stderr.contains("1 gave up (attempts_exhausted × 1)"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn simulate_names_a_bad_failure_and_skips_its_line() {
+    let trace = "{\"at_ms\": 0, \"model\": \"gpt-4o\"}\n\
+                 {\"at_ms\": 1, \"model\": \"gpt-4o\", \"failure\": \"explode\"}\n\
+                 {\"at_ms\": 2, \"model\": \"gpt-4o\", \"then\": [{\"failure\": \"kaboom\"}]}\n\
+                 {\"at_ms\": 3, \"model\": \"gpt-4o\", \"failure\": \"reset\"}\n";
+    let r = simulate("sim-bad-failure", ROUTED, trace, &[]);
+    assert_eq!(r.code, 2, "stderr: {}", r.stderr);
+    let calls = json_lines(&r.stdout);
+    let lines: Vec<u64> = calls
+        .iter()
+        .map(|c| c["line"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(lines, [1, 4]);
+    assert!(r.stderr.contains("trace.jsonl:2: "), "{}", r.stderr);
+    assert!(r.stderr.contains("\"explode\""), "{}", r.stderr);
+    assert!(r.stderr.contains("trace.jsonl:3: "), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("timeout_first_byte"),
+        "lists the names: {}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("2 bad lines skipped"), "{}", r.stderr);
+    // The good "reset" row was retried on the next target.
+    assert_eq!(calls[1]["attempts"][0]["outcome"], "connect_reset");
+    assert_eq!(calls[1]["decision"], "done");
+}
+
+#[test]
+fn simulate_replays_the_bundled_incident() {
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policy.toml");
+    let trace = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/incident.jsonl");
+    let r = tollgate(&["simulate", "--policy", policy, "--trace", trace], "");
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let calls = json_lines(&r.stdout);
+    let first = |c: &Value| place(&c["attempts"][0]);
+    // Retried on deepseek, gave up on the retry budget, straight to deepseek (breaker open),
+    // and back on openai at the end.
+    assert!(
+        calls
+            .iter()
+            .any(|c| c["attempts"].as_array().is_some_and(|a| a.len() > 1
+                && first(c) == "openai/gpt-4o"
+                && place(&a[1]) == "deepseek/deepseek-chat"))
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c["give_up"] == "retry_budget_exhausted")
+    );
+    assert!(calls.iter().any(|c| first(c) == "deepseek/deepseek-chat"
+        && c["attempts"].as_array().is_some_and(|a| a.len() == 1)));
+    assert!(
+        calls
+            .iter()
+            .any(|c| place(&c["attempts"][1]) == "openai/gpt-4o-mini")
+    );
+    assert_eq!(calls.last().map(first).as_deref(), Some("openai/gpt-4o"));
+    assert!(r.stderr.contains("passed over"), "{}", r.stderr);
+}
+
 // ---- demo and help -----------------------------------------------------------------------
 
 #[test]
@@ -386,6 +670,8 @@ fn demo_runs_with_no_arguments_and_shows_waits_and_denials() {
         "a call was denied: {}",
         r.stdout
     );
+    assert!(r.stdout.contains("Retries"), "{}", r.stdout);
+    assert!(r.stdout.contains("examples/incident.jsonl"), "{}", r.stdout);
 }
 
 #[test]
@@ -402,4 +688,7 @@ fn help_documents_exit_statuses() {
     let r = tollgate(&["simulate", "--help"], "");
     assert!(r.stdout.contains("headers"), "{}", r.stdout);
     assert!(r.stdout.contains("--strict"), "{}", r.stdout);
+    for word in ["INCIDENTS", "then", "failure", "gave_up", "attempts"] {
+        assert!(r.stdout.contains(word), "{word}: {}", r.stdout);
+    }
 }

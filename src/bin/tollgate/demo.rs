@@ -43,7 +43,7 @@ pub(crate) fn run(args: &DemoArgs) -> u8 {
         .next()
         .unwrap_or_default()
         .to_owned();
-    let report = replay(policy, trace.rows);
+    let report = replay(policy, trace.rows, trace.incidents);
     let text = render(&report, &summary_head);
     let mut out = std::io::stdout().lock();
     let written = if args.calls {
@@ -92,31 +92,48 @@ fn render(report: &crate::simulate::Report, policy_head: &str) -> String {
     out.push_str("Moments worth a look:\n");
     let waits = calls
         .iter()
-        .filter(|c| c.decision == Decided::Go && c.waited_ms() > 0.0);
+        .filter(|c| c.decision != Decided::Deny && c.waited_ms() > 0.0);
     // The first three calls that waited, and the first denial of each kind.
     let mut seen = Vec::new();
     let denials = calls.iter().filter(|c| match &c.denial {
-        Some((code, _)) if !seen.contains(code) => {
+        Some((code, _)) if c.decision == Decided::Deny && !seen.contains(code) => {
             seen.push(*code);
             true
         }
         _ => false,
     });
-    let mut shown: Vec<&CallResult> = waits.take(3).chain(denials).collect();
-    shown.sort_by_key(|c| (c.decided_ns, c.row.line));
+    // And the first call retried on another target, the first retried in place, and the first
+    // that gave up.
+    let fallback = calls.iter().find(|c| c.fallbacks() > 0);
+    let in_place = calls.iter().find(|c| c.retries() > 0 && c.fallbacks() == 0);
+    let gave_up = calls.iter().find(|c| c.decision == Decided::GaveUp);
+    let mut shown: Vec<(&CallResult, Moment)> = waits
+        .take(3)
+        .map(|c| (c, Moment::Waited))
+        .chain(denials.map(|c| (c, Moment::Denied)))
+        .chain(
+            fallback
+                .into_iter()
+                .chain(in_place)
+                .map(|c| (c, Moment::Retried)),
+        )
+        .chain(gave_up.map(|c| (c, Moment::GaveUp)))
+        .collect();
+    shown.sort_by_key(|(c, m)| (c.decided_ns, c.row.line, *m));
+    shown.dedup_by_key(|(c, _)| c.row.line);
     if shown.is_empty() {
-        out.push_str("  (no call waited or was denied)\n");
+        out.push_str("  (no call waited, was retried or was denied)\n");
     }
-    for c in shown {
-        out.push_str(&format!("  {}\n", moment(c)));
+    for (c, m) in shown {
+        out.push_str(&format!("  {}\n", moment(c, m)));
     }
 
     out.push_str("\nPer tenant:\n");
     let mut table = Table::new(
         &[
-            "tenant", "calls", "go", "waited", "denied", "max wait", "tokens", "cost",
+            "tenant", "calls", "done", "gave up", "waited", "denied", "max wait", "tokens", "cost",
         ],
-        &[false, true, true, true, true, true, true, true],
+        &[false, true, true, true, true, true, true, true, true],
     );
     for (tenant, t) in &tenants {
         table.row(vec![
@@ -126,7 +143,8 @@ fn render(report: &crate::simulate::Report, policy_head: &str) -> String {
                 (*tenant).to_owned()
             },
             t.calls.to_string(),
-            t.go.to_string(),
+            t.done.to_string(),
+            t.gave_up.to_string(),
             t.waited.to_string(),
             t.denied.to_string(),
             format!("{:.0} ms", t.max_wait_ms),
@@ -137,7 +155,8 @@ fn render(report: &crate::simulate::Report, policy_head: &str) -> String {
     table.row(vec![
         "all".to_owned(),
         total.calls.to_string(),
-        total.go.to_string(),
+        total.done.to_string(),
+        total.gave_up.to_string(),
         total.waited.to_string(),
         total.denied.to_string(),
         format!("{:.0} ms", total.max_wait_ms),
@@ -146,11 +165,16 @@ fn render(report: &crate::simulate::Report, policy_head: &str) -> String {
     ]);
     out.push_str(&table.render(2));
 
+    out.push_str(&format!(
+        "\nRetries (the engine's verdicts): {}\n",
+        total.resilience_line()
+    ));
+
     out.push_str("\nPer budget (the engine's own counters):\n");
     out.push_str(&budget_table(&report.stats).render(2));
 
     let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
-    for c in calls {
+    for c in calls.iter().filter(|c| c.decision == Decided::Deny) {
         if let Some((code, _)) = &c.denial {
             *reasons.entry(code).or_default() += 1;
         }
@@ -161,13 +185,24 @@ fn render(report: &crate::simulate::Report, policy_head: &str) -> String {
     }
     out.push_str(
         "\nEvery call as JSON: tollgate demo --calls, or\n  \
-         tollgate simulate --policy examples/policy.toml --trace examples/trace.jsonl\n",
+         tollgate simulate --policy examples/policy.toml --trace examples/trace.jsonl\n\
+         \nAn outage replayed (503s, a 429 burst, a breaker opening, fallbacks):\n  \
+         tollgate simulate --policy examples/policy.toml --trace examples/incident.jsonl\n",
     );
     out
 }
 
+/// Why a call is worth a look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Moment {
+    Waited,
+    Denied,
+    Retried,
+    GaveUp,
+}
+
 /// One call in a sentence.
-fn moment(c: &CallResult) -> String {
+fn moment(c: &CallResult, why: Moment) -> String {
     let at = format!("t={:>7.3}s", c.decided_ns as f64 / 1e9);
     let who = format!("{} {} (line {})", c.row.tenant, c.row.model, c.row.line);
     let on = |b: &Option<(String, String)>| match b {
@@ -175,6 +210,33 @@ fn moment(c: &CallResult) -> String {
         Some((b, _)) => format!("'{b}'"),
         None => "a budget".to_owned(),
     };
+    let attempts = |c: &CallResult| {
+        c.attempts
+            .iter()
+            .map(|a| {
+                let place = a.target.as_ref().map_or_else(
+                    || "(not admitted)".to_owned(),
+                    |t| format!("{}/{}", t.upstream, t.model),
+                );
+                format!("{} on {place}", a.outcome)
+            })
+            .collect::<Vec<_>>()
+            .join(", then ")
+    };
+    match why {
+        Moment::Retried => {
+            return format!(
+                "{at}  {who}: retried: {}; {}",
+                attempts(c),
+                c.decision.as_str()
+            );
+        }
+        Moment::GaveUp => {
+            let code = c.give_up.as_ref().map_or("?", |g| g.0);
+            return format!("{at}  {who}: gave up ({code}): {}", attempts(c));
+        }
+        Moment::Waited | Moment::Denied => {}
+    }
     match (c.decision, &c.denial) {
         (Decided::Deny, Some((code, message))) if c.budget.is_some() => {
             format!(

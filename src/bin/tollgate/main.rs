@@ -116,10 +116,11 @@ pub(crate) struct SimulateArgs {
     /// Stop at the first bad trace line (exit status 2) instead of skipping it.
     #[arg(long)]
     pub strict: bool,
-    /// Also write the per-budget summary as JSON to this file.
+    /// Also write the summary as JSON to this file: totals (done, gave_up, denied, retries,
+    /// fallbacks, give-ups by code), per target and per budget.
     #[arg(long, value_name = "FILE")]
     pub summary_json: Option<PathBuf>,
-    /// Do not print the summary table on stderr.
+    /// Do not print the summary (totals, per-target and per-budget tables) on stderr.
     #[arg(long, short)]
     pub quiet: bool,
 }
