@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use criterion::{Criterion, Throughput};
+use criterion::{BatchSize, Criterion, Throughput};
 use tollgate::policy::{Breaker, BreakerWindow, Retry};
 use tollgate::retry::{
     CircuitBreaker, Failure, Headers, RetryBudget, RetryDecision, RetryInput, Rng, ServerLimits,
@@ -47,7 +47,78 @@ fn breaker_config() -> Breaker {
     }
 }
 
+/// A routed policy whose 503s always earn a retry: breakers off, a retry budget too large to
+/// drain during a run.
+const ROUTED: &str = r#"
+version = 1
+[[upstream]]
+name = "primary"
+base_url = "http://127.0.0.1:9/v1"
+auth = { kind = "bearer", keys = ["env:KEY_ONE", "env:KEY_TWO"] }
+[[upstream]]
+name = "secondary"
+base_url = "http://127.0.0.1:9/v1"
+[[route]]
+model = "gpt-4o"
+targets = [{ upstream = "primary", model = "gpt-4o" }, { upstream = "secondary", model = "gpt-4o-mini" }]
+[retry]
+max_attempts = 3
+backoff = { base = "100ms", max = "1s", jitter = "full" }
+budget = { ratio = 1.0, max_tokens = 1000000000 }
+[breaker]
+enabled = false
+[[budget]]
+name = "tenant"
+scope = ["tenant"]
+requests_per_second = 1000000000
+"#;
+
+/// `Engine::settle` of a routed call that failed with 503: breaker, retry budget, classification,
+/// backoff and the choice of the next target, producing `Verdict::Retry`. Admission runs in the
+/// untimed setup.
+fn engine_settle(c: &mut Criterion) {
+    use tollgate::{Call, Decision, Engine, Outcome, Policy, Prompt, Verdict};
+    let policy = match Policy::from_toml(ROUTED) {
+        Ok(p) => p,
+        Err(e) => panic!("bench policy invalid: {e}"),
+    };
+    let engine = Engine::new(policy);
+    let call = Call::new("gpt-4o")
+        .tenant("t")
+        .prompt(Prompt::Tokens(100))
+        .max_tokens(100);
+    let admit = || match engine.admit(&call) {
+        Decision::Go(p) => p,
+        other => panic!("bench admission refused: {other:?}"),
+    };
+    let mut g = c.benchmark_group(GROUP);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("engine_settle_retry", |b| {
+        b.iter_batched(
+            admit,
+            |p| {
+                let v = engine.settle(p, &Outcome::status(503));
+                debug_assert!(matches!(v, Verdict::Retry { .. }));
+                black_box(v)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("engine_settle_done", |b| {
+        b.iter_batched(
+            admit,
+            |p| black_box(engine.settle(p, &Outcome::status(200))),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("engine_admit_routed", |b| {
+        b.iter_batched(|| (), |()| black_box(admit()), BatchSize::SmallInput)
+    });
+    g.finish();
+}
+
 fn benches(c: &mut Criterion) {
+    engine_settle(c);
     let mut g = c.benchmark_group(GROUP);
     g.throughput(Throughput::Elements(1));
 
@@ -159,7 +230,18 @@ fn print_table(since: SystemTime) {
         println!("no measurements: criterion's output directory was not found");
         return;
     };
-    let rows: [(&str, &str, Option<f64>); 7] = [
+    let rows: [(&str, &str, Option<f64>); 10] = [
+        (
+            "engine_settle_retry",
+            "engine settle(503) -> Retry verdict",
+            Some(300.0),
+        ),
+        ("engine_settle_done", "engine settle(200), routed", None),
+        (
+            "engine_admit_routed",
+            "engine admit, routed (two upstreams, key pool)",
+            None,
+        ),
         (
             "breaker_check_closed",
             "breaker try_acquire, closed",
