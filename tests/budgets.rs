@@ -521,3 +521,35 @@ fn chat_requests_are_counted_for_the_reservation() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn eviction_finds_the_one_idle_key_among_many_busy_ones() {
+    let (e, clock) = engine(
+        r#"
+        version = 1
+        [[budget]]
+        name = "k"
+        scope = ["tenant"]
+        requests_per_minute = 1000
+        concurrency = 1
+        key_capacity = 200
+    "#,
+    );
+    let tenants: Vec<String> = (0..200).map(|i| format!("t{i}")).collect();
+    // 199 keys hold a permit (busy); one key is used and released (idle once refilled).
+    let mut held = vec![];
+    for (i, t) in tenants.iter().enumerate() {
+        match e.admit(&Call::new("m").tenant(t)) {
+            Decision::Go(p) if i == 137 => drop(p),
+            Decision::Go(p) => held.push(p),
+            other => panic!("{other:?}"),
+        }
+    }
+    at(&clock, 60_000);
+    let Decision::Go(p) = e.admit(&Call::new("m").tenant("newcomer")) else {
+        panic!("the idle key t137 is evicted to make room")
+    };
+    assert_eq!(e.stats()[0].keys, 200);
+    drop(p);
+    drop(held);
+}

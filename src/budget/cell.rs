@@ -17,6 +17,8 @@ pub struct Cell {
     pub(crate) tat: [AtomicU64; SLOTS],
     /// Calls holding a concurrency slot.
     pub(crate) inflight: AtomicU32,
+    /// Clock time of the last admission that looked this cell up (for eviction order).
+    pub(crate) last_used: AtomicU64,
     /// Calls queued for this cell.
     pub(crate) queue: WaitQueue,
     /// The scope key as text, e.g. `tenant=acme,model=gpt-4o` (empty for an unscoped budget).
@@ -30,6 +32,7 @@ impl Cell {
         Cell {
             tat: std::array::from_fn(|_| AtomicU64::new(0)),
             inflight: AtomicU32::new(0),
+            last_used: AtomicU64::new(0),
             queue: WaitQueue::default(),
             key,
             shared,

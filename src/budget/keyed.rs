@@ -1,22 +1,91 @@
 //! Keyed budget state, bounded by a key capacity.
 //!
-//! Keys are 128-bit hashes of the scope values; cells live in 16 LRU shards, each behind its own
-//! lock, so calls on different keys rarely meet. At capacity the least recently used *idle* cell is
-//! evicted (see [`super::cell::Cell::is_idle`]): forgetting it changes no decision, so eviction never
-//! makes a limit looser. When every candidate is busy the new key is refused instead.
+//! Keys are 128-bit hashes of the scope values. Cells live in 16 shards, each a hash map with the
+//! key stored inline (one cache miss to find a cell, none to update recency: the cell records its
+//! last use itself) behind its own lock, so calls on different keys rarely meet.
+//!
+//! At capacity an *idle* cell is evicted (see [`super::cell::Cell::is_idle`]): forgetting it
+//! changes no decision, so eviction never makes a limit looser. Among idle cells the least
+//! recently used of a random sample of [`SAMPLE`] is chosen, as Redis does; when the sample holds
+//! no idle cell, every shard is searched in full before the new key is refused. The order only
+//! decides *which* idle key goes, never whether a limit holds.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use lru::LruCache;
 use parking_lot::Mutex;
 
 use super::cell::Cell;
 use crate::clock::Nanos;
 
 const SHARDS: usize = 16;
-/// How many least-recently-used cells are looked at for an idle one, per shard.
-const EVICTION_SCAN: usize = 8;
+/// Cells looked at per eviction before a full search.
+pub(crate) const SAMPLE: usize = 16;
+
+/// The keys are already uniform 128-bit hashes: the map uses their low 64 bits as is.
+#[derive(Debug, Clone, Copy, Default)]
+struct PassThrough;
+
+/// The hasher state of [`PassThrough`].
+struct Passed(u64);
+
+impl BuildHasher for PassThrough {
+    type Hasher = Passed;
+    fn build_hasher(&self) -> Passed {
+        Passed(0)
+    }
+}
+
+impl Hasher for Passed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for non-u128 keys, which this map never has; fold anyway.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
+}
+
+/// One shard: the cells by key, and the keys in a vector for sampling (each cell's position in
+/// it is kept beside the cell).
+#[derive(Debug, Default)]
+struct Shard {
+    cells: HashMap<u128, (Arc<Cell>, usize), PassThrough>,
+    keys: Vec<u128>,
+}
+
+impl Shard {
+    fn insert(&mut self, key: u128, cell: Arc<Cell>) {
+        self.cells.insert(key, (cell, self.keys.len()));
+        self.keys.push(key);
+    }
+
+    fn remove(&mut self, key: u128) {
+        if let Some((_, pos)) = self.cells.remove(&key) {
+            self.keys.swap_remove(pos);
+            if let Some(moved) = self.keys.get(pos)
+                && let Some(entry) = self.cells.get_mut(moved)
+            {
+                entry.1 = pos;
+            }
+        }
+    }
+
+    /// The least recently used evictable cell among `keys`.
+    fn pick<'a>(&self, keys: impl Iterator<Item = &'a u128>, now: Nanos) -> Option<u128> {
+        keys.filter_map(|k| self.cells.get(k).map(|(c, _)| (*k, c)))
+            .filter(|(_, c)| Arc::strong_count(c) == 1 && c.is_idle(now))
+            .min_by_key(|(_, c)| c.last_used.load(Ordering::Relaxed))
+            .map(|(k, _)| k)
+    }
+}
 
 /// The cells of one budget.
 #[derive(Debug)]
@@ -27,21 +96,19 @@ pub(crate) enum Cells {
     Keyed(Keyed),
 }
 
-type Shard = Mutex<LruCache<u128, Arc<Cell>>>;
-
-/// Sharded LRU of cells.
+/// Sharded map of cells with a key capacity.
 #[derive(Debug)]
 pub(crate) struct Keyed {
-    shards: Box<[Shard]>,
+    shards: Box<[Mutex<Shard>]>,
     len: AtomicUsize,
     capacity: AtomicUsize,
+    rng: AtomicU64,
 }
 
 /// Every idle candidate was busy and the budget is at its key capacity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CapacityFull(pub usize);
 
-/// 128-bit key hash of scope parts; parts are length-prefixed so ("ab","c") ≠ ("a","bc").
 /// XXH3-128 in one pass over a stack buffer; keys longer than the buffer are streamed.
 pub(crate) fn key_hash<'a>(parts: impl Iterator<Item = &'a str> + Clone) -> u128 {
     let mut buf = [0u8; 192];
@@ -67,11 +134,10 @@ pub(crate) fn key_hash<'a>(parts: impl Iterator<Item = &'a str> + Clone) -> u128
 impl Keyed {
     pub(crate) fn new(capacity: usize) -> Keyed {
         Keyed {
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(LruCache::unbounded()))
-                .collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             len: AtomicUsize::new(0),
             capacity: AtomicUsize::new(capacity.max(1)),
+            rng: AtomicU64::new(0x2545_f491_4f6c_dd1d),
         }
     }
 
@@ -83,8 +149,9 @@ impl Keyed {
         self.len.load(Ordering::Acquire)
     }
 
-    fn shard(&self, hash: u128) -> &Shard {
-        &self.shards[(hash as usize) % SHARDS]
+    /// The high half picks the shard, so the map inside sees independent bits.
+    fn shard(&self, hash: u128) -> &Mutex<Shard> {
+        &self.shards[((hash >> 64) as usize) % SHARDS]
     }
 
     /// The cell for `hash`, made with `make_key` when new.
@@ -97,49 +164,66 @@ impl Keyed {
         now: Nanos,
     ) -> Result<Arc<Cell>, CapacityFull> {
         let shard = self.shard(hash);
-        {
-            let mut map = shard.lock();
-            if let Some(cell) = map.get(&hash) {
-                return Ok(Arc::clone(cell));
-            }
+        if let Some((cell, _)) = shard.lock().cells.get(&hash) {
+            cell.last_used.store(now, Ordering::Relaxed);
+            return Ok(Arc::clone(cell));
         }
         let capacity = self.capacity.load(Ordering::Acquire);
         let cell = Arc::new(Cell::new(make_key(), Arc::clone(shared)));
+        cell.last_used.store(now, Ordering::Relaxed);
         // Make room first (possibly in other shards), then insert under this shard's lock.
         while self.len.load(Ordering::Acquire) >= capacity {
             if !self.evict_one(hash, now) {
                 // Another thread may have inserted the key meanwhile.
-                if let Some(existing) = shard.lock().get(&hash) {
+                if let Some((existing, _)) = shard.lock().cells.get(&hash) {
                     return Ok(Arc::clone(existing));
                 }
                 return Err(CapacityFull(capacity));
             }
         }
         let mut map = shard.lock();
-        if let Some(existing) = map.get(&hash) {
+        if let Some((existing, _)) = map.cells.get(&hash) {
             return Ok(Arc::clone(existing));
         }
-        map.put(hash, Arc::clone(&cell));
+        map.insert(hash, Arc::clone(&cell));
         self.len.fetch_add(1, Ordering::AcqRel);
         Ok(cell)
     }
 
-    /// Evicts one idle cell, starting with the shard of `hash`. A cell still referenced by a
+    fn random(&self) -> u64 {
+        let mut z = self
+            .rng
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Evicts one idle cell: the least recently used of a random sample in each shard (starting
+    /// with the new key's), then, failing that, of a full search. A cell still referenced by a
     /// permit or a waiter is never idle.
     fn evict_one(&self, hash: u128, now: Nanos) -> bool {
-        let first = (hash as usize) % SHARDS;
-        for i in 0..SHARDS {
-            let mut map = self.shards[(first + i) % SHARDS].lock();
-            let victim = map
-                .iter()
-                .rev()
-                .take(EVICTION_SCAN)
-                .find(|(_, c)| Arc::strong_count(c) == 1 && c.is_idle(now))
-                .map(|(k, _)| *k);
-            if let Some(k) = victim {
-                map.pop(&k);
-                self.len.fetch_sub(1, Ordering::AcqRel);
-                return true;
+        let first = ((hash >> 64) as usize) % SHARDS;
+        for full in [false, true] {
+            for i in 0..SHARDS {
+                let mut shard = self.shards[(first + i) % SHARDS].lock();
+                let n = shard.keys.len();
+                if n == 0 {
+                    continue;
+                }
+                let victim = if full || n <= SAMPLE {
+                    shard.pick(shard.keys.iter(), now)
+                } else {
+                    let picks: [u128; SAMPLE] =
+                        std::array::from_fn(|_| shard.keys[(self.random() % n as u64) as usize]);
+                    shard.pick(picks.iter(), now)
+                };
+                if let Some(k) = victim {
+                    shard.remove(k);
+                    self.len.fetch_sub(1, Ordering::AcqRel);
+                    return true;
+                }
             }
         }
         false
@@ -148,7 +232,7 @@ impl Keyed {
     /// Calls `f` on every cell, one shard lock at a time.
     pub(crate) fn for_each(&self, f: &mut impl FnMut(&Cell)) {
         for shard in self.shards.iter() {
-            for (_, cell) in shard.lock().iter() {
+            for (cell, _) in shard.lock().cells.values() {
                 f(cell);
             }
         }
@@ -156,6 +240,32 @@ impl Keyed {
 
     /// Looks a key up without touching recency.
     pub(crate) fn peek(&self, hash: u128) -> Option<Arc<Cell>> {
-        self.shard(hash).lock().peek(&hash).cloned()
+        self.shard(hash).lock().cells.get(&hash).map(|(c, _)| Arc::clone(c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removal_keeps_positions_consistent() {
+        let mut shard = Shard::default();
+        let shared = crate::budget::BudgetState::new(
+            "b",
+            true,
+            10,
+            Arc::new(crate::clock::ManualClock::new()),
+        )
+        .shared;
+        for k in 0..5u128 {
+            shard.insert(k, Arc::new(Cell::new(Arc::from(""), Arc::clone(&shared))));
+        }
+        shard.remove(1);
+        shard.remove(4);
+        for (i, k) in shard.keys.iter().enumerate() {
+            assert_eq!(shard.cells[k].1, i);
+        }
+        assert_eq!(shard.cells.len(), 3);
     }
 }
