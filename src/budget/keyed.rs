@@ -240,7 +240,11 @@ impl Keyed {
 
     /// Looks a key up without touching recency.
     pub(crate) fn peek(&self, hash: u128) -> Option<Arc<Cell>> {
-        self.shard(hash).lock().cells.get(&hash).map(|(c, _)| Arc::clone(c))
+        self.shard(hash)
+            .lock()
+            .cells
+            .get(&hash)
+            .map(|(c, _)| Arc::clone(c))
     }
 }
 
