@@ -11,9 +11,12 @@
 //! by *this* run and prints the ratio table. `cargo bench --bench budget -- --test` runs every
 //! benchmark once and says the table has no measurements.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::hint::black_box;
 use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -367,7 +370,7 @@ impl Results {
         let args: Vec<String> = std::env::args().collect();
         let test_mode = !args.iter().any(|a| a == "--bench") || args.iter().any(|a| a == "--test");
         Results {
-            dir: criterion_dir(),
+            dir: common::criterion_dir(),
             since,
             test_mode,
         }
@@ -390,19 +393,6 @@ impl Results {
         let json: serde_json::Value = serde_json::from_str(&text).ok()?;
         json["median"]["point_estimate"].as_f64()
     }
-}
-
-/// `<target>/criterion`: `$CARGO_TARGET_DIR`, else the nearest ancestor of this executable
-/// (`<target>/release/deps/budget-…`) that has a `criterion` directory.
-fn criterion_dir() -> Option<PathBuf> {
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        return Some(PathBuf::from(t).join("criterion"));
-    }
-    let exe = std::env::current_exe().ok()?;
-    exe.ancestors()
-        .skip(1)
-        .map(|p: &Path| p.join("criterion"))
-        .find(|p| p.is_dir())
 }
 
 fn verdict(ok: bool) -> &'static str {

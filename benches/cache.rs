@@ -9,8 +9,11 @@
 //! (`target/criterion/<group>/<bench>/new/estimates.json`) and prints a table.
 //! `cargo bench --bench cache -- --test` runs every benchmark once and prints no figures.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+
 use std::time::{Duration, SystemTime};
 
 use criterion::Criterion;
@@ -111,35 +114,6 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
-/// `<target>/criterion`: `$CARGO_TARGET_DIR`, else the nearest ancestor of this executable that
-/// has a `criterion` directory.
-fn criterion_dir() -> Option<PathBuf> {
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        return Some(PathBuf::from(t).join("criterion"));
-    }
-    let exe = std::env::current_exe().ok()?;
-    exe.ancestors()
-        .skip(1)
-        .map(|p: &Path| p.join("criterion"))
-        .find(|p| p.is_dir())
-}
-
-/// Median ns per iteration of `bench`, if this run (started at `since`) measured it.
-fn median(dir: &Path, bench: &str, since: SystemTime) -> Option<f64> {
-    let path = dir
-        .join(GROUP)
-        .join(bench)
-        .join("new")
-        .join("estimates.json");
-    let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
-    if modified < since {
-        return None; // left over from an earlier run
-    }
-    let text = std::fs::read_to_string(&path).ok()?;
-    let json: Value = serde_json::from_str(&text).ok()?;
-    json["median"]["point_estimate"].as_f64()
-}
-
 fn print_table(since: SystemTime) {
     println!();
     println!("== tollgate response cache (criterion medians, this run) ==");
@@ -148,7 +122,7 @@ fn print_table(since: SystemTime) {
         println!("test mode: every benchmark ran once; no measurements.");
         return;
     }
-    let Some(dir) = criterion_dir() else {
+    let Some(dir) = common::criterion_dir() else {
         println!("no measurements: criterion's output directory was not found");
         return;
     };
@@ -168,7 +142,7 @@ fn print_table(since: SystemTime) {
     ];
     let mut printed = 0;
     for (bench, what, target) in rows {
-        let Some(ns) = median(&dir, bench, since) else {
+        let Some(ns) = common::median(&dir, GROUP, bench, since) else {
             continue;
         };
         let verdict = match target {

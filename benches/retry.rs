@@ -3,8 +3,11 @@
 //!
 //! Run: `cargo bench --bench retry`.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use criterion::{BatchSize, Criterion, Throughput};
@@ -188,35 +191,6 @@ fn benches(c: &mut Criterion) {
 // ---------------------------------------------------------------------------------------------
 // The table
 
-/// `<target>/criterion`: `$CARGO_TARGET_DIR`, else the nearest ancestor of this executable
-/// that has a `criterion` directory.
-fn criterion_dir() -> Option<PathBuf> {
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        return Some(PathBuf::from(t).join("criterion"));
-    }
-    let exe = std::env::current_exe().ok()?;
-    exe.ancestors()
-        .skip(1)
-        .map(|p: &Path| p.join("criterion"))
-        .find(|p| p.is_dir())
-}
-
-/// Median ns per iteration of `bench`, if this run (since `since`) measured it.
-fn median(dir: &Path, bench: &str, since: SystemTime) -> Option<f64> {
-    let path = dir
-        .join(GROUP)
-        .join(bench)
-        .join("new")
-        .join("estimates.json");
-    let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
-    if modified < since {
-        return None; // left over from an earlier run
-    }
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
-    json["median"]["point_estimate"].as_f64()
-}
-
 fn print_table(since: SystemTime) {
     let args: Vec<String> = std::env::args().collect();
     let test_mode = !args.iter().any(|a| a == "--bench") || args.iter().any(|a| a == "--test");
@@ -226,7 +200,7 @@ fn print_table(since: SystemTime) {
         println!("test mode: every benchmark ran once; no measurements.");
         return;
     }
-    let Some(dir) = criterion_dir() else {
+    let Some(dir) = common::criterion_dir() else {
         println!("no measurements: criterion's output directory was not found");
         return;
     };
@@ -281,7 +255,7 @@ fn print_table(since: SystemTime) {
     println!("{:<48} {:>12}  target", "benchmark", "median");
     let mut printed = 0;
     for (bench, what, target) in rows {
-        let Some(ns) = median(&dir, bench, since) else {
+        let Some(ns) = common::median(&dir, GROUP, bench, since) else {
             continue;
         };
         let verdict = match target {

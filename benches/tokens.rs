@@ -5,8 +5,11 @@
 //! by *this* run and prints MB/s per case (target: exact counts >= 10 MB/s). `cargo bench --bench
 //! tokens -- --test` runs every case once and says the table has no measurements.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+
 use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, Throughput};
@@ -101,35 +104,6 @@ fn counting(c: &mut Criterion) {
     g.finish();
 }
 
-/// Median ns per iteration criterion wrote for `d_tokens/<bench>` during this run.
-fn median(dir: Option<&Path>, since: SystemTime, bench: &str) -> Option<f64> {
-    let path = dir?
-        .join("d_tokens")
-        .join(bench)
-        .join("new")
-        .join("estimates.json");
-    let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
-    if modified < since {
-        return None; // left over from an earlier run
-    }
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
-    json["median"]["point_estimate"].as_f64()
-}
-
-/// `<target>/criterion`: `$CARGO_TARGET_DIR`, else the nearest ancestor of this executable
-/// (`<target>/release/deps/tokens-…`) that has a `criterion` directory.
-fn criterion_dir() -> Option<PathBuf> {
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        return Some(PathBuf::from(t).join("criterion"));
-    }
-    let exe = std::env::current_exe().ok()?;
-    exe.ancestors()
-        .skip(1)
-        .map(|p| p.join("criterion"))
-        .find(|p| p.is_dir())
-}
-
 fn print_table(since: SystemTime) {
     println!();
     println!(
@@ -140,11 +114,14 @@ fn print_table(since: SystemTime) {
         println!("test mode: every benchmark ran once; no measurements.");
         return;
     }
-    let dir = criterion_dir();
+    let dir = common::criterion_dir();
     let mut printed = 0;
     for (name, encoding, lang) in CASES {
         let text = text_for(lang);
-        let Some(ns) = median(dir.as_deref(), since, name) else {
+        let Some(ns) = dir
+            .as_deref()
+            .and_then(|d| common::median(d, "d_tokens", name, since))
+        else {
             continue;
         };
         let mbps = text.len() as f64 / ns * 1e3;
