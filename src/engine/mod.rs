@@ -855,8 +855,7 @@ fn first_wait(
 
 /// Gives back what an unfinished hold took (same `now`, so every charge returns whole).
 fn undo_hold(h: &Hold, now: Nanos) {
-    for (i, slot) in (0..16usize).filter(|s| h.slots & (1 << s) != 0).enumerate() {
-        let c = h.charges[i];
+    for (slot, c) in h.charged() {
         if c.increment > 0 {
             gcra::refund(&h.cell.tat[slot], c.increment, c.end, now);
         }

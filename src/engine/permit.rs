@@ -51,11 +51,14 @@ pub(crate) struct Hold {
 }
 
 impl Hold {
-    /// (slot, charge) pairs.
-    fn charged(&self) -> impl Iterator<Item = (usize, Charge)> + '_ {
-        (0..16usize)
-            .filter(|s| self.slots & (1 << s) != 0)
-            .zip(self.charges.iter().copied())
+    /// (slot, charge) pairs, walking only the set bits of the slot mask.
+    pub(crate) fn charged(&self) -> impl Iterator<Item = (usize, Charge)> + '_ {
+        let mut mask = self.slots;
+        self.charges.iter().map(move |c| {
+            let slot = mask.trailing_zeros() as usize;
+            mask &= mask.wrapping_sub(1);
+            (slot, *c)
+        })
     }
 }
 
