@@ -35,18 +35,23 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod budget;
 pub mod cache;
 pub mod clock;
 mod engine;
+pub mod metrics;
 pub mod policy;
 pub mod retry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod tokens;
+pub mod transport;
 
 pub use budget::BudgetStats;
 pub use engine::{
     Attempt, AttemptRecord, CacheFill, CacheLookup, Call, Decision, Denial, DenyReason, Engine,
-    FlightResult, GiveUp, KeyUsage, Outcome, Permit, Prompt, ReloadReport, Settlement,
+    FlightResult, GiveUp, KeyUsage, Outcome, Permit, Probe, Prompt, ReloadReport, Settlement,
     TargetHealthInfo, TargetRef, Verdict, WaitHint, WaitPoll, Waiter, WatchEvent, Watcher,
 };
 pub use policy::{Policy, PolicyError, PolicyErrors};
