@@ -522,3 +522,49 @@ backoff = { base = "10ms", max = "100ms", jitter = "none" }
     assert_eq!(target(&p).0, "cheap");
     drop(p);
 }
+
+#[test]
+fn synthetic_probes_test_a_sick_upstream_instead_of_users_calls() {
+    let policy = POLICY.replace(
+        "half_open_calls = 1",
+        "half_open_calls = 2\nprobe = { prompt = \"ping\", max_tokens = 1 }",
+    );
+    let (e, clock) = engine(&policy);
+    for _ in 0..4 {
+        let p = go(&e, &call());
+        let _ = e.settle(p, &Outcome::status(500));
+    }
+    assert!(e.probes().is_empty(), "still open: nothing to probe");
+    clock.advance(Duration::from_secs(31));
+    // Half-open: a user's call goes to the fallback, never to the sick primary.
+    let p = go(&e, &call());
+    assert_eq!(target(&p).0, "secondary");
+    drop(p);
+    let probes = e.probes();
+    assert_eq!(probes.len(), 2, "one per half-open slot");
+    assert_eq!(&*probes[0].target.upstream, "primary");
+    assert_eq!(probes[0].request["messages"][0]["content"], "ping");
+    assert_eq!(probes[0].request["max_tokens"], 1);
+    assert!(
+        e.probes().is_empty(),
+        "slots are taken while probes are out"
+    );
+    for probe in probes {
+        e.settle_probe(probe, true, Duration::from_millis(40));
+    }
+    let p = go(&e, &call());
+    assert_eq!(
+        target(&p).0,
+        "primary",
+        "two good probes closed the circuit"
+    );
+    drop(p);
+    // A dropped probe frees its slot.
+    for _ in 0..4 {
+        let p = go(&e, &call());
+        let _ = e.settle(p, &Outcome::status(500));
+    }
+    clock.advance(Duration::from_secs(31));
+    drop(e.probes());
+    assert_eq!(e.probes().len(), 2);
+}

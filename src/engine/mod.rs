@@ -6,6 +6,7 @@ mod call;
 mod decision;
 mod health;
 mod permit;
+mod probe;
 mod route;
 mod settle;
 mod wait;
@@ -31,6 +32,7 @@ pub use cache::{CacheFill, CacheLookup, FlightResult};
 pub use call::{Call, Prompt};
 pub use decision::{Decision, Denial, DenyReason, GiveUp, Outcome, Settlement, Verdict, WaitHint};
 pub use permit::Permit;
+pub use probe::Probe;
 pub use route::{Attempt, AttemptRecord, TargetRef};
 pub use wait::{WaitPoll, Waiter};
 pub use watch::{WatchEvent, Watcher};
@@ -178,6 +180,7 @@ pub(crate) struct Inner {
     clock: Arc<dyn Clock>,
     generation: AtomicU64,
     seq: AtomicU64,
+    metrics: crate::metrics::EngineMetrics,
 }
 
 /// The policy engine: admits calls against every matching budget and settles them afterwards.
@@ -278,6 +281,7 @@ impl Engine {
                 clock,
                 generation: AtomicU64::new(1),
                 seq: AtomicU64::new(1),
+                metrics: crate::metrics::EngineMetrics::new(),
             }),
         }
     }
@@ -328,7 +332,10 @@ impl Engine {
         let compiled = self.inner.current.load();
         let counted = match call::count(&compiled.models, call) {
             Ok(c) => c,
-            Err(denial) => return Decision::Deny(denial),
+            Err(denial) => {
+                self.inner.metrics.denied(&denial);
+                return Decision::Deny(denial);
+            }
         };
         let now = compiled.clock.now();
         let spec = Spec::new(call.view(), counted, call, now);
@@ -339,6 +346,7 @@ impl Engine {
             }
             Try::Deny(denial) => {
                 count_denied(&compiled, &denial);
+                self.inner.metrics.denied(&denial);
                 Decision::Deny(denial)
             }
             Try::Blocked(b) => {
@@ -358,6 +366,7 @@ impl Engine {
                             .local()
                             .denied
                             .fetch_add(1, Ordering::Relaxed);
+                        self.inner.metrics.denied(&denial);
                         Decision::Deny(denial)
                     }
                 }
@@ -407,7 +416,49 @@ impl Engine {
     /// quarantines the key, and the retry policy picks the delay (server-directed first, then
     /// backoff) within the call's deadline.
     pub fn settle(&self, permit: Permit, outcome: &Outcome<'_>) -> Verdict {
-        settle::settle(&self.inner.current.load(), permit, outcome)
+        settle::settle(
+            &self.inner.current.load(),
+            &self.inner.metrics,
+            permit,
+            outcome,
+        )
+    }
+
+    /// The engine's metrics in the Prometheus text exposition format (0.0.4), for a scrape
+    /// endpoint: budget, breaker, cache and retry-budget state read now, and the attempts,
+    /// latencies, tokens, spend, retries, give-ups and denials recorded so far. Every metric is
+    /// listed in [`crate::metrics`]. No credential ever appears in it.
+    ///
+    /// ```
+    /// use tollgate::Engine;
+    ///
+    /// let engine = Engine::from_text("version = 1").expect("valid policy");
+    /// let text = engine.metrics_text();
+    /// assert!(text.contains("# TYPE tollgate_attempts_total counter\n"));
+    /// assert!(text.contains("tollgate_policy_generation 1\n"));
+    /// ```
+    pub fn metrics_text(&self) -> String {
+        let compiled = self.inner.current.load();
+        let routing = &compiled.routing;
+        let mut retry_tokens: Vec<(Arc<str>, f64)> = routing
+            .upstreams
+            .iter()
+            .map(|u| (Arc::clone(&u.name), u.health.retry_budget.tokens()))
+            .collect();
+        retry_tokens.push((Arc::from(""), routing.default_health.retry_budget.tokens()));
+        self.inner.metrics.render(&crate::metrics::EngineSnapshot {
+            generation: self.generation(),
+            budgets: &self.stats(),
+            targets: &self.targets(),
+            cache: &self.cache_stats(),
+            retry_tokens: &retry_tokens,
+        })
+    }
+
+    /// Records a time to first token of a streamed call to `model` on `upstream`, in the
+    /// `tollgate_time_to_first_token_seconds` histogram.
+    pub fn record_ttft(&self, upstream: &str, model: &str, ttft: Duration) {
+        self.inner.metrics.ttft(upstream, model, ttft);
     }
 
     /// Counters of every budget in the running policy, in policy order.
@@ -629,6 +680,15 @@ pub(crate) fn try_admit(compiled: &Compiled, spec: &Spec<'_>, seq: Option<u64>, 
         let t = &routing.routes[c.0].targets[c.1];
         let up = &routing.upstreams[t.upstream];
         let breaker = match t.health.breaker.try_acquire(now) {
+            // With a synthetic probe in the policy, users' calls are never the probes.
+            Ok(p) if p.is_probe() && compiled.policy.breaker.probe.is_some() => {
+                t.health.breaker.release(p);
+                skipped.push(Skip::BreakerOpen {
+                    target: format!("{}/{}", up.name, t.model),
+                    retry_in: Duration::ZERO,
+                });
+                continue;
+            }
             Ok(p) => p,
             Err(rejected) => {
                 skipped.push(Skip::BreakerOpen {

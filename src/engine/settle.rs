@@ -12,6 +12,7 @@ use super::Compiled;
 use super::decision::{GiveUp, Outcome, Verdict};
 use super::permit::{Permit, TargetCtx};
 use super::route::{Attempt, AttemptRecord};
+use crate::metrics::EngineMetrics;
 
 /// A short stable code for how an attempt ended: `status_503`, `timeout_first_byte`,
 /// `connect_refused`, `malformed`, `cut_stream`.
@@ -48,8 +49,25 @@ fn counts_against_breaker(failure: &Failure) -> bool {
 }
 
 /// Settles with the running policy's retry rules and routes (a reload since admission applies).
-pub(crate) fn settle(compiled: &Compiled, mut permit: Permit, outcome: &Outcome<'_>) -> Verdict {
+pub(crate) fn settle(
+    compiled: &Compiled,
+    metrics: &EngineMetrics,
+    mut permit: Permit,
+    outcome: &Outcome<'_>,
+) -> Verdict {
     let settlement = permit.inner.settle(outcome);
+    if outcome.sent {
+        let target = permit.inner.target.as_ref().map(|t| &t.target);
+        let code = outcome.failure_class().map(|f| outcome_code(&f));
+        metrics.settled(
+            target,
+            outcome.status,
+            code.as_deref(),
+            outcome.usage.as_ref(),
+            outcome.latency,
+            settlement.spend,
+        );
+    }
     if outcome.failure_class().is_none() && permit.inner.target.is_none() {
         // The common case: nothing to classify, no target to feed.
         if outcome.sent && outcome.status.is_some() {
@@ -153,6 +171,7 @@ pub(crate) fn settle(compiled: &Compiled, mut permit: Permit, outcome: &Outcome<
     let outcome_text = outcome_code(&failure);
     match decision {
         RetryDecision::Retry { after, .. } => {
+            metrics.retried(&outcome_text);
             let mut next = Attempt {
                 number: number + 1,
                 deadline: journey.deadline,
@@ -228,6 +247,7 @@ pub(crate) fn settle(compiled: &Compiled, mut permit: Permit, outcome: &Outcome<
             }
         }
         RetryDecision::GiveUp(reason) => {
+            metrics.gave_up(reason.code());
             history.push(AttemptRecord {
                 number,
                 at: now,

@@ -602,6 +602,7 @@ pub(crate) fn replay(policy: Policy, rows: Vec<Row>, incidents: Vec<Incident>) -
             _ => sim.admit(i),
         }
         sim.poll_signalled();
+        sim.send_probes(at);
     }
     let stats = sim.engine.stats();
     let Sim {
@@ -874,6 +875,28 @@ impl Sim {
     }
 
     /// An attempt ends: settle it and follow the verdict.
+    /// Sends the synthetic half-open probes the engine asks for (`breaker.probe` in the
+    /// policy): a probe fails when an incident covers its target now, else it succeeds at once.
+    fn send_probes(&mut self, now: u64) {
+        for probe in self.engine.probes() {
+            let (upstream, model) = (&*probe.target.upstream, &*probe.target.model);
+            let failed = match self
+                .incidents
+                .iter()
+                .position(|inc| inc.covers(upstream, model, now))
+            {
+                Some(k) => {
+                    self.hits[k] += 1;
+                    let o = &self.incidents[k].outcome;
+                    o.failure.is_some() || o.status.is_some_and(|s| s >= 400)
+                }
+                None => false,
+            };
+            self.engine
+                .settle_probe(probe, !failed, std::time::Duration::ZERO);
+        }
+    }
+
     fn settle(&mut self, i: usize) {
         let Some(Running { permit, spec }) = self.running.remove(&i) else {
             return;

@@ -1,0 +1,90 @@
+//! Synthetic half-open probes: with `breaker.probe` set, users' calls never test a sick upstream;
+//! the engine hands out small probe requests instead and the host (or the transport) sends them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::retry::{BreakerPermit, BreakerState};
+
+use super::Engine;
+use super::health::TargetHealth;
+use super::route::TargetRef;
+
+/// A probe request the engine wants sent to a half-open target. Send `request` to `target`, then
+/// report with [`Engine::settle_probe`]; dropping it unsent frees its probe slot.
+#[derive(Debug)]
+pub struct Probe {
+    /// Where to send it (upstream, model, a usable pool key).
+    pub target: TargetRef,
+    /// The chat-completions body: the policy's probe prompt and `max_tokens`.
+    pub request: serde_json::Value,
+    health: Arc<TargetHealth>,
+    permit: Option<BreakerPermit>,
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        if let Some(p) = self.permit.take() {
+            self.health.breaker.release(p);
+        }
+    }
+}
+
+impl Engine {
+    /// The probes due now: one per free half-open probe slot of each target whose circuit is no
+    /// longer open, when the policy sets `breaker.probe`. Empty without a probe policy (users'
+    /// calls are the probes then).
+    pub fn probes(&self) -> Vec<Probe> {
+        let compiled = self.inner.current.load();
+        let Some(spec) = compiled.policy.breaker.probe.clone() else {
+            return vec![];
+        };
+        let now = compiled.clock.now();
+        let routing = &compiled.routing;
+        let mut out = vec![];
+        let mut seen: Vec<*const TargetHealth> = vec![];
+        for (r, route) in routing.routes.iter().enumerate() {
+            for (i, t) in route.targets.iter().enumerate() {
+                if seen.contains(&Arc::as_ptr(&t.health)) {
+                    continue;
+                }
+                seen.push(Arc::as_ptr(&t.health));
+                match t.health.breaker.state(now) {
+                    BreakerState::Closed => continue,
+                    BreakerState::Open { until } if now <= until => continue,
+                    _ => {}
+                }
+                let up = &routing.upstreams[t.upstream];
+                let Some(key) = up.keys.iter().find(|k| !k.quarantined(now)) else {
+                    continue;
+                };
+                while let Ok(permit) = t.health.breaker.try_acquire(now) {
+                    if !permit.is_probe() {
+                        // The breaker closed meanwhile: nothing to probe.
+                        t.health.breaker.release(permit);
+                        break;
+                    }
+                    out.push(Probe {
+                        target: routing.target_ref((r, i), key),
+                        request: serde_json::json!({
+                            "model": &*t.model,
+                            "messages": [{"role": "user", "content": spec.prompt}],
+                            "max_tokens": spec.max_tokens,
+                        }),
+                        health: Arc::clone(&t.health),
+                        permit: Some(permit),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Reports a probe's result: enough good probes close the circuit, a bad one reopens it.
+    pub fn settle_probe(&self, mut probe: Probe, success: bool, latency: Duration) {
+        if let Some(p) = probe.permit.take() {
+            let now = self.inner.current.load().clock.now();
+            probe.health.breaker.record(p, success, latency, now);
+        }
+    }
+}
