@@ -11,15 +11,58 @@ use crate::retry::{
 use super::Compiled;
 use super::decision::{GiveUp, Outcome, Verdict};
 use super::permit::{Permit, TargetCtx};
-use super::route::{Attempt, AttemptRecord};
+use super::route::{Attempt, AttemptRecord, TargetRef};
 use crate::metrics::EngineMetrics;
+
+/// Appends the decimal digits of `n` (the retry path builds its records without the formatting
+/// machinery, which dominated its profile).
+fn push_u64(out: &mut String, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|d| char::from(*d)));
+}
+
+/// `retry in 1200 ms on openai/gpt-4o (key OPENAI_API_KEY)`, built directly.
+fn retry_text(after: Duration, target: Option<&TargetRef>) -> String {
+    let mut out = String::with_capacity(96);
+    out.push_str("retry in ");
+    push_u64(
+        &mut out,
+        u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+    );
+    out.push_str(" ms");
+    if let Some(t) = target {
+        out.push_str(" on ");
+        out.push_str(&t.upstream);
+        out.push('/');
+        out.push_str(&t.model);
+        out.push_str(" (key ");
+        out.push_str(&t.key);
+        out.push(')');
+    }
+    out
+}
 
 /// A short stable code for how an attempt ended: `status_503`, `timeout_first_byte`,
 /// `connect_refused`, `malformed`, `cut_stream`.
 fn outcome_code(failure: &Failure) -> String {
     use crate::retry::{ConnectKind, TimeoutKind};
     match failure {
-        Failure::Status(s) => format!("status_{s}"),
+        Failure::Status(s) => {
+            let mut out = String::with_capacity(10);
+            out.push_str("status_");
+            push_u64(&mut out, u64::from(*s));
+            out
+        }
         Failure::Timeout(kind) => match kind {
             TimeoutKind::Connect => "timeout_connect",
             TimeoutKind::FirstByte => "timeout_first_byte",
@@ -228,8 +271,8 @@ pub(crate) fn settle(
                 }
             }
             let decision_text = match &next.next {
-                Some(n) => format!("retry in {} ms on {n}", after.as_millis()),
-                None => format!("retry in {} ms", after.as_millis()),
+                Some(n) => retry_text(after, Some(n)),
+                None => retry_text(after, None),
             };
             history.push(AttemptRecord {
                 number,
@@ -264,5 +307,30 @@ pub(crate) fn settle(
                 settlement,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_read_as_before() {
+        let t = TargetRef {
+            route: Arc::from("r"),
+            upstream: Arc::from("openai"),
+            model: Arc::from("gpt-4o"),
+            key: Arc::from("OPENAI_API_KEY"),
+        };
+        assert_eq!(
+            retry_text(Duration::from_millis(1200), Some(&t)),
+            format!("retry in {} ms on {t}", 1200)
+        );
+        assert_eq!(retry_text(Duration::ZERO, None), "retry in 0 ms");
+        assert_eq!(outcome_code(&Failure::Status(503)), "status_503");
+        assert_eq!(outcome_code(&Failure::Status(0)), "status_0");
+        let mut s = String::new();
+        push_u64(&mut s, u64::MAX);
+        assert_eq!(s, u64::MAX.to_string());
     }
 }
