@@ -140,22 +140,7 @@ fn print_table(since: SystemTime) {
             None,
         ),
     ];
-    let mut printed = 0;
-    for (bench, what, target) in rows {
-        let Some(ns) = common::median(&dir, GROUP, bench, since) else {
-            continue;
-        };
-        let verdict = match target {
-            Some(t) if ns <= t => format!(" (target <= {t:.0} ns: met)"),
-            Some(t) => format!(" (target <= {t:.0} ns: MISSED)"),
-            None => String::new(),
-        };
-        println!("{what:<58} {ns:>9.1} ns{verdict}");
-        printed += 1;
-    }
-    if printed == 0 {
-        println!("no measurements from this run under {}", dir.display());
-    }
+    common::print_rows(&dir, GROUP, &rows, since);
 }
 
 fn main() {

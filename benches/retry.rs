@@ -253,22 +253,7 @@ fn print_table(since: SystemTime) {
         ),
     ];
     println!("{:<48} {:>12}  target", "benchmark", "median");
-    let mut printed = 0;
-    for (bench, what, target) in rows {
-        let Some(ns) = common::median(&dir, GROUP, bench, since) else {
-            continue;
-        };
-        let verdict = match target {
-            Some(t) if ns <= t => format!("<= {t} ns: met"),
-            Some(t) => format!("<= {t} ns: MISSED"),
-            None => String::new(),
-        };
-        println!("{what:<48} {ns:>9.1} ns  {verdict}");
-        printed += 1;
-    }
-    if printed == 0 {
-        println!("no measurements from this run under {}", dir.display());
-    }
+    common::print_rows(&dir, GROUP, &rows, since);
 }
 
 fn main() {

@@ -34,3 +34,25 @@ pub fn median(dir: &Path, group: &str, bench: &str, since: SystemTime) -> Option
         serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
     json["median"]["point_estimate"].as_f64()
 }
+
+/// Prints one line per `(bench, description, target ns)` row that has a median in this run, with
+/// "met" / "MISSED" against the target; says so when no row had one.
+#[allow(dead_code)] // budget.rs and tokens.rs print tables of their own shape
+pub fn print_rows(dir: &Path, group: &str, rows: &[(&str, &str, Option<f64>)], since: SystemTime) {
+    let mut printed = 0;
+    for (bench, what, target) in rows {
+        let Some(ns) = median(dir, group, bench, since) else {
+            continue;
+        };
+        let verdict = match target {
+            Some(t) if ns <= *t => format!("<= {t} ns: met"),
+            Some(t) => format!("<= {t} ns: MISSED"),
+            None => String::new(),
+        };
+        println!("{what:<52} {ns:>9.1} ns  {verdict}");
+        printed += 1;
+    }
+    if printed == 0 {
+        println!("no measurements from this run under {}", dir.display());
+    }
+}
