@@ -14,7 +14,7 @@
 //!
 //! Which outcomes count is the caller's choice; A6 counts as failures only the ones that are
 //! retryable (or that the server said not to retry), so a client error such as a 400 does not
-//! drain the budget. [`crate::retry::decide`] only reads the budget: record the attempt's outcome
+//! drain the budget. [`crate::retry::decide()`] only reads the budget: record the attempt's outcome
 //! first, then decide.
 
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -146,7 +146,7 @@ pub fn parse_count(value: &[u8]) -> Option<u64> {
 /// `retry-after-ms`: non-negative milliseconds, integer or decimal (`"1500"`, `"12.5"`).
 ///
 /// Fractions below a nanosecond are dropped; huge values saturate (a server asking for an
-/// absurd wait gets one, and [`crate::retry::decide`] then gives up rather than sleep). Signs,
+/// absurd wait gets one, and [`crate::retry::decide()`] then gives up rather than sleep). Signs,
 /// exponents, a bare `"."` and garbage are `None`.
 ///
 /// ```

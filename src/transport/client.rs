@@ -1,0 +1,833 @@
+//! The HTTP client: hyper 1 connections over tokio, rustls (ring) for HTTPS, keep-alive pooling,
+//! the policy's [`Timeouts`] and a response size limit.
+//!
+//! [`Client::send`] returns a fully read [`Response`]; [`Client::stream`] returns a
+//! [`StreamResponse`] whose body is read chunk by chunk with the idle timeout applied to each
+//! chunk. Every failure is a [`TransportError`], whose [`TransportError::failure`] gives the
+//! [`Failure`] class the retry rules work with.
+//!
+//! HTTPS offers ALPN `h2` and `http/1.1` and speaks HTTP/2 when the server picks it; plain
+//! `http` speaks HTTP/1.1, or HTTP/2 with prior knowledge (h2c) when
+//! [`ClientConfig::http2_prior_knowledge`] is set. TLS trusts the webpki roots plus, when
+//! configured, one extra CA ([`ExtraCa`]).
+//!
+//! Timeouts: `connect` bounds DNS + TCP + TLS of a new connection; `first_byte` runs from the
+//! start of the call (connecting included) to the response head; `idle` bounds each wait for a
+//! body chunk; `total` bounds the whole call, body included. When the total deadline is the
+//! nearer one, the error says [`TimeoutKind::Total`].
+//!
+//! Pooling: an HTTP/2 connection is shared by every request to its origin; an HTTP/1.1
+//! connection goes back to the pool once its response body has been read to the end (a
+//! response dropped early closes its connection). Idle connections are dropped after
+//! [`ClientConfig::pool_idle_timeout`].
+//!
+//! The client is built on hyper's connection API (`hyper::client::conn`) with a small pool of
+//! its own rather than on `hyper_util`'s legacy client: a custom connector for the latter has
+//! to implement `tower_service::Service`, which is not a dependency of this crate.
+//!
+//! **Runtime:** [`Client::send`] and [`Client::stream`] (and reading a [`StreamResponse`]) must
+//! run inside a tokio runtime with the time and I/O drivers enabled; connections are driven by
+//! tasks spawned on it.
+//!
+//! Error messages say what happened and to which `host:port`; they never carry request headers
+//! (so never an `Authorization` value) nor the URL's path, query or user info.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, HOST, HeaderValue};
+use http::{HeaderMap, Request, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use parking_lot::Mutex;
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+
+use crate::policy::Timeouts;
+use crate::retry::{ConnectKind, Failure, TimeoutKind};
+
+/// Default for [`ClientConfig::max_response_bytes`]: 16 MiB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Default for [`ClientConfig::pool_idle_timeout`]: 90 s.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Default for [`ClientConfig::pool_max_idle_per_host`].
+pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 32;
+
+/// An extra CA certificate trusted besides the webpki roots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtraCa {
+    /// A PEM file holding one or more certificates.
+    File(PathBuf),
+    /// PEM text holding one or more certificates.
+    Pem(Vec<u8>),
+}
+
+/// How a [`Client`] connects and what it tolerates.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Connect, first-byte, idle and total timeouts (see [`Timeouts`]).
+    pub timeouts: Timeouts,
+    /// An extra CA trusted for HTTPS besides the webpki roots.
+    pub extra_ca: Option<ExtraCa>,
+    /// The largest body [`Client::send`] reads; a bigger one is [`TransportError::TooLarge`].
+    /// Default [`DEFAULT_MAX_RESPONSE_BYTES`]. Streams are not limited as a whole.
+    pub max_response_bytes: usize,
+    /// Speak HTTP/2 to every origin: h2c with prior knowledge over plain `http`, and only ALPN
+    /// `h2` over HTTPS. Default false (HTTP/1.1 over `http`, ALPN `h2` or `http/1.1` over HTTPS).
+    pub http2_prior_knowledge: bool,
+    /// How long an unused connection stays in the pool. Default [`DEFAULT_POOL_IDLE_TIMEOUT`].
+    pub pool_idle_timeout: Duration,
+    /// How many idle HTTP/1.1 connections are kept per origin (0 disables pooling).
+    /// Default [`DEFAULT_POOL_MAX_IDLE_PER_HOST`].
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            timeouts: Timeouts::default(),
+            extra_ca: None,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            http2_prior_knowledge: false,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            pool_max_idle_per_host: DEFAULT_POOL_MAX_IDLE_PER_HOST,
+        }
+    }
+}
+
+/// Why a call failed. Messages never include request headers or the URL beyond `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The client configuration is unusable (for example an unreadable CA file).
+    #[error("transport configuration: {0}")]
+    Config(String),
+    /// The request cannot be sent (for example a URL without scheme or host).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// No connection could be made, or it failed before the response head arrived.
+    #[error("{kind:?} connecting to {target}: {message}")]
+    Connect {
+        /// The class of the failure.
+        kind: ConnectKind,
+        /// `host:port` of the upstream.
+        target: String,
+        /// What happened.
+        message: String,
+    },
+    /// A timeout fired.
+    #[error("{} after {after:?} ({target})", Failure::Timeout(*kind))]
+    Timeout {
+        /// Which timeout.
+        kind: TimeoutKind,
+        /// The time allowed.
+        after: Duration,
+        /// `host:port` of the upstream.
+        target: String,
+    },
+    /// The response body is larger than [`ClientConfig::max_response_bytes`].
+    #[error("response body from {target} exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+        /// `host:port` of the upstream.
+        target: String,
+    },
+    /// The body broke off after the response head (connection reset or closed mid-body).
+    #[error("response body from {target} broke off: {message}")]
+    Body {
+        /// `host:port` of the upstream.
+        target: String,
+        /// What happened.
+        message: String,
+    },
+}
+
+impl TransportError {
+    /// The retry class of this error, or `None` for a caller error ([`TransportError::Config`],
+    /// [`TransportError::InvalidRequest`]) that no retry can fix.
+    ///
+    /// A body larger than the limit is [`Failure::Malformed`]; a body that broke off after the
+    /// head is [`Failure::CutStream`].
+    pub fn failure(&self) -> Option<Failure> {
+        match self {
+            TransportError::Config(_) | TransportError::InvalidRequest(_) => None,
+            TransportError::Connect { kind, .. } => Some(Failure::Connect(*kind)),
+            TransportError::Timeout { kind, .. } => Some(Failure::Timeout(*kind)),
+            TransportError::TooLarge { .. } => Some(Failure::Malformed),
+            TransportError::Body { .. } => Some(Failure::CutStream),
+        }
+    }
+}
+
+/// A fully read response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// The status.
+    pub status: StatusCode,
+    /// The response headers.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+    /// HTTP/1.1 or HTTP/2.
+    pub version: Version,
+}
+
+/// A response whose body is read chunk by chunk with [`StreamResponse::next_chunk`].
+pub struct StreamResponse {
+    /// The status.
+    pub status: StatusCode,
+    /// The response headers.
+    pub headers: HeaderMap,
+    /// HTTP/1.1 or HTTP/2.
+    pub version: Version,
+    body: Incoming,
+    idle: Duration,
+    deadline: Instant,
+    total: Duration,
+    target: String,
+    done: bool,
+    release: Option<Release>,
+}
+
+impl fmt::Debug for StreamResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamResponse")
+            .field("status", &self.status)
+            .field("version", &self.version)
+            .field("target", &self.target)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamResponse {
+    /// The next non-empty body chunk; `None` at the clean end of the body.
+    ///
+    /// A chunk that does not arrive within the idle timeout (or before the total deadline) is
+    /// [`TransportError::Timeout`]; a body that breaks off is [`TransportError::Body`], never a
+    /// clean end. After an error every call returns `None`.
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, TransportError>> {
+        while !self.done {
+            let frame = within(
+                self.body.frame(),
+                self.idle,
+                TimeoutKind::Idle,
+                self.deadline,
+                self.total,
+                &self.target,
+            )
+            .await;
+            match frame {
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                Ok(None) => {
+                    self.done = true;
+                    if let Some(release) = self.release.take() {
+                        release.run();
+                    }
+                    return None;
+                }
+                Ok(Some(Err(e))) => {
+                    self.done = true;
+                    return Some(Err(body_error(&self.target, &e)));
+                }
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        if !data.is_empty() {
+                            return Some(Ok(data));
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// An HTTP client with keep-alive pooling; cheap to clone (clones share the pool).
+///
+/// See the [module documentation](self) for protocols, pooling and the tokio runtime it needs.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("timeouts", &self.inner.config.timeouts)
+            .field("connections_opened", &self.connections_opened())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: ClientConfig,
+    tls: TlsConnector,
+    pool: Mutex<HashMap<Key, HostPool>>,
+    opened: AtomicU64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    https: bool,
+    host: String,
+    port: u16,
+}
+
+impl Key {
+    fn target(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Default)]
+struct HostPool {
+    h2: Option<(http2::SendRequest<Full<Bytes>>, Instant)>,
+    h1: Vec<(http1::SendRequest<Full<Bytes>>, Instant)>,
+}
+
+enum Sender {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+/// Gives an HTTP/1.1 connection back to the pool once its body has been read.
+struct Release {
+    inner: Arc<Inner>,
+    key: Key,
+    sender: http1::SendRequest<Full<Bytes>>,
+}
+
+impl Release {
+    fn run(self) {
+        let max = self.inner.config.pool_max_idle_per_host;
+        if max == 0 || self.sender.is_closed() {
+            return;
+        }
+        let mut pool = self.inner.pool.lock();
+        let host = pool.entry(self.key).or_default();
+        if host.h1.len() < max {
+            host.h1.push((self.sender, Instant::now()));
+        }
+    }
+}
+
+impl Client {
+    /// A client for this configuration; fails when the extra CA cannot be read or parsed.
+    pub fn new(config: ClientConfig) -> Result<Client, TransportError> {
+        let mut roots = RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        if let Some(ca) = &config.extra_ca {
+            for cert in load_ca(ca)? {
+                roots.add(cert).map_err(|e| {
+                    TransportError::Config(format!("extra CA certificate rejected: {e}"))
+                })?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TransportError::Config(format!("TLS versions: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = if config.http2_prior_knowledge {
+            vec![b"h2".to_vec()]
+        } else {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        };
+        Ok(Client {
+            inner: Arc::new(Inner {
+                config,
+                tls: TlsConnector::from(Arc::new(tls)),
+                pool: Mutex::new(HashMap::new()),
+                opened: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The configuration this client was built with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// How many connections this client (and its clones) has opened so far: with pooling,
+    /// sequential requests to one origin open one.
+    pub fn connections_opened(&self) -> u64 {
+        self.inner.opened.load(Ordering::Relaxed)
+    }
+
+    /// Sends `request` (an absolute `http` or `https` URL) and reads the whole response body,
+    /// within the first-byte, idle (between body chunks), total and size limits.
+    ///
+    /// Must run inside a tokio runtime.
+    pub async fn send(&self, request: Request<Bytes>) -> Result<Response, TransportError> {
+        let t = self.inner.config.timeouts;
+        let deadline = Instant::now() + t.total;
+        let (response, release, target) = self.head(request, deadline).await?;
+        let (parts, mut body) = response.into_parts();
+        let limit = self.inner.config.max_response_bytes;
+        let too_large = || TransportError::TooLarge {
+            limit,
+            target: target.clone(),
+        };
+        let announced = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if announced.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let mut buf = BytesMut::with_capacity(announced.unwrap_or(0) as usize);
+        loop {
+            let frame = within(
+                body.frame(),
+                t.idle,
+                TimeoutKind::Idle,
+                deadline,
+                t.total,
+                &target,
+            )
+            .await?;
+            match frame {
+                None => break,
+                Some(Err(e)) => return Err(body_error(&target, &e)),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        if buf.len() + data.len() > limit {
+                            return Err(too_large());
+                        }
+                        buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+        if let Some(release) = release {
+            release.run();
+        }
+        Ok(Response {
+            status: parts.status,
+            headers: parts.headers,
+            body: buf.freeze(),
+            version: parts.version,
+        })
+    }
+
+    /// Sends `request` and returns once the response head has arrived (within the first-byte
+    /// and total timeouts); read the body with [`StreamResponse::next_chunk`].
+    ///
+    /// Must run inside a tokio runtime.
+    pub async fn stream(&self, request: Request<Bytes>) -> Result<StreamResponse, TransportError> {
+        let t = self.inner.config.timeouts;
+        let deadline = Instant::now() + t.total;
+        let (response, release, target) = self.head(request, deadline).await?;
+        let (parts, body) = response.into_parts();
+        Ok(StreamResponse {
+            status: parts.status,
+            headers: parts.headers,
+            version: parts.version,
+            body,
+            idle: t.idle,
+            deadline,
+            total: t.total,
+            target,
+            done: false,
+            release,
+        })
+    }
+
+    /// Connects (or reuses a pooled connection), sends, and waits for the response head.
+    async fn head(
+        &self,
+        request: Request<Bytes>,
+        deadline: Instant,
+    ) -> Result<(http::Response<Incoming>, Option<Release>, String), TransportError> {
+        let key = key_of(request.uri())?;
+        let target = key.target();
+        let t = self.inner.config.timeouts;
+        let fut = async {
+            if let Some(sender) = self.checkout(&key) {
+                match self.send_on(sender, &key, clone_request(&request)).await {
+                    Ok(done) => return Ok(done),
+                    // The pooled connection died before the request went out: use a new one.
+                    Err(SendError::NotSent) => {}
+                    Err(SendError::Failed(e)) => return Err(e),
+                }
+            }
+            let sender = self.connect(&key).await?;
+            match self.send_on(sender, &key, request).await {
+                Ok(done) => Ok(done),
+                Err(SendError::NotSent) => Err(TransportError::Connect {
+                    kind: ConnectKind::Reset,
+                    target: key.target(),
+                    message: "the connection closed before the request was sent".into(),
+                }),
+                Err(SendError::Failed(e)) => Err(e),
+            }
+        };
+        let (response, release) = within(
+            fut,
+            t.first_byte,
+            TimeoutKind::FirstByte,
+            deadline,
+            t.total,
+            &target,
+        )
+        .await??;
+        Ok((response, release, target))
+    }
+
+    fn checkout(&self, key: &Key) -> Option<Sender> {
+        let idle_timeout = self.inner.config.pool_idle_timeout;
+        let mut pool = self.inner.pool.lock();
+        let host = pool.get_mut(key)?;
+        if let Some((h2, since)) = &mut host.h2 {
+            if !h2.is_closed() && since.elapsed() < idle_timeout {
+                *since = Instant::now();
+                return Some(Sender::H2(h2.clone()));
+            }
+            host.h2 = None;
+        }
+        while let Some((sender, since)) = host.h1.pop() {
+            if !sender.is_closed() && since.elapsed() < idle_timeout {
+                return Some(Sender::H1(sender));
+            }
+        }
+        None
+    }
+
+    async fn send_on(
+        &self,
+        sender: Sender,
+        key: &Key,
+        request: Request<Bytes>,
+    ) -> Result<(http::Response<Incoming>, Option<Release>), SendError> {
+        let failed = |e: hyper::Error| {
+            if e.is_canceled() {
+                SendError::NotSent
+            } else {
+                SendError::Failed(send_error(key, &e))
+            }
+        };
+        match sender {
+            Sender::H2(mut sender) => {
+                sender.ready().await.map_err(|_| SendError::NotSent)?;
+                let request = request.map(Full::new);
+                let response = sender.send_request(request).await.map_err(failed)?;
+                Ok((response, None))
+            }
+            Sender::H1(mut sender) => {
+                sender.ready().await.map_err(|_| SendError::NotSent)?;
+                let (mut parts, body) = request.into_parts();
+                if !parts.headers.contains_key(HOST) {
+                    let authority = parts.uri.authority().map(|a| a.as_str()).unwrap_or("");
+                    if let Ok(value) = HeaderValue::from_str(authority) {
+                        parts.headers.insert(HOST, value);
+                    }
+                }
+                let path = parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                parts.uri = Uri::try_from(path).map_err(|e| {
+                    SendError::Failed(TransportError::InvalidRequest(format!("bad path: {e}")))
+                })?;
+                parts.version = Version::HTTP_11;
+                let request = Request::from_parts(parts, Full::new(body));
+                let response = sender.send_request(request).await.map_err(failed)?;
+                let release = Release {
+                    inner: self.inner.clone(),
+                    key: key.clone(),
+                    sender,
+                };
+                Ok((response, Some(release)))
+            }
+        }
+    }
+
+    async fn connect(&self, key: &Key) -> Result<Sender, TransportError> {
+        let after = self.inner.config.timeouts.connect;
+        match tokio::time::timeout(after, self.connect_now(key)).await {
+            Ok(result) => result,
+            Err(_) => Err(TransportError::Timeout {
+                kind: TimeoutKind::Connect,
+                after,
+                target: key.target(),
+            }),
+        }
+    }
+
+    async fn connect_now(&self, key: &Key) -> Result<Sender, TransportError> {
+        let target = key.target();
+        let fail = |kind: ConnectKind, message: String| TransportError::Connect {
+            kind,
+            target: target.clone(),
+            message,
+        };
+        let addrs = tokio::net::lookup_host((key.host.as_str(), key.port))
+            .await
+            .map_err(|e| fail(ConnectKind::Dns, format!("DNS lookup failed: {e}")))?;
+        let mut last: Option<io::Error> = None;
+        let mut tcp = None;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    tcp = Some(stream);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let tcp = match (tcp, last) {
+            (Some(tcp), _) => tcp,
+            (None, Some(e)) => return Err(fail(io_kind(&e), format!("TCP connect failed: {e}"))),
+            (None, None) => {
+                return Err(fail(
+                    ConnectKind::Dns,
+                    "the host name resolved to no address".into(),
+                ));
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        self.inner.opened.fetch_add(1, Ordering::Relaxed);
+        if key.https {
+            let host = key.host.trim_start_matches('[').trim_end_matches(']');
+            let name = ServerName::try_from(host.to_owned())
+                .map_err(|e| fail(ConnectKind::Tls, format!("invalid TLS server name: {e}")))?;
+            let tls = self
+                .inner
+                .tls
+                .connect(name, tcp)
+                .await
+                .map_err(|e| fail(tls_kind(&e), format!("TLS handshake failed: {e}")))?;
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+            self.handshake(tls, h2, key).await
+        } else {
+            self.handshake(tcp, self.inner.config.http2_prior_knowledge, key)
+                .await
+        }
+    }
+
+    async fn handshake<T>(&self, io: T, h2: bool, key: &Key) -> Result<Sender, TransportError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = TokioIo::new(io);
+        let fail = |e: hyper::Error| TransportError::Connect {
+            kind: ConnectKind::Other,
+            target: key.target(),
+            message: format!("HTTP handshake failed: {}", chain(&e)),
+        };
+        if h2 {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(fail)?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            self.inner.pool.lock().entry(key.clone()).or_default().h2 =
+                Some((sender.clone(), Instant::now()));
+            Ok(Sender::H2(sender))
+        } else {
+            let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(fail)?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(Sender::H1(sender))
+        }
+    }
+}
+
+enum SendError {
+    /// The connection was gone before the request was written; safe to send again.
+    NotSent,
+    Failed(TransportError),
+}
+
+fn key_of(uri: &Uri) -> Result<Key, TransportError> {
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        Some(other) => {
+            return Err(TransportError::InvalidRequest(format!(
+                "unsupported URL scheme `{other}` (http or https)"
+            )));
+        }
+        None => {
+            return Err(TransportError::InvalidRequest(
+                "the URL has no scheme (an absolute http or https URL is needed)".into(),
+            ));
+        }
+    };
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| TransportError::InvalidRequest("the URL has no host".into()))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    Ok(Key { https, host, port })
+}
+
+fn clone_request(request: &Request<Bytes>) -> Request<Bytes> {
+    let mut copy = Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
+/// Runs `fut` within `stage` (reported as `kind`) and the overall `deadline` (reported as
+/// [`TimeoutKind::Total`]), whichever is sooner.
+async fn within<F: Future>(
+    fut: F,
+    stage: Duration,
+    kind: TimeoutKind,
+    deadline: Instant,
+    total: Duration,
+    target: &str,
+) -> Result<F::Output, TransportError> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let (limit, kind, after) = if stage < remaining {
+        (stage, kind, stage)
+    } else {
+        (remaining, TimeoutKind::Total, total)
+    };
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| TransportError::Timeout {
+            kind,
+            after,
+            target: target.to_owned(),
+        })
+}
+
+/// The error and its sources, joined with `: `.
+fn chain(e: &(dyn StdError + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+fn find_io<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a io::Error> {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = current {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return Some(io);
+        }
+        current = err.source();
+    }
+    None
+}
+
+fn io_kind(e: &io::Error) -> ConnectKind {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => ConnectKind::Refused,
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::UnexpectedEof => ConnectKind::Reset,
+        _ => ConnectKind::Other,
+    }
+}
+
+fn tls_kind(e: &io::Error) -> ConnectKind {
+    let rustls_error = e
+        .get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+    if rustls_error || e.kind() == io::ErrorKind::InvalidData {
+        ConnectKind::Tls
+    } else {
+        match io_kind(e) {
+            ConnectKind::Other => ConnectKind::Tls,
+            kind => kind,
+        }
+    }
+}
+
+/// A failure while sending the request or waiting for the response head.
+fn send_error(key: &Key, e: &hyper::Error) -> TransportError {
+    let kind = if let Some(io) = find_io(e) {
+        match io_kind(io) {
+            ConnectKind::Other if e.is_incomplete_message() || e.is_closed() => ConnectKind::Reset,
+            kind => kind,
+        }
+    } else if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
+        ConnectKind::Reset
+    } else {
+        ConnectKind::Other
+    };
+    TransportError::Connect {
+        kind,
+        target: key.target(),
+        message: chain(e),
+    }
+}
+
+/// A failure while reading the body after the head.
+fn body_error(target: &str, e: &hyper::Error) -> TransportError {
+    TransportError::Body {
+        target: target.to_owned(),
+        message: chain(e),
+    }
+}
+
+fn load_ca(ca: &ExtraCa) -> Result<Vec<CertificateDer<'static>>, TransportError> {
+    let (pem, what) = match ca {
+        ExtraCa::File(path) => (
+            std::fs::read(path).map_err(|e| {
+                TransportError::Config(format!("cannot read CA file {}: {e}", path.display()))
+            })?,
+            format!("CA file {}", path.display()),
+        ),
+        ExtraCa::Pem(bytes) => (bytes.clone(), "CA PEM".to_owned()),
+    };
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TransportError::Config(format!("{what}: bad PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(TransportError::Config(format!(
+            "{what}: no CERTIFICATE block found"
+        )));
+    }
+    Ok(certs)
+}
