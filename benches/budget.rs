@@ -516,12 +516,7 @@ fn print_table(r: &Results) {
 
 fn main() {
     let since = SystemTime::now();
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30)
-        .without_plots()
-        .configure_from_args();
+    let mut c = common::criterion();
     one_key(&mut c);
     hundred_k_keys(&mut c);
     two_threads(&mut c);

@@ -258,12 +258,7 @@ fn print_table(since: SystemTime) {
 
 fn main() {
     let since = SystemTime::now();
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30)
-        .without_plots()
-        .configure_from_args();
+    let mut c = common::criterion();
     benches(&mut c);
     c.final_summary();
     print_table(since);

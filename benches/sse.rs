@@ -5,9 +5,12 @@
 //!
 //! Run: `cargo bench --bench sse`.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use criterion::{Criterion, Throughput};
 use tollgate::transport::sse::{Decoder, Event};
@@ -183,12 +186,7 @@ fn main() {
     let since = SystemTime::now();
     let stream = openai_stream(1_000_000);
     let events = decode(&stream, 16 * 1024);
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30)
-        .without_plots()
-        .configure_from_args();
+    let mut c = common::criterion();
     benches(&mut c, &stream);
     c.final_summary();
     print_table(since, &stream, events);

@@ -10,7 +10,7 @@ mod common;
 
 use std::hint::black_box;
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use criterion::{Criterion, Throughput};
 use tollgate::tokens::{self, Encoding};
@@ -147,12 +147,7 @@ fn print_table(since: SystemTime) {
 
 fn main() {
     let since = SystemTime::now();
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30)
-        .without_plots()
-        .configure_from_args();
+    let mut c = common::criterion();
     counting(&mut c);
     c.final_summary();
     print_table(since);

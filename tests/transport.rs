@@ -64,6 +64,24 @@ async fn drain(stream: &mut StreamResponse) -> (Vec<Bytes>, Option<TransportErro
     (chunks, None)
 }
 
+/// Runs one call against an upstream scripted with `action` and returns the error it ended with:
+/// from `send`, or from the body of a `stream`.
+async fn error_after(action: Action, timeouts: Timeouts, stream: bool) -> TransportError {
+    let upstream = TestUpstream::builder().start_async().await.unwrap();
+    upstream.script(Match::any(), [action]);
+    let client = client(ClientConfig {
+        timeouts,
+        ..ClientConfig::default()
+    });
+    let request = chat(&completions(&upstream), stream);
+    if !stream {
+        return client.send(request).await.unwrap_err();
+    }
+    let mut response = client.stream(request).await.unwrap();
+    let (_, error) = drain(&mut response).await;
+    error.expect("the stream must not end cleanly")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn json_completion_over_http1() {
     bounded(async {
@@ -250,19 +268,8 @@ async fn stalled_tls_handshake_is_a_connect_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_first_byte_is_a_first_byte_timeout() {
     bounded(async {
-        let upstream = TestUpstream::builder().start_async().await.unwrap();
-        upstream.script(
-            Match::any(),
-            [Action::SlowFirstByte(Duration::from_secs(5))],
-        );
-        let client = client(ClientConfig {
-            timeouts: timeouts(1_000, 200, 5_000, 10_000),
-            ..ClientConfig::default()
-        });
-        let err = client
-            .send(chat(&completions(&upstream), false))
-            .await
-            .unwrap_err();
+        let slow = Action::SlowFirstByte(Duration::from_secs(5));
+        let err = error_after(slow, timeouts(1_000, 200, 5_000, 10_000), false).await;
         assert_eq!(
             err.failure(),
             Some(Failure::Timeout(TimeoutKind::FirstByte)),
@@ -275,22 +282,12 @@ async fn slow_first_byte_is_a_first_byte_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_drip_stream_is_an_idle_timeout() {
     bounded(async {
-        let upstream = TestUpstream::builder().start_async().await.unwrap();
-        upstream.script(Match::any(), [Action::SlowDrip(Duration::from_secs(5))]);
-        let client = client(ClientConfig {
-            timeouts: timeouts(1_000, 5_000, 200, 10_000),
-            ..ClientConfig::default()
-        });
-        let mut stream = client
-            .stream(chat(&completions(&upstream), true))
-            .await
-            .unwrap();
-        let (_, error) = drain(&mut stream).await;
-        let error = error.expect("the stream must not end cleanly");
+        let drip = Action::SlowDrip(Duration::from_secs(5));
+        let err = error_after(drip, timeouts(1_000, 5_000, 200, 10_000), true).await;
         assert_eq!(
-            error.failure(),
+            err.failure(),
             Some(Failure::Timeout(TimeoutKind::Idle)),
-            "{error}"
+            "{err}"
         );
     })
     .await
@@ -299,16 +296,8 @@ async fn slow_drip_stream_is_an_idle_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_drip_json_is_a_total_timeout() {
     bounded(async {
-        let upstream = TestUpstream::builder().start_async().await.unwrap();
-        upstream.script(Match::any(), [Action::SlowDrip(Duration::from_secs(5))]);
-        let client = client(ClientConfig {
-            timeouts: timeouts(1_000, 5_000, 5_000, 400),
-            ..ClientConfig::default()
-        });
-        let err = client
-            .send(chat(&completions(&upstream), false))
-            .await
-            .unwrap_err();
+        let drip = Action::SlowDrip(Duration::from_secs(5));
+        let err = error_after(drip, timeouts(1_000, 5_000, 5_000, 400), false).await;
         assert_eq!(
             err.failure(),
             Some(Failure::Timeout(TimeoutKind::Total)),

@@ -1,5 +1,8 @@
 //! Shared by the benches: where criterion writes its results, and this run's medians, so each
 //! bench can print its figures (and ratios) at the end of a run.
+//! Each bench compiles this module on its own and uses a different part of it, so unused items
+//! are expected here.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -19,7 +22,6 @@ pub fn criterion_dir() -> Option<PathBuf> {
 
 /// The median (ns) criterion measured for `group/bench` in this run: `None` when absent or left
 /// over from a run before `since`.
-#[allow(dead_code)] // budget.rs reads its medians through its own results table
 pub fn median(dir: &Path, group: &str, bench: &str, since: SystemTime) -> Option<f64> {
     let path = dir
         .join(group)
@@ -37,7 +39,6 @@ pub fn median(dir: &Path, group: &str, bench: &str, since: SystemTime) -> Option
 
 /// Prints one line per `(bench, description, target ns)` row that has a median in this run, with
 /// "met" / "MISSED" against the target; says so when no row had one.
-#[allow(dead_code)] // budget.rs and tokens.rs print tables of their own shape
 pub fn print_rows(dir: &Path, group: &str, rows: &[(&str, &str, Option<f64>)], since: SystemTime) {
     let mut printed = 0;
     for (bench, what, target) in rows {
@@ -55,4 +56,15 @@ pub fn print_rows(dir: &Path, group: &str, rows: &[(&str, &str, Option<f64>)], s
     if printed == 0 {
         println!("no measurements from this run under {}", dir.display());
     }
+}
+
+/// The measurement settings every bench uses: short enough that a whole bench stays within a few
+/// minutes on two cores, with command-line flags (`--test`, filters) applied.
+pub fn criterion() -> criterion::Criterion {
+    criterion::Criterion::default()
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3))
+        .sample_size(30)
+        .without_plots()
+        .configure_from_args()
 }
