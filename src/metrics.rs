@@ -971,6 +971,7 @@ pub(crate) struct EngineMetrics {
     retries: CounterVec,
     give_ups: CounterVec,
     denials: CounterVec,
+    answers: CounterVec,
     targets: LabelMap<TargetSeries>,
     unrouted: TargetSeries,
 }
@@ -1109,6 +1110,13 @@ impl EngineMetrics {
              (budget_exhausted, concurrency, unavailable, ...).",
             &["budget", "code"],
         );
+        let answers = r.counter(
+            "tollgate_call_answers_total",
+            "Calls of the call API (send, stream) answered without an upstream attempt of their \
+             own, by source: cache (a fresh entry), shared (an identical call in flight), stale \
+             (an expired entry served because every target failed).",
+            &["source"],
+        );
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let unrouted = target_series(&attempts, &latency, &tokens, &spend, "", "");
         EngineMetrics {
@@ -1122,6 +1130,7 @@ impl EngineMetrics {
             retries,
             give_ups,
             denials,
+            answers,
             targets: LabelMap::new(2),
             unrouted,
         }
@@ -1236,6 +1245,11 @@ impl EngineMetrics {
     }
 
     /// Records a refusal by `admit`.
+    /// Records a call answered from the cache or a shared flight.
+    pub(crate) fn cache_answer(&self, source: &str) {
+        self.answers.inc(&[source]);
+    }
+
     pub(crate) fn denied(&self, denial: &crate::Denial) {
         let budget = denial.budget.as_deref().unwrap_or("");
         self.denials.inc(&[budget, denial.code()]);

@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
-/// Wakes a waiting call: a flag for event loops (simulation) and a condition variable for threads.
+/// Wakes a waiting call: a flag for event loops (simulation), a condition variable for threads
+/// and a [`tokio::sync::Notify`] for async tasks.
 #[derive(Debug, Default)]
 pub struct Signal {
     flag: AtomicBool,
     lock: Mutex<()>,
     cond: Condvar,
+    notify: tokio::sync::Notify,
 }
 
 impl Signal {
@@ -22,6 +24,16 @@ impl Signal {
         self.flag.store(true, Ordering::Release);
         let _guard = self.lock.lock();
         self.cond.notify_all();
+        // Stores a permit when no task is waiting, so a notification between a poll and the
+        // next `notified().await` is not lost.
+        self.notify.notify_one();
+    }
+
+    /// Waits (asynchronously) until notified; clears the mark. Returns at once when a
+    /// notification came since the last wait.
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+        self.take();
     }
 
     /// Clears the mark and says whether it was set.

@@ -8,9 +8,12 @@ mod health;
 mod permit;
 mod probe;
 mod route;
+mod send;
 mod settle;
+mod stream;
 mod wait;
 mod watch;
+mod wire;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -34,6 +37,8 @@ pub use decision::{Decision, Denial, DenyReason, GiveUp, Outcome, Settlement, Ve
 pub use permit::Permit;
 pub use probe::Probe;
 pub use route::{Attempt, AttemptRecord, TargetRef};
+pub use send::{CallError, ChatRequest, ChatResponse, Source};
+pub use stream::ChatStream;
 pub use wait::{WaitPoll, Waiter};
 pub use watch::{WatchEvent, Watcher};
 
@@ -181,6 +186,7 @@ pub(crate) struct Inner {
     generation: AtomicU64,
     seq: AtomicU64,
     metrics: crate::metrics::EngineMetrics,
+    wires: wire::Wires,
 }
 
 /// The policy engine: admits calls against every matching budget and settles them afterwards.
@@ -282,6 +288,7 @@ impl Engine {
                 generation: AtomicU64::new(1),
                 seq: AtomicU64::new(1),
                 metrics: crate::metrics::EngineMetrics::new(),
+                wires: wire::Wires::default(),
             }),
         }
     }
@@ -545,6 +552,13 @@ impl Inner {
         let (compiled, mut report) = compile(policy, &mut registry, &mut health, &self.clock);
         report.generation = generation;
         self.cache.apply_policy(&compiled.policy.cache);
+        let names: Vec<&str> = compiled
+            .policy
+            .upstreams
+            .iter()
+            .map(|u| u.name.as_str())
+            .collect();
+        self.wires.retain(&names);
         self.current.store(Arc::new(compiled));
         self.generation.store(generation, Ordering::Release);
         report

@@ -102,6 +102,19 @@ pub struct Upstream {
     pub proxy: Option<String>,
     /// How long a pool key that got 401 is left out of rotation (`key_quarantine`, default 5m).
     pub key_quarantine: Duration,
+    /// Ask for the final usage chunk of streams (`stream_options.include_usage`); turn off for
+    /// upstreams that reject the field, and the streamed text is counted instead
+    /// (`stream_usage`, default true).
+    pub stream_usage: bool,
+    /// Resume a stream cut after content was delivered by sending the request again with
+    /// `Last-Event-ID`, when the upstream numbers its events (`resume_streams`, default false).
+    pub resume_streams: bool,
+    /// Connections opened to this upstream when the engine starts its transport, so the first
+    /// calls do not pay the TCP and TLS handshakes (`warm_up`, 0 to 64, default 0).
+    pub warm_up: u32,
+    /// Interval of HTTP/2 keep-alive pings on idle connections (`http2_keep_alive`, default
+    /// off), so a pooled connection survives idle periods behind NAT and load balancers.
+    pub http2_keep_alive: Option<Duration>,
 }
 
 /// Default for [`Upstream::key_quarantine`].

@@ -377,6 +377,10 @@ fn upstream(cx: &mut Cx, node: &Node, path: &str) -> Option<Upstream> {
             "ca_file",
             "proxy",
             "key_quarantine",
+            "stream_usage",
+            "resume_streams",
+            "warm_up",
+            "http2_keep_alive",
         ],
     );
     let up_name = t.req(cx, "name", "name = \"openai\"", name);
@@ -397,6 +401,12 @@ fn upstream(cx: &mut Cx, node: &Node, path: &str) -> Option<Upstream> {
     let ca_file = t.maybe(cx, "ca_file", |cx, n, p| name(cx, n, p).map(PathBuf::from));
     let proxy = t.maybe(cx, "proxy", http_url);
     let key_quarantine = t.opt(cx, "key_quarantine", DEFAULT_KEY_QUARANTINE, duration);
+    let stream_usage = t.opt(cx, "stream_usage", true, boolean);
+    let resume_streams = t.opt(cx, "resume_streams", false, boolean);
+    let warm_up = t.opt(cx, "warm_up", 0, |cx, n, p| {
+        whole(cx, n, p, 0, 64).map(|v| v as u32)
+    });
+    let http2_keep_alive = t.maybe(cx, "http2_keep_alive", duration);
     Some(Upstream {
         name: up_name?,
         base_url: base_url?,
@@ -405,6 +415,10 @@ fn upstream(cx: &mut Cx, node: &Node, path: &str) -> Option<Upstream> {
         ca_file: ca_file?,
         proxy: proxy?,
         key_quarantine: key_quarantine?,
+        stream_usage: stream_usage?,
+        resume_streams: resume_streams?,
+        warm_up: warm_up?,
+        http2_keep_alive: http2_keep_alive?,
     })
 }
 

@@ -307,7 +307,23 @@ fn upstream_line(u: &Upstream) -> String {
         let _ = write!(line, "; extra CA {}", ca.display());
     }
     if let Some(p) = &u.proxy {
-        let _ = write!(line, "; proxy {p}");
+        let _ = write!(line, "; proxy {}", redact_userinfo(p));
+    }
+    if !u.stream_usage {
+        line.push_str("; streams are counted, not asked for usage");
+    }
+    if u.resume_streams {
+        line.push_str("; cut streams resume with Last-Event-ID");
+    }
+    if u.warm_up > 0 {
+        let _ = write!(line, "; {} connection(s) warmed up at start", u.warm_up);
+    }
+    if let Some(k) = u.http2_keep_alive {
+        let _ = write!(
+            line,
+            "; HTTP/2 keep-alive ping every {}",
+            format_duration(k)
+        );
     }
     if u.key_quarantine != DEFAULT_KEY_QUARANTINE {
         let _ = write!(
@@ -371,5 +387,16 @@ fn retry_on_name(o: RetryOn) -> String {
         RetryOn::Timeout => "timeouts".into(),
         RetryOn::Malformed => "malformed responses".into(),
         RetryOn::CutStream => "cut streams".into(),
+    }
+}
+
+/// `http://user:pass@host:port` without the user info (`http://***@host:port`): a proxy URL in a
+/// policy summary must not print its password.
+fn redact_userinfo(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
     }
 }

@@ -1,0 +1,689 @@
+//! Streaming calls: [`Engine::stream`] and the [`ChatStream`] it returns.
+//!
+//! The stream asks the upstream for a final usage chunk (`stream_options.include_usage`, unless
+//! the upstream's `stream_usage = false`) and, when none comes, counts the streamed text. Until
+//! the first event reaches the caller a failed attempt is retried like [`Engine::send`] would;
+//! after that the call is never retried nor moved to another target: a cut stream ends in
+//! [`CallError::StreamCut`], never in a clean end — unless the upstream numbers its events and
+//! its policy says `resume_streams = true`, in which case the request is sent again with
+//! `Last-Event-ID` and the caller sees one stream.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use serde_json::Value;
+
+use crate::cache::{CachedResponse, FlightError, SseEvent};
+use crate::retry::Failure;
+use crate::tokens::Usage;
+use crate::transport::sse::{Decoder, Event};
+use crate::transport::{StreamResponse, TransportError};
+
+use super::Engine;
+use super::cache::{CacheFill, CacheLookup};
+use super::decision::{Outcome, Settlement};
+use super::permit::Permit;
+use super::route::{Attempt, AttemptRecord, TargetRef};
+use super::send::{CallError, ChatRequest, Next, Ready, Source, header_pairs, model_of};
+use super::wire::{Wire, exchange};
+
+/// How many times one stream may resume with `Last-Event-ID`.
+const MAX_RESUMES: u32 = 3;
+
+/// A streamed answer: read it with [`ChatStream::next`].
+///
+/// Every event is yielded as it arrives, the final `data: [DONE]` included; after it (or after
+/// an error) `next` returns `None`. Dropping the stream cancels the call: the connection is
+/// closed and the permit dropped (slot freed, unused reservation refunded).
+pub struct ChatStream {
+    engine: Engine,
+    request: ChatRequest,
+    model: String,
+    deadline: Option<Instant>,
+    /// Where the answer comes from.
+    source: Source,
+    status: u16,
+    headers: HeaderMap,
+    live: Option<Live>,
+    attempt: Option<Box<Attempt>>,
+    history: Vec<AttemptRecord>,
+    attempts: u32,
+    replay: VecDeque<Event>,
+    fill: Option<CacheFill>,
+    recorded: Vec<SseEvent>,
+    recorded_bytes: u64,
+    delivered: bool,
+    text: String,
+    usage: Option<Usage>,
+    finished: bool,
+    seen_finish_reason: bool,
+    live_target: Option<TargetRef>,
+    settlement: Option<Settlement>,
+    done: bool,
+}
+
+/// The attempt being read.
+struct Live {
+    permit: Permit,
+    wire: Arc<Wire>,
+    body: Bytes,
+    key: String,
+    target: Option<TargetRef>,
+    response: StreamResponse,
+    decoder: Decoder,
+    pending: VecDeque<Event>,
+    sent_at: Instant,
+    first_token: bool,
+    last_id: Option<String>,
+    resumes: u32,
+}
+
+impl std::fmt::Debug for ChatStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatStream")
+            .field("model", &self.model)
+            .field("source", &self.source)
+            .field("status", &self.status)
+            .field("attempts", &self.attempts)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Starts a streamed chat request through the whole pipeline (see [`ChatStream`]). Returns
+    /// once an upstream accepted the request with a 2xx head (retrying before that as the policy
+    /// says), or at once with the cache's answer.
+    ///
+    /// Must run in a tokio runtime; see [`Engine::send`] for time and cancellation.
+    pub async fn stream(&self, request: ChatRequest) -> Result<ChatStream, CallError> {
+        let model = model_of(&request)?.to_owned();
+        let deadline = request.deadline.map(|d| Instant::now() + d);
+        let mut stream = ChatStream {
+            engine: self.clone(),
+            request,
+            model,
+            deadline,
+            source: Source::Upstream,
+            status: 200,
+            headers: HeaderMap::new(),
+            live: None,
+            attempt: None,
+            history: vec![],
+            attempts: 0,
+            replay: VecDeque::new(),
+            fill: None,
+            recorded: vec![],
+            recorded_bytes: 0,
+            delivered: false,
+            text: String::new(),
+            usage: None,
+            finished: false,
+            seen_finish_reason: false,
+            live_target: None,
+            settlement: None,
+            done: false,
+        };
+        let after = stream.request.deadline;
+        let start = async {
+            if stream.answer_from_cache().await? {
+                return Ok(());
+            }
+            stream.open().await
+        };
+        match after {
+            Some(after) => tokio::time::timeout(after, start)
+                .await
+                .unwrap_or(Err(CallError::Deadline { after }))?,
+            None => start.await?,
+        }
+        Ok(stream)
+    }
+}
+
+impl ChatStream {
+    /// Where the answer comes from.
+    pub fn source(&self) -> Source {
+        self.source
+    }
+
+    /// The HTTP status of the answering response.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The answering response's headers (empty for cached answers).
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// Where the answering attempt went, when routed.
+    pub fn target(&self) -> Option<&TargetRef> {
+        match &self.live {
+            Some(l) => l.target.as_ref(),
+            None => self.live_target.as_ref(),
+        }
+    }
+
+    /// Attempts made so far (0 for answers from the cache).
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Failed attempts before the answering one, oldest first.
+    pub fn history(&self) -> &[AttemptRecord] {
+        &self.history
+    }
+
+    /// Usage: the upstream's final usage chunk, or the count of the streamed text once the
+    /// stream ended without one; `None` before the end.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// What the call was charged, once the stream ended.
+    pub fn settlement(&self) -> Option<&Settlement> {
+        self.settlement.as_ref()
+    }
+
+    /// The next event; `None` after `[DONE]` or an error.
+    pub async fn next(&mut self) -> Option<Result<Event, CallError>> {
+        if self.done {
+            return None;
+        }
+        let result = match self.deadline {
+            Some(at) => {
+                let after = self.request.deadline.unwrap_or_default();
+                match tokio::time::timeout_at(at.into(), self.step()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(CallError::Deadline { after }),
+                }
+            }
+            None => self.step().await,
+        };
+        match result {
+            Ok(Some(event)) => {
+                if event.is_done() {
+                    self.done = true;
+                }
+                Some(Ok(event))
+            }
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                if let Some(fill) = self.fill.take() {
+                    self.engine.cache_fail(fill, &e.to_string());
+                }
+                Some(Err(e))
+            }
+        }
+    }
+
+    /// A cache hit or a shared answer, replayed; returns whether the cache answered.
+    async fn answer_from_cache(&mut self) -> Result<bool, CallError> {
+        for _ in 0..4 {
+            match self
+                .engine
+                .cache_lookup(&self.request.body, self.request.cache)
+            {
+                CacheLookup::Hit(r) => {
+                    self.replay_from(&r, Source::Cache);
+                    return Ok(true);
+                }
+                CacheLookup::Miss(fill) => {
+                    self.fill = Some(fill);
+                    return Ok(false);
+                }
+                CacheLookup::Joined(wait) => match wait.await {
+                    Ok(Ok(r)) => {
+                        self.replay_from(&r, Source::Shared);
+                        return Ok(true);
+                    }
+                    Ok(Err(message)) => return Err(CallError::Shared(message.to_string())),
+                    Err(FlightError::Abandoned | FlightError::Timeout) => continue,
+                },
+                CacheLookup::NotCacheable(_) => return Ok(false),
+            }
+        }
+        Ok(false)
+    }
+
+    fn replay_from(&mut self, r: &CachedResponse, source: Source) {
+        self.engine.inner.metrics.cache_answer(source.as_str());
+        self.source = source;
+        self.status = r.status;
+        self.usage = r.usage;
+        self.replay = match &r.events {
+            Some(events) => events
+                .iter()
+                .map(|e| Event {
+                    event: e.event.clone(),
+                    data: e.data.clone(),
+                    id: e.id.clone(),
+                    retry: None,
+                })
+                .collect(),
+            None => events_from_body(&r.body),
+        };
+    }
+
+    /// Admits and sends attempts until one answers with a 2xx head.
+    async fn open(&mut self) -> Result<(), CallError> {
+        loop {
+            let Ready {
+                permit,
+                wire,
+                body,
+                key,
+                target,
+            } = self
+                .engine
+                .ready(&self.request, &self.model, self.attempt.as_deref(), true)
+                .await?;
+            self.attempts += 1;
+            let sent_at = Instant::now();
+            let result = match send_stream(&wire, body.clone(), &key, None).await {
+                Ok(result) => result,
+                Err(e) => {
+                    self.engine.settle(permit, &Outcome::not_sent());
+                    return Err(e);
+                }
+            };
+            let latency = sent_at.elapsed();
+            match result {
+                Ok(response) if response.status.is_success() => {
+                    self.status = response.status.as_u16();
+                    self.headers = response.headers.clone();
+                    self.live = Some(Live {
+                        permit,
+                        wire,
+                        body,
+                        key,
+                        target,
+                        response,
+                        decoder: Decoder::new(),
+                        pending: VecDeque::new(),
+                        sent_at,
+                        first_token: false,
+                        last_id: None,
+                        resumes: 0,
+                    });
+                    return Ok(());
+                }
+                Ok(mut response) => {
+                    // Read the (small) error body so the caller can see the upstream's message.
+                    let mut error_body = Vec::new();
+                    while let Some(Ok(chunk)) = response.next_chunk().await {
+                        if error_body.len() + chunk.len() > 64 * 1024 {
+                            break;
+                        }
+                        error_body.extend_from_slice(&chunk);
+                    }
+                    let status = response.status.as_u16();
+                    let headers = header_pairs(&response.headers);
+                    let outcome = Outcome::status(status)
+                        .with_headers(&headers)
+                        .with_latency(latency);
+                    let next = Next::of(self.engine.settle(permit, &outcome));
+                    self.after(next, Some((status, Bytes::from(error_body))))
+                        .await?;
+                }
+                Err(e) => {
+                    let next = self.failed_attempt(permit, &e, latency)?;
+                    self.after(next, None).await?;
+                }
+            }
+        }
+    }
+
+    fn failed_attempt(
+        &self,
+        permit: Permit,
+        e: &TransportError,
+        latency: Duration,
+    ) -> Result<Next, CallError> {
+        match e.failure() {
+            Some(f) => Ok(Next::of(
+                self.engine
+                    .settle(permit, &Outcome::failed(f).with_latency(latency)),
+            )),
+            None => {
+                self.engine.settle(permit, &Outcome::not_sent());
+                Err(CallError::Transport(e.clone()))
+            }
+        }
+    }
+
+    /// Follows a verdict on a failed attempt: sleep and go on, or give up.
+    async fn after(&mut self, next: Next, last: Option<(u16, Bytes)>) -> Result<(), CallError> {
+        match next {
+            Next::Retry(after, attempt) => {
+                self.history = attempt.history.clone();
+                self.attempt = Some(attempt);
+                tokio::time::sleep(after).await;
+                Ok(())
+            }
+            Next::GiveUp(reason) => {
+                let (status, body) = match last {
+                    Some((s, b)) => (Some(s), Some(b)),
+                    None => (None, None),
+                };
+                Err(CallError::GaveUp {
+                    reason,
+                    status,
+                    body,
+                })
+            }
+            Next::Done(_) => Ok(()),
+        }
+    }
+
+    /// The next event from the replay or the live attempt, handling cuts, retries and resumes.
+    async fn step(&mut self) -> Result<Option<Event>, CallError> {
+        if self.source != Source::Upstream {
+            return Ok(self.replay.pop_front());
+        }
+        loop {
+            let Some(live) = self.live.as_mut() else {
+                // A retry after a failure before the first event.
+                self.open().await?;
+                continue;
+            };
+            if let Some(event) = live.pending.pop_front() {
+                self.observe(&event);
+                return Ok(Some(event));
+            }
+            if self.finished {
+                return Ok(None);
+            }
+            match live.response.next_chunk().await {
+                Some(Ok(chunk)) => {
+                    let mut out = Vec::new();
+                    if live.decoder.push(&chunk, &mut out).is_err() {
+                        let e = TransportError::Body {
+                            target: String::new(),
+                            message: "a stream event exceeded the size limit".into(),
+                        };
+                        return self.cut(e, Failure::Malformed).await.map(|()| None);
+                    }
+                    live.pending.extend(out);
+                }
+                None => {
+                    // A clean end of the body. Complete only after [DONE], or after a finish
+                    // reason when the upstream does not send [DONE].
+                    let decoder = std::mem::take(&mut live.decoder);
+                    if decoder.finish().is_ok() && self.finished_by_reason() {
+                        self.finish(true);
+                        return Ok(None);
+                    }
+                    let e = TransportError::Body {
+                        target: String::new(),
+                        message: "the stream ended before [DONE]".into(),
+                    };
+                    self.cut(e, Failure::CutStream).await?;
+                }
+                Some(Err(e)) => {
+                    let failure = e.failure().unwrap_or(Failure::CutStream);
+                    self.cut(e, failure).await?;
+                }
+            }
+        }
+    }
+
+    fn finished_by_reason(&self) -> bool {
+        self.delivered && self.seen_finish_reason
+    }
+
+    /// Notes what an event carries before it goes to the caller.
+    fn observe(&mut self, event: &Event) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        if event.id.is_some() {
+            live.last_id.clone_from(&event.id);
+        }
+        if event.is_done() {
+            self.finish(false);
+            return;
+        }
+        self.delivered = true;
+        if let Ok(v) = serde_json::from_str::<Value>(&event.data) {
+            if let Some(choices) = v.get("choices").and_then(Value::as_array) {
+                for c in choices {
+                    if let Some(t) = c.pointer("/delta/content").and_then(Value::as_str) {
+                        if !t.is_empty() && !live.first_token {
+                            live.first_token = true;
+                            if let Some(target) = &live.target {
+                                self.engine.record_ttft(
+                                    &target.upstream,
+                                    &target.model,
+                                    live.sent_at.elapsed(),
+                                );
+                            }
+                        }
+                        self.text.push_str(t);
+                    }
+                    if c.get("finish_reason").is_some_and(|r| !r.is_null()) {
+                        self.seen_finish_reason = true;
+                    }
+                }
+            }
+            if let Ok(Some(u)) = Usage::from_response(&v) {
+                self.usage = Some(u);
+            }
+        }
+        self.record(event);
+    }
+
+    fn record(&mut self, event: &Event) {
+        if self.fill.is_none() {
+            return;
+        }
+        let e = SseEvent {
+            event: event.event.clone(),
+            data: event.data.clone(),
+            id: event.id.clone(),
+        };
+        self.recorded_bytes += e.data.len() as u64 + 64;
+        let limit = self.engine.policy().cache.max_entry_bytes;
+        if self.recorded_bytes > limit {
+            // Too large to store: let the waiters know now rather than at the end.
+            if let Some(fill) = self.fill.take() {
+                self.engine
+                    .cache_fail(fill, "the streamed answer is larger than max_entry_bytes");
+            }
+            self.recorded.clear();
+            return;
+        }
+        self.recorded.push(e);
+    }
+
+    /// The stream completed: settle with the usage and store it in the cache.
+    fn finish(&mut self, without_done: bool) {
+        self.finished = true;
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let usage = match self.usage {
+            Some(u) => u,
+            None => {
+                let model = live
+                    .target
+                    .as_ref()
+                    .map_or(self.model.as_str(), |t| &*t.model);
+                let compiled = self.engine.inner.current();
+                Usage::from_streamed(
+                    model,
+                    &compiled.models,
+                    live.permit.prompt_tokens(),
+                    &self.text,
+                )
+            }
+        };
+        self.usage = Some(usage);
+        let Some(live) = self.live.take() else {
+            return;
+        };
+        let latency = live.sent_at.elapsed();
+        let outcome = Outcome::ok(usage)
+            .with_latency(latency)
+            .with_content_delivered();
+        let verdict = self.engine.settle(live.permit, &outcome);
+        self.settlement = Some(*verdict.settlement());
+        if let Some(fill) = self.fill.take() {
+            let mut events = std::mem::take(&mut self.recorded);
+            if without_done {
+                events.push(SseEvent::data("[DONE]"));
+            }
+            let body = assembled_body(&self.model, &self.text, usage);
+            let cached = CachedResponse::new(self.status, body.into_bytes())
+                .with_events(events)
+                .with_usage(usage);
+            let _ = self.engine.cache_store(fill, cached);
+        }
+        // Keep the target for `target()` after the end.
+        self.live_target = live.target;
+    }
+
+    /// A failure while reading: retry (nothing delivered yet), resume (`Last-Event-ID`), or end
+    /// the stream with an error.
+    async fn cut(&mut self, e: TransportError, failure: Failure) -> Result<(), CallError> {
+        let Some(mut live) = self.live.take() else {
+            return Err(CallError::StreamCut {
+                message: e.to_string(),
+                settlement: None,
+            });
+        };
+        let latency = live.sent_at.elapsed();
+        if !self.delivered {
+            let next = Next::of(
+                self.engine
+                    .settle(live.permit, &Outcome::failed(failure).with_latency(latency)),
+            );
+            return self.after(next, None).await;
+        }
+        if live.wire.config.resume_streams
+            && live.resumes < MAX_RESUMES
+            && let Some(id) = live.last_id.clone()
+        {
+            live.resumes += 1;
+            match send_stream(&live.wire, live.body.clone(), &live.key, Some(&id)).await {
+                Ok(Ok(response)) if response.status.is_success() => {
+                    live.response = response;
+                    live.decoder = Decoder::new();
+                    self.live = Some(live);
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        let outcome = Outcome::failed(failure)
+            .with_latency(latency)
+            .with_content_delivered();
+        let verdict = self.engine.settle(live.permit, &outcome);
+        Err(CallError::StreamCut {
+            message: e.to_string(),
+            settlement: Some(Box::new(*verdict.settlement())),
+        })
+    }
+}
+
+/// Sends one streaming request with its credentials (one replay after a 401 with an OAuth2
+/// token).
+async fn send_stream(
+    wire: &Wire,
+    body: Bytes,
+    key: &str,
+    last_event_id: Option<&str>,
+) -> Result<Result<StreamResponse, TransportError>, CallError> {
+    let client = &wire.client;
+    exchange(
+        wire,
+        body,
+        key,
+        last_event_id,
+        true,
+        |req| client.stream(req),
+        |r| r.status.as_u16(),
+    )
+    .await
+    .map_err(CallError::Auth)
+}
+
+/// A `chat.completion` body assembled from a stream, stored with its events so a later JSON
+/// request with the same key gets a JSON answer.
+fn assembled_body(model: &str, text: &str, usage: Usage) -> String {
+    serde_json::json!({
+        "object": "chat.completion",
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": "stop",
+        }],
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+        },
+    })
+    .to_string()
+}
+
+/// Stream events for a cached JSON answer: one chunk with the whole message, then the usage
+/// chunk and `[DONE]`.
+fn events_from_body(body: &[u8]) -> VecDeque<Event> {
+    let mut out = VecDeque::new();
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        out.push_back(Event {
+            data: "[DONE]".into(),
+            ..Event::default()
+        });
+        return out;
+    };
+    let model = v.get("model").cloned().unwrap_or(Value::Null);
+    let id = v.get("id").cloned().unwrap_or(Value::Null);
+    let choices: Vec<Value> = v
+        .get("choices")
+        .and_then(Value::as_array)
+        .map(|cs| {
+            cs.iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "index": c.get("index").cloned().unwrap_or(Value::from(0)),
+                        "delta": c.get("message").cloned().unwrap_or(Value::Null),
+                        "finish_reason": c.get("finish_reason").cloned().unwrap_or(Value::Null),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let chunk = |choices: Vec<Value>, usage: Value| {
+        serde_json::json!({
+            "id": id, "object": "chat.completion.chunk", "model": model,
+            "choices": choices, "usage": usage,
+        })
+        .to_string()
+    };
+    out.push_back(Event {
+        data: chunk(choices, Value::Null),
+        ..Event::default()
+    });
+    if let Some(u) = v.get("usage") {
+        out.push_back(Event {
+            data: chunk(vec![], u.clone()),
+            ..Event::default()
+        });
+    }
+    out.push_back(Event {
+        data: "[DONE]".into(),
+        ..Event::default()
+    });
+    out
+}

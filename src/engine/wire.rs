@@ -1,0 +1,275 @@
+//! The wire side of one upstream: its HTTP client and credentials, and the requests built for it.
+//!
+//! A [`Wire`] is made from an [`Upstream`] on first use and kept while the upstream's settings
+//! stay the same, so pooled connections and OAuth2 tokens survive policy reloads that do not
+//! touch it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
+use http::{Method, Request};
+use parking_lot::Mutex;
+use serde_json::Value;
+
+use crate::auth::{AuthError, Credentials, Resolved, Token, parse_token_response};
+use crate::policy::Upstream;
+use crate::transport::{Client, ClientConfig, ExtraCa, TransportError};
+
+use super::health::key_id;
+
+/// `tollgate/<version>`, sent as `User-Agent`.
+const AGENT: &str = concat!("tollgate/", env!("CARGO_PKG_VERSION"));
+
+/// Client and credentials of one upstream.
+pub(crate) struct Wire {
+    pub config: Upstream,
+    pub client: Client,
+    creds: Credentials,
+    /// `<base_url>/chat/completions`.
+    chat_url: String,
+    /// Pool key ids (as in [`super::TargetRef::key`]) by pool index.
+    key_ids: Vec<String>,
+    /// Round robin for calls that name no key (no route chose one).
+    next_key: AtomicUsize,
+}
+
+impl std::fmt::Debug for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wire")
+            .field("upstream", &self.config.name)
+            .field("creds", &self.creds)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a request was authorised with, to undo it on a 401.
+#[derive(Debug, Default)]
+pub(crate) struct Authorised {
+    /// The OAuth2 token used, if any.
+    pub token: Option<Arc<Token>>,
+}
+
+impl Wire {
+    pub(crate) fn new(config: &Upstream) -> Result<Wire, TransportError> {
+        let client = Client::new(client_config(config))?;
+        let key_ids = match &config.auth {
+            crate::policy::Auth::Bearer { keys } => keys.iter().map(key_id).collect(),
+            _ => vec![],
+        };
+        Ok(Wire {
+            chat_url: format!("{}/chat/completions", config.base_url.trim_end_matches('/')),
+            creds: Credentials::new(&config.auth),
+            client,
+            key_ids,
+            next_key: AtomicUsize::new(0),
+            config: config.clone(),
+        })
+    }
+
+    /// Builds the HTTP request for `body` with its credentials: the key named `key` of a bearer
+    /// pool (round robin when empty or unknown), a fresh JWT, or an OAuth2 token fetched once for
+    /// all concurrent callers.
+    pub(crate) async fn request(
+        &self,
+        body: Bytes,
+        stream: bool,
+        key: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<(Request<Bytes>, Authorised), AuthError> {
+        let mut url = self.chat_url.clone();
+        let mut extra: Vec<(String, String)> = Vec::new();
+        let mut authorised = Authorised::default();
+        let mut bearer: Option<String> = None;
+        match self.creds.resolve()? {
+            Resolved::None => {}
+            Resolved::Bearer(keys) => {
+                let i = self
+                    .key_ids
+                    .iter()
+                    .position(|id| id == key)
+                    .unwrap_or_else(|| self.next_key.fetch_add(1, Ordering::Relaxed));
+                if let Some(secret) = keys.get(i % keys.len().max(1)) {
+                    bearer = Some(format!("Bearer {}", secret.expose()));
+                }
+            }
+            Resolved::Jwt(minter) => {
+                bearer = Some(format!("Bearer {}", minter.token(SystemTime::now())));
+            }
+            Resolved::OAuth2(client) => {
+                let now = SystemTime::now();
+                let token = client
+                    .token(now, |url| {
+                        fetch_token(&self.client, url.expose().to_owned(), now)
+                    })
+                    .await?;
+                client.apply(&token, &mut url, &mut extra);
+                authorised.token = Some(token);
+            }
+        }
+        for (name, value) in extra {
+            if name.eq_ignore_ascii_case("authorization") {
+                bearer = Some(value);
+            }
+        }
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(url.as_str())
+            .header(CONTENT_TYPE, "application/json")
+            .header(USER_AGENT, AGENT)
+            .header(
+                ACCEPT,
+                if stream {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                },
+            );
+        if let Some(value) = bearer {
+            let mut value = HeaderValue::from_str(&value).map_err(|_| AuthError::TokenFetch {
+                message: "the credential holds characters not allowed in a header".into(),
+            })?;
+            value.set_sensitive(true);
+            builder = builder.header(AUTHORIZATION, value);
+        }
+        if let Some(id) = last_event_id
+            && let Ok(v) = HeaderValue::from_str(id)
+        {
+            builder = builder.header(HeaderName::from_static("last-event-id"), v);
+        }
+        let request = builder.body(body).map_err(|e| AuthError::TokenFetch {
+            message: format!("cannot build the request: {e}"),
+        })?;
+        Ok((request, authorised))
+    }
+
+    /// After a 401: forget the OAuth2 token the request carried, so the replay fetches a new one.
+    /// Returns whether a replay can help (only OAuth2 tokens are renewed this way).
+    pub(crate) fn refused(&self, authorised: &Authorised) -> bool {
+        match (self.creds.resolve(), &authorised.token) {
+            (Ok(Resolved::OAuth2(client)), Some(token)) => {
+                client.cache.invalidate(token);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+fn client_config(config: &Upstream) -> ClientConfig {
+    ClientConfig {
+        timeouts: config.timeouts,
+        extra_ca: config.ca_file.clone().map(ExtraCa::File),
+        ..ClientConfig::default()
+    }
+}
+
+async fn fetch_token(client: &Client, url: String, now: SystemTime) -> Result<Token, AuthError> {
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(url.as_str())
+        .header(USER_AGENT, AGENT)
+        .header(ACCEPT, "application/json")
+        .body(Bytes::new())
+        .map_err(|_| AuthError::TokenFetch {
+            message: "the token endpoint URL is not valid".into(),
+        })?;
+    let response = client
+        .send(request)
+        .await
+        .map_err(|e| AuthError::TokenFetch {
+            message: e.to_string(),
+        })?;
+    parse_token_response(response.status.as_u16(), &response.body, now)
+}
+
+/// The request body sent to a target: the caller's body with the target's model and the stream
+/// fields this call needs.
+pub(crate) fn body_for(
+    body: &Value,
+    model: Option<&str>,
+    stream: bool,
+    stream_usage: bool,
+) -> Result<Bytes, serde_json::Error> {
+    let mut out = body.clone();
+    if let Value::Object(map) = &mut out {
+        if let Some(m) = model {
+            map.insert("model".into(), Value::String(m.to_owned()));
+        }
+        if stream {
+            map.insert("stream".into(), Value::Bool(true));
+            if stream_usage {
+                let options = map
+                    .entry("stream_options")
+                    .or_insert_with(|| Value::Object(Default::default()));
+                if let Value::Object(o) = options {
+                    o.insert("include_usage".into(), Value::Bool(true));
+                } else {
+                    *options = serde_json::json!({ "include_usage": true });
+                }
+            }
+        } else {
+            map.remove("stream");
+            map.remove("stream_options");
+        }
+    }
+    serde_json::to_vec(&out).map(Bytes::from)
+}
+
+/// Wires by upstream name, rebuilt when an upstream's settings change.
+#[derive(Debug, Default)]
+pub(crate) struct Wires {
+    map: Mutex<HashMap<String, Arc<Wire>>>,
+}
+
+impl Wires {
+    /// The wire of `upstream`, made on first use or when its settings changed.
+    pub(crate) fn get(&self, upstream: &Upstream) -> Result<Arc<Wire>, TransportError> {
+        let mut map = self.map.lock();
+        if let Some(w) = map.get(&upstream.name)
+            && w.config == *upstream
+        {
+            return Ok(Arc::clone(w));
+        }
+        let wire = Arc::new(Wire::new(upstream)?);
+        map.insert(upstream.name.clone(), Arc::clone(&wire));
+        Ok(wire)
+    }
+
+    /// Forgets wires of upstreams that are gone.
+    pub(crate) fn retain(&self, names: &[&str]) {
+        self.map.lock().retain(|n, _| names.contains(&n.as_str()));
+    }
+}
+
+/// Authorises and sends one request with `send`; on a 401 with an OAuth2 token, forgets the token
+/// and replays once with a new one. The outer error is a credential failure (nothing was sent).
+pub(crate) async fn exchange<R, F, Fut>(
+    wire: &Wire,
+    body: Bytes,
+    key: &str,
+    last_event_id: Option<&str>,
+    stream: bool,
+    send: F,
+    status: fn(&R) -> u16,
+) -> Result<Result<R, TransportError>, AuthError>
+where
+    F: Fn(Request<Bytes>) -> Fut,
+    Fut: Future<Output = Result<R, TransportError>>,
+{
+    let (request, authorised) = wire
+        .request(body.clone(), stream, key, last_event_id)
+        .await?;
+    let result = send(request).await;
+    if let Ok(r) = &result
+        && status(r) == 401
+        && wire.refused(&authorised)
+    {
+        let (request, _) = wire.request(body, stream, key, last_event_id).await?;
+        return Ok(send(request).await);
+    }
+    Ok(result)
+}
