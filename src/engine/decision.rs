@@ -84,6 +84,7 @@ impl Denial {
     pub fn retry_after(&self) -> Option<Duration> {
         match self.reason {
             DenyReason::Exhausted { retry_after, .. } => Some(retry_after),
+            DenyReason::Unavailable { retry_in, .. } => retry_in,
             _ => None,
         }
     }
@@ -151,6 +152,9 @@ pub enum DenyReason {
         route: String,
         /// Why each target was passed over.
         detail: String,
+        /// When the first passed-over target may take calls again (its circuit's open time or
+        /// the server's rate-limit reset), when known.
+        retry_in: Option<Duration>,
     },
 }
 
@@ -215,7 +219,7 @@ impl fmt::Display for DenyReason {
                 )
             }
             DenyReason::InvalidRequest { message } => write!(f, "invalid request: {message}"),
-            DenyReason::Unavailable { route, detail } => {
+            DenyReason::Unavailable { route, detail, .. } => {
                 write!(
                     f,
                     "no target of route '{route}' can take the call now: {detail}"

@@ -187,6 +187,8 @@ pub(crate) struct Inner {
     seq: AtomicU64,
     metrics: crate::metrics::EngineMetrics,
     wires: wire::Wires,
+    /// Clock time the call API last looked for due breaker probes.
+    probed_at: AtomicU64,
 }
 
 /// The policy engine: admits calls against every matching budget and settles them afterwards.
@@ -289,6 +291,7 @@ impl Engine {
                 seq: AtomicU64::new(1),
                 metrics: crate::metrics::EngineMetrics::new(),
                 wires: wire::Wires::default(),
+                probed_at: AtomicU64::new(0),
             }),
         }
     }
@@ -794,8 +797,22 @@ pub(crate) fn try_admit(compiled: &Compiled, spec: &Spec<'_>, seq: Option<u64>, 
             .collect::<Vec<_>>()
             .join("; ")
     };
+    let retry_in = skipped
+        .iter()
+        .filter_map(|s| match s {
+            Skip::BreakerOpen { retry_in, .. } if !retry_in.is_zero() => Some(*retry_in),
+            Skip::ServerLimited { until, .. } => {
+                Some(Duration::from_nanos(until.saturating_sub(now).max(1)))
+            }
+            _ => None,
+        })
+        .min();
     let route = routing.routes[route].name.to_string();
-    Try::Deny(Denial::new(DenyReason::Unavailable { route, detail }))
+    Try::Deny(Denial::new(DenyReason::Unavailable {
+        route,
+        detail,
+        retry_in,
+    }))
 }
 
 /// One all-or-nothing admission attempt at `now`. `seq` is the waiter's queue ticket, if any.

@@ -20,7 +20,7 @@ use crate::tokens::Usage;
 use crate::transport::TransportError;
 
 use super::cache::CacheLookup;
-use super::decision::{Decision, Denial, GiveUp, Outcome, Settlement, Verdict};
+use super::decision::{Decision, Denial, DenyReason, GiveUp, Outcome, Settlement, Verdict};
 use super::permit::Permit;
 use super::route::{Attempt, AttemptRecord, TargetRef};
 use super::wait::WaitPoll;
@@ -160,6 +160,8 @@ pub struct ChatResponse {
     pub history: Vec<AttemptRecord>,
     /// Where the answer came from.
     pub source: Source,
+    /// Time spent waiting for budget room, over every attempt.
+    pub queued: Duration,
 }
 
 impl ChatResponse {
@@ -187,6 +189,7 @@ impl ChatResponse {
             attempts: 0,
             history: vec![],
             source,
+            queued: Duration::ZERO,
         }
     }
 }
@@ -272,6 +275,8 @@ pub(crate) struct Ready {
     pub body: Bytes,
     pub key: String,
     pub target: Option<TargetRef>,
+    /// Time this admission waited for room.
+    pub queued: Duration,
 }
 
 /// What to do after a settled attempt.
@@ -321,6 +326,7 @@ impl Engine {
 
     async fn send_now(&self, request: &ChatRequest) -> Result<ChatResponse, CallError> {
         let model = model_of(request)?;
+        self.drive_probes();
         let mut fill = None;
         // A follower whose leader gave up joins again; one of them becomes the next leader.
         for _ in 0..4 {
@@ -375,6 +381,7 @@ impl Engine {
     ) -> Result<ChatResponse, CallError> {
         let mut attempt: Option<Box<Attempt>> = None;
         let mut last: Option<(u16, Bytes)> = None;
+        let mut queued = Duration::ZERO;
         loop {
             let ready = self
                 .ready(request, model, attempt.as_deref(), false)
@@ -385,7 +392,9 @@ impl Engine {
                 body,
                 key,
                 target,
+                queued: waited,
             } = ready;
+            queued += waited;
             let started = Instant::now();
             let client = &wire.client;
             let exchanged = exchange(
@@ -435,6 +444,7 @@ impl Engine {
                             history,
                             target,
                             source: Source::Upstream,
+                            queued,
                         });
                     }
                     last = Some((status, response.body.clone()));
@@ -539,7 +549,7 @@ impl Engine {
             .prompt(Prompt::Request(&request.body));
         call.deadline = request.deadline;
         call.attempt = attempt;
-        let permit = self.admit_waiting(&call).await.map_err(CallError::Denied)?;
+        let (permit, queued) = self.admit_waiting(&call).await.map_err(CallError::Denied)?;
         let (upstream, target_model, key) = match permit.target() {
             Some(t) => (
                 t.upstream.to_string(),
@@ -568,20 +578,46 @@ impl Engine {
             body,
             key,
             target,
+            queued,
         })
     }
 
     /// Admission that waits asynchronously in the budgets' priority queues.
-    pub(crate) async fn admit_waiting(&self, call: &Call<'_>) -> Result<Permit, Denial> {
-        match self.admit(call) {
-            Decision::Go(permit) => return Ok(permit),
-            Decision::Deny(denial) => return Err(denial),
-            Decision::Wait(_) => {}
+    ///
+    /// When every target is passed over for a known time (open circuits, a server's rate-limit
+    /// reset), the call waits for it too, up to the policy's `retry.max_retry_after`, as it would
+    /// for a `Retry-After`.
+    pub(crate) async fn admit_waiting(
+        &self,
+        call: &Call<'_>,
+    ) -> Result<(Permit, Duration), Denial> {
+        let started = Instant::now();
+        let mut slept = false;
+        loop {
+            match self.admit(call) {
+                Decision::Go(permit) => {
+                    let queued = if slept { started.elapsed() } else { Duration::ZERO };
+                    return Ok((permit, queued));
+                }
+                Decision::Deny(denial) => {
+                    let cap = self.inner.current().policy.retry.max_retry_after;
+                    match (&denial.reason, denial.retry_after()) {
+                        (DenyReason::Unavailable { .. }, Some(after))
+                            if started.elapsed() + after <= cap =>
+                        {
+                            tokio::time::sleep(after).await;
+                            slept = true;
+                        }
+                        _ => return Err(denial),
+                    }
+                }
+                Decision::Wait(_) => break,
+            }
         }
         let mut waiter = self.waiter(call)?;
         loop {
             match waiter.poll() {
-                WaitPoll::Ready(result) => return result,
+                WaitPoll::Ready(result) => return result.map(|p| (p, started.elapsed())),
                 WaitPoll::Pending { until } => {
                     let now = self.inner.clock.now();
                     let sleep = Duration::from_nanos(until.saturating_sub(now).max(1));
@@ -599,5 +635,71 @@ impl Engine {
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// How often the call API looks for due breaker probes.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
+
+impl Engine {
+    /// With `breaker.probe` in the policy, sends the probes that are due (at most every
+    /// [`PROBE_EVERY`]) as tasks on the current runtime, so a half-open target is tested without
+    /// users' calls and closes again when it has recovered.
+    pub(crate) fn drive_probes(&self) {
+        let compiled = self.inner.current();
+        if compiled.policy.breaker.probe.is_none() {
+            return;
+        }
+        let now = compiled.clock.now();
+        let last = self.inner.probed_at.load(std::sync::atomic::Ordering::Relaxed);
+        let every = u64::try_from(PROBE_EVERY.as_nanos()).unwrap_or(u64::MAX);
+        if now.saturating_sub(last) < every
+            || self
+                .inner
+                .probed_at
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        for probe in self.probes() {
+            let Some(config) = compiled
+                .policy
+                .upstreams
+                .iter()
+                .find(|u| *u.name == *probe.target.upstream)
+            else {
+                continue;
+            };
+            let Ok(wire) = self.inner.wires.get(config) else {
+                continue;
+            };
+            let Ok(body) = body_for(&probe.request, None, false, false) else {
+                continue;
+            };
+            let engine = self.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let key = probe.target.key.to_string();
+                let client = &wire.client;
+                let result = exchange(
+                    &wire,
+                    body,
+                    &key,
+                    None,
+                    false,
+                    |req| client.send(req),
+                    |r| r.status.as_u16(),
+                )
+                .await;
+                let ok = matches!(&result, Ok(Ok(r)) if r.status.is_success());
+                engine.settle_probe(probe, ok, started.elapsed());
+            });
+        }
     }
 }

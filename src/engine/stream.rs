@@ -61,6 +61,7 @@ pub struct ChatStream {
     finished: bool,
     seen_finish_reason: bool,
     live_target: Option<TargetRef>,
+    queued: Duration,
     settlement: Option<Settlement>,
     done: bool,
 }
@@ -101,6 +102,7 @@ impl Engine {
     /// Must run in a tokio runtime; see [`Engine::send`] for time and cancellation.
     pub async fn stream(&self, request: ChatRequest) -> Result<ChatStream, CallError> {
         let model = model_of(&request)?.to_owned();
+        self.drive_probes();
         let deadline = request.deadline.map(|d| Instant::now() + d);
         let mut stream = ChatStream {
             engine: self.clone(),
@@ -124,6 +126,7 @@ impl Engine {
             finished: false,
             seen_finish_reason: false,
             live_target: None,
+            queued: Duration::ZERO,
             settlement: None,
             done: false,
         };
@@ -171,6 +174,11 @@ impl ChatStream {
     /// Attempts made so far (0 for answers from the cache).
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// Time spent waiting for budget room, over every attempt so far.
+    pub fn queued(&self) -> Duration {
+        self.queued
     }
 
     /// Failed attempts before the answering one, oldest first.
@@ -282,11 +290,13 @@ impl ChatStream {
                 body,
                 key,
                 target,
+                queued,
             } = self
                 .engine
                 .ready(&self.request, &self.model, self.attempt.as_deref(), true)
                 .await?;
             self.attempts += 1;
+            self.queued += queued;
             let sent_at = Instant::now();
             let result = match send_stream(&wire, body.clone(), &key, None).await {
                 Ok(result) => result,

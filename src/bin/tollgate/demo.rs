@@ -1,27 +1,67 @@
-//! `tollgate demo`: the bundled example policy and trace, replayed in virtual time.
+//! `tollgate demo`: real calls through the engine against fault-injecting upstreams on loopback.
 //!
-//! Until tollgate's HTTP transport lands, the demo is `tollgate simulate` on
-//! `examples/policy.toml` and `examples/trace.jsonl`, both embedded in the binary, so it needs
-//! no files, no network and no keys.
+//! The bundled `examples/policy.toml` is loaded as is, except that each of its upstreams is
+//! pointed at its own test upstream on 127.0.0.1 (with no credentials: the test upstreams need
+//! none). The upstreams answer in 20–200 ms and inject 5 % 429 with Retry-After, 2 % 503 and
+//! 1 % cut streams. Eight tenants send calls (half of them streamed, some repeated so the cache
+//! answers) at a pace that runs into the per-model rate budget; the run ends with a table per
+//! tenant and a self-check: every request-rate budget of the policy is checked against what the
+//! upstreams actually received, and the command fails if any was exceeded.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-use tollgate::Policy;
+use parking_lot::Mutex;
+use serde_json::json;
+use tollgate::policy::{Auth, ScopeDim, Unit};
+use tollgate::testkit::{Arrival, FaultMix, TestUpstream};
+use tollgate::{CallError, ChatRequest, Engine, Policy, Source};
 
-use crate::check::plural;
 use crate::fmt::{Table, money};
-use crate::simulate::{CallResult, Decided, Stop, Totals, budget_table, read_trace, replay};
 use crate::{DemoArgs, exit};
 
 /// The example policy, as in the repository.
 const POLICY: &str = include_str!("../../../examples/policy.toml");
-/// The example trace, as in the repository.
-const TRACE: &str = include_str!("../../../examples/trace.jsonl");
+
+/// Tenants and their share of the calls (a noisy one, a quiet tail).
+const TENANTS: [(&str, u32); 8] = [
+    ("acme", 30),
+    ("globex", 15),
+    ("initech", 12),
+    ("umbrella", 12),
+    ("hooli", 10),
+    ("stark", 8),
+    ("wayne", 7),
+    ("tyrell", 6),
+];
+
+/// Requested models and their share.
+const MODELS: [(&str, u32); 3] = [("gpt-4o", 55), ("gpt-4o-mini", 30), ("glm-4-flash", 15)];
+
+/// Calls offered per second, in all.
+const OFFERED_PER_SECOND: f64 = 200.0;
+
+/// What one call ended as.
+#[derive(Debug, Default, Clone)]
+struct Row {
+    tenant: &'static str,
+    ok: bool,
+    denied: Option<String>,
+    failed: Option<String>,
+    waited: bool,
+    retries: u32,
+    cache: bool,
+    tokens: u64,
+    spend: f64,
+    latency: Duration,
+}
 
 /// Runs `tollgate demo`.
 pub(crate) fn run(args: &DemoArgs) -> u8 {
-    let policy = match Policy::from_toml(POLICY) {
+    let mut policy = match Policy::from_toml(POLICY) {
         Ok(p) => p,
         Err(errors) => {
             eprintln!("error: the bundled examples/policy.toml is invalid (a bug in this build):");
@@ -29,228 +69,440 @@ pub(crate) fn run(args: &DemoArgs) -> u8 {
             return exit::FAILED;
         }
     };
-    let trace = match read_trace("examples/trace.jsonl", TRACE.as_bytes(), false) {
-        Ok(t) => t,
-        Err(Stop::Io(message)) => {
-            eprintln!("error: {message}");
+    let mix = FaultMix {
+        rate_limited: 0.05,
+        unavailable: 0.02,
+        cut_stream: 0.01,
+        retry_after: 1,
+        cut_after: 3,
+        ..FaultMix::default()
+    };
+    let mut upstreams = Vec::new();
+    for (i, u) in policy.upstreams.iter_mut().enumerate() {
+        let started = TestUpstream::builder()
+            .latency(Duration::from_millis(20)..Duration::from_millis(200))
+            .fault_mix(mix)
+            .seed(args.seed.wrapping_add(i as u64))
+            .default_words(40)
+            .start();
+        let up = match started {
+            Ok(up) => up,
+            Err(e) => {
+                eprintln!("error: cannot start the test upstream: {e}");
+                return exit::FAILED;
+            }
+        };
+        u.base_url = up.base_url();
+        u.auth = Auth::None;
+        u.proxy = None;
+        u.ca_file = None;
+        upstreams.push((u.name.clone(), up));
+    }
+    let engine = Engine::new(policy.clone());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
             return exit::FAILED;
         }
-        Err(Stop::Strict) => return exit::FAILED,
     };
-    let summary_head = policy
-        .summary()
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let report = replay(policy, trace.rows, trace.incidents);
-    let text = render(&report, &summary_head);
-    let mut out = std::io::stdout().lock();
-    let written = if args.calls {
-        report
-            .calls
+
+    let n = args.calls.max(1);
+    println!(
+        "tollgate demo: {n} calls from {} tenants (half streamed) through examples/policy.toml",
+        TENANTS.len()
+    );
+    println!(
+        "upstreams {} redirected to test upstreams on 127.0.0.1: latency 20-200 ms, 5% 429 \
+         with Retry-After, 2% 503, 1% cut streams",
+        upstreams
             .iter()
-            .try_for_each(|c| writeln!(out, "{}", c.to_json()))
-            .and_then(|()| out.write_all(text.as_bytes()))
+            .map(|(name, _)| format!("'{name}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let rows = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let done = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let progress = progress_thread(n, Arc::clone(&done), Arc::clone(&rows), args.quiet);
+    runtime.block_on(drive(&engine, n, args.seed, &rows, &done));
+    progress.finish();
+    let elapsed = started.elapsed();
+
+    let rows = rows.lock().clone();
+    print_tenants(&rows);
+    println!(
+        "\n{} calls in {:.1} s; {} upstream requests; cache: {} hits",
+        rows.len(),
+        elapsed.as_secs_f64(),
+        upstreams.iter().map(|(_, u)| u.request_count()).sum::<usize>(),
+        engine.cache_stats().hits
+    );
+    let arrivals: Vec<(String, Arrival)> = upstreams
+        .iter()
+        .flat_map(|(name, up)| up.log().into_iter().map(move |a| (name.clone(), a)))
+        .collect();
+    let violations = self_check(&policy, &arrivals);
+    if violations == 0 {
+        exit::OK
     } else {
-        out.write_all(text.as_bytes())
+        exit::FAILED
+    }
+}
+
+/// Offers `n` calls at [`OFFERED_PER_SECOND`] and records how each ended.
+async fn drive(
+    engine: &Engine,
+    n: usize,
+    seed: u64,
+    rows: &Arc<Mutex<Vec<Row>>>,
+    done: &Arc<AtomicUsize>,
+) {
+    let start = tokio::time::Instant::now();
+    let mut rng = seed ^ 0x9e37_79b9_7f4a_7c15;
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let tenant = pick(&TENANTS, next(&mut rng));
+        let model = pick(&MODELS, next(&mut rng));
+        let stream = i % 2 == 1;
+        let repeated = next(&mut rng) % 100 < 15;
+        let (content, temperature) = if repeated {
+            (format!("What is rule {} of the handbook?", next(&mut rng) % 8), 0.0)
+        } else {
+            (format!("Call {i} from {tenant}: summarise the day."), 0.7)
+        };
+        let body = json!({
+            "model": model,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": 40 + next(&mut rng) % 80,
+            "temperature": temperature,
+            "user": tenant,
+        });
+        let at = start + Duration::from_secs_f64(i as f64 / OFFERED_PER_SECOND);
+        let engine = engine.clone();
+        let rows = Arc::clone(rows);
+        let done = Arc::clone(done);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let request = ChatRequest::new(body)
+                .tenant(tenant)
+                .deadline(Duration::from_secs(60));
+            let row = one_call(&engine, request, tenant, stream).await;
+            rows.lock().push(row);
+            done.fetch_add(1, Ordering::Relaxed);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn one_call(engine: &Engine, request: ChatRequest, tenant: &'static str, stream: bool) -> Row {
+    let sent = Instant::now();
+    let mut row = Row {
+        tenant,
+        ..Row::default()
     };
-    match written.and_then(|()| out.flush()) {
-        Ok(()) if trace.bad == 0 => exit::OK,
-        Ok(()) => exit::PARTIAL,
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
-        Err(e) => {
-            eprintln!("error: cannot write output: {e}");
-            exit::FAILED
+    let result: Result<(), CallError> = if stream {
+        match engine.stream(request).await {
+            Ok(mut s) => {
+                let mut end = Ok(());
+                while let Some(event) = s.next().await {
+                    if let Err(e) = event {
+                        end = Err(e);
+                    }
+                }
+                row.cache = s.source() != Source::Upstream;
+                row.retries = s.attempts().saturating_sub(1);
+                row.waited = !s.queued().is_zero();
+                row.tokens = s.usage().map_or(0, |u| u.total_tokens);
+                row.spend = s.settlement().map_or(0.0, |st| st.spend);
+                end
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        match engine.send(request).await {
+            Ok(r) => {
+                row.cache = r.source != Source::Upstream;
+                row.retries = r.attempts.saturating_sub(1);
+                row.waited = !r.queued.is_zero();
+                row.tokens = r.usage.map_or(0, |u| u.total_tokens);
+                row.spend = r.settlement.map_or(0.0, |st| st.spend);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    };
+    row.latency = sent.elapsed();
+    match result {
+        Ok(()) => row.ok = true,
+        Err(CallError::Denied(d)) => {
+            row.waited = row.latency > Duration::from_millis(5);
+            row.denied = Some(d.budget.as_deref().unwrap_or(d.code()).to_owned());
+        }
+        Err(CallError::GaveUp { reason, .. }) => {
+            row.failed = Some(format!("gave up ({})", reason.code));
+        }
+        Err(e) => row.failed = Some(e.code().to_owned()),
+    }
+    row
+}
+
+/// A progress bar on stderr (redrawn in place on a terminal, a line every few seconds otherwise).
+struct Progress {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
         }
     }
 }
 
-/// The human-readable demo report.
-fn render(report: &crate::simulate::Report, policy_head: &str) -> String {
-    let calls = &report.calls;
-    let tenants: BTreeMap<&str, Totals> = calls.iter().fold(BTreeMap::new(), |mut m, c| {
-        m.entry(c.row.tenant.as_str()).or_default().add(c);
-        m
+fn progress_thread(
+    n: usize,
+    done: Arc<AtomicUsize>,
+    rows: Arc<Mutex<Vec<Row>>>,
+    quiet: bool,
+) -> Progress {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let handle = (!quiet).then(|| {
+        std::thread::spawn(move || {
+            let tty = std::io::stderr().is_terminal();
+            let every = if tty { 10 } else { 30 };
+            let mut tick = 0u64;
+            loop {
+                let finished = flag.load(Ordering::Relaxed);
+                if finished || tick % every == 0 {
+                    let d = done.load(Ordering::Relaxed);
+                    let (denied, failed) = {
+                        let rows = rows.lock();
+                        (
+                            rows.iter().filter(|r| r.denied.is_some()).count(),
+                            rows.iter().filter(|r| r.failed.is_some()).count(),
+                        )
+                    };
+                    let width = 30;
+                    let filled = d * width / n.max(1);
+                    let bar = format!("{}{}", "#".repeat(filled), "-".repeat(width - filled));
+                    let line = format!(
+                        "[{bar}] {d}/{n} calls, {denied} denied, {failed} failed"
+                    );
+                    let mut err = std::io::stderr().lock();
+                    let _ = if tty {
+                        write!(err, "\r{line}")
+                    } else {
+                        writeln!(err, "{line}")
+                    };
+                    let _ = err.flush();
+                }
+                if finished {
+                    if tty {
+                        eprintln!();
+                    }
+                    return;
+                }
+                tick += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
     });
-    let total = Totals::of(calls);
-    let mut out = String::new();
-    out.push_str(
-        "tollgate demo: a SIMULATION in virtual time, not real API calls.\n\
-         tollgate's HTTP transport is not there yet, so this replays the bundled\n\
-         examples/trace.jsonl through the real engine under examples/policy.toml, exactly as\n\
-         `tollgate simulate --policy examples/policy.toml --trace examples/trace.jsonl` does.\n\n",
-    );
-    out.push_str(&format!("policy: {policy_head}\n"));
-    out.push_str(&format!(
-        "trace:  {} from {} over {:.1} virtual seconds\n\n",
-        plural(total.calls, "call"),
-        plural(tenants.len(), "tenant"),
-        report.end_ns as f64 / 1e9
-    ));
+    Progress { stop, handle }
+}
 
-    out.push_str("Moments worth a look:\n");
-    let waits = calls
-        .iter()
-        .filter(|c| c.decision != Decided::Deny && c.waited_ms() > 0.0);
-    // The first three calls that waited, and the first denial of each kind.
-    let mut seen = Vec::new();
-    let denials = calls.iter().filter(|c| match &c.denial {
-        Some((code, _)) if c.decision == Decided::Deny && !seen.contains(code) => {
-            seen.push(*code);
-            true
-        }
-        _ => false,
-    });
-    // And the first call retried on another target, the first retried in place, and the first
-    // that gave up.
-    let fallback = calls.iter().find(|c| c.fallbacks() > 0);
-    let in_place = calls.iter().find(|c| c.retries() > 0 && c.fallbacks() == 0);
-    let gave_up = calls.iter().find(|c| c.decision == Decided::GaveUp);
-    let mut shown: Vec<(&CallResult, Moment)> = waits
-        .take(3)
-        .map(|c| (c, Moment::Waited))
-        .chain(denials.map(|c| (c, Moment::Denied)))
-        .chain(
-            fallback
-                .into_iter()
-                .chain(in_place)
-                .map(|c| (c, Moment::Retried)),
-        )
-        .chain(gave_up.map(|c| (c, Moment::GaveUp)))
-        .collect();
-    shown.sort_by_key(|(c, m)| (c.decided_ns, c.row.line, *m));
-    shown.dedup_by_key(|(c, _)| c.row.line);
-    if shown.is_empty() {
-        out.push_str("  (no call waited, was retried or was denied)\n");
+fn print_tenants(rows: &[Row]) {
+    let mut by: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
+    for r in rows {
+        by.entry(r.tenant).or_default().push(r);
     }
-    for (c, m) in shown {
-        out.push_str(&format!("  {}\n", moment(c, m)));
-    }
-
-    out.push_str("\nPer tenant:\n");
     let mut table = Table::new(
         &[
-            "tenant", "calls", "done", "gave up", "waited", "denied", "max wait", "tokens", "cost",
+            "tenant", "calls", "admitted", "waited", "denied", "failed", "retries", "cache",
+            "tokens", "spend", "p50 ms", "p95 ms", "p99 ms",
         ],
-        &[false, true, true, true, true, true, true, true, true],
+        &[
+            false, true, true, true, true, true, true, true, true, true, true, true, true,
+        ],
     );
-    for (tenant, t) in &tenants {
+    let mut all: Vec<&Row> = vec![];
+    let add = |name: &str, rs: &[&Row], table: &mut Table| {
+        let count = |f: &dyn Fn(&Row) -> bool| rs.iter().filter(|r| f(r)).count().to_string();
+        let mut lat: Vec<Duration> = rs.iter().filter(|r| r.ok).map(|r| r.latency).collect();
+        lat.sort();
+        let q = |p: f64| -> String {
+            if lat.is_empty() {
+                return "-".into();
+            }
+            let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+            format!("{:.0}", lat[i].as_secs_f64() * 1000.0)
+        };
         table.row(vec![
-            if tenant.is_empty() {
-                "(none)".to_owned()
-            } else {
-                (*tenant).to_owned()
-            },
-            t.calls.to_string(),
-            t.done.to_string(),
-            t.gave_up.to_string(),
-            t.waited.to_string(),
-            t.denied.to_string(),
-            format!("{:.0} ms", t.max_wait_ms),
-            t.tokens.to_string(),
-            money(t.cost),
+            name.to_owned(),
+            rs.len().to_string(),
+            count(&|r| r.denied.is_none()),
+            count(&|r| r.waited),
+            count(&|r| r.denied.is_some()),
+            count(&|r| r.failed.is_some()),
+            rs.iter().map(|r| r.retries).sum::<u32>().to_string(),
+            count(&|r| r.cache),
+            rs.iter().map(|r| r.tokens).sum::<u64>().to_string(),
+            money(rs.iter().map(|r| r.spend).sum::<f64>()),
+            q(0.50),
+            q(0.95),
+            q(0.99),
         ]);
+    };
+    for (tenant, rs) in &by {
+        add(tenant, rs, &mut table);
+        all.extend(rs.iter().copied());
     }
-    table.row(vec![
-        "all".to_owned(),
-        total.calls.to_string(),
-        total.done.to_string(),
-        total.gave_up.to_string(),
-        total.waited.to_string(),
-        total.denied.to_string(),
-        format!("{:.0} ms", total.max_wait_ms),
-        total.tokens.to_string(),
-        money(total.cost),
-    ]);
-    out.push_str(&table.render(2));
-
-    out.push_str(&format!(
-        "\nRetries (the engine's verdicts): {}\n",
-        total.resilience_line()
-    ));
-
-    out.push_str("\nPer budget (the engine's own counters):\n");
-    out.push_str(&budget_table(&report.stats).render(2));
-
-    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
-    for c in calls.iter().filter(|c| c.decision == Decided::Deny) {
-        if let Some((code, _)) = &c.denial {
-            *reasons.entry(code).or_default() += 1;
+    add("all", &all, &mut table);
+    println!("\nPer tenant (latency of answered calls, waiting included):");
+    print!("{}", table.render(2));
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for r in rows {
+        if let Some(d) = &r.denied {
+            *reasons.entry(format!("denied by budget '{d}'")).or_default() += 1;
+        }
+        if let Some(f) = &r.failed {
+            *reasons.entry(format!("failed: {f}")).or_default() += 1;
         }
     }
     if !reasons.is_empty() {
-        let list: Vec<String> = reasons.iter().map(|(r, n)| format!("{r} × {n}")).collect();
-        out.push_str(&format!("\nDenial reasons: {}\n", list.join(", ")));
+        println!("\nWhy calls did not get an answer:");
+        for (why, n) in reasons {
+            println!("  {n:>5}  {why}");
+        }
     }
-    out.push_str(
-        "\nEvery call as JSON: tollgate demo --calls, or\n  \
-         tollgate simulate --policy examples/policy.toml --trace examples/trace.jsonl\n\
-         \nAn outage replayed (503s, a 429 burst, a breaker opening, fallbacks):\n  \
-         tollgate simulate --policy examples/policy.toml --trace examples/incident.jsonl\n",
-    );
-    out
 }
 
-/// Why a call is worth a look.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Moment {
-    Waited,
-    Denied,
-    Retried,
-    GaveUp,
-}
-
-/// One call in a sentence.
-fn moment(c: &CallResult, why: Moment) -> String {
-    let at = format!("t={:>7.3}s", c.decided_ns as f64 / 1e9);
-    let who = format!("{} {} (line {})", c.row.tenant, c.row.model, c.row.line);
-    let on = |b: &Option<(String, String)>| match b {
-        Some((b, k)) if !k.is_empty() => format!("'{b}' [{k}]"),
-        Some((b, _)) => format!("'{b}'"),
-        None => "a budget".to_owned(),
-    };
-    let attempts = |c: &CallResult| {
-        c.attempts
-            .iter()
-            .map(|a| {
-                let place = a.target.as_ref().map_or_else(
-                    || "(not admitted)".to_owned(),
-                    |t| format!("{}/{}", t.upstream, t.model),
-                );
-                format!("{} on {place}", a.outcome)
-            })
-            .collect::<Vec<_>>()
-            .join(", then ")
-    };
-    match why {
-        Moment::Retried => {
-            return format!(
-                "{at}  {who}: retried: {}; {}",
-                attempts(c),
-                c.decision.as_str()
+/// Checks every request-rate budget against the arrival logs: in any window of length `t`, a
+/// budget key may have received at most `burst + rate × t` requests (plus one, for the time
+/// between admission and arrival). Returns the number of violations.
+fn self_check(policy: &Policy, arrivals: &[(String, Arrival)]) -> usize {
+    println!("\nSelf-check against the upstreams' arrival logs ({} requests):", arrivals.len());
+    let mut violations = 0;
+    for budget in &policy.budgets {
+        if budget.scope.contains(&ScopeDim::Route)
+            || budget.scope.contains(&ScopeDim::Key)
+            || !budget.matcher.route.is_empty()
+            || !budget.matcher.key.is_empty()
+        {
+            println!(
+                "  budget '{}': scoped or matched by route/key, not visible in the log; skipped",
+                budget.name
             );
+            continue;
         }
-        Moment::GaveUp => {
-            let code = c.give_up.as_ref().map_or("?", |g| g.0);
-            return format!("{at}  {who}: gave up ({code}): {}", attempts(c));
+        let limits: Vec<_> = budget
+            .limits
+            .iter()
+            .filter(|l| l.kind.unit() == Unit::Requests)
+            .collect();
+        if limits.is_empty() {
+            println!(
+                "  budget '{}': no request limit (its token and spend limits are enforced from \
+                 usage, which the log does not carry); skipped",
+                budget.name
+            );
+            continue;
         }
-        Moment::Waited | Moment::Denied => {}
+        let mut keys: BTreeMap<String, Vec<std::time::Instant>> = BTreeMap::new();
+        for (upstream, a) in arrivals {
+            let model = a.model.as_deref().unwrap_or("");
+            let tenant = a.tenant.as_deref().unwrap_or("");
+            let m = &budget.matcher;
+            let matches = |globs: &[tollgate::policy::Glob], v: &str| {
+                globs.is_empty() || globs.iter().any(|g| g.matches(v))
+            };
+            if !(matches(&m.model, model) && matches(&m.tenant, tenant) && matches(&m.upstream, upstream)) {
+                continue;
+            }
+            let key: Vec<&str> = budget
+                .scope
+                .iter()
+                .map(|d| match d {
+                    ScopeDim::Tenant => tenant,
+                    ScopeDim::Model => model,
+                    ScopeDim::Upstream => upstream.as_str(),
+                    _ => "",
+                })
+                .collect();
+            keys.entry(key.join("/")).or_default().push(a.at);
+        }
+        for limit in limits {
+            let rate = limit.amount / limit.kind.window().as_secs_f64();
+            let mut worst: (f64, String, usize, f64) = (0.0, String::new(), 0, 0.0);
+            let mut broken = 0;
+            for (key, times) in &mut keys {
+                times.sort();
+                for i in 0..times.len() {
+                    for j in i..times.len() {
+                        let t = times[j].duration_since(times[i]).as_secs_f64();
+                        let allowed = limit.burst + rate * t + 1.0;
+                        let seen = (j - i + 1) as f64;
+                        if seen / allowed > worst.0 {
+                            worst = (seen / allowed, key.clone(), j - i + 1, t);
+                        }
+                        if seen > allowed {
+                            broken += 1;
+                        }
+                    }
+                }
+            }
+            let verdict = if broken == 0 { "held" } else { "EXCEEDED" };
+            println!(
+                "  budget '{}' {} = {} (burst {}): {verdict} over {} key(s); closest: {} requests \
+                 in {:.2} s for '{}' ({:.0}% of what it allows)",
+                budget.name,
+                limit.kind.as_str(),
+                limit.amount,
+                limit.burst,
+                keys.len(),
+                worst.2,
+                worst.3,
+                worst.1,
+                worst.0 * 100.0
+            );
+            if broken > 0 {
+                violations += 1;
+            }
+        }
     }
-    match (c.decision, &c.denial) {
-        (Decided::Deny, Some((code, message))) if c.budget.is_some() => {
-            format!(
-                "{at}  {who}: denied by {} ({code}): {message}",
-                on(&c.budget)
-            )
-        }
-        (Decided::Deny, Some((code, message))) => {
-            format!("{at}  {who}: denied ({code}): {message}")
-        }
-        _ => format!(
-            "{at}  {who}: waited {:.0} ms on {}, then went",
-            c.waited_ms(),
-            on(&c.budget)
-        ),
+    if violations == 0 {
+        println!("  every checked budget held.");
+    } else {
+        println!("  {violations} budget limit(s) were exceeded: this is a bug; please report it.");
     }
+    violations
+}
+
+fn next(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn pick<T: Copy>(items: &[(T, u32)], draw: u64) -> T {
+    let total: u64 = items.iter().map(|(_, w)| u64::from(*w)).sum();
+    let mut x = draw % total.max(1);
+    for (item, w) in items {
+        if x < u64::from(*w) {
+            return *item;
+        }
+        x -= u64::from(*w);
+    }
+    items[0].0
 }
