@@ -16,6 +16,10 @@
 //! [`Action`]s) or, for requests no script takes, from a seeded [`FaultMix`]. Every request
 //! is logged as an [`Arrival`] ([`TestUpstream::log`]).
 //!
+//! [`Builder::auth`] makes `/v1/*` require credentials ([`TestAuth`]: bearer keys, Zhipu-style
+//! JWTs, or Baidu-style OAuth2 tokens from a token endpoint the upstream serves); a request
+//! that fails gets a 401 and never reaches the scripts or the fault mix.
+//!
 //! The upstream runs its own tokio runtime on background threads, so sync code can use it;
 //! [`Builder::start_async`] serves on the caller's runtime instead.
 //!
@@ -40,6 +44,7 @@
 //! assert_eq!(upstream.count_status(503), 1);
 //! ```
 
+mod auth;
 mod body;
 mod fault;
 mod log;
@@ -48,6 +53,7 @@ mod server;
 mod tls;
 mod upstream;
 
+pub use auth::{TOKEN_PATH, TestAuth};
 pub use fault::{Action, Canned, FaultMix, Latency, Match, RateLimitHeaders};
 pub use log::Arrival;
 pub use openai::{VOCABULARY, reply_words};

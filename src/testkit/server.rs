@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use super::auth::{self, TOKEN_PATH, TestAuth, Tokens};
 use super::body::{Ending, ReplyBody, delay, stopped};
 use super::fault::{RequestFacts, Rng, Scripts};
 use super::log::{Arrival, Log};
@@ -46,6 +47,7 @@ pub(crate) struct Config {
     pub lengths: Lengths,
     pub models: Vec<String>,
     pub grace: Duration,
+    pub auth: TestAuth,
 }
 
 /// State shared by the handle and every connection.
@@ -58,6 +60,8 @@ pub(crate) struct Shared {
     pub scripts: Mutex<Scripts>,
     pub mix: Mutex<FaultMix>,
     pub rate_limit_headers: Mutex<Option<RateLimitHeaders>>,
+    /// OAuth2 tokens issued by the token endpoint.
+    pub tokens: Tokens,
     fault_draws: AtomicU64,
     latency_draws: AtomicU64,
     pub shutdown: watch::Receiver<bool>,
@@ -81,6 +85,7 @@ impl Shared {
             scripts: Mutex::new(Scripts::default()),
             mix: Mutex::new(mix),
             rate_limit_headers: Mutex::new(rate_limit_headers),
+            tokens: Tokens::default(),
             fault_draws: AtomicU64::new(0),
             latency_draws: AtomicU64::new(0),
             shutdown,
@@ -276,6 +281,25 @@ async fn handle(
         .unwrap_or(false);
     arrival.body = body;
 
+    let query = parts.uri.query();
+    let required = &shared.config.auth;
+    if arrival.path == TOKEN_PATH && required.serves_tokens() {
+        let (code, body) = auth::token_endpoint(required, &shared.tokens, &parts.method, query);
+        return Ok(answer(&shared, arrival, code, body));
+    }
+    if arrival.path == "/v1" || arrival.path.starts_with("/v1/") {
+        if let Err(refusal) = required.check(&parts.headers, query, &shared.tokens) {
+            let err = ApiError {
+                status: 401,
+                message: refusal.message(),
+                kind: "invalid_request_error",
+                param: None,
+                code: Some("invalid_api_key"),
+            };
+            return Ok(reject(&shared, arrival, &err));
+        }
+    }
+
     let route = match route(&parts.method, &arrival.path, json.as_ref(), &shared) {
         Ok(r) => r,
         Err(err) => return Ok(reject(&shared, arrival, &err)),
@@ -323,14 +347,16 @@ async fn handle(
     Ok(response)
 }
 
-/// Logs a request that failed validation and answers with its error.
-fn reject(shared: &Shared, mut arrival: Arrival, err: &ApiError) -> Response<ReplyBody> {
-    arrival.status = Some(err.status);
+/// Logs a request that failed validation (or authentication) and answers with its error.
+fn reject(shared: &Shared, arrival: Arrival, err: &ApiError) -> Response<ReplyBody> {
+    answer(shared, arrival, err.status, err.body())
+}
+
+/// Logs a request answered at once, without scripts, faults or latency, and answers it.
+fn answer(shared: &Shared, mut arrival: Arrival, code: u16, body: Bytes) -> Response<ReplyBody> {
+    arrival.status = Some(code);
     let seq = shared.log.push(arrival);
-    let mut resp = json_response(
-        status(err.status),
-        ReplyBody::full(err.body(), &shared.shutdown),
-    );
+    let mut resp = json_response(status(code), ReplyBody::full(body, &shared.shutdown));
     request_id(&mut resp, seq);
     resp
 }

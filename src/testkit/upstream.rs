@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use super::auth::{TOKEN_PATH, TestAuth};
 use super::fault::Match;
 use super::log::Arrival;
 use super::openai::Lengths;
@@ -44,6 +45,7 @@ pub struct Builder {
     models: Vec<String>,
     worker_threads: usize,
     grace: Duration,
+    auth: TestAuth,
 }
 
 impl Default for Builder {
@@ -70,6 +72,7 @@ impl Default for Builder {
             .to_vec(),
             worker_threads: 2,
             grace: Duration::from_secs(2),
+            auth: TestAuth::None,
         }
     }
 }
@@ -145,6 +148,15 @@ impl Builder {
         self
     }
 
+    /// How `/v1/*` requests must authenticate (default [`TestAuth::None`]: not at all).
+    /// [`TestAuth::OAuth2`] also serves the token endpoint at
+    /// [`TestUpstream::token_url`]; its requests are logged but take no scripted action, fault
+    /// or latency.
+    pub fn auth(mut self, auth: TestAuth) -> Builder {
+        self.auth = auth;
+        self
+    }
+
     /// Starts serving plain HTTP (HTTP/1.1 and h2c with prior knowledge) on `127.0.0.1:0`, on
     /// a runtime of its own (background threads): usable from sync code, benches and tokio.
     pub fn start(self) -> Result<TestUpstream, Error> {
@@ -189,6 +201,7 @@ impl Builder {
             lengths: self.lengths,
             models: self.models,
             grace: self.grace,
+            auth: self.auth,
         };
         let shared = Arc::new(Shared::new(
             config,
@@ -316,6 +329,23 @@ impl TestUpstream {
     /// The origin followed by `path`, e.g. `url("/v1/chat/completions")`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.origin())
+    }
+
+    /// The OAuth2 token endpoint: the origin followed by `/oauth/2.0/token` (served only with
+    /// [`TestAuth::OAuth2`]).
+    pub fn token_url(&self) -> String {
+        self.url(TOKEN_PATH)
+    }
+
+    /// How many OAuth2 tokens the token endpoint has issued (revoked ones included).
+    pub fn tokens_issued(&self) -> usize {
+        self.shared.tokens.issued()
+    }
+
+    /// Revokes every OAuth2 token issued so far: requests carrying one get a 401 from now on,
+    /// and a client has to fetch a new token.
+    pub fn revoke_tokens(&self) {
+        self.shared.tokens.revoke_all();
     }
 
     /// The CA that signed the certificate, for an upstream started with `start_tls`.

@@ -19,7 +19,14 @@
 //! Pooling: an HTTP/2 connection is shared by every request to its origin; an HTTP/1.1
 //! connection goes back to the pool once its response body has been read to the end (a
 //! response dropped early closes its connection). Idle connections are dropped after
-//! [`ClientConfig::pool_idle_timeout`].
+//! [`ClientConfig::pool_idle_timeout`]. [`Client::warm_up`] opens connections ahead of the
+//! first call; [`ClientConfig::http2_keep_alive`] pings HTTP/2 connections so that dead ones
+//! are noticed and idle ones are not dropped by middleboxes.
+//!
+//! Proxies: with [`ClientConfig::proxy`] every connection to a host outside
+//! [`ProxyConfig::no_proxy`] goes through a `CONNECT` tunnel (see [`ProxyConfig`]); the connect
+//! timeout covers the proxy, the tunnel and TLS. Connections through the proxy and direct ones
+//! are pooled apart.
 //!
 //! The client is built on hyper's connection API (`hyper::client::conn`) with a small pool of
 //! its own rather than on `hyper_util`'s legacy client: a custom connector for the latter has
@@ -30,7 +37,8 @@
 //! tasks spawned on it.
 //!
 //! Error messages say what happened and to which `host:port`; they never carry request headers
-//! (so never an `Authorization` value) nor the URL's path, query or user info.
+//! (so never an `Authorization` value) nor the URL's path, query or user info, nor a proxy's
+//! user info.
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
@@ -57,6 +65,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
+use super::proxy::{Proxy, ProxyConfig};
 use crate::policy::Timeouts;
 use crate::retry::{ConnectKind, Failure, TimeoutKind};
 
@@ -68,6 +77,10 @@ pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Default for [`ClientConfig::pool_max_idle_per_host`].
 pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 32;
+
+/// The longest wait for the answer to an HTTP/2 keep-alive ping (shorter when the ping
+/// interval is shorter); see [`ClientConfig::http2_keep_alive`].
+pub const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// An extra CA certificate trusted besides the webpki roots.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +109,14 @@ pub struct ClientConfig {
     /// How many idle HTTP/1.1 connections are kept per origin (0 disables pooling).
     /// Default [`DEFAULT_POOL_MAX_IDLE_PER_HOST`].
     pub pool_max_idle_per_host: usize,
+    /// An HTTP proxy reached through `CONNECT`, for `http` and `https` targets alike. Default
+    /// `None`: connect directly. The environment is not read implicitly; pass
+    /// [`ProxyConfig::from_env`] to follow `HTTPS_PROXY` and `NO_PROXY`.
+    pub proxy: Option<ProxyConfig>,
+    /// Send an HTTP/2 ping on every connection this often, idle or not, and close a connection
+    /// whose ping is not answered within the interval or [`HTTP2_KEEP_ALIVE_TIMEOUT`],
+    /// whichever is shorter. Default `None`: no pings. Must be positive.
+    pub http2_keep_alive: Option<Duration>,
 }
 
 impl Default for ClientConfig {
@@ -107,6 +128,8 @@ impl Default for ClientConfig {
             http2_prior_knowledge: false,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             pool_max_idle_per_host: DEFAULT_POOL_MAX_IDLE_PER_HOST,
+            proxy: None,
+            http2_keep_alive: None,
         }
     }
 }
@@ -275,6 +298,7 @@ impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
             .field("timeouts", &self.inner.config.timeouts)
+            .field("proxy", &self.inner.proxy)
             .field("connections_opened", &self.connections_opened())
             .finish_non_exhaustive()
     }
@@ -282,6 +306,7 @@ impl fmt::Debug for Client {
 
 struct Inner {
     config: ClientConfig,
+    proxy: Option<Proxy>,
     tls: TlsConnector,
     pool: Mutex<HashMap<Key, HostPool>>,
     opened: AtomicU64,
@@ -292,6 +317,8 @@ struct Key {
     https: bool,
     host: String,
     port: u16,
+    /// True when connections to this origin go through the proxy.
+    proxied: bool,
 }
 
 impl Key {
@@ -324,21 +351,42 @@ struct Release {
 
 impl Release {
     fn run(self) {
-        let max = self.inner.config.pool_max_idle_per_host;
-        if max == 0 || self.sender.is_closed() {
-            return;
+        self.inner.put_idle(self.key, self.sender);
+    }
+}
+
+impl Inner {
+    /// Puts an HTTP/1.1 connection in the pool, if it is open and there is room; true if it
+    /// went in.
+    fn put_idle(&self, key: Key, sender: http1::SendRequest<Full<Bytes>>) -> bool {
+        let max = self.config.pool_max_idle_per_host;
+        if max == 0 || sender.is_closed() {
+            return false;
         }
-        let mut pool = self.inner.pool.lock();
-        let host = pool.entry(self.key).or_default();
+        let mut pool = self.pool.lock();
+        let host = pool.entry(key).or_default();
         if host.h1.len() < max {
-            host.h1.push((self.sender, Instant::now()));
+            host.h1.push((sender, Instant::now()));
+            true
+        } else {
+            false
         }
     }
 }
 
 impl Client {
-    /// A client for this configuration; fails when the extra CA cannot be read or parsed.
+    /// A client for this configuration; fails when the extra CA cannot be read or parsed, the
+    /// proxy URL is unusable, or [`ClientConfig::http2_keep_alive`] is zero.
     pub fn new(config: ClientConfig) -> Result<Client, TransportError> {
+        let proxy = match &config.proxy {
+            Some(p) => Some(Proxy::parse(p).map_err(TransportError::Config)?),
+            None => None,
+        };
+        if config.http2_keep_alive == Some(Duration::ZERO) {
+            return Err(TransportError::Config(
+                "http2_keep_alive must be positive; use None to send no pings".into(),
+            ));
+        }
         let mut roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
@@ -363,6 +411,7 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 config,
+                proxy,
                 tls: TlsConnector::from(Arc::new(tls)),
                 pool: Mutex::new(HashMap::new()),
                 opened: AtomicU64::new(0),
@@ -461,13 +510,89 @@ impl Client {
         })
     }
 
+    /// Opens connections to the origin of `origin` (`https://host:port`, or any URL of it) and
+    /// puts them in the pool, so that the calls that follow do not pay for TCP, TLS and a proxy
+    /// tunnel. Returns how many it opened.
+    ///
+    /// The pool is topped up to `connections` idle connections (at most
+    /// [`ClientConfig::pool_max_idle_per_host`]), so a second warm-up opens none. HTTP/2 needs
+    /// one connection, whatever `connections` says, since every request shares it: the first
+    /// connection tells which protocol the origin speaks, the others are opened concurrently.
+    /// Each connection is bounded by the connect timeout. The first failure is returned; the
+    /// connections opened before it stay in the pool.
+    ///
+    /// Must run inside a tokio runtime.
+    pub async fn warm_up(&self, origin: &str, connections: usize) -> Result<usize, TransportError> {
+        let uri: Uri = origin.trim().parse().map_err(|e| {
+            TransportError::InvalidRequest(format!(
+                "warm_up needs an absolute http or https URL: {e}"
+            ))
+        })?;
+        let key = self.key_of(&uri)?;
+        if connections == 0 {
+            return Ok(0);
+        }
+        let idle = match self.idle(&key) {
+            Idle::H2 => return Ok(0),
+            Idle::H1(n) => n,
+        };
+        let wanted = connections.min(self.inner.config.pool_max_idle_per_host);
+        let mut opened = 0;
+        if idle == 0 {
+            let may_be_h2 = key.https || self.inner.config.http2_prior_knowledge;
+            if wanted == 0 && !may_be_h2 {
+                return Ok(0);
+            }
+            match self.connect(&key).await? {
+                Sender::H2(_) => return Ok(1), // pooled by the handshake
+                Sender::H1(sender) => {
+                    if !self.inner.put_idle(key.clone(), sender) {
+                        return Ok(0);
+                    }
+                    opened = 1;
+                }
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..wanted.saturating_sub(idle + opened) {
+            let client = self.clone();
+            let key = key.clone();
+            tasks.spawn(async move { client.connect(&key).await });
+        }
+        let mut first_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(Sender::H1(sender))) => {
+                    if self.inner.put_idle(key.clone(), sender) {
+                        opened += 1;
+                    }
+                }
+                Ok(Ok(Sender::H2(_))) => opened += 1,
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(TransportError::Connect {
+                        kind: ConnectKind::Other,
+                        target: key.target(),
+                        message: format!("a warm-up connection task failed: {e}"),
+                    });
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(opened),
+        }
+    }
+
     /// Connects (or reuses a pooled connection), sends, and waits for the response head.
     async fn head(
         &self,
         request: Request<Bytes>,
         deadline: Instant,
     ) -> Result<(http::Response<Incoming>, Option<Release>, String), TransportError> {
-        let key = key_of(request.uri())?;
+        let key = self.key_of(request.uri())?;
         let target = key.target();
         let t = self.inner.config.timeouts;
         let fut = async {
@@ -500,6 +625,38 @@ impl Client {
         )
         .await??;
         Ok((response, release, target))
+    }
+
+    /// The pool key of `uri`: its origin, and whether the proxy is used for it.
+    fn key_of(&self, uri: &Uri) -> Result<Key, TransportError> {
+        let mut key = origin_of(uri)?;
+        key.proxied = self
+            .inner
+            .proxy
+            .as_ref()
+            .is_some_and(|p| p.applies_to(&key.host));
+        Ok(key)
+    }
+
+    /// What the pool holds for `key` that is still usable.
+    fn idle(&self, key: &Key) -> Idle {
+        let idle_timeout = self.inner.config.pool_idle_timeout;
+        let pool = self.inner.pool.lock();
+        let Some(host) = pool.get(key) else {
+            return Idle::H1(0);
+        };
+        let live = |closed: bool, since: &Instant| !closed && since.elapsed() < idle_timeout;
+        if let Some((h2, since)) = &host.h2 {
+            if live(h2.is_closed(), since) {
+                return Idle::H2;
+            }
+        }
+        Idle::H1(
+            host.h1
+                .iter()
+                .filter(|(sender, since)| live(sender.is_closed(), since))
+                .count(),
+        )
     }
 
     fn checkout(&self, key: &Key) -> Option<Sender> {
@@ -590,32 +747,28 @@ impl Client {
             target: target.clone(),
             message,
         };
-        let addrs = tokio::net::lookup_host((key.host.as_str(), key.port))
-            .await
-            .map_err(|e| fail(ConnectKind::Dns, format!("DNS lookup failed: {e}")))?;
-        let mut last: Option<io::Error> = None;
-        let mut tcp = None;
-        for addr in addrs {
-            match TcpStream::connect(addr).await {
-                Ok(stream) => {
-                    tcp = Some(stream);
-                    break;
-                }
-                Err(e) => last = Some(e),
+        let tcp = match (&self.inner.proxy, key.proxied) {
+            (Some(proxy), true) => {
+                let mut tcp = dial(proxy.host(), proxy.port())
+                    .await
+                    .map_err(|(kind, m)| {
+                        fail(kind, format!("cannot reach proxy {}: {m}", proxy.addr()))
+                    })?;
+                self.inner.opened.fetch_add(1, Ordering::Relaxed);
+                proxy
+                    .tunnel(&mut tcp, &target)
+                    .await
+                    .map_err(|(kind, m)| fail(kind, m))?;
+                tcp
             }
-        }
-        let tcp = match (tcp, last) {
-            (Some(tcp), _) => tcp,
-            (None, Some(e)) => return Err(fail(io_kind(&e), format!("TCP connect failed: {e}"))),
-            (None, None) => {
-                return Err(fail(
-                    ConnectKind::Dns,
-                    "the host name resolved to no address".into(),
-                ));
+            _ => {
+                let tcp = dial(&key.host, key.port)
+                    .await
+                    .map_err(|(kind, m)| fail(kind, m))?;
+                self.inner.opened.fetch_add(1, Ordering::Relaxed);
+                tcp
             }
         };
-        let _ = tcp.set_nodelay(true);
-        self.inner.opened.fetch_add(1, Ordering::Relaxed);
         if key.https {
             let host = key.host.trim_start_matches('[').trim_end_matches(']');
             let name = ServerName::try_from(host.to_owned())
@@ -645,11 +798,15 @@ impl Client {
             message: format!("HTTP handshake failed: {}", chain(&e)),
         };
         if h2 {
-            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .handshake(io)
-                .await
-                .map_err(fail)?;
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            builder.timer(TokioTimer::new());
+            if let Some(interval) = self.inner.config.http2_keep_alive {
+                builder
+                    .keep_alive_interval(interval)
+                    .keep_alive_timeout(interval.min(HTTP2_KEEP_ALIVE_TIMEOUT))
+                    .keep_alive_while_idle(true);
+            }
+            let (sender, conn) = builder.handshake(io).await.map_err(fail)?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
@@ -672,7 +829,40 @@ enum SendError {
     Failed(TransportError),
 }
 
-fn key_of(uri: &Uri) -> Result<Key, TransportError> {
+/// What the pool holds for one origin.
+enum Idle {
+    /// A live HTTP/2 connection.
+    H2,
+    /// This many live idle HTTP/1.1 connections.
+    H1(usize),
+}
+
+/// Resolves `host` and opens a TCP connection to the first address that answers.
+async fn dial(host: &str, port: u16) -> Result<TcpStream, (ConnectKind, String)> {
+    let addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| (ConnectKind::Dns, format!("DNS lookup failed: {e}")))?;
+    let mut last: Option<io::Error> = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(tcp) => {
+                let _ = tcp.set_nodelay(true);
+                return Ok(tcp);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => (io_kind(&e), format!("TCP connect failed: {e}")),
+        None => (
+            ConnectKind::Dns,
+            "the host name resolved to no address".into(),
+        ),
+    })
+}
+
+/// The pool key of `uri`, for a direct connection.
+fn origin_of(uri: &Uri) -> Result<Key, TransportError> {
     let https = match uri.scheme_str() {
         Some("https") => true,
         Some("http") => false,
@@ -696,7 +886,12 @@ fn key_of(uri: &Uri) -> Result<Key, TransportError> {
         .trim_end_matches(']')
         .to_owned();
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    Ok(Key { https, host, port })
+    Ok(Key {
+        https,
+        host,
+        port,
+        proxied: false,
+    })
 }
 
 fn clone_request(request: &Request<Bytes>) -> Request<Bytes> {
