@@ -654,24 +654,26 @@ fn simulate_replays_the_bundled_incident() {
 // ---- demo and help -----------------------------------------------------------------------
 
 #[test]
-fn demo_runs_with_no_arguments_and_shows_waits_and_denials() {
-    let r = tollgate(&["demo"], "");
-    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
-    assert!(r.stdout.contains("SIMULATION"), "{}", r.stdout);
-    assert!(r.stdout.contains("Per tenant:"), "{}", r.stdout);
-    assert!(r.stdout.contains("Per budget"), "{}", r.stdout);
-    assert!(
-        r.stdout.contains("then went"),
-        "a call waited: {}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains("denied by"),
-        "a call was denied: {}",
-        r.stdout
-    );
-    assert!(r.stdout.contains("Retries"), "{}", r.stdout);
-    assert!(r.stdout.contains("examples/incident.jsonl"), "{}", r.stdout);
+fn demo_makes_real_calls_and_checks_itself_against_the_arrival_log() {
+    let r = tollgate(&["demo", "--calls", "300", "--quiet"], "");
+    assert_eq!(r.code, 0, "stdout: {}\nstderr: {}", r.stdout, r.stderr);
+    for part in [
+        "300 calls from 8 tenants",
+        "redirected to test upstreams on 127.0.0.1",
+        "Per tenant",
+        "p99 ms",
+        "Self-check against the upstreams' arrival logs",
+        "budget 'per-model' requests_per_second = 50 (burst 100): held",
+        "every checked budget held.",
+    ] {
+        assert!(r.stdout.contains(part), "{part}: {}", r.stdout);
+    }
+    let all = r
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("all "))
+        .expect("a totals row");
+    assert!(all.split_whitespace().nth(1) == Some("300"), "{all}");
 }
 
 #[test]

@@ -596,7 +596,11 @@ impl Engine {
         loop {
             match self.admit(call) {
                 Decision::Go(permit) => {
-                    let queued = if slept { started.elapsed() } else { Duration::ZERO };
+                    let queued = if slept {
+                        started.elapsed()
+                    } else {
+                        Duration::ZERO
+                    };
                     return Ok((permit, queued));
                 }
                 Decision::Deny(denial) => {
@@ -651,7 +655,10 @@ impl Engine {
             return;
         }
         let now = compiled.clock.now();
-        let last = self.inner.probed_at.load(std::sync::atomic::Ordering::Relaxed);
+        let last = self
+            .inner
+            .probed_at
+            .load(std::sync::atomic::Ordering::Relaxed);
         let every = u64::try_from(PROBE_EVERY.as_nanos()).unwrap_or(u64::MAX);
         if now.saturating_sub(last) < every
             || self
@@ -701,5 +708,29 @@ impl Engine {
                 engine.settle_probe(probe, ok, started.elapsed());
             });
         }
+    }
+}
+
+impl Engine {
+    /// Opens the connections each upstream's `warm_up` asks for, so the first calls do not pay
+    /// the TCP and TLS handshakes; returns how many were opened. Errors are per upstream:
+    /// `(upstream, error)` for each that could not be reached (the others are still warmed).
+    ///
+    /// Must run in a tokio runtime.
+    pub async fn warm_up(&self) -> (usize, Vec<(String, TransportError)>) {
+        let compiled = self.inner.current();
+        let mut opened = 0;
+        let mut failed = vec![];
+        for upstream in compiled.policy.upstreams.iter().filter(|u| u.warm_up > 0) {
+            let result = match self.inner.wires.get(upstream) {
+                Ok(wire) => wire.warm_up().await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(n) => opened += n,
+                Err(e) => failed.push((upstream.name.clone(), e)),
+            }
+        }
+        (opened, failed)
     }
 }

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::auth::{AuthError, Credentials, Resolved, Token, parse_token_response};
 use crate::policy::Upstream;
-use crate::transport::{Client, ClientConfig, ExtraCa, TransportError};
+use crate::transport::{Client, ClientConfig, ExtraCa, ProxyConfig, TransportError};
 
 use super::health::key_id;
 
@@ -159,10 +159,27 @@ impl Wire {
     }
 }
 
+impl Wire {
+    /// Opens the policy's `warm_up` connections to this upstream.
+    pub(crate) async fn warm_up(&self) -> Result<usize, TransportError> {
+        if self.config.warm_up == 0 {
+            return Ok(0);
+        }
+        self.client
+            .warm_up(&self.config.base_url, self.config.warm_up as usize)
+            .await
+    }
+}
+
 fn client_config(config: &Upstream) -> ClientConfig {
     ClientConfig {
         timeouts: config.timeouts,
         extra_ca: config.ca_file.clone().map(ExtraCa::File),
+        proxy: match &config.proxy {
+            Some(url) => Some(ProxyConfig::new(url.clone())),
+            None => ProxyConfig::from_env(),
+        },
+        http2_keep_alive: config.http2_keep_alive,
         ..ClientConfig::default()
     }
 }
