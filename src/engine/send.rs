@@ -423,11 +423,9 @@ impl Engine {
                         .with_headers(&headers)
                         .with_latency(latency);
                     if response.status.is_success() {
-                        match serde_json::from_slice::<Value>(&response.body) {
-                            Ok(v) if v.is_object() => {
-                                outcome.usage = Usage::from_response(&v).ok().flatten();
-                            }
-                            _ => outcome.failure = Some(Failure::Malformed),
+                        match serde_json::from_slice::<UsageOnly>(&response.body) {
+                            Ok(body) => outcome.usage = body.usage(),
+                            Err(_) => outcome.failure = Some(Failure::Malformed),
                         }
                     }
                     let usage = outcome.usage;
@@ -732,5 +730,20 @@ impl Engine {
             }
         }
         (opened, failed)
+    }
+}
+
+/// A response body read only for its `usage`: the rest is checked to be JSON and skipped, which
+/// is several times cheaper than building a `Value` of the whole body.
+#[derive(serde::Deserialize)]
+pub(crate) struct UsageOnly {
+    #[serde(default)]
+    usage: Option<Value>,
+}
+
+impl UsageOnly {
+    pub(crate) fn usage(&self) -> Option<Usage> {
+        let u = self.usage.as_ref()?;
+        Usage::from_response(u).ok().flatten()
     }
 }

@@ -30,6 +30,9 @@ use super::route::{Attempt, AttemptRecord, TargetRef};
 use super::send::{CallError, ChatRequest, Next, Ready, Source, header_pairs, model_of};
 use super::wire::{Wire, exchange};
 
+/// How long the end of the body is awaited after `[DONE]` (to pool the connection).
+const DRAIN_AFTER_DONE: Duration = Duration::from_millis(50);
+
 /// How many times one stream may resume with `Last-Event-ID`.
 const MAX_RESUMES: u32 = 3;
 
@@ -406,6 +409,18 @@ impl ChatStream {
                 continue;
             };
             if let Some(event) = live.pending.pop_front() {
+                if event.is_done() && live.pending.is_empty() {
+                    // Read the end of the body so an HTTP/1.1 connection goes back to the pool;
+                    // bounded, for servers that keep the response open after [DONE].
+                    let drain = async {
+                        for _ in 0..16 {
+                            if !matches!(live.response.next_chunk().await, Some(Ok(_))) {
+                                break;
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(DRAIN_AFTER_DONE, drain).await;
+                }
                 self.observe(&event);
                 return Ok(Some(event));
             }
@@ -463,28 +478,28 @@ impl ChatStream {
             return;
         }
         self.delivered = true;
-        if let Ok(v) = serde_json::from_str::<Value>(&event.data) {
-            if let Some(choices) = v.get("choices").and_then(Value::as_array) {
-                for c in choices {
-                    if let Some(t) = c.pointer("/delta/content").and_then(Value::as_str) {
-                        if !t.is_empty() && !live.first_token {
-                            live.first_token = true;
-                            if let Some(target) = &live.target {
-                                self.engine.record_ttft(
-                                    &target.upstream,
-                                    &target.model,
-                                    live.sent_at.elapsed(),
-                                );
-                            }
+        if let Ok(chunk) = serde_json::from_str::<Chunk<'_>>(&event.data) {
+            for c in &chunk.choices {
+                if let Some(t) = c.delta.as_ref().and_then(|d| d.content.as_deref()) {
+                    if !t.is_empty() && !live.first_token {
+                        live.first_token = true;
+                        if let Some(target) = &live.target {
+                            self.engine.record_ttft(
+                                &target.upstream,
+                                &target.model,
+                                live.sent_at.elapsed(),
+                            );
                         }
-                        self.text.push_str(t);
                     }
-                    if c.get("finish_reason").is_some_and(|r| !r.is_null()) {
-                        self.seen_finish_reason = true;
-                    }
+                    self.text.push_str(t);
+                }
+                if c.finish_reason.is_some() {
+                    self.seen_finish_reason = true;
                 }
             }
-            if let Ok(Some(u)) = Usage::from_response(&v) {
+            if let Some(u) = &chunk.usage
+                && let Ok(Some(u)) = Usage::from_response(u)
+            {
                 self.usage = Some(u);
             }
         }
@@ -696,4 +711,28 @@ fn events_from_body(body: &[u8]) -> VecDeque<Event> {
         ..Event::default()
     });
     out
+}
+
+/// The parts of a `chat.completion.chunk` the stream reads; everything else is skipped without
+/// building a `Value` (the hot path of a stream).
+#[derive(serde::Deserialize)]
+struct Chunk<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<ChunkChoice<'a>>,
+    #[serde(default)]
+    usage: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChunkChoice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<Delta<'a>>,
+    #[serde(default)]
+    finish_reason: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct Delta<'a> {
+    #[serde(default, borrow)]
+    content: Option<std::borrow::Cow<'a, str>>,
 }

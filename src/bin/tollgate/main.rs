@@ -1,10 +1,11 @@
 //! `tollgate`: the command-line tool of the tollgate policy engine.
 //!
 //! Subcommands: `check` (validate a policy), `count` (token counts and input cost), `simulate`
-//! (replay a trace of calls through the real engine in virtual time) and `demo` (the bundled
-//! simulation). Each subcommand lives in its own module; this file holds the argument grammar
+//! (replay a trace of calls through the real engine in virtual time), `demo` (real calls against
+//! fault-injecting test upstreams) and `bench` (the call API against bare hyper). Each subcommand lives in its own module; this file holds the argument grammar
 //! and maps every result to an exit status.
 
+mod bench;
 mod check;
 mod count;
 mod demo;
@@ -71,6 +72,13 @@ enum Command {
     /// budget against what the upstreams received: exit status 1 if any was exceeded.
     #[command(after_help = EXIT_CODES)]
     Demo(DemoArgs),
+    /// Load benchmark: Engine::send (or stream) against a bare hyper-util client, same upstream.
+    ///
+    /// N requests at concurrency C, against the built-in test upstream on 127.0.0.1 or any
+    /// OpenAI-compatible URL; prints both sides, the throughput ratio and the added median
+    /// latency (and time to first token with --stream).
+    #[command(after_help = EXIT_CODES)]
+    Bench(BenchArgs),
 }
 
 /// Arguments of `tollgate check`.
@@ -141,6 +149,33 @@ pub(crate) struct DemoArgs {
     pub quiet: bool,
 }
 
+/// Arguments of `tollgate bench`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Base URL of an OpenAI-compatible API (`http://host:port/v1`); default: the built-in test
+    /// upstream on 127.0.0.1 (no latency, no faults).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Requests per measured run (each side runs twice, after a warm-up of a tenth).
+    #[arg(long, short = 'n', default_value_t = 20_000)]
+    pub requests: usize,
+    /// Requests in flight at once.
+    #[arg(long, short = 'c', default_value_t = 64)]
+    pub concurrency: usize,
+    /// Streamed requests (SSE) instead of JSON.
+    #[arg(long)]
+    pub stream: bool,
+    /// The model sent.
+    #[arg(long, default_value = "gpt-4o")]
+    pub model: String,
+    /// Words per answer (`max_tokens`).
+    #[arg(long, default_value_t = 16)]
+    pub words: usize,
+    /// Runtime worker threads of the client side.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
@@ -148,6 +183,7 @@ fn main() -> ExitCode {
         Command::Count(a) => count::run(&a),
         Command::Simulate(a) => simulate::run(&a),
         Command::Demo(a) => demo::run(&a),
+        Command::Bench(a) => bench::run(&a),
     };
     ExitCode::from(code)
 }
