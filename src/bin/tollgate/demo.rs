@@ -399,7 +399,7 @@ fn print_tenants(rows: &[Row]) {
 
 /// Time between admission and arrival that the self-check allows for (a new connection, a
 /// busy runtime): two calls admitted `t` apart may arrive up to this much closer together.
-const JITTER: f64 = 0.1;
+const JITTER: f64 = 0.25;
 
 /// Checks every request-rate budget against the arrival logs: in any window of length `t`, a
 /// budget key may have received at most `burst + rate × (t + JITTER) + 1` requests (GCRA's
