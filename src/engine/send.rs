@@ -19,7 +19,7 @@ use crate::retry::Failure;
 use crate::tokens::Usage;
 use crate::transport::TransportError;
 
-use super::cache::CacheLookup;
+use super::cache::{CacheFill, CacheLookup};
 use super::decision::{Decision, Denial, DenyReason, GiveUp, Outcome, Settlement, Verdict};
 use super::permit::Permit;
 use super::route::{Attempt, AttemptRecord, TargetRef};
@@ -327,29 +327,10 @@ impl Engine {
     async fn send_now(&self, request: &ChatRequest) -> Result<ChatResponse, CallError> {
         let model = model_of(request)?;
         self.drive_probes();
-        let mut fill = None;
-        // A follower whose leader gave up joins again; one of them becomes the next leader.
-        for _ in 0..4 {
-            match self.cache_lookup(&request.body, request.cache) {
-                CacheLookup::Hit(r) => {
-                    self.inner.metrics.cache_answer(Source::Cache.as_str());
-                    return Ok(ChatResponse::from_cache(&r, Source::Cache));
-                }
-                CacheLookup::Miss(f) => {
-                    fill = Some(f);
-                    break;
-                }
-                CacheLookup::Joined(wait) => match wait.await {
-                    Ok(Ok(r)) => {
-                        self.inner.metrics.cache_answer(Source::Shared.as_str());
-                        return Ok(ChatResponse::from_cache(&r, Source::Shared));
-                    }
-                    Ok(Err(message)) => return Err(CallError::Shared(message.to_string())),
-                    Err(FlightError::Abandoned | FlightError::Timeout) => continue,
-                },
-                CacheLookup::NotCacheable(_) => break,
-            }
-        }
+        let fill = match self.cached(request).await? {
+            Cached::Answer(r, source) => return Ok(ChatResponse::from_cache(&r, source)),
+            Cached::Fetch(fill) => fill,
+        };
         let result = self.send_attempts(request, model).await;
         match (&result, fill) {
             (Ok(response), Some(fill)) => {
@@ -465,17 +446,7 @@ impl Engine {
                     tokio::time::sleep(after).await;
                     attempt = Some(a);
                 }
-                Next::GiveUp(reason) => {
-                    let (status, body) = match last {
-                        Some((s, b)) => (Some(s), Some(b)),
-                        None => (None, None),
-                    };
-                    return Err(CallError::GaveUp {
-                        reason,
-                        status,
-                        body,
-                    });
-                }
+                Next::GiveUp(reason) => return Err(CallError::gave_up(reason, last)),
             }
         }
     }
@@ -745,5 +716,47 @@ impl UsageOnly {
     pub(crate) fn usage(&self) -> Option<Usage> {
         let u = self.usage.as_ref()?;
         Usage::from_response(u).ok().flatten()
+    }
+}
+
+/// What the cache says about a call-API request.
+pub(crate) enum Cached {
+    /// Answered: from the cache, or from an identical call in flight.
+    Answer(Arc<CachedResponse>, Source),
+    /// Make the call; fill the cache with its answer when a fill is given.
+    Fetch(Option<CacheFill>),
+}
+
+impl Engine {
+    /// Looks the request up, waiting for an identical call in flight. A follower whose leader
+    /// gave up joins again (one of them becomes the next leader), a few times at most.
+    pub(crate) async fn cached(&self, request: &ChatRequest) -> Result<Cached, CallError> {
+        for _ in 0..4 {
+            let answer = match self.cache_lookup(&request.body, request.cache) {
+                CacheLookup::Hit(r) => (r, Source::Cache),
+                CacheLookup::Miss(fill) => return Ok(Cached::Fetch(Some(fill))),
+                CacheLookup::NotCacheable(_) => return Ok(Cached::Fetch(None)),
+                CacheLookup::Joined(wait) => match wait.await {
+                    Ok(Ok(r)) => (r, Source::Shared),
+                    Ok(Err(message)) => return Err(CallError::Shared(message.to_string())),
+                    Err(FlightError::Abandoned | FlightError::Timeout) => continue,
+                },
+            };
+            self.inner.metrics.cache_answer(answer.1.as_str());
+            return Ok(Cached::Answer(answer.0, answer.1));
+        }
+        Ok(Cached::Fetch(None))
+    }
+}
+
+impl CallError {
+    /// A give-up with the last answer's status and body, when one came.
+    pub(crate) fn gave_up(reason: GiveUp, last: Option<(u16, Bytes)>) -> CallError {
+        let (status, body) = last.map_or((None, None), |(s, b)| (Some(s), Some(b)));
+        CallError::GaveUp {
+            reason,
+            status,
+            body,
+        }
     }
 }

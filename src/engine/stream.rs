@@ -16,18 +16,18 @@ use bytes::Bytes;
 use http::HeaderMap;
 use serde_json::Value;
 
-use crate::cache::{CachedResponse, FlightError, SseEvent};
+use crate::cache::{CachedResponse, SseEvent};
 use crate::retry::Failure;
 use crate::tokens::Usage;
 use crate::transport::sse::{Decoder, Event};
 use crate::transport::{StreamResponse, TransportError};
 
 use super::Engine;
-use super::cache::{CacheFill, CacheLookup};
+use super::cache::CacheFill;
 use super::decision::{Outcome, Settlement};
 use super::permit::Permit;
 use super::route::{Attempt, AttemptRecord, TargetRef};
-use super::send::{CallError, ChatRequest, Next, Ready, Source, header_pairs, model_of};
+use super::send::{Cached, CallError, ChatRequest, Next, Ready, Source, header_pairs, model_of};
 use super::wire::{Wire, exchange};
 
 /// How long the end of the body is awaited after `[DONE]` (to pool the connection).
@@ -238,35 +238,19 @@ impl ChatStream {
 
     /// A cache hit or a shared answer, replayed; returns whether the cache answered.
     async fn answer_from_cache(&mut self) -> Result<bool, CallError> {
-        for _ in 0..4 {
-            match self
-                .engine
-                .cache_lookup(&self.request.body, self.request.cache)
-            {
-                CacheLookup::Hit(r) => {
-                    self.replay_from(&r, Source::Cache);
-                    return Ok(true);
-                }
-                CacheLookup::Miss(fill) => {
-                    self.fill = Some(fill);
-                    return Ok(false);
-                }
-                CacheLookup::Joined(wait) => match wait.await {
-                    Ok(Ok(r)) => {
-                        self.replay_from(&r, Source::Shared);
-                        return Ok(true);
-                    }
-                    Ok(Err(message)) => return Err(CallError::Shared(message.to_string())),
-                    Err(FlightError::Abandoned | FlightError::Timeout) => continue,
-                },
-                CacheLookup::NotCacheable(_) => return Ok(false),
+        match self.engine.cached(&self.request).await? {
+            Cached::Answer(r, source) => {
+                self.replay_from(&r, source);
+                Ok(true)
+            }
+            Cached::Fetch(fill) => {
+                self.fill = fill;
+                Ok(false)
             }
         }
-        Ok(false)
     }
 
     fn replay_from(&mut self, r: &CachedResponse, source: Source) {
-        self.engine.inner.metrics.cache_answer(source.as_str());
         self.source = source;
         self.status = r.status;
         self.usage = r.usage;
@@ -382,17 +366,7 @@ impl ChatStream {
                 tokio::time::sleep(after).await;
                 Ok(())
             }
-            Next::GiveUp(reason) => {
-                let (status, body) = match last {
-                    Some((s, b)) => (Some(s), Some(b)),
-                    None => (None, None),
-                };
-                Err(CallError::GaveUp {
-                    reason,
-                    status,
-                    body,
-                })
-            }
+            Next::GiveUp(reason) => Err(CallError::gave_up(reason, last)),
             Next::Done(_) => Ok(()),
         }
     }
