@@ -9,6 +9,7 @@
 //!   keyed state bounded by an LRU, priority queues.
 //! - [`tokens`]: exact BPE counts, a CJK-aware estimate, chat overhead, usage, prices and cost.
 //! - [`Engine`]: the decide API — [`Engine::admit`], [`Engine::settle`], [`Engine::acquire`].
+//! - [`ffi`]: the C ABI (`include/tollgate.h`) for C, C++ and Go hosts.
 //!
 //! ```
 //! use tollgate::{Call, Decision, Engine, Outcome, Prompt};
@@ -40,6 +41,7 @@ pub mod budget;
 pub mod cache;
 pub mod clock;
 mod engine;
+pub mod ffi;
 pub mod metrics;
 pub mod policy;
 pub mod retry;

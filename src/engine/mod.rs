@@ -316,6 +316,16 @@ impl Engine {
         Arc::clone(&self.inner.current.load().policy)
     }
 
+    /// The budget names of the running policy, as the engine's decisions carry them.
+    pub(crate) fn budget_names(&self) -> Vec<Arc<str>> {
+        let compiled = self.inner.current.load();
+        compiled
+            .budgets
+            .iter()
+            .map(|b| Arc::clone(&b.state.name))
+            .collect()
+    }
+
     /// Number of accepted policies so far (1 for the first).
     pub fn generation(&self) -> u64 {
         self.inner.generation.load(Ordering::Acquire)
