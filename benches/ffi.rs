@@ -1,1 +1,186 @@
-fn main() {}
+//! Admit + settle through the C ABI (`tg_engine_admit` / `tg_engine_settle`, the functions a C
+//! host links) against the same pair through the Rust API, in one run, on the same policy
+//! (three limits and a concurrency gate per tenant). Two shapes: a settle with usage only, and
+//! one that also passes four `x-ratelimit-*` response headers. Prints each pair's ratio and the
+//! target: C ≤ 1.2 × Rust + 10 ns.
+//!
+//! Run: `cargo bench --bench ffi`.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::hint::black_box;
+use std::mem::MaybeUninit;
+use std::ptr::{null, null_mut};
+use std::time::SystemTime;
+
+use criterion::Criterion;
+use tollgate::ffi::*;
+use tollgate::tokens::Usage;
+use tollgate::{Call, Decision, Engine, Outcome, Prompt, Verdict};
+
+const GROUP: &str = "ffi";
+
+const POLICY: &str = r#"version = 1
+[[budget]]
+name = "per-tenant"
+scope = ["tenant"]
+requests_per_minute = 1000000000
+tokens_per_minute = 1000000000000
+concurrency = 1000000
+[[budget]]
+name = "per-model"
+scope = ["model"]
+requests_per_second = 100000000
+"#;
+
+const HEADERS: [(&str, &str); 4] = [
+    ("x-ratelimit-limit-requests", "10000"),
+    ("x-ratelimit-remaining-requests", "9999"),
+    ("x-ratelimit-limit-tokens", "2000000"),
+    ("x-ratelimit-remaining-tokens", "1999000"),
+];
+
+fn usage() -> Usage {
+    Usage {
+        prompt_tokens: 120,
+        completion_tokens: 80,
+        total_tokens: 200,
+        ..Usage::default()
+    }
+}
+
+fn s(text: &str) -> tg_str {
+    tg_str {
+        ptr: text.as_ptr().cast(),
+        len: text.len(),
+    }
+}
+
+fn rust_pair(c: &mut Criterion, name: &str, headers: &[(&str, &[u8])]) {
+    let engine = Engine::from_text(POLICY).expect("valid policy");
+    let call = Call::new("gpt-4o")
+        .tenant("acme")
+        .prompt(Prompt::Tokens(120))
+        .max_tokens(256);
+    let outcome = Outcome::ok(usage()).with_headers(headers);
+    c.benchmark_group(GROUP).bench_function(name, |b| {
+        b.iter(|| {
+            let Decision::Go(permit) = engine.admit(black_box(&call)) else {
+                panic!("the budgets have room");
+            };
+            let verdict = engine.settle(permit, black_box(&outcome));
+            assert!(matches!(verdict, Verdict::Done(_)));
+        })
+    });
+}
+
+fn c_pair(c: &mut Criterion, name: &str, headers: &[tg_header]) {
+    let mut engine = null_mut();
+    // SAFETY: valid buffers and out pointers.
+    let status = unsafe { tg_engine_new(POLICY.as_ptr(), POLICY.len(), &mut engine, null_mut()) };
+    assert_eq!(status, tg_status::Ok);
+    let call = tg_call {
+        tenant: s("acme"),
+        model: s("gpt-4o"),
+        upstream: s(""),
+        key: s(""),
+        route: s(""),
+        priority: 0,
+        prompt_kind: tg_prompt_kind::Tokens as u32,
+        prompt_tokens: 120,
+        prompt: s(""),
+        has_max_tokens: true,
+        max_tokens: 256,
+        deadline_ms: 0,
+        attempt: null(),
+    };
+    let outcome = tg_outcome {
+        sent: true,
+        status: 200,
+        has_usage: true,
+        usage: usage().into(),
+        latency_ns: 0,
+        failure: tg_failure::None as u32,
+        headers: headers.as_ptr(),
+        headers_len: headers.len(),
+        content_delivered: false,
+    };
+    c.benchmark_group(GROUP).bench_function(name, |b| {
+        b.iter(|| {
+            let mut decision = MaybeUninit::<tg_decision>::uninit();
+            let mut verdict = MaybeUninit::<tg_verdict>::uninit();
+            // SAFETY: a live engine and valid structs, as a C host passes them.
+            unsafe {
+                let status =
+                    tg_engine_admit(engine, black_box(&call), decision.as_mut_ptr(), null_mut());
+                assert_eq!(status, tg_status::Ok);
+                let decision = decision.assume_init();
+                assert_eq!(decision.kind, tg_decision_kind::Go);
+                let status = tg_engine_settle(
+                    engine,
+                    decision.permit,
+                    black_box(&outcome),
+                    verdict.as_mut_ptr(),
+                    null_mut(),
+                );
+                assert_eq!(status, tg_status::Ok);
+                assert_eq!(verdict.assume_init().kind, tg_verdict_kind::Done);
+            }
+        })
+    });
+    // SAFETY: owned engine, freed once.
+    unsafe { tg_engine_free(engine) };
+}
+
+fn benches(c: &mut Criterion) {
+    let rust_headers: Vec<(&str, &[u8])> =
+        HEADERS.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+    let c_headers: Vec<tg_header> = HEADERS
+        .iter()
+        .map(|(n, v)| tg_header {
+            name: s(n),
+            value: s(v),
+        })
+        .collect();
+    rust_pair(c, "rust_admit_settle", &[]);
+    c_pair(c, "c_admit_settle", &[]);
+    rust_pair(c, "rust_admit_settle_headers", &rust_headers);
+    c_pair(c, "c_admit_settle_headers", &c_headers);
+}
+
+fn print_table(since: SystemTime) {
+    let Some(dir) = common::table_dir("tollgate C ABI vs Rust API") else {
+        return;
+    };
+    for (rust, c, what) in [
+        ("rust_admit_settle", "c_admit_settle", "admit + settle"),
+        (
+            "rust_admit_settle_headers",
+            "c_admit_settle_headers",
+            "admit + settle with 4 headers",
+        ),
+    ] {
+        let (Some(r), Some(cc)) = (
+            common::median(&dir, GROUP, rust, since),
+            common::median(&dir, GROUP, c, since),
+        ) else {
+            println!("{what}: not measured in this run");
+            continue;
+        };
+        let target = 1.2 * r + 10.0;
+        let verdict = if cc <= target { "met" } else { "MISSED" };
+        println!(
+            "{what:<32} Rust {r:>7.1} ns  C ABI {cc:>7.1} ns  ratio {:.3}  (target C <= {target:.1} ns: {verdict})",
+            cc / r
+        );
+    }
+}
+
+fn main() {
+    let since = SystemTime::now();
+    let mut c = common::criterion();
+    benches(&mut c);
+    c.final_summary();
+    print_table(since);
+}

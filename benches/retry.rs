@@ -192,16 +192,7 @@ fn benches(c: &mut Criterion) {
 // The table
 
 fn print_table(since: SystemTime) {
-    let args: Vec<String> = std::env::args().collect();
-    let test_mode = !args.iter().any(|a| a == "--bench") || args.iter().any(|a| a == "--test");
-    println!();
-    println!("== tollgate retry (criterion medians, this run) ==");
-    if test_mode {
-        println!("test mode: every benchmark ran once; no measurements.");
-        return;
-    }
-    let Some(dir) = common::criterion_dir() else {
-        println!("no measurements: criterion's output directory was not found");
+    let Some(dir) = common::table_dir("tollgate retry") else {
         return;
     };
     let rows: [(&str, &str, Option<f64>); 10] = [

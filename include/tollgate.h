@@ -332,6 +332,9 @@ typedef struct tg_error tg_error;
 // An admitted call's hold on its budgets (a concurrency slot and reservations). Settle it with
 // `tg_engine_settle` or free it with `tg_permit_free`; freeing without settling releases the
 // slot and refunds the reservations.
+//
+// The handle is the permit's own allocation (no wrapper), so handing it across the boundary
+// costs no allocation.
 typedef struct tg_permit tg_permit;
 
 // An answer of the call API: status, headers, the JSON body, usage, what it was charged and the

