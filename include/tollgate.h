@@ -939,7 +939,8 @@ uint64_t tg_permit_prompt_tokens(const struct tg_permit *permit);
 // `permit` must be NULL or a live permit.
 uint64_t tg_permit_reserved_tokens(const struct tg_permit *permit);
 
-// Money the permit reserved against spend budgets (0 when none applies, or NULL).
+// The call's estimated cost at admission: prompt plus completion allowance at the model's price
+// (what spend budgets reserve). 0 when the model has no price, or for NULL.
 //
 // # Safety
 // `permit` must be NULL or a live permit.

@@ -459,6 +459,8 @@ backoff = { base = "10ms", max = "20ms" }
     let give_up = Err(v.give_up);
     assert_eq!(give_up.status(), tg_status::GaveUp);
     assert_eq!(give_up.code(), "not_retryable");
+    // SAFETY: live error.
+    assert_eq!(unsafe { tg_error_http_status(give_up.0) }, 400);
 
     // A waiting budget: the second call this second is told to wait, with the budget's name.
     let slow = zero_call("slow-model");

@@ -3,6 +3,8 @@
 
 use std::ffi::{c_char, c_void};
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -124,6 +126,8 @@ pub type tg_stream_callback = Option<
 /// handle with `tg_task_free` (which does not cancel: the callback still fires).
 pub struct tg_task {
     abort: AbortHandle,
+    /// Set when the final callback starts (shared with the task's `Finish`).
+    ended: Arc<AtomicBool>,
 }
 
 /// Returns `TG_STATUS_WRONG_THREAD` on a tokio worker thread (a tollgate callback), where a
@@ -236,6 +240,8 @@ struct Finish {
     user_data: UserData,
     callback: Callback,
     fired: bool,
+    /// Seen by `tg_task_finished`: set just before the final callback runs.
+    ended: Arc<AtomicBool>,
 }
 
 #[derive(Clone, Copy)]
@@ -249,6 +255,7 @@ impl Finish {
         if std::mem::replace(&mut self.fired, true) {
             return;
         }
+        self.ended.store(true, Ordering::Release);
         let (response, error) = match result {
             Ok(response) => (
                 Box::into_raw(Box::new(tg_response { response })),
@@ -290,16 +297,30 @@ impl Drop for Finish {
     }
 }
 
-/// Spawns `work` on the engine's workers and hands out its task handle when asked.
+impl Finish {
+    fn new(user_data: *mut c_void, callback: Callback) -> Finish {
+        Finish {
+            user_data: UserData(user_data),
+            callback,
+            fired: false,
+            ended: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// Spawns `work` (which owns a `Finish` whose `ended` flag is given) on the engine's workers and
+/// hands out its task handle when asked.
 fn spawn(
     engine: &tg_engine,
     work: impl Future<Output = ()> + Send + 'static,
+    ended: Arc<AtomicBool>,
     out_task: *mut *mut tg_task,
 ) -> Result<(), Box<tg_error>> {
     let task = engine.handle()?.spawn(work);
     if !out_task.is_null() {
         let task = Box::new(tg_task {
             abort: task.abort_handle(),
+            ended,
         });
         // SAFETY: non-NULL and writable per the caller's contract.
         unsafe { put(out_task, Box::into_raw(task)) };
@@ -336,18 +357,15 @@ pub unsafe extern "C" fn tg_engine_send_async(
         let callback = callback.ok_or_else(|| tg_error::null("callback"))?;
         // SAFETY: as documented for this function.
         let request = unsafe { self::request(request, len, options)? };
-        let finish = Finish {
-            user_data: UserData(user_data),
-            callback: Callback::Send(callback),
-            fired: false,
-        };
+        let finish = Finish::new(user_data, Callback::Send(callback));
+        let ended = Arc::clone(&finish.ended);
         let rust = engine.engine.clone();
         let work = async move {
             let mut finish = finish;
             let result = rust.send(request).await;
             finish.fire(result.map_err(|e| tg_error::call(&e)));
         };
-        spawn(engine, work, out_task)
+        spawn(engine, work, ended, out_task)
     })
 }
 
@@ -379,11 +397,8 @@ pub unsafe extern "C" fn tg_engine_stream(
         let callback = callback.ok_or_else(|| tg_error::null("callback"))?;
         // SAFETY: as documented for this function.
         let request = unsafe { self::request(request, len, options)? };
-        let finish = Finish {
-            user_data: UserData(user_data),
-            callback: Callback::Stream(callback),
-            fired: false,
-        };
+        let finish = Finish::new(user_data, Callback::Stream(callback));
+        let ended = Arc::clone(&finish.ended);
         let data = UserData(user_data);
         let rust = engine.engine.clone();
         let work = async move {
@@ -416,7 +431,7 @@ pub unsafe extern "C" fn tg_engine_stream(
             }
             finish.fire(Ok(summary(&stream)));
         };
-        spawn(engine, work, out_task)
+        spawn(engine, work, ended, out_task)
     })
 }
 
@@ -461,7 +476,7 @@ pub unsafe extern "C" fn tg_task_cancel(task: *const tg_task) {
 pub unsafe extern "C" fn tg_task_finished(task: *const tg_task) -> bool {
     // SAFETY: NULL or live, per the contract.
     value(true, || {
-        unsafe { task.as_ref() }.is_none_or(|t| t.abort.is_finished())
+        unsafe { task.as_ref() }.is_none_or(|t| t.ended.load(Ordering::Acquire))
     })
 }
 

@@ -640,7 +640,7 @@ pub unsafe extern "C" fn tg_engine_settle(
                 settlement: (&settlement).into(),
                 retry_after_ns: 0,
                 attempt: std::ptr::null_mut(),
-                give_up: Box::into_raw(tg_error::give_up(&reason)),
+                give_up: Box::into_raw(tg_error::give_up(&reason, o.status)),
             },
         };
         // SAFETY: checked non-NULL; writable per the contract.
@@ -693,7 +693,8 @@ pub unsafe extern "C" fn tg_permit_reserved_tokens(permit: *const tg_permit) -> 
     })
 }
 
-/// Money the permit reserved against spend budgets (0 when none applies, or NULL).
+/// The call's estimated cost at admission: prompt plus completion allowance at the model's price
+/// (what spend budgets reserve). 0 when the model has no price, or for NULL.
 ///
 /// # Safety
 /// `permit` must be NULL or a live permit.

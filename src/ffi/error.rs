@@ -134,10 +134,11 @@ impl tg_error {
         e
     }
 
-    /// A call given up by the retry policy.
-    pub(crate) fn give_up(reason: &GiveUp) -> Box<tg_error> {
+    /// A call given up by the retry policy; `http_status` is the last answer's (0: none came).
+    pub(crate) fn give_up(reason: &GiveUp, http_status: u16) -> Box<tg_error> {
         let mut e = tg_error::new(tg_status::GaveUp, reason.to_string());
         e.code = Cow::Borrowed(reason.code);
+        e.http_status = http_status;
         e
     }
 
@@ -164,18 +165,18 @@ impl tg_error {
             CallError::Shared(_) => tg_status::Shared,
             CallError::StreamCut { .. } => tg_status::StreamCut,
         };
-        let mut e = tg_error::new(status, error.to_string());
-        e.code = Cow::Borrowed(error.code());
         if let CallError::GaveUp {
             reason,
             status,
             body,
         } = error
         {
-            e.code = Cow::Borrowed(reason.code);
-            e.http_status = status.unwrap_or(0);
+            let mut e = tg_error::give_up(reason, status.unwrap_or(0));
             e.body = body.as_deref().unwrap_or_default().to_vec();
+            return e;
         }
+        let mut e = tg_error::new(status, error.to_string());
+        e.code = Cow::Borrowed(error.code());
         e
     }
 }
