@@ -20,6 +20,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -984,10 +985,10 @@ static void test_decide_prompts(void) {
   CHECK(d.kind == TG_DECISION_KIND_GO);
   CHECK_U64(tg_permit_prompt_tokens(d.permit), 123);
   CHECK_U64(tg_permit_reserved_tokens(d.permit), 130);
-  /* "Money the permit reserved against spend budgets (0 when none applies)": this policy has
-   * no spend budget, so nothing is reserved even though gpt-4o has a price. */
-  CHECKM(tg_permit_estimated_cost(d.permit) == 0.0,
-         "estimated cost without a spend budget: got %g, want 0", tg_permit_estimated_cost(d.permit));
+  /* The priced estimate (prompt + allowance at the bundled gpt-4o price, $2.50 / $10.00 per
+   * million tokens), whether or not a spend budget applies: 123 * 2.5e-6 + 7 * 10e-6. */
+  CHECKM(fabs(tg_permit_estimated_cost(d.permit) - 0.0003775) < 1e-9,
+         "estimated cost: got %g, want 0.0003775", tg_permit_estimated_cost(d.permit));
   tg_target t;
   CHECK(!tg_permit_target(d.permit, &t)); /* not routed */
   tg_permit_free(d.permit);
