@@ -180,7 +180,7 @@ fn interleaved(
     rounds: usize,
     block: u32,
 ) -> (f64, f64) {
-    let mut time = |op: &mut dyn FnMut()| {
+    let time = |op: &mut dyn FnMut()| {
         let start = Instant::now();
         for _ in 0..block {
             op();
