@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::decide::tg_usage;
 use super::engine::tg_engine;
 use super::error::{boundary, quietly, value};
-use super::{arg, bytes_arg, json_arg, out, put, text_arg, tg_error, tg_status, tg_str};
+use super::{arg, bytes_arg, json_arg, out, put, put_some, text_arg, tg_error, tg_status, tg_str};
 use crate::cache::{CacheMode, CachedResponse, FlightError, FollowerWait};
 use crate::{CacheFill, CacheLookup, FlightResult};
 
@@ -315,14 +315,7 @@ pub unsafe extern "C" fn tg_cached_usage(
     value(false, || {
         // SAFETY: NULL or live, per the contract.
         let usage = unsafe { cached.as_ref() }.and_then(|c| c.response.usage);
-        match usage {
-            Some(u) if !out_usage.is_null() => {
-                // SAFETY: non-NULL and writable per the contract.
-                unsafe { put(out_usage, u.into()) };
-                true
-            }
-            _ => false,
-        }
+        put_some(usage.map(tg_usage::from), out_usage)
     })
 }
 

@@ -15,7 +15,7 @@ use super::cache::cache_mode;
 use super::decide::{nanos, tg_settlement, tg_target, tg_usage, write_target};
 use super::engine::tg_engine;
 use super::error::{boundary, quietly, value};
-use super::{arg, bytes_arg, json_arg, out, put, text_arg, tg_error, tg_status, tg_str};
+use super::{arg, bytes_arg, json_arg, out, put, put_some, text_arg, tg_error, tg_status, tg_str};
 use crate::{ChatRequest, ChatResponse, ChatStream, Source};
 
 /// Who makes a request and how: all optional. A zero-initialised struct (or a NULL pointer where
@@ -574,14 +574,8 @@ pub unsafe extern "C" fn tg_response_usage(
 ) -> bool {
     value(false, || {
         // SAFETY: NULL or live, per the contract.
-        match unsafe { read(response) }.and_then(|r| r.usage) {
-            Some(u) if !out_usage.is_null() => {
-                // SAFETY: non-NULL and writable per the contract.
-                unsafe { put(out_usage, u.into()) };
-                true
-            }
-            _ => false,
-        }
+        let usage = unsafe { read(response) }.and_then(|r| r.usage);
+        put_some(usage.map(tg_usage::from), out_usage)
     })
 }
 
@@ -597,14 +591,8 @@ pub unsafe extern "C" fn tg_response_settlement(
 ) -> bool {
     value(false, || {
         // SAFETY: NULL or live, per the contract.
-        match unsafe { read(response) }.and_then(|r| r.settlement.as_ref()) {
-            Some(s) if !out_settlement.is_null() => {
-                // SAFETY: non-NULL and writable per the contract.
-                unsafe { put(out_settlement, s.into()) };
-                true
-            }
-            _ => false,
-        }
+        let settlement = unsafe { read(response) }.and_then(|r| r.settlement.as_ref());
+        put_some(settlement.map(tg_settlement::from), out_settlement)
     })
 }
 
@@ -648,14 +636,8 @@ pub unsafe extern "C" fn tg_response_header(
         let Ok(name) = (unsafe { text_arg(name, name_len, "name") }) else {
             return false;
         };
-        match r.headers.get(name) {
-            Some(v) if !out_value.is_null() => {
-                // SAFETY: non-NULL and writable per the contract.
-                unsafe { put(out_value, tg_str::of_bytes(v.as_bytes())) };
-                true
-            }
-            _ => false,
-        }
+        let value = r.headers.get(name).map(|v| tg_str::of_bytes(v.as_bytes()));
+        put_some(value, out_value)
     })
 }
 
@@ -685,27 +667,20 @@ pub unsafe extern "C" fn tg_response_history(
     value(false, || {
         // SAFETY: NULL or live, per the contract.
         let record = unsafe { read(response) }.and_then(|r| r.history.get(index));
-        match record {
-            Some(a) if !out_record.is_null() => {
-                let empty = tg_target {
-                    route: tg_str::EMPTY,
-                    upstream: tg_str::EMPTY,
-                    model: tg_str::EMPTY,
-                    key: tg_str::EMPTY,
-                };
-                let record = tg_attempt_record {
-                    number: a.number,
-                    outcome: tg_str::of(&a.outcome),
-                    decision: tg_str::of(&a.decision),
-                    has_target: a.target.is_some(),
-                    target: a.target.as_ref().map_or(empty, tg_target::of),
-                };
-                // SAFETY: non-NULL and writable per the contract.
-                unsafe { put(out_record, record) };
-                true
-            }
-            _ => false,
-        }
+        let empty = tg_target {
+            route: tg_str::EMPTY,
+            upstream: tg_str::EMPTY,
+            model: tg_str::EMPTY,
+            key: tg_str::EMPTY,
+        };
+        let record = record.map(|a| tg_attempt_record {
+            number: a.number,
+            outcome: tg_str::of(&a.outcome),
+            decision: tg_str::of(&a.decision),
+            has_target: a.target.is_some(),
+            target: a.target.as_ref().map_or(empty, tg_target::of),
+        });
+        put_some(record, out_record)
     })
 }
 

@@ -8,7 +8,7 @@ use smallvec::SmallVec;
 
 use super::engine::tg_engine;
 use super::error::{boundary, quietly, value};
-use super::{arg, out, put, tg_error, tg_status, tg_str};
+use super::{arg, out, put, put_some, tg_error, tg_status, tg_str};
 use crate::policy::LimitKind;
 use crate::retry::{ConnectKind, Failure, TimeoutKind};
 use crate::tokens::Usage;
@@ -726,14 +726,7 @@ pub unsafe extern "C" fn tg_permit_target(
 
 /// Writes `target` to `out` when both are there.
 pub(crate) fn write_target(target: Option<&TargetRef>, out_target: *mut tg_target) -> bool {
-    match target {
-        Some(t) if !out_target.is_null() => {
-            // SAFETY: non-NULL; writable per the caller's contract.
-            unsafe { put(out_target, tg_target::of(t)) };
-            true
-        }
-        _ => false,
-    }
+    put_some(target.map(tg_target::of), out_target)
 }
 
 /// The number of the attempt this state is for (2 for the first retry); 0 for NULL.

@@ -298,14 +298,8 @@ pub unsafe extern "C" fn tg_error_retry_after(err: *const tg_error, out_ns: *mut
         let Some(e) = (unsafe { err.as_ref() }) else {
             return false;
         };
-        match (e.retry_after, out_ns.is_null()) {
-            (Some(d), false) => {
-                // SAFETY: non-NULL and writable per the contract.
-                unsafe { out_ns.write(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)) };
-                true
-            }
-            _ => false,
-        }
+        let nanos = e.retry_after.map(super::decide::nanos);
+        super::put_some(nanos, out_ns)
     })
 }
 

@@ -240,6 +240,19 @@ pub(crate) fn out<T>(ptr: *mut T, what: &str) -> Result<*mut T, Box<tg_error>> {
     }
 }
 
+/// Writes `value` to an optional output: true when there was a value and somewhere to put it
+/// (the accessors' "writes it and returns true; false otherwise or for NULL").
+pub(crate) fn put_some<T>(value: Option<T>, ptr: *mut T) -> bool {
+    match value {
+        Some(v) if !ptr.is_null() => {
+            // SAFETY: non-NULL; every accessor documents that a non-NULL output is writable.
+            unsafe { put(ptr, v) };
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Writes an output checked by `out`.
 ///
 /// # Safety
