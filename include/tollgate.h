@@ -351,6 +351,9 @@ typedef struct tg_task tg_task;
 typedef struct tg_test_upstream tg_test_upstream;
 #endif
 
+// A running policy-file watch. Free it with `tg_watcher_free` to stop watching.
+typedef struct tg_watcher tg_watcher;
+
 // Bytes owned by the caller: read `data[0..len]`, then free with `tg_bytes_free`.
 typedef struct tg_bytes {
   // First byte.
@@ -601,6 +604,12 @@ typedef struct tg_verdict {
   // `tg_error_free`. NULL otherwise.
   struct tg_error *give_up;
 } tg_verdict;
+
+// Hears what a policy watch did: after an accepted reload, `generation` is the new policy's
+// and `error` is NULL; after a refused or unreadable file, `generation` is 0 and `error`
+// (borrowed for the call; `TG_STATUS_INVALID_POLICY` with every problem, or `TG_STATUS_IO`)
+// says why — the running policy stays. Called on the watch's own thread; must not unwind.
+typedef void (*tg_watch_callback)(void *user_data, uint64_t generation, const struct tg_error *error);
 
 #ifdef __cplusplus
 extern "C" {
@@ -1045,6 +1054,48 @@ uint64_t tg_engine_generation(const struct tg_engine *engine);
 tg_status tg_engine_metrics(const struct tg_engine *engine,
                             struct tg_bytes **out_text,
                             struct tg_error **err);
+
+// Budget and cache counters as JSON: `{"generation": 1, "budgets": [{"name", "admitted",
+// "waited", "denied", "tokens", "spend", "keys"}, ...], "cache": {"hits", "misses",
+// "stale_hits", "inserts", "refused", "evictions", "expired", "bytes", "entries"}}`. On success
+// `*out_json` receives owned bytes; free them with `tg_bytes_free`. `engine` and `out_json` must
+// not be NULL.
+//
+// # Safety
+// `engine` must be a live engine; `out_json` and `err` writable when not NULL.
+tg_status tg_engine_stats(const struct tg_engine *engine,
+                          struct tg_bytes **out_json,
+                          struct tg_error **err);
+
+// Watches a policy file and reloads the engine whenever its content changes (checked every
+// `interval_ms`, at least 10; content is compared, so editors that replace the file are seen).
+// The content present now counts as loaded. A refused or unreadable file leaves the running
+// policy in place. `callback` (may be NULL) hears every reload and refusal on the watch's own
+// thread, with `user_data`, which must stay valid until the watcher is freed.
+//
+// On success `*out_watcher` receives the watch; free it with `tg_watcher_free` (before the
+// engine; a watch outliving its engine stops by itself). `engine`, `path` (unless `path_len` is
+// 0, which is refused as an empty path) and `out_watcher` must not be NULL.
+//
+// # Safety
+// `engine` must be a live engine; `path` must point to `path_len` readable bytes; `callback`
+// safe to call from another thread with `user_data`; `out_watcher` and `err` writable when not
+// NULL.
+tg_status tg_engine_watch(const struct tg_engine *engine,
+                          const char *path,
+                          size_t path_len,
+                          uint64_t interval_ms,
+                          tg_watch_callback callback,
+                          void *user_data,
+                          struct tg_watcher **out_watcher,
+                          struct tg_error **err);
+
+// Stops a watch and frees it; a callback in progress finishes first. NULL does nothing. Must not
+// be called from the watch's own callback.
+//
+// # Safety
+// `watcher` must be NULL or a watch not yet freed.
+void tg_watcher_free(struct tg_watcher *watcher);
 
 // Frees an engine. NULL does nothing.
 //

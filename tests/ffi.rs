@@ -541,6 +541,8 @@ fn null_arguments_are_reported_by_name() {
     let mut task_out = null_mut();
     let mut cached_out = null_mut();
     let mut up_out = null_mut();
+    let mut watcher_out = null_mut();
+    let wo = &raw mut watcher_out;
     extern "C" fn on_send(_: *mut c_void, r: *mut tg_response, e: *mut tg_error) {
         // SAFETY: owned by the callee.
         unsafe {
@@ -766,6 +768,32 @@ fn null_arguments_are_reported_by_name() {
             "upstream",
             Box::new(|err| unsafe { tg_test_upstream_script(null(), null(), 0, err) }),
         ),
+        (
+            "engine",
+            Box::new(|err| unsafe { tg_engine_stats(null(), bo, err) }),
+        ),
+        (
+            "out_json",
+            Box::new(|err| unsafe { tg_engine_stats(e.0, null_mut(), err) }),
+        ),
+        (
+            "engine",
+            Box::new(|err| unsafe {
+                tg_engine_watch(null(), c"p".as_ptr(), 1, 10, None, null_mut(), wo, err)
+            }),
+        ),
+        (
+            "path",
+            Box::new(|err| unsafe {
+                tg_engine_watch(e.0, null(), 1, 10, None, null_mut(), wo, err)
+            }),
+        ),
+        (
+            "out_watcher",
+            Box::new(|err| unsafe {
+                tg_engine_watch(e.0, c"p".as_ptr(), 1, 10, None, null_mut(), null_mut(), err)
+            }),
+        ),
     ];
     for (name, mut f) in cases {
         let (status, err) = call(&mut *f);
@@ -826,7 +854,118 @@ fn null_arguments_are_reported_by_name() {
         tg_task_free(null_mut());
         tg_response_free(null_mut());
         tg_test_upstream_free(null_mut());
+        tg_watcher_free(null_mut());
     }
+    assert!(watcher_out.is_null());
+}
+
+/// What a watch callback reported: (generation, status, problem count).
+type Watched = (u64, tg_status, usize);
+
+extern "C" fn on_watch(user: *mut c_void, generation: u64, error: *const tg_error) {
+    // SAFETY: user_data is a `&mpsc::Sender<Watched>` kept alive until the watcher is freed.
+    let tx = unsafe { &*user.cast::<mpsc::Sender<Watched>>() };
+    // SAFETY: the error is NULL or borrowed for the call.
+    let seen = unsafe {
+        if error.is_null() {
+            (generation, tg_status::Ok, 0)
+        } else {
+            (
+                generation,
+                tg_error_status(error),
+                tg_error_problem_count(error),
+            )
+        }
+    };
+    let _ = tx.send(seen);
+}
+
+#[test]
+fn watch_reloads_a_changed_file_and_reports_a_refused_one() {
+    let dir = std::env::temp_dir().join(format!("tollgate-ffi-watch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("policy.toml");
+    let limit =
+        |n: u32| format!("version = 1\n[[budget]]\nname = \"w\"\nrequests_per_minute = {n}\n");
+    std::fs::write(&path, limit(5)).unwrap();
+    let path_text = path.to_str().unwrap();
+    let mut engine = null_mut();
+    // SAFETY: valid pointers.
+    ok(|err| unsafe {
+        tg_engine_new_from_file(path_text.as_ptr().cast(), path_text.len(), &mut engine, err)
+    });
+    let e = Engine(engine);
+    let (tx, rx) = mpsc::channel::<Watched>();
+    let mut watcher = null_mut();
+    // SAFETY: valid pointers; `tx` outlives the watcher (freed below).
+    ok(|err| unsafe {
+        tg_engine_watch(
+            e.0,
+            path_text.as_ptr().cast(),
+            path_text.len(),
+            10,
+            Some(on_watch),
+            (&tx as *const mpsc::Sender<Watched>).cast_mut().cast(),
+            &mut watcher,
+            err,
+        )
+    });
+    std::fs::write(&path, limit(50)).unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), (2, tg_status::Ok, 0));
+    std::fs::write(
+        &path,
+        "version = 1\n[[budget]]\nname = \"w\"\nscope = [\"planet\"]\n",
+    )
+    .unwrap();
+    let (generation, status, problems) = rx.recv_timeout(WAIT).unwrap();
+    assert_eq!((generation, status), (0, tg_status::InvalidPolicy));
+    assert!(problems >= 2, "{problems}");
+    std::fs::remove_file(&path).unwrap();
+    let (generation, status, _) = rx.recv_timeout(WAIT).unwrap();
+    assert_eq!((generation, status), (0, tg_status::Io));
+    // SAFETY: live engine; owned watcher, freed once.
+    unsafe {
+        assert_eq!(
+            tg_engine_generation(e.0),
+            2,
+            "refusals keep the running policy"
+        );
+        tg_watcher_free(watcher);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn stats_are_json_with_budgets_and_cache() {
+    let e = Engine::new(
+        "version = 1\n[[budget]]\nname = \"per-tenant\"\nscope = [\"tenant\"]\n\
+         requests_per_minute = 1\nwhen_exhausted = \"deny\"\n",
+    );
+    let mut c = zero_call("gpt-4o");
+    c.tenant = s("acme");
+    let d = admit(&e, &c);
+    settle(&e, d.permit, &outcome(200));
+    let d = admit(&e, &c);
+    // SAFETY: owned denial.
+    unsafe { tg_error_free(d.denial) };
+    let mut out = null_mut();
+    // SAFETY: valid pointers.
+    ok(|err| unsafe { tg_engine_stats(e.0, &mut out, err) });
+    // SAFETY: owned bytes, read then freed.
+    let json: serde_json::Value = unsafe {
+        let b = &*out;
+        let v = serde_json::from_slice(std::slice::from_raw_parts(b.data, b.len)).unwrap();
+        tg_bytes_free(out);
+        v
+    };
+    assert_eq!(json["generation"], 1);
+    let b = &json["budgets"][0];
+    assert_eq!(b["name"], "per-tenant");
+    assert_eq!(
+        (&b["admitted"], &b["denied"], &b["keys"]),
+        (&1.into(), &1.into(), &1.into())
+    );
+    assert_eq!(json["cache"]["entries"], 0);
 }
 
 #[test]

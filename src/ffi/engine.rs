@@ -1,6 +1,6 @@
 //! The engine handle: create from policy text or a file, reload, metrics, version, free.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use tokio::runtime::{Handle, Runtime};
 use super::error::{boundary, quietly, value};
 use super::{arg, bytes_arg, out, put, text_arg, tg_bytes, tg_error, tg_status, utf8};
 use crate::policy::{Format, Policy};
-use crate::{Engine, PolicyErrors};
+use crate::{Engine, PolicyErrors, WatchEvent};
 
 /// How long freeing an engine waits for its worker threads to stop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -266,6 +266,149 @@ pub unsafe extern "C" fn tg_engine_metrics(
         // SAFETY: checked non-NULL; writable per the contract.
         unsafe { put(out_text, tg_bytes::give(text.into_bytes())) };
         Ok(())
+    })
+}
+
+/// Budget and cache counters as JSON: `{"generation": 1, "budgets": [{"name", "admitted",
+/// "waited", "denied", "tokens", "spend", "keys"}, ...], "cache": {"hits", "misses",
+/// "stale_hits", "inserts", "refused", "evictions", "expired", "bytes", "entries"}}`. On success
+/// `*out_json` receives owned bytes; free them with `tg_bytes_free`. `engine` and `out_json` must
+/// not be NULL.
+///
+/// # Safety
+/// `engine` must be a live engine; `out_json` and `err` writable when not NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tg_engine_stats(
+    engine: *const tg_engine,
+    out_json: *mut *mut tg_bytes,
+    err: *mut *mut tg_error,
+) -> tg_status {
+    boundary(err, || {
+        // SAFETY: NULL or live, per the contract.
+        let engine = unsafe { arg(engine, "engine")? };
+        let out_json = out(out_json, "out_json")?;
+        let e = &engine.engine;
+        let budgets: Vec<serde_json::Value> = e
+            .stats()
+            .into_iter()
+            .map(|b| {
+                serde_json::json!({
+                    "name": b.name, "admitted": b.admitted, "waited": b.waited,
+                    "denied": b.denied, "tokens": b.tokens, "spend": b.spend, "keys": b.keys,
+                })
+            })
+            .collect();
+        let c = e.cache_stats();
+        let json = serde_json::json!({
+            "generation": e.generation(),
+            "budgets": budgets,
+            "cache": {
+                "hits": c.hits, "misses": c.misses, "stale_hits": c.stale_hits,
+                "inserts": c.inserts, "refused": c.refused, "evictions": c.evictions,
+                "expired": c.expired, "bytes": c.bytes, "entries": c.entries,
+            },
+        });
+        // SAFETY: checked non-NULL; writable per the contract.
+        unsafe { put(out_json, tg_bytes::give(json.to_string().into_bytes())) };
+        Ok(())
+    })
+}
+
+/// Hears what a policy watch did: after an accepted reload, `generation` is the new policy's
+/// and `error` is NULL; after a refused or unreadable file, `generation` is 0 and `error`
+/// (borrowed for the call; `TG_STATUS_INVALID_POLICY` with every problem, or `TG_STATUS_IO`)
+/// says why — the running policy stays. Called on the watch's own thread; must not unwind.
+pub type tg_watch_callback =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, generation: u64, error: *const tg_error)>;
+
+/// A running policy-file watch. Free it with `tg_watcher_free` to stop watching.
+pub struct tg_watcher {
+    _watcher: crate::Watcher,
+}
+
+/// The caller's `user_data`, carried to the watch thread.
+struct WatchData(*mut c_void);
+
+// SAFETY: tollgate never dereferences it; the caller promises it may be used from the watch
+// thread (documented on `tg_engine_watch`).
+unsafe impl Send for WatchData {}
+
+impl WatchData {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    fn ptr(&self) -> *mut c_void {
+        self.0
+    }
+}
+
+/// Watches a policy file and reloads the engine whenever its content changes (checked every
+/// `interval_ms`, at least 10; content is compared, so editors that replace the file are seen).
+/// The content present now counts as loaded. A refused or unreadable file leaves the running
+/// policy in place. `callback` (may be NULL) hears every reload and refusal on the watch's own
+/// thread, with `user_data`, which must stay valid until the watcher is freed.
+///
+/// On success `*out_watcher` receives the watch; free it with `tg_watcher_free` (before the
+/// engine; a watch outliving its engine stops by itself). `engine`, `path` (unless `path_len` is
+/// 0, which is refused as an empty path) and `out_watcher` must not be NULL.
+///
+/// # Safety
+/// `engine` must be a live engine; `path` must point to `path_len` readable bytes; `callback`
+/// safe to call from another thread with `user_data`; `out_watcher` and `err` writable when not
+/// NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tg_engine_watch(
+    engine: *const tg_engine,
+    path: *const c_char,
+    path_len: usize,
+    interval_ms: u64,
+    callback: tg_watch_callback,
+    user_data: *mut c_void,
+    out_watcher: *mut *mut tg_watcher,
+    err: *mut *mut tg_error,
+) -> tg_status {
+    boundary(err, || {
+        // SAFETY: NULL or live, per the contract.
+        let engine = unsafe { arg(engine, "engine")? };
+        let out_watcher = out(out_watcher, "out_watcher")?;
+        // SAFETY: pointer + length from the caller.
+        let path = unsafe { text_arg(path, path_len, "path")? };
+        if path.is_empty() {
+            return Err(tg_error::new(tg_status::InvalidArgument, "path is empty"));
+        }
+        let data = WatchData(user_data);
+        let interval = Duration::from_millis(interval_ms.max(10));
+        let watcher = engine.engine.watch(path, interval, move |event| {
+            let Some(callback) = callback else { return };
+            let (generation, error) = match event {
+                WatchEvent::Reloaded(report) => (report.generation, None),
+                WatchEvent::Refused(errors) => (0, Some(tg_error::policy(&errors))),
+                WatchEvent::Unreadable(message) => (0, Some(tg_error::new(tg_status::Io, message))),
+            };
+            let error_ptr = error
+                .as_deref()
+                .map_or(std::ptr::null(), |e| e as *const tg_error);
+            // SAFETY: the caller's callback with its user_data; the error is borrowed for the
+            // call and freed after it.
+            unsafe { callback(data.ptr(), generation, error_ptr) };
+        });
+        let watcher = Box::new(tg_watcher { _watcher: watcher });
+        // SAFETY: checked non-NULL; writable per the contract.
+        unsafe { put(out_watcher, Box::into_raw(watcher)) };
+        Ok(())
+    })
+}
+
+/// Stops a watch and frees it; a callback in progress finishes first. NULL does nothing. Must not
+/// be called from the watch's own callback.
+///
+/// # Safety
+/// `watcher` must be NULL or a watch not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tg_watcher_free(watcher: *mut tg_watcher) {
+    quietly(|| {
+        if !watcher.is_null() {
+            // SAFETY: from `tg_engine_watch`, freed once.
+            drop(unsafe { Box::from_raw(watcher) });
+        }
     })
 }
 

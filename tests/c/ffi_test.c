@@ -2352,6 +2352,130 @@ static void test_panic(void) {
   tg_engine_free(e);
 }
 
+/* What a policy watch reported. */
+typedef struct watch_seen {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int calls;
+  uint64_t last_generation;
+  tg_status last_status; /* TG_STATUS_OK after a reload */
+  size_t last_problems;
+} watch_seen;
+
+static void on_watch(void *user_data, uint64_t generation, const tg_error *error) {
+  watch_seen *w = user_data;
+  pthread_mutex_lock(&w->mu);
+  w->calls++;
+  w->last_generation = generation;
+  w->last_status = error == NULL ? TG_STATUS_OK : tg_error_status(error);
+  w->last_problems = tg_error_problem_count(error);
+  pthread_cond_broadcast(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+/* Waits (at most 10 s) until the watch has reported `n` times. */
+static bool wait_watch(watch_seen *w, int n) {
+  struct timespec dl;
+  clock_gettime(CLOCK_REALTIME, &dl);
+  dl.tv_sec += 10;
+  pthread_mutex_lock(&w->mu);
+  while (w->calls < n) {
+    if (pthread_cond_timedwait(&w->cv, &w->mu, &dl) == ETIMEDOUT) break;
+  }
+  bool ok = w->calls >= n;
+  pthread_mutex_unlock(&w->mu);
+  return ok;
+}
+
+static void rewrite(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  CHECK(f != NULL);
+  if (f == NULL) return;
+  CHECK(fputs(text, f) >= 0);
+  CHECK(fclose(f) == 0);
+}
+
+static void test_watch_and_stats(void) {
+  section("watch and stats");
+  tg_error *err = NULL;
+  const char *first = "version = 1\n[[budget]]\nname = \"watched\"\nrequests_per_minute = 5\n";
+  char path[4096];
+  if (!temp_file(path, sizeof path, first, strlen(first))) {
+    CHECKM(false, "cannot write a temporary policy file");
+    return;
+  }
+  tg_engine *e = NULL;
+  EXPECT_OK(tg_engine_new_from_file(path, strlen(path), &e, &err), &err);
+  if (e == NULL) return;
+
+  /* stats: JSON with the budget and its counters. */
+  tg_decision d;
+  EXPECT_OK(admit_tokens(e, "gpt-4o", 10, &d, &err), &err);
+  tg_outcome o;
+  memset(&o, 0, sizeof o);
+  o.sent = true;
+  o.status = 200;
+  tg_verdict v;
+  EXPECT_OK(tg_engine_settle(e, d.permit, &o, &v, &err), &err);
+  tg_bytes *json = NULL;
+  EXPECT_OK(tg_engine_stats(e, &json, &err), &err);
+  if (json != NULL) {
+    char text[4096];
+    size_t n = json->len < sizeof text - 1 ? json->len : sizeof text - 1;
+    memcpy(text, json->data, n);
+    text[n] = '\0';
+    CHECKM(strstr(text, "\"name\":\"watched\"") != NULL, "stats: %s", text);
+    CHECKM(strstr(text, "\"admitted\":1") != NULL, "stats: %s", text);
+    CHECKM(strstr(text, "\"cache\":{") != NULL, "stats: %s", text);
+    tg_bytes_free(json);
+  }
+  tg_bytes *none = NULL;
+  EXPECT_NULL_ARG(tg_engine_stats(NULL, &none, &err), &err, "engine");
+  EXPECT_NULL_ARG(tg_engine_stats(e, NULL, &err), &err, "out_json");
+  CHECK(none == NULL);
+
+  /* watch: a changed file is reloaded, a bad one refused with every problem. */
+  watch_seen w;
+  memset(&w, 0, sizeof w);
+  pthread_mutex_init(&w.mu, NULL);
+  pthread_cond_init(&w.cv, NULL);
+  tg_watcher *watcher = NULL;
+  tg_watcher *wo = NULL;
+  EXPECT_NULL_ARG(tg_engine_watch(NULL, path, strlen(path), 20, on_watch, &w, &wo, &err), &err,
+                  "engine");
+  EXPECT_NULL_ARG(tg_engine_watch(e, NULL, 3, 20, on_watch, &w, &wo, &err), &err, "path");
+  EXPECT_NULL_ARG(tg_engine_watch(e, path, strlen(path), 20, on_watch, &w, NULL, &err), &err,
+                  "out_watcher");
+  EXPECT_ERR(tg_engine_watch(e, path, 0, 20, on_watch, &w, &wo, &err), &err,
+             TG_STATUS_INVALID_ARGUMENT, "path");
+  CHECK(wo == NULL);
+  tg_watcher_free(NULL);
+  EXPECT_OK(tg_engine_watch(e, path, strlen(path), 20, on_watch, &w, &watcher, &err), &err);
+
+  rewrite(path, "version = 1\n[[budget]]\nname = \"watched\"\nrequests_per_minute = 50\n");
+  CHECKM(wait_watch(&w, 1), "the watch saw no change");
+  pthread_mutex_lock(&w.mu);
+  CHECK_U64(w.last_generation, 2);
+  CHECK_STATUS(w.last_status, TG_STATUS_OK);
+  pthread_mutex_unlock(&w.mu);
+  CHECK_U64(tg_engine_generation(e), 2);
+
+  rewrite(path, TWO_PROBLEMS);
+  CHECKM(wait_watch(&w, 2), "the watch did not report the bad file");
+  pthread_mutex_lock(&w.mu);
+  CHECK_U64(w.last_generation, 0);
+  CHECK_STATUS(w.last_status, TG_STATUS_INVALID_POLICY);
+  CHECK(w.last_problems >= 2);
+  pthread_mutex_unlock(&w.mu);
+  CHECK_U64(tg_engine_generation(e), 2);
+
+  tg_watcher_free(watcher);
+  pthread_cond_destroy(&w.cv);
+  pthread_mutex_destroy(&w.mu);
+  tg_engine_free(e);
+  unlink(path);
+}
+
 int main(void) {
   setvbuf(stdout, NULL, _IONBF, 0);
   test_version();
@@ -2361,6 +2485,7 @@ int main(void) {
   test_decide_prompts();
   test_decide_retry();
   test_cache();
+  test_watch_and_stats();
 
   section("test upstream");
   tg_test_upstream *up = NULL;
