@@ -242,6 +242,8 @@ struct Finish {
     fired: bool,
     /// Seen by `tg_task_finished`: set just before the final callback runs.
     ended: Arc<AtomicBool>,
+    /// The engine's "being freed" flag: an error after it is reported as a cancellation.
+    closing: Arc<AtomicBool>,
 }
 
 #[derive(Clone, Copy)]
@@ -256,6 +258,17 @@ impl Finish {
             return;
         }
         self.ended.store(true, Ordering::Release);
+        // Freeing the engine shuts its runtime down, which can end a call with a transport
+        // error (a closed connection) before the task itself is dropped: that is a cancellation.
+        let result = match result {
+            Err(e) if self.closing.load(Ordering::Acquire) && e.status != tg_status::Panic => {
+                Err(tg_error::new(
+                    tg_status::Cancelled,
+                    "the call was cancelled: its engine was freed",
+                ))
+            }
+            other => other,
+        };
         let (response, error) = match result {
             Ok(response) => (
                 Box::into_raw(Box::new(tg_response { response })),
@@ -298,12 +311,13 @@ impl Drop for Finish {
 }
 
 impl Finish {
-    fn new(user_data: *mut c_void, callback: Callback) -> Finish {
+    fn new(engine: &tg_engine, user_data: *mut c_void, callback: Callback) -> Finish {
         Finish {
             user_data: UserData(user_data),
             callback,
             fired: false,
             ended: Arc::new(AtomicBool::new(false)),
+            closing: Arc::clone(&engine.closing),
         }
     }
 }
@@ -357,7 +371,7 @@ pub unsafe extern "C" fn tg_engine_send_async(
         let callback = callback.ok_or_else(|| tg_error::null("callback"))?;
         // SAFETY: as documented for this function.
         let request = unsafe { self::request(request, len, options)? };
-        let finish = Finish::new(user_data, Callback::Send(callback));
+        let finish = Finish::new(engine, user_data, Callback::Send(callback));
         let ended = Arc::clone(&finish.ended);
         let rust = engine.engine.clone();
         let work = async move {
@@ -397,7 +411,7 @@ pub unsafe extern "C" fn tg_engine_stream(
         let callback = callback.ok_or_else(|| tg_error::null("callback"))?;
         // SAFETY: as documented for this function.
         let request = unsafe { self::request(request, len, options)? };
-        let finish = Finish::new(user_data, Callback::Stream(callback));
+        let finish = Finish::new(engine, user_data, Callback::Stream(callback));
         let ended = Arc::clone(&finish.ended);
         let data = UserData(user_data);
         let rust = engine.engine.clone();

@@ -3,6 +3,7 @@
 use std::ffi::{c_char, c_void};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -24,6 +25,9 @@ pub struct tg_engine {
     pub(crate) engine: Engine,
     /// Worker threads of the call API, started on first use.
     runtime: Mutex<Option<Runtime>>,
+    /// Set when the engine is being freed: calls that end from then on end as cancelled, even
+    /// when what stopped them was the runtime closing their connection.
+    pub(crate) closing: Arc<AtomicBool>,
     /// Budget names handed out in `TG_DECISION_WAIT` decisions, kept so the pointers stay valid
     /// until the engine is freed (deduplicated by allocation).
     names: Mutex<Vec<Arc<str>>>,
@@ -34,6 +38,7 @@ impl tg_engine {
         let handle = tg_engine {
             engine,
             runtime: Mutex::new(None),
+            closing: Arc::new(AtomicBool::new(false)),
             names: Mutex::new(Vec::new()),
         };
         handle.retain_names();
@@ -60,6 +65,7 @@ impl tg_engine {
         let built = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("tollgate-worker")
+            .on_thread_start(crate::transport::block_sigpipe)
             .enable_all()
             .build()
             .map_err(|e| {
@@ -83,6 +89,7 @@ impl tg_engine {
 
 impl Drop for tg_engine {
     fn drop(&mut self) {
+        self.closing.store(true, Ordering::Release);
         if let Some(rt) = self.runtime.get_mut().take() {
             if Handle::try_current().is_ok() {
                 // Freed from a callback on one of its own workers: cannot wait for them here.

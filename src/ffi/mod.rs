@@ -54,16 +54,17 @@ impl tg_str {
         len: 0,
     };
 
-    /// A view of `s`, valid while `s` is.
+    /// A view of `s`, valid while `s` is; NULL for the empty string (never Rust's dangling
+    /// non-NULL pointer, which a garbage collector scanning the host's stack may reject).
     pub(crate) fn of(s: &str) -> tg_str {
-        tg_str {
-            ptr: s.as_ptr().cast(),
-            len: s.len(),
-        }
+        tg_str::of_bytes(s.as_bytes())
     }
 
-    /// A view of `b`, valid while `b` is.
+    /// A view of `b`, valid while `b` is; NULL when empty.
     pub(crate) fn of_bytes(b: &[u8]) -> tg_str {
+        if b.is_empty() {
+            return tg_str::EMPTY;
+        }
         tg_str {
             ptr: b.as_ptr().cast(),
             len: b.len(),
@@ -88,6 +89,9 @@ impl tg_str {
     pub(crate) unsafe fn text<'a>(self, what: &str) -> Result<&'a str, Box<tg_error>> {
         // The common case inline (a short ASCII name); NULL, huge lengths and non-ASCII text go
         // through the general checks out of line.
+        if self.len == 0 {
+            return Ok("");
+        }
         if !self.ptr.is_null() && self.len <= isize::MAX as usize {
             // SAFETY: non-NULL, length in range; validity is the caller's promise.
             let bytes = unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) };

@@ -215,6 +215,7 @@ impl Builder {
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(self.worker_threads)
                     .thread_name("tollgate-testkit")
+                    .on_thread_start(crate::transport::block_sigpipe)
                     .enable_all()
                     .build()
                     .map_err(Error::Runtime)?;
@@ -222,6 +223,7 @@ impl Builder {
                 let thread = std::thread::Builder::new()
                     .name("tollgate-testkit".into())
                     .spawn(move || {
+                        crate::transport::block_sigpipe();
                         rt.block_on(async move {
                             match tokio::net::TcpListener::from_std(std_listener) {
                                 Ok(listener) => server::serve(listener, acceptor, for_server).await,
