@@ -1,0 +1,3 @@
+module tollgate.dev/go/tollgate
+
+go 1.23
