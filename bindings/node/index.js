@@ -1,0 +1,1042 @@
+'use strict'
+// tollgate for Node.js: the idiomatic layer over the native addon (native.js).
+//
+// The decide path (admit / settle) passes numbers through one shared Float64Array (`io`) and
+// names as interned ids, so a pair is two native calls without arguments; see src/decide.rs
+// for the slots. Everything else crosses as objects, and errors as a JSON payload that
+// `toError` turns into the TollgateError subclasses below.
+
+const { EventEmitter } = require('node:events')
+const native = require('./native.js')
+
+const io = native.io()
+// Slots of `io`, mirrored from src/decide.rs.
+const ENGINE = 0
+const PROMPT_TOKENS = 1
+const MAX_TOKENS = 2
+const PRIORITY = 3
+const DEADLINE_MS = 4
+const MODEL = 5
+const TENANT = 6
+const UPSTREAM = 7
+const KEY = 8
+const ROUTE = 9
+const PERMIT = 10
+const STATUS = 11
+const USAGE_PROMPT = 12
+const USAGE_COMPLETION = 13
+const USAGE_TOTAL = 14
+const USAGE_CACHED = 15
+const USAGE_REASONING = 16
+const LATENCY_MS = 17
+const FLAGS = 18
+const OUT_RESERVED = 19
+const OUT_TOKENS = 20
+const OUT_SPEND = 21
+const OUT_COST_INPUT = 22
+const OUT_COST_CACHED = 23
+const OUT_COST_OUTPUT = 24
+const FLAG_SENT = 1
+const FLAG_CONTENT_DELIVERED = 2
+// A name not interned (the thread's table is full): passed as an argument instead.
+const NAMED = -2
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/** Every error tollgate raises: `code` is the stable code of the Rust API. */
+class TollgateError extends Error {
+  constructor(info, options) {
+    super(info.message, options)
+    this.name = 'TollgateError'
+    this.kind = info.kind
+    this.code = info.code
+  }
+}
+
+/** A budget refused the call: `code` is the reason (`budget_exhausted`, `concurrency`, ...). */
+class DeniedError extends TollgateError {
+  constructor(info) {
+    super(info)
+    this.name = 'DeniedError'
+    this.budget = info.budget ?? null
+    this.key = info.key ?? null
+    this.limit = info.limit ?? null
+    this.retryAfterMs = info.retryAfterMs ?? null
+  }
+}
+
+/** The call failed and was not retried further: `code` is why (`attempts_exhausted`, ...). */
+class GaveUpError extends TollgateError {
+  constructor(info) {
+    super(info)
+    this.name = 'GaveUpError'
+    this.httpStatus = info.httpStatus ?? null
+    this.body = info.body ?? null
+    this.history = info.history ?? []
+  }
+}
+
+/** The call's deadline passed. */
+class DeadlineError extends TollgateError {
+  constructor(info) {
+    super(info)
+    this.name = 'DeadlineError'
+  }
+}
+
+/** The request is not a chat request tollgate can send (or an argument is wrong). */
+class InvalidRequestError extends TollgateError {
+  constructor(info) {
+    super(info)
+    this.name = 'InvalidRequestError'
+  }
+}
+
+/** Nothing in the policy says where the call goes. */
+class NoUpstreamError extends TollgateError {
+  constructor(info) {
+    super(info)
+    this.name = 'NoUpstreamError'
+  }
+}
+
+/** The credentials could not be read or obtained. */
+class AuthError extends TollgateError {
+  constructor(info) {
+    super(info)
+    this.name = 'AuthError'
+  }
+}
+
+/** The transport could not be set up (or the identical call this one waited for failed). */
+class TransportError extends TollgateError {
+  constructor(info) {
+    super(info)
+    this.name = 'TransportError'
+  }
+}
+
+/** A stream broke off after content had reached the caller; it is not retried. */
+class StreamCutError extends TollgateError {
+  constructor(info) {
+    super(info)
+    this.name = 'StreamCutError'
+    this.settlement = info.settlement ?? null
+  }
+}
+
+/** A policy was refused: `problems` lists every error (path, line, what to do). */
+class PolicyError extends TollgateError {
+  constructor(info) {
+    super(info)
+    this.name = 'PolicyError'
+    this.problems = info.problems ?? []
+  }
+}
+
+/** The call was cancelled through its AbortSignal (`name` is 'AbortError', as for fetch). */
+class AbortError extends TollgateError {
+  constructor(reason) {
+    super(
+      { kind: 'aborted', code: 'ABORT_ERR', message: 'The operation was aborted' },
+      reason === undefined ? undefined : { cause: reason },
+    )
+    this.name = 'AbortError'
+  }
+}
+
+const classes = {
+  denied: DeniedError,
+  gave_up: GaveUpError,
+  deadline: DeadlineError,
+  invalid_request: InvalidRequestError,
+  invalid_argument: InvalidRequestError,
+  no_upstream: NoUpstreamError,
+  auth: AuthError,
+  transport: TransportError,
+  shared: TransportError,
+  stream_cut: StreamCutError,
+  policy: PolicyError,
+}
+
+/** The error for a native payload (an object, or an Error whose message is its JSON). */
+function toError(e, signal) {
+  let info = e
+  if (e instanceof Error) {
+    if (typeof e.message !== 'string' || e.message[0] !== '{') return e
+    try {
+      info = JSON.parse(e.message)
+    } catch {
+      return e
+    }
+  }
+  if (info.kind === 'aborted') return new AbortError(signal?.reason)
+  const Class = classes[info.kind] ?? TollgateError
+  return new Class(info)
+}
+
+function abortError(signal) {
+  return new AbortError(signal?.reason)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Names, permits
+
+const names = new Map()
+
+/** The interned id of a name: -1 for none, NAMED when it must go as an argument. */
+function nameId(name) {
+  if (name === undefined || name === null || name === '') return -1
+  let id = names.get(name)
+  if (id === undefined) {
+    if (typeof name !== 'string') throw new TypeError(`expected a string, got ${typeof name}`)
+    id = native.intern(name)
+    if (id < 0) return NAMED
+    names.set(name, id)
+  }
+  return id
+}
+
+// Permits that outlive the turn that admitted them are tracked for garbage collection: one the
+// program drops unsettled is released (as if never sent). Tracking costs a few hundred
+// nanoseconds, so a permit settled in the same turn (the common decide-in-a-loop case) skips it.
+const registry = new FinalizationRegistry(({ engine, handle }) => engine.release(handle))
+let untracked = []
+let sweepQueued = false
+
+function sweep() {
+  sweepQueued = false
+  const list = untracked
+  untracked = []
+  for (const p of list) {
+    if (!p._done) {
+      p._tracked = true
+      registry.register(p, { engine: p._engine, handle: p._handle }, p)
+    }
+  }
+}
+
+function track(permit) {
+  untracked.push(permit)
+  if (!sweepQueued) {
+    sweepQueued = true
+    queueMicrotask(sweep)
+  }
+}
+
+function untrack(permit) {
+  permit._done = true
+  if (permit._tracked) registry.unregister(permit)
+  else if (untracked[untracked.length - 1] === permit) untracked.pop()
+}
+
+/** Capacity held by an admitted call: settle it with `tollgate.settle`, or `release()` it. */
+class Permit {
+  constructor(owner, engine, handle) {
+    this._owner = owner
+    this._engine = engine
+    this._handle = handle
+    this._done = false
+    this._tracked = false
+  }
+
+  /** What the permit holds (null once settled or released). */
+  info() {
+    return this._done ? null : this._engine.permitInfo(this._handle)
+  }
+
+  /** Gives the capacity back as if the call was not sent; false if already settled/released. */
+  release() {
+    if (this._done) return false
+    untrack(this)
+    return this._engine.release(this._handle)
+  }
+
+  /** Whether the permit was settled or released. */
+  get settled() {
+    return this._done
+  }
+}
+
+/** The state a retry carries (from a `retry` verdict); pass it as `call.attempt`. */
+class Attempt {
+  constructor(external, afterMs, target) {
+    this._external = external
+    this.afterMs = afterMs
+    this.target = target
+  }
+}
+
+function usageNumbers(u) {
+  const prompt = u.promptTokens ?? u.prompt_tokens ?? u.input_tokens ?? 0
+  const completion = u.completionTokens ?? u.completion_tokens ?? u.output_tokens ?? 0
+  io[USAGE_PROMPT] = prompt
+  io[USAGE_COMPLETION] = completion
+  io[USAGE_TOTAL] = u.totalTokens ?? u.total_tokens ?? -1
+  io[USAGE_CACHED] =
+    u.cachedPromptTokens ??
+    u.prompt_tokens_details?.cached_tokens ??
+    u.input_tokens_details?.cached_tokens ??
+    0
+  io[USAGE_REASONING] =
+    u.reasoningTokens ??
+    u.completion_tokens_details?.reasoning_tokens ??
+    u.output_tokens_details?.reasoning_tokens ??
+    0
+}
+
+function flatHeaders(headers) {
+  if (headers === undefined || headers === null) return undefined
+  const out = []
+  const entries =
+    typeof headers.entries === 'function' && !Array.isArray(headers)
+      ? headers.entries()
+      : Array.isArray(headers)
+        ? headers
+        : Object.entries(headers)
+  for (const [name, value] of entries) {
+    if (value === undefined || value === null) continue
+    out.push(String(name), Array.isArray(value) ? value.join(', ') : String(value))
+  }
+  return out
+}
+
+function num(v, fallback) {
+  return typeof v === 'number' && Number.isFinite(v) ? v : fallback
+}
+
+// ---------------------------------------------------------------------------------------------
+// The call API: responses and streams
+
+let nextId = 1
+function callId() {
+  const id = nextId
+  nextId = nextId >= 0xfffffff0 ? 1 : nextId + 1
+  return id
+}
+
+function callOptions(opts) {
+  const deadline = opts.deadlineMs ?? opts.deadline
+  return {
+    tenant: opts.tenant,
+    route: opts.route,
+    upstream: opts.upstream,
+    priority: opts.priority,
+    deadlineMs: typeof deadline === 'number' ? deadline : undefined,
+    cache: opts.cache,
+  }
+}
+
+function bodyText(request) {
+  if (typeof request === 'string') return request
+  if (request === null || typeof request !== 'object') {
+    throw new InvalidRequestError({
+      kind: 'invalid_request',
+      code: 'invalid_request',
+      message: 'the request must be an OpenAI chat-completions body (an object)',
+    })
+  }
+  return JSON.stringify(request)
+}
+
+/** The answer of `send`. */
+class ChatResponse {
+  constructor(r) {
+    this.status = r.status
+    this.headers = r.headers
+    this.bodyText = r.body
+    this.usage = r.usage ?? null
+    this.settlement = r.settlement ?? null
+    this.target = r.target ?? null
+    this.attempts = r.attempts
+    this.history = r.history
+    this.source = r.source
+    this.queuedMs = r.queuedMs
+    this._body = undefined
+  }
+
+  /** The JSON body, parsed (once). */
+  get body() {
+    if (this._body === undefined) this._body = JSON.parse(this.bodyText)
+    return this._body
+  }
+
+  /** The first choice's message content, when there is one. */
+  get content() {
+    return this.body?.choices?.[0]?.message?.content ?? null
+  }
+}
+
+/**
+ * A streamed answer: an async iterator of chunks (parsed JSON; `raw: true` gives the events
+ * themselves, `[DONE]` included). After the loop `usage` and `settlement` hold what the call
+ * used and was charged. Leaving the loop early (`break`) cancels the call.
+ */
+class ChatStream {
+  constructor(stream, signal, raw) {
+    const head = stream.head
+    this._stream = stream
+    this._signal = signal
+    this._raw = raw
+    this._events = []
+    this._at = 0
+    this._done = false
+    this._aborted = false
+    this._cancelled = null
+    this._onAbort = null
+    this.status = head.status
+    this.headers = head.headers
+    this.source = head.source
+    this.attempts = head.attempts
+    this.history = head.history
+    this.target = head.target ?? null
+    this.queuedMs = head.queuedMs
+    this.usage = null
+    this.settlement = null
+    if (signal) {
+      this._onAbort = () => {
+        this._aborted = true
+        this._cancel()
+      }
+      signal.addEventListener('abort', this._onAbort, { once: true })
+    }
+  }
+
+  [Symbol.asyncIterator]() {
+    return this
+  }
+
+  /** Cancels the native stream once; resolves when its permit has been released. */
+  _cancel() {
+    if (this._cancelled === null) this._cancelled = this._stream.cancel()
+    return this._cancelled
+  }
+
+  _finish() {
+    this._done = true
+    this._events = []
+    if (this._onAbort) this._signal.removeEventListener('abort', this._onAbort)
+  }
+
+  async next() {
+    for (;;) {
+      if (this._at < this._events.length) {
+        const e = this._events[this._at++]
+        if (e.data === '[DONE]') {
+          if (this._raw) return { value: e, done: false }
+          continue
+        }
+        return { value: this._raw ? e : JSON.parse(e.data), done: false }
+      }
+      if (this._done) return { value: undefined, done: true }
+      let batch
+      try {
+        batch = await this._stream.next()
+      } catch (e) {
+        this._finish()
+        const err = toError(e, this._signal)
+        if (err instanceof StreamCutError) this.settlement = err.settlement
+        throw err
+      }
+      if (this._aborted) {
+        this._finish()
+        await this._cancel()
+        throw abortError(this._signal)
+      }
+      this._events = batch.events
+      this._at = 0
+      if (batch.done) {
+        if (batch.end) {
+          this.usage = batch.end.usage ?? null
+          this.settlement = batch.end.settlement ?? null
+          this.target = batch.end.target ?? this.target
+          this.attempts = batch.end.attempts
+        }
+        const events = this._events
+        this._finish()
+        this._events = events
+        this._done = true
+      }
+    }
+  }
+
+  /** Stops the stream (what `break` in `for await` does): connection closed, slot freed. */
+  async return(value) {
+    if (!this._done) {
+      this._finish()
+      await this._cancel()
+    }
+    return { value, done: true }
+  }
+
+  /** Stops the stream, then throws `error`. */
+  async throw(error) {
+    await this.return()
+    throw error
+  }
+
+  /** Cancels the stream; resolves once the call's permit has been released. */
+  cancel() {
+    this._finish()
+    return this._cancel()
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Watch
+
+/**
+ * A running watch of a policy file. Events: 'reload' (the report), 'refused' (PolicyError: the
+ * new file has errors, the old policy runs on), 'unreadable' (PolicyError). close() stops it.
+ */
+class PolicyWatcher extends EventEmitter {
+  constructor(watcher) {
+    super()
+    this._watcher = watcher
+    this._closed = false
+    this._loop = this._run()
+  }
+
+  async _run() {
+    for (;;) {
+      const ev = await this._watcher.next()
+      if (ev === null || this._closed) return
+      if (ev.kind === 'reloaded') this.emit('reload', ev.report)
+      else this.emit(ev.kind, toError(ev.error))
+    }
+  }
+
+  /** Stops watching; resolves once the watch thread ended. */
+  async close() {
+    if (this._closed) return
+    this._closed = true
+    this._watcher.close()
+    await this._loop
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The engine
+
+function policyArgs(policy) {
+  if (typeof policy === 'string') return [policy, false]
+  if (policy && typeof policy.path === 'string') return [policy.path, true]
+  if (policy && typeof policy.text === 'string') return [policy.text, false]
+  throw new TypeError('policy must be the policy text, { text } or { path }')
+}
+
+/** The policy engine: budgets, token accounting, cache, retries, and the calls themselves. */
+class Tollgate {
+  /** An engine from policy text (TOML or JSON), `{ text }` or `{ path }`. Throws PolicyError. */
+  constructor(policy) {
+    try {
+      this._native = new native.NativeEngine(...policyArgs(policy))
+    } catch (e) {
+      throw toError(e)
+    }
+    this._index = this._native.index
+    this._fetch = null
+  }
+
+  /** Number of accepted policies so far (1 for the first). */
+  get generation() {
+    return this._native.generation
+  }
+
+  /**
+   * Replaces the policy (text, `{ text }` or `{ path }`); returns the new generation. A
+   * refused policy throws PolicyError with every problem, and the running one stays.
+   */
+  reload(policy) {
+    return this.reloadReport(policy).generation
+  }
+
+  /** As `reload`, returning what changed: { generation, added, kept, removed, rescoped }. */
+  reloadReport(policy) {
+    try {
+      return this._native.reload(...policyArgs(policy))
+    } catch (e) {
+      throw toError(e)
+    }
+  }
+
+  /** Watches a policy file and reloads it when it changes (see PolicyWatcher). */
+  watch(path, options = {}) {
+    const w = new PolicyWatcher(this._native.watch(path, options.intervalMs))
+    if (options.onReload) w.on('reload', options.onReload)
+    if (options.onError) {
+      w.on('refused', options.onError)
+      w.on('unreadable', options.onError)
+    }
+    return w
+  }
+
+  /**
+   * Decides whether a call may go now: { kind: 'go', permit } | { kind: 'wait', afterMs,
+   * budget, key, limit } | { kind: 'deny', error: DeniedError }.
+   */
+  admit(call) {
+    io[ENGINE] = this._index
+    const model = nameId(call.model)
+    const tenant = nameId(call.tenant)
+    const upstream = nameId(call.upstream)
+    const key = nameId(call.key)
+    const route = nameId(call.route)
+    io[MODEL] = model
+    io[TENANT] = tenant
+    io[UPSTREAM] = upstream
+    io[KEY] = key
+    io[ROUTE] = route
+    const tokens = call.promptTokens
+    io[PROMPT_TOKENS] = typeof tokens === 'number' ? tokens : -1
+    io[MAX_TOKENS] = num(call.maxTokens, -1)
+    io[PRIORITY] = num(call.priority, 0)
+    io[DEADLINE_MS] = num(call.deadlineMs, -1)
+    if (call.attempt !== undefined && call.attempt !== null) {
+      this._native.setAttempt(call.attempt._external)
+    }
+    let r
+    if (
+      model === NAMED ||
+      tenant === NAMED ||
+      upstream === NAMED ||
+      key === NAMED ||
+      route === NAMED ||
+      (typeof tokens !== 'number' && (call.prompt !== undefined || call.request !== undefined))
+    ) {
+      const request = call.request
+      r = native.admit(
+        model === NAMED ? call.model : undefined,
+        tenant === NAMED ? call.tenant : undefined,
+        upstream === NAMED ? call.upstream : undefined,
+        key === NAMED ? call.key : undefined,
+        route === NAMED ? call.route : undefined,
+        call.prompt,
+        request === undefined || typeof request === 'string' ? request : JSON.stringify(request),
+      )
+    } else {
+      r = native.admitFast()
+    }
+    if (typeof r === 'number') {
+      const permit = new Permit(this, this._native, r)
+      track(permit)
+      return { kind: 'go', permit }
+    }
+    if (r.kind === 'wait') {
+      return { kind: 'wait', afterMs: r.afterMs, budget: r.budget, key: r.key, limit: r.limit ?? null }
+    }
+    return { kind: 'deny', error: toError(r.error) }
+  }
+
+  /**
+   * Settles an admitted call with its outcome ({ status, usage, latencyMs, failure, headers,
+   * contentDelivered, sent }): { kind: 'done', settlement } | { kind: 'retry', afterMs, target,
+   * attempt, settlement } | { kind: 'give_up', error: GaveUpError, settlement }.
+   */
+  settle(permit, outcome = {}) {
+    if (!(permit instanceof Permit) || permit._owner !== this) {
+      throw new TypeError('settle() takes a permit this engine admitted')
+    }
+    if (permit._done) {
+      throw new InvalidRequestError({
+        kind: 'invalid_argument',
+        code: 'invalid_argument',
+        message: 'this permit was already settled or released',
+      })
+    }
+    untrack(permit)
+    io[ENGINE] = this._index
+    io[PERMIT] = permit._handle
+    const status = outcome.status
+    io[STATUS] = typeof status === 'number' ? status : 0
+    const usage = outcome.usage
+    if (usage) usageNumbers(usage)
+    else io[USAGE_PROMPT] = -1
+    io[LATENCY_MS] = num(outcome.latencyMs, -1)
+    io[FLAGS] = (outcome.sent === false ? 0 : FLAG_SENT) | (outcome.contentDelivered ? FLAG_CONTENT_DELIVERED : 0)
+    let r
+    try {
+      r =
+        outcome.failure || outcome.headers
+          ? native.settle(outcome.failure, flatHeaders(outcome.headers))
+          : native.settleFast()
+    } catch (e) {
+      throw toError(e)
+    }
+    if (r === 0) {
+      const input = io[OUT_COST_INPUT]
+      return {
+        kind: 'done',
+        settlement: {
+          reservedTokens: io[OUT_RESERVED],
+          tokens: io[OUT_TOKENS],
+          spend: io[OUT_SPEND],
+          usage: usage ?? null,
+          cost: Number.isNaN(input)
+            ? null
+            : {
+                input,
+                cachedInput: io[OUT_COST_CACHED],
+                output: io[OUT_COST_OUTPUT],
+                total: input + io[OUT_COST_CACHED] + io[OUT_COST_OUTPUT],
+              },
+        },
+      }
+    }
+    if (r.kind === 'retry') {
+      return {
+        kind: 'retry',
+        afterMs: r.afterMs,
+        target: r.target ?? null,
+        attempt: new Attempt(r.attempt, r.afterMs, r.target ?? null),
+        settlement: r.settlement,
+      }
+    }
+    return { kind: 'give_up', error: toError(r.reason), settlement: r.settlement }
+  }
+
+  /**
+   * Sends a chat request through the whole pipeline (cache, budgets, auth, retries, fallback,
+   * accounting). Options: signal, deadline (ms), tenant, route, upstream, priority, cache.
+   */
+  async send(request, options = {}) {
+    const { signal } = options
+    if (signal?.aborted) throw abortError(signal)
+    const id = callId()
+    let promise
+    try {
+      promise = this._native.send(id, bodyText(request), callOptions(options))
+    } catch (e) {
+      throw toError(e)
+    }
+    const onAbort = signal ? () => this._native.cancel(id) : null
+    if (signal) signal.addEventListener('abort', onAbort, { once: true })
+    try {
+      return new ChatResponse(await promise)
+    } catch (e) {
+      throw toError(e, signal)
+    } finally {
+      if (signal) signal.removeEventListener('abort', onAbort)
+    }
+  }
+
+  /**
+   * Starts a streamed chat request; resolves once an upstream accepted it (or the cache
+   * answered) to a ChatStream. Options as for send, plus raw.
+   */
+  async stream(request, options = {}) {
+    const { signal } = options
+    if (signal?.aborted) throw abortError(signal)
+    const id = callId()
+    let promise
+    try {
+      promise = this._native.stream(id, bodyText(request), callOptions(options))
+    } catch (e) {
+      throw toError(e)
+    }
+    const onAbort = signal ? () => this._native.cancel(id) : null
+    if (signal) signal.addEventListener('abort', onAbort, { once: true })
+    let stream
+    try {
+      stream = await promise
+    } catch (e) {
+      throw toError(e, signal)
+    } finally {
+      if (signal) signal.removeEventListener('abort', onAbort)
+    }
+    if (signal?.aborted) {
+      await stream.cancel()
+      throw abortError(signal)
+    }
+    return new ChatStream(stream, signal, options.raw === true)
+  }
+
+  /** The metrics in the Prometheus text exposition format. */
+  metrics() {
+    return this._native.metrics()
+  }
+
+  /** Budget and cache counters: { generation, budgets: [...], cache: {...} }. */
+  stats() {
+    return this._native.stats()
+  }
+
+  /** Calls in flight through send/stream (before a stream's head arrives). */
+  get inFlight() {
+    return this._native.inFlight
+  }
+
+  /**
+   * A WHATWG fetch that sends chat completions through this engine (for `new OpenAI({ fetch })`);
+   * see createFetch.
+   */
+  get fetch() {
+    if (this._fetch === null) this._fetch = createFetch(this)
+    return this._fetch
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// fetch for the openai package
+
+const CHAT = /\/chat\/completions\/?(?:\?.*)?$/
+const HOP = new Set(['content-length', 'content-encoding', 'transfer-encoding', 'connection', 'keep-alive'])
+
+function errorStatus(e) {
+  switch (e.kind) {
+    case 'denied':
+      return 429
+    case 'gave_up':
+      return e.httpStatus ?? 502
+    case 'deadline':
+      return 504
+    case 'invalid_request':
+    case 'invalid_argument':
+      return 400
+    case 'auth':
+      return 401
+    case 'transport':
+    case 'shared':
+    case 'stream_cut':
+      return 502
+    default:
+      return 500
+  }
+}
+
+/** An HTTP error response the openai package turns into its own error class. */
+function errorResponse(e) {
+  const status = errorStatus(e)
+  const headers = { 'content-type': 'application/json', 'x-should-retry': 'false', 'x-tollgate-error': e.code }
+  if (e.retryAfterMs != null) {
+    headers['retry-after-ms'] = String(Math.ceil(e.retryAfterMs))
+    headers['retry-after'] = String(Math.ceil(e.retryAfterMs / 1000))
+  }
+  if (e.kind === 'gave_up' && e.body) return new Response(e.body, { status, headers })
+  const error = {
+    message: e.message,
+    type: e.kind === 'denied' ? 'tollgate_denied' : `tollgate_${e.kind}`,
+    code: e.code,
+    param: null,
+  }
+  if (e.budget != null) error.budget = e.budget
+  if (e.retryAfterMs != null) error.retry_after_ms = e.retryAfterMs
+  return new Response(JSON.stringify({ error }), { status, headers })
+}
+
+function responseHeaders(from, extra) {
+  const out = new Headers()
+  for (const [name, value] of Object.entries(from ?? {})) {
+    if (!HOP.has(name)) out.set(name, value)
+  }
+  for (const [name, value] of Object.entries(extra)) out.set(name, value)
+  return out
+}
+
+async function requestBody(input, init) {
+  const body = init.body ?? (input instanceof Request ? await input.text() : undefined)
+  if (typeof body === 'string') return body
+  if (body instanceof Uint8Array || body instanceof ArrayBuffer) return new TextDecoder().decode(body)
+  return null
+}
+
+/**
+ * A WHATWG fetch for the openai package (or anything that POSTs chat completions): requests to
+ * .../chat/completions go through tollgate (send, or stream when `stream: true`), everything
+ * else falls through to `options.fetch` (default: the global fetch). The tenant comes from the
+ * `x-tollgate-tenant` request header, else `options.tenant` (a string, or a function of the body
+ * and headers). Tollgate errors become HTTP errors with `x-should-retry: false` (tollgate
+ * already retried): a denial is a 429 whose error names the budget (openai: RateLimitError).
+ */
+function createFetch(tollgate, options = {}) {
+  const baseFetch = options.fetch ?? ((...args) => globalThis.fetch(...args))
+  return async function tollgateFetch(input, init = {}) {
+    const url = typeof input === 'string' ? input : input instanceof URL ? input.href : input.url
+    const method = (init.method ?? (input instanceof Request ? input.method : 'GET')).toUpperCase()
+    if (method !== 'POST' || !CHAT.test(url)) return baseFetch(input, init)
+    const text = await requestBody(input, init)
+    if (text === null) return baseFetch(input, init)
+    const headers = new Headers(init.headers ?? (input instanceof Request ? input.headers : undefined))
+    let body
+    try {
+      body = JSON.parse(text)
+    } catch {
+      return errorResponse(
+        new InvalidRequestError({ kind: 'invalid_request', code: 'invalid_request', message: 'the body is not JSON' }),
+      )
+    }
+    const tenant =
+      headers.get('x-tollgate-tenant') ??
+      (typeof options.tenant === 'function' ? options.tenant(body, headers) : options.tenant)
+    const callOpts = {
+      signal: init.signal ?? undefined,
+      tenant: tenant ?? undefined,
+      route: headers.get('x-tollgate-route') ?? options.route,
+      upstream: headers.get('x-tollgate-upstream') ?? options.upstream,
+      priority: options.priority,
+      deadline: options.deadline,
+      cache: headers.get('x-tollgate-cache') ?? options.cache,
+    }
+    try {
+      if (body.stream === true) {
+        const stream = await tollgate.stream(text, { ...callOpts, raw: true })
+        const encoder = new TextEncoder()
+        const sse = new ReadableStream({
+          async pull(controller) {
+            try {
+              const { value, done } = await stream.next()
+              if (done) {
+                controller.close()
+                return
+              }
+              let block = ''
+              if (value.event) block += `event: ${value.event}\n`
+              if (value.id) block += `id: ${value.id}\n`
+              block += `data: ${value.data.replaceAll('\n', '\ndata: ')}\n\n`
+              controller.enqueue(encoder.encode(block))
+            } catch (e) {
+              controller.error(e)
+            }
+          },
+          cancel() {
+            return stream.cancel()
+          },
+        })
+        return new Response(sse, {
+          status: stream.status,
+          headers: responseHeaders(stream.headers, {
+            'content-type': 'text/event-stream',
+            'x-tollgate-source': stream.source,
+          }),
+        })
+      }
+      const r = await tollgate.send(text, callOpts)
+      return new Response(r.bodyText, {
+        status: r.status,
+        headers: responseHeaders(r.headers, {
+          'content-type': 'application/json',
+          'x-tollgate-source': r.source,
+        }),
+      })
+    } catch (e) {
+      if (e?.name === 'AbortError' || !(e instanceof TollgateError)) throw e
+      return errorResponse(e)
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test upstream
+
+const ACTIONS = new Set([
+  'normal',
+  'latency',
+  'slow_first_byte',
+  'slow_drip',
+  'status_429',
+  'status_500',
+  'status_503',
+  'status',
+  'reset_mid_body',
+  'cut_stream_after',
+  'malformed_json',
+  'respond',
+])
+
+function action(a) {
+  if (typeof a === 'string') a = { kind: a }
+  if (!a || !ACTIONS.has(a.kind)) throw new TypeError(`unknown test upstream action ${JSON.stringify(a)}`)
+  return {
+    kind: a.kind,
+    ms: a.ms,
+    n: a.n,
+    retryAfter: a.retryAfter,
+    status: a.status,
+    shouldRetry: a.shouldRetry,
+    body: a.body,
+    headers: flatHeaders(a.headers),
+  }
+}
+
+/**
+ * The fault-injecting OpenAI-compatible upstream from tollgate's testkit, on 127.0.0.1 in this
+ * process (for tests, benchmarks and examples).
+ */
+class TestUpstream {
+  constructor(inner) {
+    this._inner = inner
+  }
+
+  /** Starts one: { latencyMs, latencyMaxMs, dripMs, words, maxWords, seed, eventIds, workerThreads }. */
+  static start(options = {}) {
+    return new TestUpstream(native.TestUpstream.start(options))
+  }
+
+  /** The OpenAI base URL, `http://127.0.0.1:PORT/v1`. */
+  get baseUrl() {
+    return this._inner.baseUrl
+  }
+
+  /** Requests received so far. */
+  get requests() {
+    return this._inner.requests
+  }
+
+  /**
+   * Queues actions for the requests `match` ({ model, tenant, path, stream, header }) selects:
+   * 'normal', 'status_503', { kind: 'slow_first_byte', ms }, { kind: 'cut_stream_after', n },
+   * { kind: 'status_429', retryAfter }, { kind: 'status', status, shouldRetry }, ...
+   */
+  script(match, actions) {
+    this._inner.script(match ?? {}, actions.map(action))
+  }
+
+  /** Scripted actions not used yet. */
+  scriptRemaining() {
+    return this._inner.scriptRemaining()
+  }
+
+  /** Requests answered with `status`. */
+  countStatus(status) {
+    return this._inner.countStatus(status)
+  }
+
+  /** Every request received, in order. */
+  log() {
+    return this._inner.log()
+  }
+
+  /** Empties the log. */
+  clearLog() {
+    this._inner.clearLog()
+  }
+
+  /** Stops the upstream. */
+  close() {
+    return this._inner.close()
+  }
+}
+
+module.exports = {
+  Tollgate,
+  Permit,
+  Attempt,
+  ChatResponse,
+  ChatStream,
+  PolicyWatcher,
+  TestUpstream,
+  createFetch,
+  TollgateError,
+  DeniedError,
+  GaveUpError,
+  DeadlineError,
+  InvalidRequestError,
+  NoUpstreamError,
+  AuthError,
+  TransportError,
+  StreamCutError,
+  PolicyError,
+  AbortError,
+  version: native.version(),
+}

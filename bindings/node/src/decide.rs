@@ -1,0 +1,639 @@
+//! The decide API for hosts that keep their own HTTP client: `admit`, `settle`, and what a permit
+//! tells.
+//!
+//! This is the hot path (the target is a microsecond per admit + settle pair from JavaScript),
+//! and a napi call costs what it touches: a class method unwraps `this` (~100 ns here), every
+//! string argument is copied (~100 ns), every external or weak reference is work for the
+//! garbage collector (~500 ns). So the pair is two module functions without arguments,
+//! [`admit_fast`] and [`settle_fast`]:
+//! - numbers go through one `Float64Array` per thread ([`io`]), at the slots named below;
+//! - names (model, tenant, ...) are interned once ([`intern`]) and passed as ids;
+//! - the engine is an index into this thread's registry, and a permit a number: a slot in its
+//!   engine's table, with a generation so a stale handle never settles another call;
+//! - a `done` verdict comes back as 0 with the settlement in `io`; only waits, denials,
+//!   retries and give-ups build objects.
+//!
+//! [`admit`] and [`settle`] take what does not fit that (names not interned, prompt text, a
+//! request body, a failure code, headers) as arguments. Releasing a permit that JavaScript
+//! dropped unsettled is `index.js`'s job (a `FinalizationRegistry` calls
+//! [`NativeEngine::release`]).
+
+use std::cell::{Cell, RefCell};
+use std::ptr;
+
+use napi::bindgen_prelude::{Either, External};
+use napi::{Env, Unknown, sys};
+use napi_derive::napi;
+use tollgate::retry::{ConnectKind, Failure, TimeoutKind};
+use tollgate::{Attempt, Call, Decision, Engine, Outcome, Permit, Prompt, Verdict};
+
+use crate::engine::NativeEngine;
+use crate::error::{ErrorInfo, SettlementJs, TargetJs};
+
+/// Slots of the `io` array.
+pub const IO_LEN: usize = 32;
+/// `io`: the engine's index in this thread's registry.
+pub const ENGINE: usize = 0;
+/// `io`, admit: prompt tokens counted by the host (negative: none).
+pub const PROMPT_TOKENS: usize = 1;
+/// `io`, admit: completion allowance (negative: the request's or the policy's).
+pub const MAX_TOKENS: usize = 2;
+/// `io`, admit: queue priority.
+pub const PRIORITY: usize = 3;
+/// `io`, admit: deadline of the whole call in ms (negative: none).
+pub const DEADLINE_MS: usize = 4;
+/// `io`, admit: interned model id (negative: given as an argument, or none).
+pub const MODEL: usize = 5;
+/// `io`, admit: interned tenant id.
+pub const TENANT: usize = 6;
+/// `io`, admit: interned upstream id.
+pub const UPSTREAM: usize = 7;
+/// `io`, admit: interned key id.
+pub const KEY: usize = 8;
+/// `io`, admit: interned route id.
+pub const ROUTE: usize = 9;
+/// `io`, settle: the permit handle.
+pub const PERMIT: usize = 10;
+/// `io`, settle: HTTP status (0: no response head).
+pub const STATUS: usize = 11;
+/// `io`, settle: usage prompt tokens (negative: no usage reported).
+pub const USAGE_PROMPT: usize = 12;
+/// `io`, settle: usage completion tokens.
+pub const USAGE_COMPLETION: usize = 13;
+/// `io`, settle: usage total tokens (negative: prompt + completion).
+pub const USAGE_TOTAL: usize = 14;
+/// `io`, settle: cached prompt tokens.
+pub const USAGE_CACHED: usize = 15;
+/// `io`, settle: reasoning tokens.
+pub const USAGE_REASONING: usize = 16;
+/// `io`, settle: latency in ms (negative: unknown).
+pub const LATENCY_MS: usize = 17;
+/// `io`, settle: flags, [`FLAG_SENT`] | [`FLAG_CONTENT_DELIVERED`].
+pub const FLAGS: usize = 18;
+/// `io`, settle out: tokens reserved at admission.
+pub const OUT_RESERVED: usize = 19;
+/// `io`, settle out: tokens charged.
+pub const OUT_TOKENS: usize = 20;
+/// `io`, settle out: money charged.
+pub const OUT_SPEND: usize = 21;
+/// `io`, settle out: cost of input tokens (NaN: no cost known).
+pub const OUT_COST_INPUT: usize = 22;
+/// `io`, settle out: cost of cached input tokens.
+pub const OUT_COST_CACHED: usize = 23;
+/// `io`, settle out: cost of output tokens.
+pub const OUT_COST_OUTPUT: usize = 24;
+/// Flag: the request left the host.
+pub const FLAG_SENT: u32 = 1;
+/// Flag: content already reached the caller (a stream).
+pub const FLAG_CONTENT_DELIVERED: u32 = 2;
+
+/// Most names one thread interns; past it, names are passed as arguments.
+pub const MAX_NAMES: usize = 4096;
+
+/// Permit handles: `generation × 2^26 + slot`, exact in an f64.
+const SLOT_BITS: u32 = 26;
+const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
+const MAX_GENERATION: u32 = 1 << 26;
+
+/// An engine's permits held by JavaScript.
+#[derive(Default)]
+struct Permits {
+    slots: Vec<(u32, Option<Permit>)>,
+    free: Vec<u32>,
+}
+
+impl Permits {
+    fn insert(&mut self, permit: Permit) -> f64 {
+        let slot = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push((0, None));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let entry = &mut self.slots[slot as usize];
+        entry.0 = (entry.0 % (MAX_GENERATION - 1)) + 1;
+        entry.1 = Some(permit);
+        (u64::from(entry.0) << SLOT_BITS | u64::from(slot)) as f64
+    }
+
+    fn take(&mut self, handle: f64) -> Option<Permit> {
+        if !(handle >= 0.0 && handle < 2f64.powi(52)) {
+            return None;
+        }
+        let h = handle as u64;
+        let slot = (h & SLOT_MASK) as usize;
+        let generation = (h >> SLOT_BITS) as u32;
+        let entry = self.slots.get_mut(slot)?;
+        if entry.0 != generation {
+            return None;
+        }
+        let permit = entry.1.take()?;
+        self.free.push(slot as u32);
+        Some(permit)
+    }
+
+    fn get(&self, handle: f64) -> Option<&Permit> {
+        if !(handle >= 0.0 && handle < 2f64.powi(52)) {
+            return None;
+        }
+        let h = handle as u64;
+        let (gen_, slot) = ((h >> SLOT_BITS) as u32, (h & SLOT_MASK) as usize);
+        self.slots
+            .get(slot)
+            .filter(|e| e.0 == gen_)
+            .and_then(|e| e.1.as_ref())
+    }
+}
+
+/// An engine registered for the decide path.
+struct Registered {
+    engine: Engine,
+    permits: Permits,
+    /// The retry state the next admission carries ([`NativeEngine::set_attempt`]).
+    attempt: Option<Box<Attempt>>,
+}
+
+thread_local! {
+    /// This thread's `io` array: its memory, and a reference that keeps it alive (never
+    /// deleted: one small array per thread that loads the addon).
+    static IO: Cell<(*mut f64, sys::napi_ref)> = const { Cell::new((ptr::null_mut(), ptr::null_mut())) };
+    static ENGINES: RefCell<Vec<Option<Registered>>> = const { RefCell::new(Vec::new()) };
+    static NAMES: RefCell<Vec<Box<str>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Registers an engine on this thread; returns its index.
+pub(crate) fn register(engine: Engine) -> u32 {
+    ENGINES.with(|e| {
+        let mut engines = e.borrow_mut();
+        let entry = Registered {
+            engine,
+            permits: Permits::default(),
+            attempt: None,
+        };
+        match engines.iter().position(Option::is_none) {
+            Some(i) => {
+                engines[i] = Some(entry);
+                i as u32
+            }
+            None => {
+                engines.push(Some(entry));
+                (engines.len() - 1) as u32
+            }
+        }
+    })
+}
+
+/// Forgets an engine (its object was collected): its unsettled permits are released.
+pub(crate) fn unregister(index: u32) {
+    let _ = ENGINES.try_with(|e| {
+        if let Ok(mut engines) = e.try_borrow_mut()
+            && let Some(slot) = engines.get_mut(index as usize)
+        {
+            *slot = None;
+        }
+    });
+}
+
+fn with_engine<T>(
+    index: u32,
+    f: impl FnOnce(&mut Registered) -> napi::Result<T>,
+) -> napi::Result<T> {
+    ENGINES.with(|e| {
+        let mut engines = e.borrow_mut();
+        match engines.get_mut(index as usize).and_then(Option::as_mut) {
+            Some(r) => f(r),
+            None => Err(ErrorInfo::invalid_argument("this engine is gone").into_napi()),
+        }
+    })
+}
+
+/// The `io` slots, or an error when [`io`] was never called on this thread.
+fn io_slots() -> napi::Result<&'static mut [f64]> {
+    let (data, _) = IO.with(Cell::get);
+    if data.is_null() {
+        return Err(ErrorInfo::invalid_argument("io() was not called on this thread").into_napi());
+    }
+    // SAFETY: `data` is the backing store of this thread's `io` array, IO_LEN f64s, kept alive
+    // by a reference that is never deleted. Only this thread's JavaScript touches it, and it
+    // does not run while this native call does.
+    Ok(unsafe { std::slice::from_raw_parts_mut(data, IO_LEN) })
+}
+
+fn check(status: sys::napi_status, what: &str) -> napi::Result<()> {
+    if status == sys::Status::napi_ok {
+        Ok(())
+    } else {
+        Err(napi::Error::new(
+            napi::Status::from(status),
+            format!("{what} failed"),
+        ))
+    }
+}
+
+/// This thread's `io` array (a `Float64Array` of [`IO_LEN`] slots), created on first use.
+#[napi(ts_return_type = "Float64Array")]
+pub fn io(env: &Env) -> napi::Result<Unknown<'_>> {
+    let raw = env.raw();
+    let (data, reference) = IO.with(Cell::get);
+    let mut value = ptr::null_mut();
+    if !data.is_null() {
+        // SAFETY: a reference created below on this thread's env, never deleted.
+        check(
+            unsafe { sys::napi_get_reference_value(raw, reference, &mut value) },
+            "napi_get_reference_value",
+        )?;
+        // SAFETY: `value` is a live value of this env.
+        return Ok(unsafe { Unknown::from_raw_unchecked(raw, value) });
+    }
+    let mut memory = ptr::null_mut();
+    let mut buffer = ptr::null_mut();
+    let mut reference = ptr::null_mut();
+    // SAFETY: plain napi calls on the current env with out-pointers to locals.
+    unsafe {
+        check(
+            sys::napi_create_arraybuffer(raw, IO_LEN * 8, &mut memory, &mut buffer),
+            "napi_create_arraybuffer",
+        )?;
+        check(
+            sys::napi_create_typedarray(
+                raw,
+                sys::TypedarrayType::float64_array,
+                IO_LEN,
+                buffer,
+                0,
+                &mut value,
+            ),
+            "napi_create_typedarray",
+        )?;
+        check(
+            sys::napi_create_reference(raw, value, 1, &mut reference),
+            "napi_create_reference",
+        )?;
+    }
+    IO.with(|c| c.set((memory.cast(), reference)));
+    // SAFETY: `value` is a live value of this env.
+    Ok(unsafe { Unknown::from_raw_unchecked(raw, value) })
+}
+
+/// Interns a name (model, tenant, upstream, key, route) for the decide path; returns its id,
+/// or -1 when this thread already holds [`MAX_NAMES`] names (pass it as an argument then).
+#[napi]
+pub fn intern(name: String) -> i32 {
+    NAMES.with(|n| {
+        let mut names = n.borrow_mut();
+        if let Some(i) = names.iter().position(|s| **s == *name) {
+            return i as i32;
+        }
+        if names.len() >= MAX_NAMES {
+            return -1;
+        }
+        names.push(name.into_boxed_str());
+        (names.len() - 1) as i32
+    })
+}
+
+/// `admit`'s answer when it is not `go` (a go is the permit external itself).
+#[napi(object, object_from_js = false)]
+pub struct AdmitJs {
+    /// `wait` or `deny`.
+    pub kind: String,
+    /// Wait: ask again after this long.
+    pub after_ms: Option<f64>,
+    /// Wait: the budget without room.
+    pub budget: Option<String>,
+    /// Wait: its scope key.
+    pub key: Option<String>,
+    /// Wait: the exhausted limit (none for concurrency or a queue).
+    pub limit: Option<String>,
+    /// Deny: why.
+    pub error: Option<ErrorInfo>,
+}
+
+/// `settle`'s answer when it is not `done` (a done is the number 0).
+#[napi(object, object_from_js = false)]
+pub struct VerdictJs {
+    /// `retry` or `give_up`.
+    pub kind: String,
+    /// What this attempt was charged.
+    pub settlement: SettlementJs,
+    /// Retry: wait this long first.
+    pub after_ms: Option<f64>,
+    /// Retry: where the next attempt should go, when the engine chose.
+    pub target: Option<TargetJs>,
+    /// Retry: the state to pass to the next admission.
+    pub attempt: Option<External<Attempt>>,
+    /// Give up: why, with every attempt.
+    pub reason: Option<ErrorInfo>,
+}
+
+/// What a permit holds, read on demand.
+#[napi(object, object_from_js = false)]
+pub struct PermitInfoJs {
+    /// The budgets holding capacity for the call, as `[name, key]` pairs.
+    pub budgets: Vec<Vec<String>>,
+    /// Where to send the call, when a route chose.
+    pub target: Option<TargetJs>,
+    /// Which attempt of the call this is (1 for the first).
+    pub attempt: u32,
+    /// Prompt tokens estimated at admission.
+    pub prompt_tokens: f64,
+    /// Completion allowance reserved.
+    pub completion_allowance: f64,
+    /// Prompt plus completion allowance.
+    pub reserved_tokens: f64,
+    /// Whether the prompt count is exact (BPE).
+    pub exact_prompt: bool,
+    /// The cost reserved.
+    pub estimated_cost: f64,
+}
+
+fn optional(v: f64) -> Option<u64> {
+    (v >= 0.0 && v.is_finite()).then_some(v as u64)
+}
+
+/// A transport failure from its code (`connect_refused`, `timeout_first_byte`, `malformed`, ...).
+fn failure_of(code: &str) -> Option<Failure> {
+    Some(match code {
+        "connect_refused" => Failure::Connect(ConnectKind::Refused),
+        "connect_reset" => Failure::Connect(ConnectKind::Reset),
+        "connect_dns" => Failure::Connect(ConnectKind::Dns),
+        "connect_tls" => Failure::Connect(ConnectKind::Tls),
+        "connect" | "connect_other" => Failure::Connect(ConnectKind::Other),
+        "timeout_connect" => Failure::Timeout(TimeoutKind::Connect),
+        "timeout_first_byte" => Failure::Timeout(TimeoutKind::FirstByte),
+        "timeout_idle" => Failure::Timeout(TimeoutKind::Idle),
+        "timeout" | "timeout_total" => Failure::Timeout(TimeoutKind::Total),
+        "malformed" => Failure::Malformed,
+        "cut_stream" => Failure::CutStream,
+        _ => return None,
+    })
+}
+
+fn name_arg<'a>(names: &'a [Box<str>], id: f64, arg: Option<&'a str>) -> &'a str {
+    match arg {
+        Some(a) => a,
+        None if id >= 0.0 => names.get(id as usize).map_or("", |s| s),
+        None => "",
+    }
+}
+
+/// Names given as arguments to [`admit`] instead of interned ids.
+#[derive(Default)]
+struct Named {
+    model: Option<String>,
+    tenant: Option<String>,
+    upstream: Option<String>,
+    key: Option<String>,
+    route: Option<String>,
+    prompt: Option<String>,
+    request: Option<String>,
+}
+
+fn admit_with(named: Named) -> napi::Result<Either<f64, AdmitJs>> {
+    let io = io_slots()?;
+    let prompt_tokens = optional(io[PROMPT_TOKENS]);
+    let body: Option<serde_json::Value> = match (&prompt_tokens, &named.prompt, &named.request) {
+        (None, None, Some(json)) => Some(serde_json::from_str(json).map_err(|e| {
+            ErrorInfo::new("invalid_request", format!("request is not JSON: {e}")).into_napi()
+        })?),
+        _ => None,
+    };
+    with_engine(io[ENGINE] as u32, |r| {
+        let attempt = r.attempt.take();
+        let decision = NAMES.with(|n| {
+            let names = n.borrow();
+            let mut call = Call::new(name_arg(&names, io[MODEL], named.model.as_deref()))
+                .tenant(name_arg(&names, io[TENANT], named.tenant.as_deref()))
+                .upstream(name_arg(&names, io[UPSTREAM], named.upstream.as_deref()))
+                .key(name_arg(&names, io[KEY], named.key.as_deref()))
+                .route(name_arg(&names, io[ROUTE], named.route.as_deref()))
+                .priority(io[PRIORITY].clamp(f64::from(i16::MIN), f64::from(i16::MAX)) as i16);
+            call.prompt = match (prompt_tokens, &named.prompt, &body) {
+                (Some(n), _, _) => Prompt::Tokens(n),
+                (None, Some(text), _) => Prompt::Text(text),
+                (None, None, Some(body)) => Prompt::Request(body),
+                (None, None, None) => Prompt::Tokens(0),
+            };
+            call.max_tokens = optional(io[MAX_TOKENS]);
+            call.deadline = optional(io[DEADLINE_MS]).map(std::time::Duration::from_millis);
+            call.attempt = attempt.as_deref();
+            r.engine.admit(&call)
+        });
+        Ok(match decision {
+            Decision::Go(permit) => Either::A(r.permits.insert(permit)),
+            Decision::Wait(hint) => Either::B(AdmitJs {
+                kind: "wait".into(),
+                after_ms: Some(hint.after.as_secs_f64() * 1e3),
+                budget: Some(hint.budget.to_string()),
+                key: Some(hint.key.to_string()),
+                limit: hint.limit.map(|l| l.as_str().to_owned()),
+                error: None,
+            }),
+            Decision::Deny(denial) => Either::B(AdmitJs {
+                kind: "deny".into(),
+                after_ms: None,
+                budget: None,
+                key: None,
+                limit: None,
+                error: Some(ErrorInfo::denial(&denial)),
+            }),
+        })
+    })
+}
+
+/// Admits a call described entirely by `io` (engine, numbers, interned names): returns the
+/// permit handle (a number) for a go, an [`AdmitJs`] for wait and deny.
+#[napi]
+pub fn admit_fast() -> napi::Result<Either<f64, AdmitJs>> {
+    admit_with(Named::default())
+}
+
+/// As [`admit_fast`], with names that are not interned given here (they win over `io`'s
+/// ids), and the prompt as `prompt` text or a `request` body (JSON) when `io` has no token
+/// count.
+#[allow(clippy::too_many_arguments)]
+#[napi]
+pub fn admit(
+    model: Option<String>,
+    tenant: Option<String>,
+    upstream: Option<String>,
+    key: Option<String>,
+    route: Option<String>,
+    prompt: Option<String>,
+    request: Option<String>,
+) -> napi::Result<Either<f64, AdmitJs>> {
+    admit_with(Named {
+        model,
+        tenant,
+        upstream,
+        key,
+        route,
+        prompt,
+        request,
+    })
+}
+
+fn settle_with(
+    failure: Option<Failure>,
+    headers: &[(&str, &[u8])],
+) -> napi::Result<Either<u32, VerdictJs>> {
+    let io = io_slots()?;
+    let permit = with_engine(io[ENGINE] as u32, |r| {
+        r.permits
+            .take(io[PERMIT])
+            .ok_or_else(|| {
+                ErrorInfo::invalid_argument("this permit was already settled or released")
+                    .into_napi()
+            })
+            .map(|p| (p, r.engine.clone()))
+    });
+    let (permit, engine) = permit?;
+    let status = io[STATUS];
+    let flags = io[FLAGS] as u32;
+    let usage = optional(io[USAGE_PROMPT]).map(|prompt| {
+        let completion = optional(io[USAGE_COMPLETION]).unwrap_or(0);
+        tollgate::tokens::Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: optional(io[USAGE_TOTAL]).unwrap_or(prompt.saturating_add(completion)),
+            cached_prompt_tokens: optional(io[USAGE_CACHED]).unwrap_or(0),
+            reasoning_tokens: optional(io[USAGE_REASONING]).unwrap_or(0),
+        }
+    });
+    let outcome = Outcome {
+        sent: flags & FLAG_SENT != 0,
+        status: (1.0..1000.0).contains(&status).then_some(status as u16),
+        usage,
+        latency: optional(io[LATENCY_MS] * 1e3).map(std::time::Duration::from_micros),
+        failure,
+        headers,
+        content_delivered: flags & FLAG_CONTENT_DELIVERED != 0,
+    };
+    let verdict = engine.settle(permit, &outcome);
+    Ok(match verdict {
+        Verdict::Done(s) => {
+            io[OUT_RESERVED] = s.reserved_tokens as f64;
+            io[OUT_TOKENS] = s.tokens as f64;
+            io[OUT_SPEND] = s.spend;
+            let (i, c, o) = s.cost.map_or((f64::NAN, f64::NAN, f64::NAN), |c| {
+                (c.input, c.cached_input, c.output)
+            });
+            io[OUT_COST_INPUT] = i;
+            io[OUT_COST_CACHED] = c;
+            io[OUT_COST_OUTPUT] = o;
+            Either::A(0)
+        }
+        Verdict::Retry {
+            after,
+            target,
+            attempt,
+            settlement,
+        } => Either::B(VerdictJs {
+            kind: "retry".into(),
+            settlement: SettlementJs::from(&settlement),
+            after_ms: Some(after.as_secs_f64() * 1e3),
+            target: target.as_ref().map(TargetJs::from),
+            attempt: Some(External::new(*attempt)),
+            reason: None,
+        }),
+        Verdict::GiveUp { reason, settlement } => Either::B(VerdictJs {
+            kind: "give_up".into(),
+            settlement: SettlementJs::from(&settlement),
+            after_ms: None,
+            target: None,
+            attempt: None,
+            reason: Some(ErrorInfo::give_up(&reason, outcome.status, None)),
+        }),
+        other => Either::B(VerdictJs {
+            kind: other.kind().into(),
+            settlement: SettlementJs::from(other.settlement()),
+            after_ms: None,
+            target: None,
+            attempt: None,
+            reason: None,
+        }),
+    })
+}
+
+/// Settles the permit `io` names with the outcome in `io` (status, usage, latency, flags): a
+/// done verdict returns 0 and writes the settlement to `io`; retry and give up return a
+/// [`VerdictJs`].
+#[napi]
+pub fn settle_fast() -> napi::Result<Either<u32, VerdictJs>> {
+    settle_with(None, &[])
+}
+
+/// As [`settle_fast`], with a transport `failure` code and the response `headers` as
+/// `[name, value, name, value, ...]`.
+#[napi]
+pub fn settle(
+    failure: Option<String>,
+    headers: Option<Vec<String>>,
+) -> napi::Result<Either<u32, VerdictJs>> {
+    let failure = match failure.as_deref() {
+        None | Some("") => None,
+        Some(code) => Some(failure_of(code).ok_or_else(|| {
+            ErrorInfo::invalid_argument(format!(
+                "outcome.failure '{code}' is not one of connect, connect_refused, \
+                 connect_reset, connect_dns, connect_tls, timeout, timeout_connect, \
+                 timeout_first_byte, timeout_idle, timeout_total, malformed, cut_stream"
+            ))
+            .into_napi()
+        })?),
+    };
+    let pairs: Vec<(&str, &[u8])> = headers
+        .as_deref()
+        .unwrap_or_default()
+        .chunks_exact(2)
+        .map(|p| (p[0].as_str(), p[1].as_bytes()))
+        .collect();
+    settle_with(failure, &pairs)
+}
+
+#[napi]
+impl NativeEngine {
+    /// Makes this engine's next admission a retry with this state (from a `retry` verdict).
+    #[napi]
+    pub fn set_attempt(&self, attempt: &External<Attempt>) -> napi::Result<()> {
+        with_engine(self.index, |r| {
+            r.attempt = Some(Box::new(Attempt::clone(attempt)));
+            Ok(())
+        })
+    }
+
+    /// Gives a permit back unsettled (as if the call was not sent); false when it was already
+    /// settled or released.
+    #[napi]
+    pub fn release(&self, permit: f64) -> bool {
+        with_engine(self.index, |r| Ok(r.permits.take(permit).is_some())).unwrap_or(false)
+    }
+
+    /// What a permit holds (null once it is settled or released).
+    #[napi]
+    pub fn permit_info(&self, permit: f64) -> Option<PermitInfoJs> {
+        with_engine(self.index, |r| {
+            Ok(r.permits.get(permit).map(|p| PermitInfoJs {
+                budgets: p
+                    .budgets()
+                    .map(|(b, k)| vec![b.to_owned(), k.to_owned()])
+                    .collect(),
+                target: p.target().map(TargetJs::from),
+                attempt: p.attempt_number(),
+                prompt_tokens: p.prompt_tokens() as f64,
+                completion_allowance: p.completion_allowance() as f64,
+                reserved_tokens: p.reserved_tokens() as f64,
+                exact_prompt: p.exact_prompt(),
+                estimated_cost: p.estimated_cost(),
+            }))
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// This engine's index in the thread's registry (`io[ENGINE]` for the decide path).
+    #[napi(getter)]
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+}

@@ -1,0 +1,42 @@
+// Compiled (not run) by `npm run typecheck`: the declarations in index.d.ts fit the way the
+// README and the examples use the API, and `tollgate.fetch` fits the openai package's `fetch`.
+import OpenAI from 'openai'
+import { DeniedError, PolicyError, TestUpstream, Tollgate, createFetch, type Verdict } from '../index.js'
+
+export async function use(): Promise<number> {
+  const up: TestUpstream = TestUpstream.start({ latencyMs: 1 })
+  up.script({ model: 'gpt-4o' }, ['status_503', { kind: 'slow_first_byte', ms: 10 }])
+  const tg = new Tollgate({ path: 'policy.toml' })
+  const d = tg.admit({ model: 'gpt-4o', tenant: 'acme', promptTokens: 10 })
+  let total = 0
+  if (d.kind === 'go') {
+    const v: Verdict = tg.settle(d.permit, { status: 200, usage: { prompt_tokens: 10, completion_tokens: 2 } })
+    if (v.kind === 'retry') tg.admit({ model: 'gpt-4o', attempt: v.attempt })
+    total += v.settlement.tokens
+  } else if (d.kind === 'wait') {
+    total += d.afterMs
+  } else {
+    total += d.error instanceof DeniedError ? (d.error.retryAfterMs ?? 0) : 0
+  }
+  const r = await tg.send({ model: 'gpt-4o', messages: [] }, { signal: AbortSignal.timeout(1000), tenant: 'acme' })
+  total += r.usage?.totalTokens ?? 0
+  const s = await tg.stream({ model: 'gpt-4o', messages: [] })
+  for await (const chunk of s) total += chunk.choices.length
+  const raw = await tg.stream({ model: 'gpt-4o', messages: [] }, { raw: true })
+  for await (const e of raw) total += e.data.length
+  total += s.settlement?.tokens ?? 0
+  try {
+    tg.reload('version = 1')
+  } catch (e) {
+    if (e instanceof PolicyError) total += e.problems.length
+  }
+  const w = tg.watch('policy.toml', { onReload: (report) => console.log(report.generation) })
+  await w.close()
+  const client = new OpenAI({ apiKey: 'x', fetch: tg.fetch })
+  const other = new OpenAI({ apiKey: 'x', fetch: createFetch(tg, { tenant: 'acme' }) })
+  await client.chat.completions.create({ model: 'gpt-4o', messages: [] })
+  void other
+  total += tg.stats().budgets.length + tg.metrics().length
+  await up.close()
+  return total
+}
