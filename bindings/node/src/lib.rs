@@ -9,7 +9,8 @@
 //! - Errors cross as a JSON payload in the message of a thrown (or rejected) `Error`, built by
 //!   [`error::ErrorInfo`]; `index.js` turns it into the matching `TollgateError` subclass.
 //! - The decide path (`admit` / `settle`) passes numbers through a `Float64Array` shared with
-//!   the engine and permits as napi externals, so a pair costs two native calls and no JSON.
+//!   the engine, names as interned ids and permits as numbered slots (see [`decide`]), so a pair
+//!   costs two native calls, no JSON and nothing for the garbage collector.
 //! - Every async function and tollgate's own transport run on one multi-thread tokio runtime,
 //!   installed for the module when it loads.
 #![warn(missing_docs)]
