@@ -206,6 +206,7 @@ using BytesPtr = Owned<tg_bytes, tg_bytes_free>;
 using CachedPtr = Owned<tg_cached, tg_cached_free>;
 using FillPtr = Owned<tg_cache_fill, tg_cache_fill_free>;
 using WaitPtr = Owned<tg_cache_wait, tg_cache_wait_free>;
+using WatcherPtr = Owned<tg_watcher, tg_watcher_free>;
 
 /// A borrowed view of `s` for one C call.
 inline tg_str str(std::string_view s) noexcept { return tg_str{s.data(), s.size()}; }
@@ -1105,6 +1106,44 @@ class EventStream {
 };
 
 // ---------------------------------------------------------------------------------------------
+// Watcher
+// ---------------------------------------------------------------------------------------------
+
+/// Hears a policy watch: after an accepted reload, `generation` is the new policy's and `error`
+/// is null; after a refused or unreadable file, `generation` is 0 and `error` says why (valid for
+/// the call). Runs on the watch's own thread; exceptions it throws are swallowed.
+using WatchHandler = std::function<void(std::uint64_t generation, const Error* error)>;
+
+/// A running policy-file watch (Engine::watch). Move-only; destroying it stops the watch (a
+/// handler call in progress finishes first). Do not destroy it from its own handler.
+class Watcher {
+ public:
+  Watcher() noexcept = default;
+  explicit operator bool() const noexcept { return ptr_ != nullptr; }
+
+ private:
+  friend class Engine;
+  static void trampoline(void* user_data, std::uint64_t generation,
+                         const tg_error* error) noexcept {
+    auto* handler = static_cast<WatchHandler*>(user_data);
+    try {
+      if (error == nullptr) {
+        (*handler)(generation, nullptr);
+      } else {
+        const Error e(error);
+        (*handler)(generation, &e);
+      }
+    } catch (...) {
+      // A handler must not unwind into tollgate; there is nobody to report it to.
+    }
+  }
+
+  // Declared first, destroyed last: the watch (ptr_) stops before its handler goes away.
+  std::unique_ptr<WatchHandler> handler_;
+  detail::WatcherPtr ptr_;
+};
+
+// ---------------------------------------------------------------------------------------------
 // Engine
 // ---------------------------------------------------------------------------------------------
 
@@ -1176,6 +1215,38 @@ class Engine {
     detail::BytesPtr owned(out);
     if (!owned || owned->data == nullptr) return std::string();
     return std::string(reinterpret_cast<const char*>(owned->data), owned->len);
+  }
+
+  /// Budget and cache counters as JSON: {"generation", "budgets": [{"name", "admitted",
+  /// "waited", "denied", "tokens", "spend", "keys"}], "cache": {"hits", "misses", ...}}.
+  [[nodiscard]] std::string stats() const {
+    tg_bytes* out = nullptr;
+    tg_error* err = nullptr;
+    const tg_status st = tg_engine_stats(ptr_.get(), &out, &err);
+    throw_if_error(st, err);
+    detail::BytesPtr owned(out);
+    if (!owned || owned->data == nullptr) return std::string();
+    return std::string(reinterpret_cast<const char*>(owned->data), owned->len);
+  }
+
+  /// Watches a policy file and reloads whenever its content changes (checked every `interval`,
+  /// at least 10 ms). A refused or unreadable file keeps the running policy; `handler` (may be
+  /// empty) hears every reload and refusal on the watch's thread. Keep the Watcher for as long
+  /// as the watch should run, and destroy it before the engine.
+  [[nodiscard]] Watcher watch(const std::filesystem::path& path,
+                              std::chrono::milliseconds interval, WatchHandler handler = {}) const {
+    const std::string p = path.string();
+    Watcher w;
+    w.handler_ = std::make_unique<WatchHandler>(std::move(handler));
+    const bool has_handler = static_cast<bool>(*w.handler_);
+    tg_watcher* out = nullptr;
+    tg_error* err = nullptr;
+    const tg_status st = tg_engine_watch(
+        ptr_.get(), p.data(), p.size(), static_cast<std::uint64_t>(interval.count()),
+        has_handler ? &Watcher::trampoline : nullptr, w.handler_.get(), &out, &err);
+    throw_if_error(st, err);
+    w.ptr_.reset(out);
+    return w;
   }
 
   // ---- decide API (hosts with their own HTTP client) ----

@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <fstream>
 #include <mutex>
@@ -858,6 +859,57 @@ TEST_F(Tollgate, MovedFromHandlesAreEmpty) {
   std::size_t n = 0;
   for (const auto& ev : s2) n += ev.done ? 1 : 0;
   EXPECT_EQ(n, 1u);
+}
+
+TEST_F(Tollgate, AWatchReloadsAChangedFileAndReportsARefusedOne) {
+  const std::string path =
+      ::testing::TempDir() + "tollgate_watch_" + std::to_string(::getpid()) + ".toml";
+  const auto write = [&](const std::string& text) {
+    std::ofstream(path, std::ios::trunc) << text;
+  };
+  write(policy("[[budget]]\nname = \"w\"\nrequests_per_minute = 5\n"));
+  tg::Engine e = tg::Engine::from_file(path);
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::pair<std::uint64_t, tg::Status>> seen;
+  tg::Watcher w = e.watch(path, std::chrono::milliseconds(10),
+                          [&](std::uint64_t generation, const tg::Error* error) {
+                            std::lock_guard<std::mutex> lock(mu);
+                            seen.emplace_back(generation,
+                                              error ? error->status() : tg::Status::Ok);
+                            cv.notify_all();
+                          });
+  ASSERT_TRUE(w);
+  const auto wait_for = [&](std::size_t n) {
+    std::unique_lock<std::mutex> lock(mu);
+    return cv.wait_for(lock, std::chrono::seconds(10), [&] { return seen.size() >= n; });
+  };
+  write(policy("[[budget]]\nname = \"w\"\nrequests_per_minute = 50\n"));
+  ASSERT_TRUE(wait_for(1));
+  write("version = 1\n[[budget]]\nname = \"w\"\nscope = [\"planet\"]\n");
+  ASSERT_TRUE(wait_for(2));
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_EQ(seen[0], std::make_pair(std::uint64_t{2}, tg::Status::Ok));
+    EXPECT_EQ(seen[1], std::make_pair(std::uint64_t{0}, tg::Status::InvalidPolicy));
+  }
+  EXPECT_EQ(e.generation(), 2u) << "a refused file keeps the running policy";
+  w = tg::Watcher();
+  std::remove(path.c_str());
+  EXPECT_THROW((void)e.watch("", std::chrono::milliseconds(10)), tg::Error);
+}
+
+TEST_F(Tollgate, StatsAreJson) {
+  auto e = engine("[[budget]]\nname = \"per-tenant\"\nscope = [\"tenant\"]\n"
+                  "requests_per_minute = 10\n");
+  tg::Call call("gpt-4o");
+  call.tenant = "acme";
+  tg::Decision d = e.admit(call);
+  ASSERT_TRUE(d.go());
+  const std::string json = e.stats();
+  EXPECT_NE(json.find("\"name\":\"per-tenant\""), std::string::npos) << json;
+  EXPECT_NE(json.find("\"keys\":1"), std::string::npos) << json;
+  EXPECT_NE(json.find("\"cache\":{"), std::string::npos) << json;
 }
 
 TEST_F(Tollgate, MetricsAreTextInThePrometheusFormat) {
