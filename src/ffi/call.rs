@@ -16,7 +16,7 @@ use super::decide::{nanos, tg_settlement, tg_target, tg_usage, write_target};
 use super::engine::tg_engine;
 use super::error::{boundary, quietly, value};
 use super::{arg, bytes_arg, json_arg, out, put, put_some, text_arg, tg_error, tg_status, tg_str};
-use crate::{ChatRequest, ChatResponse, ChatStream, Source};
+use crate::{ChatRequest, ChatResponse, ChatStream, Engine, Source};
 
 /// Who makes a request and how: all optional. A zero-initialised struct (or a NULL pointer where
 /// one is taken) means the defaults.
@@ -322,15 +322,34 @@ impl Finish {
     }
 }
 
-/// Spawns `work` (which owns a `Finish` whose `ended` flag is given) on the engine's workers and
-/// hands out its task handle when asked.
-fn spawn(
-    engine: &tg_engine,
-    work: impl Future<Output = ()> + Send + 'static,
-    ended: Arc<AtomicBool>,
+/// Starts an asynchronous call: reads the request, prepares its final callback, spawns `work`
+/// with them on the engine's workers and hands out the task handle when asked.
+///
+/// # Safety
+/// As `tg_engine_send_async`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn start<Fut>(
+    engine: *const tg_engine,
+    request: *const u8,
+    len: usize,
+    options: *const tg_request_options,
+    callback: Callback,
+    user_data: *mut c_void,
     out_task: *mut *mut tg_task,
-) -> Result<(), Box<tg_error>> {
-    let task = engine.handle()?.spawn(work);
+    work: impl FnOnce(Engine, ChatRequest, Finish) -> Fut,
+) -> Result<(), Box<tg_error>>
+where
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    // SAFETY: NULL or live, per the contract.
+    let engine = unsafe { arg(engine, "engine")? };
+    // SAFETY: forwarded to the caller.
+    let request = unsafe { self::request(request, len, options)? };
+    let finish = Finish::new(engine, user_data, callback);
+    let ended = Arc::clone(&finish.ended);
+    let task = engine
+        .handle()?
+        .spawn(work(engine.engine.clone(), request, finish));
     if !out_task.is_null() {
         let task = Box::new(tg_task {
             abort: task.abort_handle(),
@@ -366,20 +385,20 @@ pub unsafe extern "C" fn tg_engine_send_async(
     err: *mut *mut tg_error,
 ) -> tg_status {
     boundary(err, || {
-        // SAFETY: NULL or live, per the contract.
-        let engine = unsafe { arg(engine, "engine")? };
-        let callback = callback.ok_or_else(|| tg_error::null("callback"))?;
-        // SAFETY: as documented for this function.
-        let request = unsafe { self::request(request, len, options)? };
-        let finish = Finish::new(engine, user_data, Callback::Send(callback));
-        let ended = Arc::clone(&finish.ended);
-        let rust = engine.engine.clone();
-        let work = async move {
-            let mut finish = finish;
+        // SAFETY: NULL or live, per the contract (checked before the callback, like every
+        // function checks its engine first).
+        unsafe { arg(engine, "engine")? };
+        let callback = Callback::Send(callback.ok_or_else(|| tg_error::null("callback"))?);
+        let work = |rust: Engine, request, mut finish: Finish| async move {
             let result = rust.send(request).await;
             finish.fire(result.map_err(|e| tg_error::call(&e)));
         };
-        spawn(engine, work, ended, out_task)
+        // SAFETY: as documented for this function.
+        unsafe {
+            start(
+                engine, request, len, options, callback, user_data, out_task, work,
+            )
+        }
     })
 }
 
@@ -406,17 +425,12 @@ pub unsafe extern "C" fn tg_engine_stream(
     err: *mut *mut tg_error,
 ) -> tg_status {
     boundary(err, || {
-        // SAFETY: NULL or live, per the contract.
-        let engine = unsafe { arg(engine, "engine")? };
+        // SAFETY: NULL or live, per the contract (checked before the callback, like every
+        // function checks its engine first).
+        unsafe { arg(engine, "engine")? };
         let callback = callback.ok_or_else(|| tg_error::null("callback"))?;
-        // SAFETY: as documented for this function.
-        let request = unsafe { self::request(request, len, options)? };
-        let finish = Finish::new(engine, user_data, Callback::Stream(callback));
-        let ended = Arc::clone(&finish.ended);
         let data = UserData(user_data);
-        let rust = engine.engine.clone();
-        let work = async move {
-            let mut finish = finish;
+        let work = move |rust: Engine, request, mut finish: Finish| async move {
             let mut stream = match rust.stream(request).await {
                 Ok(s) => s,
                 Err(e) => return finish.fire(Err(tg_error::call(&e))),
@@ -445,7 +459,13 @@ pub unsafe extern "C" fn tg_engine_stream(
             }
             finish.fire(Ok(summary(&stream)));
         };
-        spawn(engine, work, ended, out_task)
+        let on_end = Callback::Stream(callback);
+        // SAFETY: as documented for this function.
+        unsafe {
+            start(
+                engine, request, len, options, on_end, user_data, out_task, work,
+            )
+        }
     })
 }
 
