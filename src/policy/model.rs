@@ -35,6 +35,8 @@ pub struct Policy {
     pub prices: BTreeMap<String, Price>,
     /// Model facts overrides (`[models]`): encoding and context window.
     pub models: BTreeMap<String, ModelOverride>,
+    /// The shared store (`[redis]`), when budgets or the cache use one.
+    pub redis: Option<Redis>,
 }
 
 /// `[defaults]`: settings that apply when a call or a budget does not say otherwise.
@@ -441,6 +443,83 @@ pub enum Exhausted {
 pub enum Store {
     /// In this process.
     Local,
+    /// In the Redis server of the `[redis]` section, shared by every process that uses it.
+    Redis,
+}
+
+/// A local lease on a Redis budget (`lease = { size = 20, ttl = "1s" }`): one round trip takes
+/// room for `size` calls at once, which this process then spends without asking Redis again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// Calls' worth of room taken per round trip (at least 2; 1 would be no lease).
+    pub size: u32,
+    /// How long unspent room is kept before it is handed back.
+    pub ttl: Duration,
+}
+
+/// What a Redis budget does while Redis cannot be reached in time (`[redis] on_failure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Decide locally with every limit (and concurrency) divided by `expected_instances`, and say
+    /// so in the metric `tollgate_budget_store_fallback`.
+    FailOpen,
+    /// Refuse the calls, with the reason `store_unavailable`.
+    FailClosed,
+}
+
+/// Where the Redis URL comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RedisUrl {
+    /// Written in the policy (no password allowed there).
+    Plain(String),
+    /// `env:NAME` or `file:PATH`, read when the engine connects (may hold a password).
+    Secret(SecretRef),
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RedisUrl::Plain(url) => fmt::Debug::fmt(url, f),
+            RedisUrl::Secret(r) => fmt::Display::fmt(r, f),
+        }
+    }
+}
+
+/// `[redis]`: the server that budgets with `store = "redis"` and the cache's second level share.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redis {
+    /// `redis://host:port/db` or `rediss://` for TLS.
+    pub url: RedisUrl,
+    /// Prefix of every key tollgate writes (default `tollgate`).
+    pub key_prefix: String,
+    /// Longest wait for a connection (default 1s).
+    pub connect_timeout: Duration,
+    /// Longest wait for one operation before Redis counts as unavailable (default 50ms).
+    pub op_timeout: Duration,
+    /// A PEM file of CA certificates to trust for `rediss://` (default: the system's roots).
+    pub tls_ca_file: Option<PathBuf>,
+    /// What Redis budgets do while Redis is unavailable (required).
+    pub on_failure: OnFailure,
+    /// How many processes share the budgets; fail-open divides limits by it (default 1).
+    pub expected_instances: u32,
+    /// How long a concurrency slot held in Redis lives without renewal (default 30s): a process
+    /// that dies holding one frees it after this long; live calls renew at a third of it.
+    pub concurrency_lease: Duration,
+}
+
+impl Default for Redis {
+    fn default() -> Self {
+        Redis {
+            url: RedisUrl::Plain("redis://127.0.0.1:6379".to_owned()),
+            key_prefix: "tollgate".to_owned(),
+            connect_timeout: Duration::from_secs(1),
+            op_timeout: Duration::from_millis(50),
+            tls_ca_file: None,
+            on_failure: OnFailure::FailClosed,
+            expected_instances: 1,
+            concurrency_lease: Duration::from_secs(30),
+        }
+    }
 }
 
 /// `[[budget]]`: limits applied to every call that matches, one state per scope key.
@@ -462,6 +541,8 @@ pub struct Budget {
     pub key_capacity: usize,
     /// Where the state lives.
     pub store: Store,
+    /// A local lease (Redis budgets only).
+    pub lease: Option<Lease>,
 }
 
 /// How a route picks among its targets.
@@ -662,6 +743,16 @@ pub struct Cache {
     /// Default: `min(8 MiB, max_bytes / 8)` (at least 1 byte), computed from the file's
     /// `max_bytes`; see [`Cache::default_max_entry_bytes`].
     pub max_entry_bytes: u64,
+    /// A second level in Redis (`l2 = { store = "redis", max_bytes = "1GB" }`), looked up after a
+    /// local miss.
+    pub l2: Option<CacheL2>,
+}
+
+/// The cache's second level in the `[redis]` server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheL2 {
+    /// Bytes of bodies kept in Redis at most; the entries closest to expiry go first.
+    pub max_bytes: u64,
 }
 
 impl Cache {
@@ -691,6 +782,7 @@ impl Default for Cache {
             allow_tools: false,
             require_seed: false,
             max_entry_bytes: 8 * 1024 * 1024,
+            l2: None,
         }
     }
 }

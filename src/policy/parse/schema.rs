@@ -62,6 +62,7 @@ pub(crate) fn policy(cx: &mut Cx, root: &Node) -> Option<Policy> {
         cache: cache?,
         prices: prices?,
         models: models?,
+        redis: None,
     })
 }
 
@@ -746,6 +747,7 @@ fn budget(cx: &mut Cx, node: &Node, path: &str, default_capacity: usize) -> Opti
         when_exhausted: when_exhausted?,
         key_capacity: key_capacity?,
         store: store?,
+        lease: None,
     })
 }
 
@@ -1406,6 +1408,7 @@ fn cache(cx: &mut Cx, node: &Node, path: &str) -> Option<Cache> {
         allow_tools: allow_tools?,
         require_seed: require_seed?,
         max_entry_bytes,
+        l2: None,
     })
 }
 
