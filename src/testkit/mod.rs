@@ -49,6 +49,7 @@ mod body;
 mod fault;
 mod log;
 mod openai;
+mod redis;
 mod server;
 mod tls;
 mod upstream;
@@ -57,6 +58,7 @@ pub use auth::{TOKEN_PATH, TestAuth};
 pub use fault::{Action, Canned, FaultMix, Latency, Match, RateLimitHeaders};
 pub use log::Arrival;
 pub use openai::{VOCABULARY, reply_words};
+pub use redis::RedisServer;
 pub use tls::TestCa;
 pub use upstream::{Builder, TestUpstream};
 

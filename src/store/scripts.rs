@@ -1,0 +1,221 @@
+//! The Lua scripts tollgate runs in Redis. Each runs atomically on the server and reads the
+//! server's clock (`TIME`) itself, so the clocks of the processes that share a budget never
+//! matter.
+//!
+//! Time inside the scripts is in microseconds since 2024-01-01 (a 2²⁰⁵³-safe number for
+//! centuries), kept as floating point with three decimals (nanoseconds).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Admits one call against every Redis budget it matches, all or nothing.
+///
+/// `ARGV[1]` is the lease member for concurrency gates; then, per key in `KEYS` order:
+/// - a rate budget (a hash, one field pair per limit): `r`, `want`, `n`, then `n` times
+///   `slot`, `ei` (µs per unit), `tau` (burst tolerance, µs), `inc` (µs this call takes).
+///   `want` > 1 asks for a lease: room for up to `want` calls, at least one.
+/// - a concurrency gate (a sorted set of leases scored by expiry): `c`, `max`, `ttl` (µs).
+///
+/// A stored theoretical arrival time (TAT) written under another rate (a reload changed the
+/// limit) is rescaled first so the units in use stay the same.
+///
+/// Returns `{1, now, then per rate key: granted calls and each slot's new TAT}` when every check
+/// passes (and only then writes), else `{0, key index, slot index, wait µs or -1, TAT - now}`
+/// for the first check that fails (slot index 0 and wait -1 for a full gate).
+pub(crate) static ADMIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = (tonumber(t[1]) - 1704067200) * 1000000 + tonumber(t[2])
+local member = ARGV[1]
+local i = 2
+local checks = {}
+for k = 1, #KEYS do
+  local key = KEYS[k]
+  local kind = ARGV[i]
+  if kind == 'r' then
+    local want = tonumber(ARGV[i + 1])
+    local n = tonumber(ARGV[i + 2])
+    i = i + 3
+    local slots = {}
+    local fit = want
+    for s = 1, n do
+      local field = ARGV[i]
+      local ei = tonumber(ARGV[i + 1])
+      local tau = tonumber(ARGV[i + 2])
+      local inc = tonumber(ARGV[i + 3])
+      i = i + 4
+      local stored = redis.call('HMGET', key, 't' .. field, 'e' .. field)
+      local tat = tonumber(stored[1]) or now
+      local old = tonumber(stored[2])
+      if old and old ~= ei and tat > now then
+        tat = now + (tat - now) * ei / old
+      end
+      if tat < now then tat = now end
+      if inc > 0 then
+        local m = math.floor((tau - (tat - now) + 0.001) / inc)
+        if m < 1 then
+          local wait = tat + inc - now - tau
+          if wait < 0.001 then wait = 0.001 end
+          return {0, k, s, string.format('%.3f', wait), string.format('%.3f', tat - now)}
+        end
+        if m < fit then fit = m end
+      end
+      slots[s] = {field, ei, tat, inc}
+    end
+    checks[k] = {'r', fit, slots}
+  else
+    local max = tonumber(ARGV[i + 1])
+    local ttl = tonumber(ARGV[i + 2])
+    i = i + 3
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.3f', now))
+    if redis.call('ZCARD', key) >= max then
+      return {0, k, 0, '-1', '0'}
+    end
+    checks[k] = {'c', ttl}
+  end
+end
+local out = {1, string.format('%.3f', now)}
+for k = 1, #KEYS do
+  local key = KEYS[k]
+  local c = checks[k]
+  if c[1] == 'r' then
+    out[#out + 1] = c[2]
+    local last = now
+    for _, sl in ipairs(c[3]) do
+      local tat = sl[3] + c[2] * sl[4]
+      redis.call('HSET', key, 't' .. sl[1], string.format('%.3f', tat), 'e' .. sl[1], sl[2])
+      if tat > last then last = tat end
+      out[#out + 1] = string.format('%.3f', tat)
+    end
+    redis.call('PEXPIRE', key, math.ceil((last - now) / 1000) + 1000)
+  else
+    local expiry = now + c[2]
+    redis.call('ZADD', key, string.format('%.3f', expiry), member)
+    redis.call('PEXPIRE', key, math.ceil(c[2] / 1000) + 1000)
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Replaces reservations by what calls used: per key in `KEYS`, `ARGV` holds `n`, then `n`
+/// times `slot`, `ei`, `delta` (µs: positive charges extra, negative refunds) and `end` (the
+/// TAT right after the reservation). A refund returns only the part of the charge still ahead of
+/// now — the rest has refilled by itself — and never moves a TAT below now, exactly as the local
+/// cells do; an extra charge is always taken.
+pub(crate) static ADJUST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = (tonumber(t[1]) - 1704067200) * 1000000 + tonumber(t[2])
+local i = 1
+for k = 1, #KEYS do
+  local key = KEYS[k]
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  local last = now
+  for s = 1, n do
+    local field = ARGV[i]
+    local ei = tonumber(ARGV[i + 1])
+    local delta = tonumber(ARGV[i + 2])
+    local stop = tonumber(ARGV[i + 3])
+    i = i + 4
+    local stored = redis.call('HMGET', key, 't' .. field, 'e' .. field)
+    local tat = tonumber(stored[1]) or now
+    local old = tonumber(stored[2])
+    if old and old ~= ei and tat > now then
+      tat = now + (tat - now) * ei / old
+    end
+    if delta > 0 then
+      if tat < now then tat = now end
+      tat = tat + delta
+    else
+      local give = math.min(-delta, stop - now)
+      if give > 0 and tat > now then
+        tat = math.max(tat - give, now)
+      end
+    end
+    if tat > now then
+      redis.call('HSET', key, 't' .. field, string.format('%.3f', tat), 'e' .. field, ei)
+      if tat > last then last = tat end
+    else
+      redis.call('HDEL', key, 't' .. field, 'e' .. field)
+    end
+  end
+  if last > now then
+    redis.call('PEXPIRE', key, math.ceil((last - now) / 1000) + 1000)
+  end
+end
+return 1
+"#,
+    )
+});
+
+/// Renews concurrency leases still held: `ARGV[1]` is the lease time (µs), then one member per
+/// key in `KEYS`. A lease that already expired (this process stalled past it) is not revived.
+pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = (tonumber(t[1]) - 1704067200) * 1000000 + tonumber(t[2])
+local ttl = tonumber(ARGV[1])
+local renewed = 0
+for k = 1, #KEYS do
+  local score = redis.call('ZSCORE', KEYS[k], ARGV[k + 1])
+  if score and tonumber(score) > now then
+    redis.call('ZADD', KEYS[k], 'XX', string.format('%.3f', now + ttl), ARGV[k + 1])
+    redis.call('PEXPIRE', KEYS[k], math.ceil(ttl / 1000) + 1000)
+    renewed = renewed + 1
+  end
+end
+return renewed
+"#,
+    )
+});
+
+/// Stores a cache entry under a total size bound: `KEYS[1]` the entry, `KEYS[2]` the index (a
+/// sorted set of entries by expiry), `KEYS[3]` the sizes (a hash, with the total in `_total`);
+/// `ARGV[1]` the body, `ARGV[2]` its TTL in milliseconds, `ARGV[3]` the bound in bytes.
+/// Expired entries leave the index first, then the entries closest to expiry until the new one
+/// fits. Returns how many entries were evicted.
+pub(crate) static CACHE_PUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local entry, index, sizes = KEYS[1], KEYS[2], KEYS[3]
+local body, ttl, bound = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local total = tonumber(redis.call('HGET', sizes, '_total') or '0')
+local function forget(key)
+  local size = tonumber(redis.call('HGET', sizes, key) or '0')
+  redis.call('HDEL', sizes, key)
+  redis.call('ZREM', index, key)
+  total = total - size
+end
+for _, key in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', now)) do
+  forget(key)
+end
+if redis.call('HEXISTS', sizes, entry) == 1 then
+  forget(entry)
+end
+local evicted = 0
+while total + #body > bound do
+  local oldest = redis.call('ZRANGE', index, 0, 0)
+  if #oldest == 0 then break end
+  redis.call('DEL', oldest[1])
+  forget(oldest[1])
+  evicted = evicted + 1
+end
+if total < 0 then total = 0 end
+redis.call('SET', entry, body, 'PX', ttl)
+redis.call('ZADD', index, now + ttl, entry)
+redis.call('HSET', sizes, entry, #body)
+total = total + #body
+redis.call('HSET', sizes, '_total', total)
+return evicted
+"#,
+    )
+});
