@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tollgate::policy::{
-    Auth, BreakerWindow, Cache, DEFAULT_KEY_QUARANTINE, Exhausted, Format, LimitKind, Policy,
-    PolicyError, PolicyErrors, Probe, ScopeDim, SecretRef, Strategy,
+    Auth, BreakerWindow, Cache, CacheL2, DEFAULT_KEY_QUARANTINE, Exhausted, Format, Lease,
+    LimitKind, OnFailure, Policy, PolicyError, PolicyErrors, Probe, Redis, RedisUrl, ScopeDim,
+    SecretRef, Store, Strategy,
 };
 
 fn example_path() -> PathBuf {
@@ -1281,6 +1282,799 @@ fn io_errors_have_an_empty_path() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Redis: the [redis] section, store = "redis", budget leases and the cache's second level
+
+/// A minimal valid `[redis]` section (3 lines).
+const REDIS: &str = "[redis]\nurl = \"redis://127.0.0.1:6379\"\non_failure = \"fail_closed\"\n";
+
+/// `version = 1` and a `[redis]` section with `url` and `on_failure`, then `extra` lines in it
+/// (the first extra line is line 5).
+fn redis_with(url: &str, extra: &str) -> String {
+    format!("version = 1\n[redis]\nurl = \"{url}\"\non_failure = \"fail_closed\"\n{extra}")
+}
+
+/// A Redis budget named "r" with 60 requests a minute (4 lines), after `REDIS` when `with_redis`.
+fn redis_budget(with_redis: bool, extra: &str) -> String {
+    format!(
+        "version = 1\n{}[[budget]]\nname = \"r\"\nrequests_per_minute = 60\nstore = \"redis\"\n\
+         {extra}",
+        if with_redis { REDIS } else { "" }
+    )
+}
+
+#[test]
+fn redis_section_is_read_in_full() {
+    let text = "version = 1\n[redis]\nurl = \"rediss://cache.internal:6380/2\"\n\
+                key_prefix = \"tg-prod\"\nconnect_timeout = \"2s\"\nop_timeout = \"20ms\"\n\
+                tls_ca_file = \"/etc/ssl/redis-ca.pem\"\non_failure = \"fail_open\"\n\
+                expected_instances = 4\nconcurrency_lease = \"45s\"\n";
+    let p = Policy::from_toml(text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        p.redis,
+        Some(Redis {
+            url: RedisUrl::Plain("rediss://cache.internal:6380/2".into()),
+            key_prefix: "tg-prod".into(),
+            connect_timeout: Duration::from_secs(2),
+            op_timeout: Duration::from_millis(20),
+            tls_ca_file: Some(PathBuf::from("/etc/ssl/redis-ca.pem")),
+            on_failure: OnFailure::FailOpen,
+            expected_instances: 4,
+            concurrency_lease: Duration::from_secs(45),
+        })
+    );
+    // Without the section there is no Redis, and nothing else changes.
+    assert_eq!(
+        Policy::from_toml("version = 1\n").expect("valid").redis,
+        None
+    );
+}
+
+#[test]
+fn redis_defaults() {
+    let p = Policy::from_toml(&format!("version = 1\n{REDIS}")).unwrap_or_else(|e| panic!("{e}"));
+    let r = p.redis.expect("redis");
+    // Redis::default() has this very url and on_failure; every other field is the default.
+    assert_eq!(r, Redis::default());
+    assert_eq!(r.key_prefix, "tollgate");
+    assert_eq!(r.connect_timeout, Duration::from_secs(1));
+    assert_eq!(r.op_timeout, Duration::from_millis(50));
+    assert_eq!(r.concurrency_lease, Duration::from_secs(30));
+    assert_eq!((r.expected_instances, r.tls_ca_file), (1, None));
+    // A user name without a password, and a database number, are accepted.
+    for url in [
+        "redis://tollgate@redis.internal:6379/0",
+        "redis://[::1]:6379",
+        "redis://localhost",
+        "redis://:@h:1",
+    ] {
+        let p = Policy::from_toml(&redis_with(url, "")).unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(p.redis.expect("redis").url, RedisUrl::Plain(url.into()));
+    }
+}
+
+#[test]
+fn redis_url_from_a_secret() {
+    let p = Policy::from_toml(&redis_with("env:REDIS_URL", "")).unwrap_or_else(|e| panic!("{e}"));
+    let r = p.redis.expect("redis");
+    assert_eq!(r.url, RedisUrl::Secret(SecretRef::Env("REDIS_URL".into())));
+    assert_eq!(format!("{:?}", r.url), "env:REDIS_URL");
+    let p = Policy::from_toml(&redis_with("file:/run/secrets/redis_url", ""))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        p.redis.expect("redis").url,
+        RedisUrl::Secret(SecretRef::File("/run/secrets/redis_url".into()))
+    );
+    // A bad reference is refused by the secret reader, without repeating it.
+    let e = only(&redis_with("env:9hunter2", ""));
+    check(&e, "redis.url", 3, 7, "invalid variable name after env:");
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+}
+
+#[test]
+fn redis_url_needs_a_redis_scheme() {
+    for (url, shown) in [
+        ("http://127.0.0.1:6379", "got \"http://127.0.0.1:6379\""),
+        ("127.0.0.1:6379", "got \"127.0.0.1:6379\""),
+        ("REDIS_URL", "got \"REDIS_URL\""),
+    ] {
+        let e = only(&redis_with(url, ""));
+        check(
+            &e,
+            "redis.url",
+            3,
+            7,
+            "must start with redis:// (or rediss:// for TLS)",
+        );
+        assert!(e.message.contains("\"env:REDIS_URL\""), "{e}");
+        assert!(e.message.contains(shown), "{e}");
+    }
+    let e = only(&redis_with("redis://", ""));
+    check(&e, "redis.url", 3, 7, "has no host");
+    let e = only(&redis_with("redis://h:99999", ""));
+    check(&e, "redis.url", 3, 7, "invalid port \"99999\"");
+    let e = only(&redis_with("redis://h:6379/cache", ""));
+    check(&e, "redis.url", 3, 7, "database number");
+    let e = only("version = 1\n[redis]\nurl = 6379\non_failure = \"fail_closed\"\n");
+    check(
+        &e,
+        "redis.url",
+        3,
+        7,
+        "must be a string such as \"env:REDIS_URL\"",
+    );
+    let e = only("version = 1\n[redis]\non_failure = \"fail_closed\"\n");
+    check(
+        &e,
+        "redis.url",
+        2,
+        1,
+        "is required; add url = \"env:REDIS_URL\"",
+    );
+}
+
+#[test]
+fn redis_password_is_refused_and_never_repeated() {
+    for url in [
+        "redis://default:hunter2SECRET@redis.internal:6379/0",
+        "rediss://:hunter2SECRET@redis.internal",
+        "redis://redis.internal:6379?password=hunter2SECRET",
+    ] {
+        let errors = refused(&redis_with(url, ""));
+        assert_eq!(errors.len(), 1, "{url}: {errors:#?}");
+        check(
+            &errors[0],
+            "redis.url",
+            3,
+            7,
+            "must not contain a password: secrets never sit in the policy file",
+        );
+        assert!(
+            errors[0].message.contains("url = \"env:REDIS_URL\""),
+            "{}",
+            errors[0]
+        );
+        let shown = format!(
+            "{}\n{errors:?}",
+            PolicyErrors {
+                errors: errors.clone()
+            }
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+    // With a wrong scheme as well, the text is not repeated.
+    let e = only(&redis_with("tcp://u:hunter2SECRET@redis.internal", ""));
+    check(&e, "redis.url", 3, 7, "must start with redis://");
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    // Nor in JSON.
+    let json = r#"{"version": 1, "redis": {"url": "redis://u:hunter2SECRET@h",
+        "on_failure": "fail_open",
+        "expected_instances": 2}}"#;
+    let shown = Policy::from_json(json).unwrap_err().to_string();
+    assert!(
+        shown.contains("redis.url: must not contain a password"),
+        "{shown}"
+    );
+    assert!(!shown.contains("hunter2"), "{shown}");
+}
+
+#[test]
+fn redis_on_failure_is_required() {
+    let e = only("version = 1\n[redis]\nurl = \"env:REDIS_URL\"\n");
+    check(
+        &e,
+        "redis.on_failure",
+        2,
+        1,
+        "is required, there is no default: write on_failure = \"fail_closed\" to refuse",
+    );
+    assert!(
+        e.message
+            .contains("or on_failure = \"fail_open\" to let each process decide alone"),
+        "{e}"
+    );
+    assert!(e.message.contains("divided by expected_instances"), "{e}");
+    let e = only("version = 1\n[redis]\nurl = \"env:REDIS_URL\"\non_failure = \"fail_opened\"\n");
+    check(
+        &e,
+        "redis.on_failure",
+        4,
+        14,
+        "must be one of \"fail_open\", \"fail_closed\", got \"fail_opened\"; did you mean \
+         \"fail_open\"?",
+    );
+}
+
+#[test]
+fn redis_fail_open_needs_expected_instances() {
+    let text = "version = 1\n[redis]\nurl = \"env:REDIS_URL\"\non_failure = \"fail_open\"\n";
+    let e = only(text);
+    check(
+        &e,
+        "redis.expected_instances",
+        4,
+        14,
+        "is required with on_failure = \"fail_open\"",
+    );
+    assert!(
+        e.message
+            .contains("every limit divided by expected_instances"),
+        "{e}"
+    );
+    assert!(
+        e.message
+            .contains("without it every process would allow the full limit"),
+        "{e}"
+    );
+    let p = Policy::from_toml(&format!("{text}expected_instances = 3\n")).expect("valid");
+    let r = p.redis.expect("redis");
+    assert_eq!(
+        (r.on_failure, r.expected_instances),
+        (OnFailure::FailOpen, 3)
+    );
+    // fail_closed does not need it, and may still say it.
+    let p =
+        Policy::from_toml(&redis_with("env:R", "expected_instances = 100000\n")).expect("valid");
+    assert_eq!(p.redis.expect("redis").expected_instances, 100_000);
+    for bad in ["0", "100001", "2.5", "\"3\""] {
+        let e = only(&redis_with(
+            "env:R",
+            &format!("expected_instances = {bad}\n"),
+        ));
+        check(
+            &e,
+            "redis.expected_instances",
+            5,
+            22,
+            "must be a whole number from 1 to 100000",
+        );
+    }
+}
+
+#[test]
+fn redis_key_prefix() {
+    let p = Policy::from_toml(&redis_with("env:R", "key_prefix = \"a:b-c\"\n")).expect("valid");
+    assert_eq!(p.redis.expect("redis").key_prefix, "a:b-c");
+    let e = only(&redis_with("env:R", "key_prefix = \"\"\n"));
+    check(&e, "redis.key_prefix", 5, 14, "must not be empty");
+    let e = only(&redis_with("env:R", "key_prefix = \"my app\"\n"));
+    check(&e, "redis.key_prefix", 5, 14, "must not contain spaces");
+    let long = "x".repeat(65);
+    let e = only(&redis_with("env:R", &format!("key_prefix = \"{long}\"\n")));
+    check(
+        &e,
+        "redis.key_prefix",
+        5,
+        14,
+        "is 65 characters long; a key prefix is at most 64",
+    );
+    Policy::from_toml(&redis_with(
+        "env:R",
+        &format!("key_prefix = \"{}\"\n", &long[1..]),
+    ))
+    .expect("64 characters are allowed");
+}
+
+#[test]
+fn redis_durations() {
+    let e = only(&redis_with("env:R", "op_timeout = \"0s\"\n"));
+    check(&e, "redis.op_timeout", 5, 14, "must be longer than zero");
+    let e = only(&redis_with("env:R", "connect_timeout = 5\n"));
+    check(&e, "redis.connect_timeout", 5, 19, "write \"5s\"");
+    let e = only(&redis_with("env:R", "concurrency_lease = \"500ms\"\n"));
+    check(
+        &e,
+        "redis.concurrency_lease",
+        5,
+        21,
+        "must be at least 1s, got 500ms; live calls renew their slot at a third of it",
+    );
+    let e = only(&redis_with("env:R", "concurrency_lease = \"0s\"\n"));
+    check(
+        &e,
+        "redis.concurrency_lease",
+        5,
+        21,
+        "must be longer than zero",
+    );
+    let p = Policy::from_toml(&redis_with("env:R", "concurrency_lease = \"1s\"\n")).expect("valid");
+    assert_eq!(
+        p.redis.expect("redis").concurrency_lease,
+        Duration::from_secs(1)
+    );
+}
+
+#[test]
+fn redis_tls_ca_file_needs_tls() {
+    let e = only(&redis_with("redis://h:6379", "tls_ca_file = \"/ca.pem\"\n"));
+    check(
+        &e,
+        "redis.tls_ca_file",
+        5,
+        15,
+        "only applies to a TLS connection",
+    );
+    assert!(e.message.contains("rediss://"), "{e}");
+    for url in ["rediss://h:6379", "env:REDIS_URL"] {
+        let p = Policy::from_toml(&redis_with(url, "tls_ca_file = \"/ca.pem\"\n"))
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(
+            p.redis.expect("redis").tls_ca_file,
+            Some(PathBuf::from("/ca.pem"))
+        );
+    }
+    let e = only(&redis_with("rediss://h", "tls_ca_file = \"\"\n"));
+    check(&e, "redis.tls_ca_file", 5, 15, "must not be empty");
+}
+
+#[test]
+fn redis_unknown_field() {
+    let e = only(&redis_with("env:R", "op_timout = \"10ms\"\n"));
+    check(&e, "redis.op_timout", 5, 1, "did you mean `op_timeout`?");
+    let e = only("version = 1\nredis = \"redis://h\"\n");
+    check(
+        &e,
+        "redis",
+        2,
+        9,
+        "must be a table such as { url = \"env:REDIS_URL\"",
+    );
+}
+
+#[test]
+fn redis_budget_is_read() {
+    let p = Policy::from_toml(&redis_budget(true, "")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.budgets[0].store, Store::Redis);
+    assert_eq!(p.budgets[0].lease, None);
+    let p = Policy::from_toml(&redis_budget(true, "lease = { size = 20, ttl = \"1s\" }\n"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        p.budgets[0].lease,
+        Some(Lease {
+            size: 20,
+            ttl: Duration::from_secs(1)
+        })
+    );
+    // Concurrency may be shared too; only a lease needs a rate limit.
+    let p = Policy::from_toml(&format!(
+        "version = 1\n{REDIS}[[budget]]\nname = \"c\"\nconcurrency = 4\nstore = \"redis\"\n"
+    ))
+    .expect("valid");
+    assert_eq!(p.budgets[0].store, Store::Redis);
+    // Local stays the default.
+    let p = Policy::from_toml(&format!("{BUDGET}concurrency = 1\n")).expect("valid");
+    assert_eq!(
+        (p.budgets[0].store, p.budgets[0].lease),
+        (Store::Local, None)
+    );
+}
+
+#[test]
+fn redis_budget_needs_a_redis_section() {
+    let e = only(&redis_budget(false, ""));
+    check(
+        &e,
+        "budget[0].store",
+        5,
+        9,
+        "budget \"r\" keeps its state in Redis, but the policy has no [redis] section",
+    );
+    assert!(
+        e.message
+            .contains("[redis] with url = \"env:REDIS_URL\" and on_failure = \"fail_closed\""),
+        "{e}"
+    );
+    assert!(e.message.contains("or write store = \"local\""), "{e}");
+    // An invalid [redis] section is reported once, by its own reader.
+    let errors = refused(
+        "version = 1\n[redis]\nurl = \"env:R\"\n[[budget]]\nname = \"r\"\n\
+         requests_per_minute = 60\nstore = \"redis\"\n",
+    );
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["redis.on_failure"]);
+    let e = only(&format!("{BUDGET}concurrency = 1\nstore = \"memcached\"\n"));
+    check(
+        &e,
+        "budget[0].store",
+        5,
+        9,
+        "must be one of \"local\", \"redis\", got \"memcached\"",
+    );
+}
+
+#[test]
+fn lease_only_applies_to_redis_budgets() {
+    let e = only(&format!(
+        "{BUDGET}requests_per_minute = 60\nlease = {{ size = 20, ttl = \"1s\" }}\n"
+    ));
+    check(
+        &e,
+        "budget[0].lease",
+        5,
+        9,
+        "leases only apply to store = \"redis\"; budget \"b\" keeps its state in this process \
+         (store defaults to \"local\")",
+    );
+    assert!(
+        e.message.contains("Add store = \"redis\" or remove lease"),
+        "{e}"
+    );
+    let e = only(&format!(
+        "{BUDGET}requests_per_minute = 60\nstore = \"local\"\n\
+         lease = {{ size = 20, ttl = \"1s\" }}\n"
+    ));
+    check(
+        &e,
+        "budget[0].lease",
+        6,
+        9,
+        "leases only apply to store = \"redis\"",
+    );
+    assert!(!e.message.contains("defaults"), "{e}");
+}
+
+#[test]
+fn lease_needs_a_rate_limit() {
+    let e = only(&format!(
+        "version = 1\n{REDIS}[[budget]]\nname = \"c\"\nconcurrency = 4\nstore = \"redis\"\n\
+         lease = {{ size = 20, ttl = \"1s\" }}\n"
+    ));
+    check(
+        &e,
+        "budget[0].lease",
+        9,
+        9,
+        "budget \"c\" has only concurrency, and a lease holds room of the rate limits",
+    );
+    assert!(e.message.contains("not concurrency slots"), "{e}");
+}
+
+#[test]
+fn lease_values() {
+    let lease = |l: &str| redis_budget(true, &format!("lease = {l}\n"));
+    let e = only(&lease("{ size = 1, ttl = \"1s\" }"));
+    check(
+        &e,
+        "budget[0].lease.size",
+        9,
+        18,
+        "must be a whole number from 2 to 10000, got 1; a lease of one call is no lease",
+    );
+    let e = only(&lease("{ size = 10001, ttl = \"1s\" }"));
+    check(
+        &e,
+        "budget[0].lease.size",
+        9,
+        18,
+        "must be a whole number from 2 to 10000, got 10001",
+    );
+    let e = only(&lease("{ size = 20, ttl = \"2m\" }"));
+    check(
+        &e,
+        "budget[0].lease.ttl",
+        9,
+        28,
+        "must be at most 1m, got 2m; unspent room is kept from the other processes this long",
+    );
+    let e = only(&lease("{ size = 20, ttl = \"0s\" }"));
+    check(&e, "budget[0].lease.ttl", 9, 28, "must be longer than zero");
+    let errors = refused(&lease("{ sise = 20 }"));
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "budget[0].lease.size",
+            "budget[0].lease.ttl",
+            "budget[0].lease.sise"
+        ]
+    );
+    assert!(
+        errors[0].message.starts_with("is required; add size = 20"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[1]
+            .message
+            .starts_with("is required; add ttl = \"1s\""),
+        "{}",
+        errors[1]
+    );
+    assert!(
+        errors[2].message.contains("did you mean `size`?"),
+        "{}",
+        errors[2]
+    );
+    let e = only(&lease("20"));
+    check(
+        &e,
+        "budget[0].lease",
+        9,
+        9,
+        "must be a table such as { size = 20, ttl = \"1s\" }",
+    );
+    let p = Policy::from_toml(&lease("{ size = 10000, ttl = \"60s\" }")).expect("valid");
+    assert_eq!(
+        p.budgets[0].lease,
+        Some(Lease {
+            size: 10_000,
+            ttl: Duration::from_secs(60)
+        })
+    );
+}
+
+#[test]
+fn cache_l2_is_read() {
+    let p = Policy::from_toml(&format!(
+        "version = 1\n{REDIS}[cache]\nenabled = true\n\
+         l2 = {{ store = \"redis\", max_bytes = \"1GB\" }}\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        p.cache.l2,
+        Some(CacheL2 {
+            max_bytes: 1_000_000_000
+        })
+    );
+    assert_eq!(
+        Policy::from_toml("version = 1\n").expect("valid").cache.l2,
+        None
+    );
+    // Equal to max_entry_bytes is enough.
+    let p = Policy::from_toml(&format!(
+        "version = 1\n{REDIS}[cache]\nmax_entry_bytes = 4096\n\
+         l2 = {{ store = \"redis\", max_bytes = 4096 }}\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.cache.l2.map(|l| l.max_bytes), Some(4096));
+}
+
+#[test]
+fn cache_l2_errors() {
+    let e = only("version = 1\n[cache]\nl2 = { store = \"redis\", max_bytes = \"1GB\" }\n");
+    check(
+        &e,
+        "cache.l2",
+        3,
+        6,
+        "the cache's second level lives in Redis, but the policy has no [redis] section",
+    );
+    assert!(e.message.contains("url = \"env:REDIS_URL\""), "{e}");
+    let cache = |l2: &str| format!("version = 1\n{REDIS}[cache]\nl2 = {l2}\n");
+    let e = only(&cache("{ store = \"local\", max_bytes = \"1GB\" }"));
+    check(
+        &e,
+        "cache.l2.store",
+        6,
+        16,
+        "must be \"redis\"; the cache itself is the local level",
+    );
+    let e = only(&cache("{ store = \"redis\", max_bytes = \"1MB\" }"));
+    check(
+        &e,
+        "cache.l2.max_bytes",
+        6,
+        37,
+        "the second level's max_bytes (1MB) is less than max_entry_bytes (8MiB, the default: \
+         max_bytes / 8, at most 8MiB), so an entry the first level accepts could never be stored",
+    );
+    let e = only(&format!(
+        "version = 1\n{REDIS}[cache]\nmax_entry_bytes = \"2MB\"\n\
+         l2 = {{ store = \"redis\", max_bytes = \"1MB\" }}\n"
+    ));
+    check(
+        &e,
+        "cache.l2.max_bytes",
+        7,
+        37,
+        "the second level's max_bytes (1MB) is less than max_entry_bytes (2MB), so",
+    );
+    let errors = refused(&cache("{ max_bytes = 0 }"));
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["cache.l2.store", "cache.l2.max_bytes"]);
+    assert!(
+        errors[0]
+            .message
+            .contains("is required; add store = \"redis\"")
+    );
+    assert!(
+        errors[1]
+            .message
+            .contains("must be a positive whole number")
+    );
+    let e = only(&cache("{ store = \"redis\", max_bytes = \"0MB\" }"));
+    check(
+        &e,
+        "cache.l2.max_bytes",
+        6,
+        37,
+        "must be more than zero; remove l2 to keep the cache in this process only",
+    );
+    let e = only(&cache("{ store = \"redis\" }"));
+    check(
+        &e,
+        "cache.l2.max_bytes",
+        6,
+        6,
+        "is required; add max_bytes = \"1GB\"",
+    );
+}
+
+#[test]
+fn every_redis_problem_at_once() {
+    let text = "\
+version = 1
+[redis]
+url = \"redis://default:hunter2SECRET@h:6379\"
+key_prefix = \"\"
+[[budget]]
+name = \"b\"
+requests_per_minute = 60
+lease = { size = 20, ttl = \"1s\" }
+[cache]
+l2 = { store = \"redis\" }
+";
+    let errors = refused(text);
+    let found: Vec<(&str, Option<u32>)> =
+        errors.iter().map(|e| (e.path.as_str(), e.line)).collect();
+    assert_eq!(
+        found,
+        [
+            ("redis.on_failure", Some(2)),
+            ("redis.url", Some(3)),
+            ("redis.key_prefix", Some(4)),
+            ("budget[0].lease", Some(8)),
+            ("cache.l2.max_bytes", Some(10)),
+        ]
+    );
+    let shown = PolicyErrors { errors }.to_string();
+    assert!(shown.starts_with("the policy has 5 errors:\n"), "{shown}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+}
+
+#[test]
+fn redis_in_json() {
+    let json = r#"{
+      "version": 1,
+      "redis": {
+        "url": "env:REDIS_URL",
+        "key_prefix": "tg",
+        "op_timeout": "25ms",
+        "on_failure": "fail_open",
+        "expected_instances": 3.0,
+        "tls_ca_file": "/ca.pem"
+      },
+      "budget": [{ "name": "r", "requests_per_minute": 600, "store": "redis",
+                   "lease": { "size": 10, "ttl": "500ms" } }],
+      "cache": { "enabled": true, "l2": { "store": "redis", "max_bytes": "2GB" } }
+    }"#;
+    let p = Policy::from_json(json).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        p.redis,
+        Some(Redis {
+            url: RedisUrl::Secret(SecretRef::Env("REDIS_URL".into())),
+            key_prefix: "tg".into(),
+            op_timeout: Duration::from_millis(25),
+            on_failure: OnFailure::FailOpen,
+            expected_instances: 3,
+            tls_ca_file: Some(PathBuf::from("/ca.pem")),
+            ..Redis::default()
+        })
+    );
+    assert_eq!(p.budgets[0].store, Store::Redis);
+    assert_eq!(
+        p.budgets[0].lease,
+        Some(Lease {
+            size: 10,
+            ttl: Duration::from_millis(500)
+        })
+    );
+    assert_eq!(
+        p.cache.l2,
+        Some(CacheL2 {
+            max_bytes: 2_000_000_000
+        })
+    );
+    // JSON errors come in schema order, the cross-section checks after every section.
+    let json = r#"{
+      "version": 1,
+      "budget": [{ "name": "r", "requests_per_minute": 6, "store": "redis" }],
+      "cache": { "l2": { "store": "redis", "max_bytes": "1GB" } }
+    }"#;
+    let errors = refused_json(json);
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["budget[0].store", "cache.l2"]);
+    assert!(errors.iter().all(|e| e.line.is_none()));
+}
+
+#[test]
+fn summary_mentions_redis() {
+    let text = "version = 1\n[redis]\nurl = \"rediss://redis.internal:6380\"\n\
+         on_failure = \"fail_open\"\n\
+         expected_instances = 4\ntls_ca_file = \"/ca.pem\"\n\
+         [[budget]]\nname = \"r\"\nrequests_per_minute = 60\nstore = \"redis\"\n\
+         lease = { size = 20, ttl = \"1s\" }\n\
+         [[budget]]\nname = \"l\"\nconcurrency = 2\n\
+         [cache]\nenabled = true\nl2 = { store = \"redis\", max_bytes = \"1GB\" }\n";
+    let s = Policy::from_toml(text)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .summary();
+    for needle in [
+        "budget \"r\": every call, one shared state: 60 requests per minute (burst 60); denies at \
+         once when exhausted; state shared in Redis, leased 20 calls at a time (unspent room \
+         handed back after 1s)\n",
+        "budget \"l\": every call, one shared state: at most 2 in flight; denies at once when \
+         exhausted\n",
+        "redis: rediss://redis.internal:6380, keys prefixed \"tollgate\"; connect timeout 1s, \
+         operation timeout 50ms; concurrency slots live 30s without renewal; while Redis cannot \
+         be reached, each of 4 processes decides alone with every limit divided by 4 (fail \
+         open); TLS CA /ca.pem\n",
+        "a local miss is looked up in a second level in Redis of at most 1GB",
+    ] {
+        assert!(s.contains(needle), "summary lacks {needle:?}:\n{s}");
+    }
+    let s = Policy::from_toml(&redis_with("env:REDIS_URL", ""))
+        .expect("valid")
+        .summary();
+    assert!(
+        s.contains("redis: the URL in env:REDIS_URL, keys prefixed \"tollgate\""),
+        "{s}"
+    );
+    assert!(
+        s.contains("calls of Redis budgets are refused (fail closed)"),
+        "{s}"
+    );
+    let s = Policy::from_toml("version = 1\n").expect("valid").summary();
+    assert!(!s.contains("redis"), "{s}");
+}
+
+#[test]
+fn example_redis_lines_parse_when_uncommented() {
+    // The commented Redis budget, [redis] section and cache l2 of the example are valid once
+    // uncommented (the example keeps them commented: its users have no Redis server).
+    let mut on = false;
+    let mut text = String::new();
+    for line in example().lines() {
+        if line.starts_with("# A budget shared by every tollgate process") {
+            on = true;
+        } else if line.starts_with("# --- Routes") {
+            on = false;
+        }
+        let uncomment = (on && !line.starts_with("# ---") && !line.starts_with("# A budget"))
+            || line.starts_with("# l2 = ");
+        match line.strip_prefix("# ") {
+            Some(rest) if uncomment => text.push_str(rest),
+            _ => text.push_str(line),
+        }
+        text.push('\n');
+    }
+    let p = Policy::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let r = p.redis.expect("the example's [redis] section");
+    assert_eq!(r.url, RedisUrl::Secret(SecretRef::Env("REDIS_URL".into())));
+    assert_eq!(r.on_failure, OnFailure::FailClosed);
+    assert_eq!(r.expected_instances, 4);
+    let shared = p.budgets.last().expect("budgets");
+    assert_eq!(shared.name, "shared-per-tenant");
+    assert_eq!(shared.store, Store::Redis);
+    assert_eq!(
+        shared.lease,
+        Some(Lease {
+            size: 20,
+            ttl: Duration::from_secs(1)
+        })
+    );
+    assert_eq!(p.cache.l2.map(|l| l.max_bytes), Some(1_000_000_000));
+    // As shipped, the example uses no Redis.
+    let p = Policy::from_toml(&example()).expect("valid");
+    assert_eq!(p.redis, None);
+    assert!(
+        p.budgets
+            .iter()
+            .all(|b| b.store == Store::Local && b.lease.is_none())
+    );
+    assert_eq!(p.cache.l2, None);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Properties
 
 proptest! {
@@ -1300,13 +2094,16 @@ proptest! {
                     "targets", "[[budget]]", "[[upstream]]", "[[route]]", "[cache]", "[retry]",
                     "max_bytes", "retry_on", "base_url", "when_exhausted", "match",
                     "fallback", "window", "probe", "max_entry_bytes", "key_quarantine",
-                    "[breaker]",
+                    "[breaker]", "[redis]", "url", "on_failure", "expected_instances",
+                    "store", "lease", "l2", "key_prefix", "tls_ca_file",
                 ]),
                 prop::sample::select(vec![
                     "1", "0", "-1", "nan", "inf", "1.5", "\"5m\"", "\"1m30s\"", "\"x\"", "[]",
                     "[\"tenant\"]", "{ limit = 1, burst = 0 }", "{}", "true", "\"256MB\"",
                     "\"env:X\"", "[429, \"5xx\"]", "{ kind = \"jwt\" }", "\"http://h:1\"",
-                    "\"m\"", "{ prompt = \"\" }", "\"1B\"",
+                    "\"m\"", "{ prompt = \"\" }", "\"1B\"", "\"redis\"", "\"fail_open\"",
+                    "\"redis://u:p@h\"", "{ size = 2, ttl = \"1s\" }",
+                    "{ store = \"redis\", max_bytes = 1 }",
                 ]),
             ),
             0..24,

@@ -5,13 +5,14 @@ use std::fmt::Write as _;
 use super::read::show_float;
 use super::units::{format_bytes, format_duration, quote};
 use crate::policy::{
-    Auth, BreakerWindow, Budget, DEFAULT_KEY_QUARANTINE, Exhausted, Jitter, LimitKind, Policy,
-    RetryOn, Route, ScopeDim, Strategy, TokenPlacement, Unit, Upstream,
+    Auth, BreakerWindow, Budget, DEFAULT_KEY_QUARANTINE, Exhausted, Jitter, LimitKind, OnFailure,
+    Policy, Redis, RedisUrl, RetryOn, Route, ScopeDim, Store, Strategy, TokenPlacement, Unit,
+    Upstream,
 };
 
 impl Policy {
     /// What this policy enforces, in plain English, one line per budget, upstream and route, then
-    /// the retry, breaker, cache, price and model settings. Secrets appear only as their
+    /// the retry, breaker, cache, Redis, price and model settings. Secrets appear only as their
     /// references (`env:NAME`, `file:PATH`).
     ///
     /// ```
@@ -142,10 +143,17 @@ impl Policy {
             if c.require_seed {
                 only.push("a seed set".to_owned());
             }
+            let l2 = match c.l2 {
+                Some(l2) => format!(
+                    "; a local miss is looked up in a second level in Redis of at most {}",
+                    format_bytes(l2.max_bytes)
+                ),
+                None => String::new(),
+            };
             let _ = writeln!(
                 out,
                 "cache: on, at most {}, entries of at most {} live {}, only for requests with \
-                 {}{stale}; identical requests in flight {}",
+                 {}{stale}; identical requests in flight {}{l2}",
                 format_bytes(c.max_bytes),
                 format_bytes(c.max_entry_bytes),
                 format_duration(c.ttl),
@@ -158,6 +166,9 @@ impl Policy {
             );
         } else {
             let _ = writeln!(out, "cache: off");
+        }
+        if let Some(r) = &self.redis {
+            let _ = writeln!(out, "{}", redis_line(r));
         }
         for (model, p) in &self.prices {
             let _ = writeln!(
@@ -254,11 +265,53 @@ fn budget_line(b: &Budget) -> String {
             format_duration(d)
         ),
     };
+    let store = match (b.store, b.lease) {
+        (Store::Local, _) => String::new(),
+        (Store::Redis, None) => "; state shared in Redis".to_owned(),
+        (Store::Redis, Some(l)) => format!(
+            "; state shared in Redis, leased {} calls at a time (unspent room handed back after \
+             {})",
+            l.size,
+            format_duration(l.ttl)
+        ),
+    };
     format!(
-        "budget {:?}: {matched}, {scope}: {}; {exhausted}",
+        "budget {:?}: {matched}, {scope}: {}; {exhausted}{store}",
         b.name,
         rules.join(", ")
     )
+}
+
+/// `[redis]`. A plain URL has no password (the parser refuses one); a reference shows as such.
+fn redis_line(r: &Redis) -> String {
+    let url = match &r.url {
+        RedisUrl::Plain(u) => u.clone(),
+        RedisUrl::Secret(s) => format!("the URL in {s}"),
+    };
+    let failure = match r.on_failure {
+        OnFailure::FailClosed => "calls of Redis budgets are refused (fail closed)".to_owned(),
+        OnFailure::FailOpen => format!(
+            "each of {} process{} decides alone with every limit divided by {} (fail open)",
+            r.expected_instances,
+            if r.expected_instances == 1 { "" } else { "es" },
+            r.expected_instances
+        ),
+    };
+    let mut line = format!(
+        "redis: {url}, keys prefixed {}; connect timeout {}, operation timeout {}; concurrency \
+         slots live {} without renewal; while Redis cannot be reached, {failure}",
+        quote(&r.key_prefix),
+        format_duration(r.connect_timeout),
+        format_duration(r.op_timeout),
+        format_duration(r.concurrency_lease)
+    );
+    if r.on_failure == OnFailure::FailClosed && r.expected_instances != 1 {
+        let _ = write!(line, "; {} processes expected", r.expected_instances);
+    }
+    if let Some(ca) = &r.tls_ca_file {
+        let _ = write!(line, "; TLS CA {}", ca.display());
+    }
+    line
 }
 
 fn upstream_line(u: &Upstream) -> String {
