@@ -43,6 +43,13 @@
 //! | `tollgate_breaker_opens_total` | counter | `upstream`, `model` | times the breaker opened |
 //! | `tollgate_target_latency_ewma_seconds` | gauge | `upstream`, `model` | latency moving average |
 //! | `tollgate_retry_budget_tokens` | gauge | `upstream` | retry-budget tokens left |
+//! | `tollgate_budget_store_up` | gauge | `store` | 1 while the shared store (Redis) answers |
+//! | `tollgate_budget_store_round_trips_total` | counter | `store` | round trips to the store |
+//! | `tollgate_budget_store_errors_total` | counter | `store` | store operations failed or late |
+//! | `tollgate_budget_store_outages_total` | counter | `store` | times the store went down |
+//! | `tollgate_budget_store_dropped_total` | counter | `store` | reconciliations dropped while down |
+//! | `tollgate_budget_store_leases` | gauge | `store` | concurrency slots held in the store |
+//! | `tollgate_budget_store_fallback` | gauge | `budget` | 1 while deciding locally (fail-open) |
 //! | `tollgate_cache_hits_total` | counter | | fresh cache hits |
 //! | `tollgate_cache_misses_total` | counter | | lookups that found nothing fresh |
 //! | `tollgate_cache_stale_hits_total` | counter | | stale answers (stale-if-error) |
@@ -1005,9 +1012,78 @@ pub(crate) struct EngineSnapshot<'a> {
     pub cache: &'a CacheStats,
     /// (upstream, retry-budget tokens); `""` for calls that name no upstream of the policy.
     pub retry_tokens: &'a [(Arc<str>, f64)],
+    /// The `[redis]` store, when the policy has one.
+    pub store: Option<StoreSnapshot<'a>>,
+}
+
+/// The shared store's state at one moment.
+pub(crate) struct StoreSnapshot<'a> {
+    pub up: bool,
+    pub round_trips: u64,
+    pub errors: u64,
+    pub outages: u64,
+    pub dropped: u64,
+    pub leases: usize,
+    /// Every Redis budget, and whether it is deciding locally now (fail-open while down).
+    pub budgets: &'a [(Arc<str>, bool)],
 }
 
 const NANOS_PER_UNIT: u64 = 1_000_000_000;
+
+/// The `tollgate_budget_store_*` families.
+fn render_store(w: &mut TextWriter, st: &StoreSnapshot<'_>) {
+    let redis = [("store", "redis")];
+    w.header(
+        "tollgate_budget_store_up",
+        "1 while the shared budget store answers in time, 0 while it is down.",
+        MetricType::Gauge,
+    );
+    w.sample_u64("tollgate_budget_store_up", &redis, u64::from(st.up));
+    let counters: [(&str, &str, u64); 4] = [
+        (
+            "tollgate_budget_store_round_trips_total",
+            "Round trips to the shared store (admissions, reconciliations, renewals, cache).",
+            st.round_trips,
+        ),
+        (
+            "tollgate_budget_store_errors_total",
+            "Store operations that failed or took longer than op_timeout.",
+            st.errors,
+        ),
+        (
+            "tollgate_budget_store_outages_total",
+            "Times the store went down.",
+            st.outages,
+        ),
+        (
+            "tollgate_budget_store_dropped_total",
+            "Reconciliations dropped because the store stayed down too long.",
+            st.dropped,
+        ),
+    ];
+    for (name, help, v) in counters {
+        w.header(name, help, MetricType::Counter);
+        w.sample_u64(name, &redis, v);
+    }
+    w.header(
+        "tollgate_budget_store_leases",
+        "Concurrency slots this process holds in the store now.",
+        MetricType::Gauge,
+    );
+    w.sample_u64("tollgate_budget_store_leases", &redis, st.leases as u64);
+    w.header(
+        "tollgate_budget_store_fallback",
+        "1 while a Redis budget decides locally with its fail-open share, else 0.",
+        MetricType::Gauge,
+    );
+    for (budget, fallback) in st.budgets {
+        w.sample_u64(
+            "tollgate_budget_store_fallback",
+            &[("budget", budget)],
+            u64::from(*fallback),
+        );
+    }
+}
 
 fn target_series(
     attempts: &CounterVec,
@@ -1365,6 +1441,10 @@ impl EngineMetrics {
                 &[("upstream", upstream)],
                 *tokens,
             );
+        }
+
+        if let Some(st) = &s.store {
+            render_store(&mut w, st);
         }
 
         let c = s.cache;

@@ -156,6 +156,14 @@ pub enum DenyReason {
         /// the server's rate-limit reset), when known.
         retry_in: Option<Duration>,
     },
+    /// A budget kept in a shared store (Redis) could not be checked in time, and the policy says
+    /// `on_failure = "fail_closed"`.
+    StoreUnavailable {
+        /// The store (`redis`).
+        store: &'static str,
+        /// What went wrong (down, timed out, refused a command), without credentials.
+        detail: String,
+    },
 }
 
 impl DenyReason {
@@ -171,6 +179,7 @@ impl DenyReason {
             DenyReason::ContextWindow { .. } => "context_window",
             DenyReason::InvalidRequest { .. } => "invalid_request",
             DenyReason::Unavailable { .. } => "unavailable",
+            DenyReason::StoreUnavailable { .. } => "store_unavailable",
         }
     }
 }
@@ -225,6 +234,10 @@ impl fmt::Display for DenyReason {
                     "no target of route '{route}' can take the call now: {detail}"
                 )
             }
+            DenyReason::StoreUnavailable { store, detail } => write!(
+                f,
+                "the shared budget store ({store}) is unavailable and the policy says                  on_failure = \"fail_closed\": {detail}"
+            ),
         }
     }
 }

@@ -7,6 +7,7 @@ mod decision;
 mod health;
 mod permit;
 mod probe;
+mod remote;
 mod route;
 mod send;
 mod settle;
@@ -28,7 +29,9 @@ use smallvec::SmallVec;
 use crate::budget::gcra::{self, Rate};
 use crate::budget::{BudgetState, BudgetStats, CapacityFull, Cell, Cells, SLOTS, key_hash};
 use crate::clock::{Clock, MonotonicClock, Nanos, duration_nanos};
-use crate::policy::{Budget, Exhausted, LimitKind, Match, Policy, PolicyErrors, ScopeDim, Unit};
+use crate::policy::{
+    Budget, Exhausted, LimitKind, Match, Policy, PolicyErrors, ScopeDim, Store, Unit,
+};
 use crate::tokens::ModelTable;
 
 pub use cache::{CacheFill, CacheLookup, FlightResult};
@@ -91,6 +94,9 @@ pub(crate) struct CompiledBudget {
     /// Scoped or matched by upstream or key: its refusal is about one target, so a routed call
     /// may try the next target instead.
     pub target_specific: bool,
+    /// Kept in Redis (`store = "redis"`); `limits` and `concurrency` above are then this
+    /// process's share for when Redis is down and the policy fails open.
+    pub remote: Option<Box<remote::RemoteSpec>>,
 }
 
 impl CompiledBudget {
@@ -167,6 +173,8 @@ pub(crate) enum Try {
     Go(Permit),
     Blocked(Blocked),
     Deny(Denial),
+    /// Local budgets are held; Redis budgets need one round trip ([`remote::resolve`]).
+    Remote(Box<remote::Pending>),
 }
 
 struct Registered {
@@ -189,6 +197,8 @@ pub(crate) struct Inner {
     wires: wire::Wires,
     /// Clock time the call API last looked for due breaker probes.
     probed_at: AtomicU64,
+    /// The `[redis]` store, kept across reloads that keep the section.
+    store: Mutex<Option<Arc<crate::store::RedisStore>>>,
 }
 
 /// The policy engine: admits calls against every matching budget and settles them afterwards.
@@ -277,7 +287,8 @@ impl Engine {
     pub fn with_clock(policy: Policy, clock: Arc<dyn Clock>) -> Engine {
         let mut registry = HashMap::new();
         let mut health = HealthRegistry::default();
-        let (compiled, _) = compile(policy, &mut registry, &mut health, &clock);
+        let mut store = None;
+        let (compiled, _) = compile(policy, &mut registry, &mut health, &clock, &mut store);
         let cache = crate::cache::CacheStore::from_policy(&compiled.policy.cache);
         Engine {
             inner: Arc::new(Inner {
@@ -292,6 +303,7 @@ impl Engine {
                 metrics: crate::metrics::EngineMetrics::new(),
                 wires: wire::Wires::default(),
                 probed_at: AtomicU64::new(0),
+                store: Mutex::new(store),
             }),
         }
     }
@@ -348,18 +360,60 @@ impl Engine {
     /// in every matching budget and holds a concurrency slot; if any budget refuses, none keeps
     /// anything. `Wait` holds nothing: ask again after the hint (or use [`Engine::acquire`] /
     /// [`Engine::waiter`] to wait in the budget's priority queue).
+    ///
+    /// A call that matches budgets kept in Redis waits here for one round trip (at most the
+    /// `[redis]` section's `op_timeout`, then `on_failure` decides); async code should use
+    /// [`Engine::admit_async`] instead, which awaits it.
     pub fn admit(&self, call: &Call<'_>) -> Decision {
         let compiled = self.inner.current.load();
+        let (spec, now) = match self.spec(&compiled, call) {
+            Ok(s) => s,
+            Err(d) => return d,
+        };
+        let result = try_admit(&compiled, &spec, None, now);
+        self.decide(&compiled, result)
+    }
+
+    /// [`Engine::admit`] for async code: the round trip to Redis, when budgets in Redis match,
+    /// is awaited rather than blocked on. Without such budgets it answers at once, like `admit`.
+    pub async fn admit_async(&self, call: &Call<'_>) -> Decision {
+        let compiled = self.inner.current.load_full();
+        let (spec, now) = match self.spec(&compiled, call) {
+            Ok(s) => s,
+            Err(d) => return d,
+        };
+        let result = try_admit_async(&compiled, &spec, None, now).await;
+        self.decide(&compiled, result)
+    }
+
+    /// Counts the call's prompt and reads the clock.
+    fn spec<'a>(
+        &self,
+        compiled: &Compiled,
+        call: &'a Call<'a>,
+    ) -> Result<(Spec<'a>, Nanos), Decision> {
         let counted = match call::count(&compiled.models, call) {
             Ok(c) => c,
             Err(denial) => {
                 self.inner.metrics.denied(&denial);
-                return Decision::Deny(denial);
+                return Err(Decision::Deny(denial));
             }
         };
         let now = compiled.clock.now();
-        let spec = Spec::new(call.view(), counted, call, now);
-        match try_admit(&compiled, &spec, None, now) {
+        Ok((Spec::new(call.view(), counted, call, now), now))
+    }
+
+    /// The decision for an admission attempt's result.
+    fn decide(&self, compiled: &Compiled, result: Try) -> Decision {
+        match result {
+            Try::Remote(_) => {
+                let denial = Denial::new(DenyReason::StoreUnavailable {
+                    store: "redis",
+                    detail: "admission did not settle".to_owned(),
+                });
+                self.inner.metrics.denied(&denial);
+                Decision::Deny(denial)
+            }
             Try::Go(permit) => {
                 count_admitted(&permit, &[]);
                 Decision::Go(permit)
@@ -466,12 +520,35 @@ impl Engine {
             .map(|u| (Arc::clone(&u.name), u.health.retry_budget.tokens()))
             .collect();
         retry_tokens.push((Arc::from(""), routing.default_health.retry_budget.tokens()));
+        let store = self.inner.store.lock().clone();
+        let redis_budgets: Vec<(Arc<str>, bool)> = compiled
+            .budgets
+            .iter()
+            .filter_map(|b| {
+                let r = b.remote.as_deref()?;
+                let fallback =
+                    !r.store.is_up() && r.on_failure == crate::policy::OnFailure::FailOpen;
+                Some((Arc::clone(&b.state.name), fallback))
+            })
+            .collect();
         self.inner.metrics.render(&crate::metrics::EngineSnapshot {
             generation: self.generation(),
             budgets: &self.stats(),
             targets: &self.targets(),
             cache: &self.cache_stats(),
             retry_tokens: &retry_tokens,
+            store: store.as_ref().map(|st| {
+                let c = st.counters();
+                crate::metrics::StoreSnapshot {
+                    up: st.is_up(),
+                    round_trips: c.round_trips.load(Ordering::Relaxed),
+                    errors: c.errors.load(Ordering::Relaxed),
+                    outages: c.outages.load(Ordering::Relaxed),
+                    dropped: c.dropped.load(Ordering::Relaxed),
+                    leases: st.leases_held(),
+                    budgets: &redis_budgets,
+                }
+            }),
         })
     }
 
@@ -561,8 +638,10 @@ impl Inner {
     pub(crate) fn reload_policy(&self, policy: Policy) -> ReloadReport {
         let mut registry = self.registry.lock();
         let mut health = self.health.lock();
+        let mut store = self.store.lock();
         let generation = self.generation.load(Ordering::Acquire) + 1;
-        let (compiled, mut report) = compile(policy, &mut registry, &mut health, &self.clock);
+        let (compiled, mut report) =
+            compile(policy, &mut registry, &mut health, &self.clock, &mut store);
         report.generation = generation;
         self.cache.apply_policy(&compiled.policy.cache);
         let names: Vec<&str> = compiled
@@ -647,6 +726,8 @@ pub(crate) struct Spec<'a> {
     pub attempt: Option<&'a route::Attempt>,
     pub number: u32,
     pub deadline: Option<Nanos>,
+    /// Route targets (route, target) not to try: a Redis budget of theirs refused the call.
+    pub exclude: &'a [(usize, usize)],
 }
 
 impl<'a> Spec<'a> {
@@ -666,6 +747,22 @@ impl<'a> Spec<'a> {
             attempt: call.attempt,
             number: call.attempt.map_or(1, |a| a.number.max(1)),
             deadline,
+            exclude: &[],
+        }
+    }
+
+    /// The same call, not to be tried on `exclude`.
+    pub(crate) fn excluding<'b>(&'b self, exclude: &'b [(usize, usize)]) -> Spec<'b>
+    where
+        'a: 'b,
+    {
+        Spec {
+            view: self.view,
+            counted: self.counted,
+            attempt: self.attempt,
+            number: self.number,
+            deadline: self.deadline,
+            exclude,
         }
     }
 
@@ -678,8 +775,58 @@ impl<'a> Spec<'a> {
     }
 }
 
-/// Admission of one call: through its route's targets when it has a route, else directly.
+/// Admission of one call, waiting for Redis on this thread when Redis budgets match (at most
+/// `op_timeout` per round trip). Never returns [`Try::Remote`].
 pub(crate) fn try_admit(compiled: &Compiled, spec: &Spec<'_>, seq: Option<u64>, now: Nanos) -> Try {
+    let first = try_admit_once(compiled, spec, seq, now);
+    if !matches!(first, Try::Remote(_)) {
+        return first;
+    }
+    let resolving = remote::resolve(compiled, spec, seq, now, first, |store, request| {
+        std::future::ready(store.admit_blocking(request))
+    });
+    // The round trips above block instead of awaiting, so the future is ready at once.
+    let mut resolving = std::pin::pin!(resolving);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match resolving.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(t) => t,
+        std::task::Poll::Pending => Try::Deny(Denial::new(DenyReason::StoreUnavailable {
+            store: "redis",
+            detail: "admission did not settle".to_owned(),
+        })),
+    }
+}
+
+/// [`try_admit`] for async code: the round trips to Redis are awaited.
+pub(crate) async fn try_admit_async(
+    compiled: &Compiled,
+    spec: &Spec<'_>,
+    seq: Option<u64>,
+    now: Nanos,
+) -> Try {
+    let first = try_admit_once(compiled, spec, seq, now);
+    if !matches!(first, Try::Remote(_)) {
+        return first;
+    }
+    remote::resolve(
+        compiled,
+        spec,
+        seq,
+        now,
+        first,
+        |store, request| async move { store.admit_async(request).await },
+    )
+    .await
+}
+
+/// Admission of one call: through its route's targets when it has a route, else directly. Redis
+/// budgets are not asked yet: an attempt that needs them comes back as [`Try::Remote`].
+pub(crate) fn try_admit_once(
+    compiled: &Compiled,
+    spec: &Spec<'_>,
+    seq: Option<u64>,
+    now: Nanos,
+) -> Try {
     let v = &spec.view;
     let Some(route) = compiled.routing.route_for(v.route, v.model, v.upstream) else {
         let demand = match call::price(
@@ -693,8 +840,10 @@ pub(crate) fn try_admit(compiled: &Compiled, spec: &Spec<'_>, seq: Option<u64>, 
             Err(denial) => return Try::Deny(denial),
         };
         let mut result = attempt(compiled, v, &demand, seq, now);
-        if let Try::Go(p) = &mut result {
-            p.inner.journey = spec.journey();
+        match &mut result {
+            Try::Go(p) => p.inner.journey = spec.journey(),
+            Try::Remote(p) => p.journey = spec.journey(),
+            _ => {}
         }
         return result;
     };
@@ -704,6 +853,9 @@ pub(crate) fn try_admit(compiled: &Compiled, spec: &Spec<'_>, seq: Option<u64>, 
     let mut skipped: SmallVec<[Skip; 2]> = SmallVec::new();
     let avoid = spec.attempt.map_or(&[][..], |a| &a.failed_keys[..]);
     for c in routing.candidates(route, spec.attempt) {
+        if spec.exclude.contains(&c) {
+            continue;
+        }
         let t = &routing.routes[c.0].targets[c.1];
         let up = &routing.upstreams[t.upstream];
         let breaker = match t.health.breaker.try_acquire(now) {
@@ -767,6 +919,19 @@ pub(crate) fn try_admit(compiled: &Compiled, spec: &Spec<'_>, seq: Option<u64>, 
                 }));
                 permit.inner.journey = spec.journey();
                 return Try::Go(permit);
+            }
+            Try::Remote(mut pending) => {
+                pending.target = Some(Box::new(TargetCtx {
+                    target: routing.target_ref(c, key),
+                    health: Arc::clone(&t.health),
+                    breaker: Some(breaker),
+                    key: Arc::clone(key),
+                    upstream: Arc::clone(&up.health),
+                    quarantine: up.quarantine,
+                }));
+                pending.candidate = Some(c);
+                pending.journey = spec.journey();
+                return Try::Remote(pending);
             }
             // A refusal by a budget that is not about this target (a tenant's, a model's)
             // would follow the call to every target: it ends the search.
@@ -834,9 +999,14 @@ pub(crate) fn attempt(
     now: Nanos,
 ) -> Try {
     let mut holds: SmallVec<[Hold; 3]> = SmallVec::new();
+    let mut asks: SmallVec<[remote::Ask; 2]> = SmallVec::new();
     let undo = |holds: &mut SmallVec<[Hold; 3]>| {
         for h in holds.drain(..) {
-            undo_hold(&h, now);
+            if h.remote.is_some() {
+                remote::return_leased(compiled, &h);
+            } else {
+                undo_hold(&h, now);
+            }
         }
     };
     for (i, b) in compiled.budgets.iter().enumerate() {
@@ -871,28 +1041,46 @@ pub(crate) fn attempt(
                 limit: wait.map(|w| w.1),
             });
         }
+        if let Some(r) = &b.remote {
+            if let Some(l) = r
+                .limits
+                .iter()
+                .find(|l| !l.rate.fits(l.rate.increment(b.units(l.unit, demand))))
+            {
+                undo(&mut holds);
+                let reason = never_fits(b, l, demand);
+                return Try::Deny(Denial::by(&b.state.name, cell.key(), reason));
+            }
+            match remote::plan(i, r, &cell, demand, now) {
+                // Redis is down and the policy fails open: this process's share, locally.
+                remote::Plan::Local => {}
+                remote::Plan::Deny(reason) => {
+                    undo(&mut holds);
+                    return Try::Deny(Denial::by(&b.state.name, cell.key(), reason));
+                }
+                remote::Plan::Leased(hold) => {
+                    holds.push(hold);
+                    continue;
+                }
+                remote::Plan::Ask(ask) => {
+                    asks.push(ask);
+                    continue;
+                }
+            }
+        }
         let mut hold = Hold {
             cell: Arc::clone(&cell),
             slots: 0,
             charges: SmallVec::new(),
             concurrency: false,
+            remote: None,
         };
         for l in &b.limits {
             let inc = l.rate.increment(b.units(l.unit, demand));
             if !l.rate.fits(inc) {
                 undo_hold(&hold, now);
                 undo(&mut holds);
-                let mut cost = b.units(l.unit, demand) as f64;
-                let mut burst = l.burst_units;
-                if l.unit == Unit::Spend {
-                    cost /= NANOS_PER_UNIT;
-                    burst /= NANOS_PER_UNIT;
-                }
-                let reason = DenyReason::NeverFits {
-                    limit: l.kind,
-                    cost,
-                    burst,
-                };
+                let reason = never_fits(b, l, demand);
                 return Try::Deny(Denial::by(&b.state.name, cell.key(), reason));
             }
             match gcra::reserve(&cell.tat[l.slot], &l.rate, inc, now) {
@@ -927,6 +1115,11 @@ pub(crate) fn attempt(
         }
         holds.push(hold);
     }
+    if !asks.is_empty() {
+        return Try::Remote(Box::new(remote::Pending::new(
+            compiled, holds, asks, *demand,
+        )));
+    }
     Try::Go(Permit::new(permit::Held {
         holds,
         demand: *demand,
@@ -934,6 +1127,22 @@ pub(crate) fn attempt(
         target: None,
         journey: Journey::default(),
     }))
+}
+
+/// The refusal of a call whose cost exceeds the burst of limit `l` of `b`.
+fn never_fits(b: &CompiledBudget, l: &CompiledLimit, demand: &Demand) -> DenyReason {
+    let units = b.units(l.unit, demand);
+    let mut cost = units as f64;
+    let mut burst = l.burst_units;
+    if l.unit == Unit::Spend {
+        cost /= NANOS_PER_UNIT;
+        burst /= NANOS_PER_UNIT;
+    }
+    DenyReason::NeverFits {
+        limit: l.kind,
+        cost,
+        burst,
+    }
 }
 
 /// The first limit of `b` that would make this call wait, and for how long.
@@ -972,8 +1181,17 @@ fn compile(
     registry: &mut HashMap<String, Registered>,
     health: &mut HealthRegistry,
     clock: &Arc<dyn Clock>,
+    store: &mut Option<Arc<crate::store::RedisStore>>,
 ) -> (Compiled, ReloadReport) {
     let now = clock.now();
+    // One connection per [redis] section, kept while the section stays the same.
+    match &policy.redis {
+        Some(section) if store.as_ref().is_none_or(|s| s.config() != section) => {
+            *store = crate::store::RedisStore::connect(section).ok();
+        }
+        Some(_) => {}
+        None => *store = None,
+    }
     let mut report = ReloadReport {
         generation: 1,
         added: vec![],
@@ -986,7 +1204,7 @@ fn compile(
         let compiled = match registry.get_mut(&spec.name) {
             Some(r) if r.scope == spec.scope => {
                 report.kept.push(spec.name.clone());
-                let compiled = compile_budget(spec, Arc::clone(&r.state));
+                let compiled = compile_budget(spec, Arc::clone(&r.state), store.as_ref());
                 carry_over(r, &compiled, now);
                 compiled
             }
@@ -1003,7 +1221,7 @@ fn compile(
                     spec.key_capacity,
                     Arc::clone(clock),
                 ));
-                let compiled = compile_budget(spec, state);
+                let compiled = compile_budget(spec, state, store.as_ref());
                 registry.insert(
                     spec.name.clone(),
                     Registered {
@@ -1070,28 +1288,65 @@ fn carry_over(r: &mut Registered, b: &CompiledBudget, now: Nanos) {
     r.rates = rates;
 }
 
-fn compile_budget(spec: &Budget, state: Arc<BudgetState>) -> CompiledBudget {
-    let mut limits: SmallVec<[CompiledLimit; 4]> = spec
-        .limits
-        .iter()
-        .map(|l| {
-            let scale = if l.kind.unit() == Unit::Spend {
-                NANOS_PER_UNIT
-            } else {
-                1.0
-            };
-            let window = duration_nanos(l.kind.window());
-            CompiledLimit {
-                kind: l.kind,
-                slot: l.kind.slot(),
-                unit: l.kind.unit(),
-                rate: Rate::new(l.amount * scale, window, l.burst * scale),
-                burst_units: l.burst * scale,
-            }
-        })
-        .collect();
-    // Holds record charges in slot order.
-    limits.sort_by_key(|l| l.slot);
+fn compile_budget(
+    spec: &Budget,
+    state: Arc<BudgetState>,
+    store: Option<&Arc<crate::store::RedisStore>>,
+) -> CompiledBudget {
+    // A Redis budget keeps its limits as written for Redis; the local cells get this process's
+    // share, used only while Redis is down and the policy fails open.
+    let remote_store = match spec.store {
+        Store::Redis => store,
+        Store::Local => None,
+    };
+    let share = remote_store.map_or(1.0, |s| f64::from(s.config().expected_instances.max(1)));
+    let compile_limits = |share: f64| {
+        let mut limits: SmallVec<[CompiledLimit; 4]> = spec
+            .limits
+            .iter()
+            .map(|l| {
+                let scale = if l.kind.unit() == Unit::Spend {
+                    NANOS_PER_UNIT
+                } else {
+                    1.0
+                };
+                // A share of a request burst is still at least one request.
+                let floor: f64 = if l.kind.unit() == Unit::Requests {
+                    1.0
+                } else {
+                    0.0
+                };
+                let burst = (l.burst / share).max(floor.min(l.burst)) * scale;
+                let window = duration_nanos(l.kind.window());
+                CompiledLimit {
+                    kind: l.kind,
+                    slot: l.kind.slot(),
+                    unit: l.kind.unit(),
+                    rate: Rate::new(l.amount * scale / share, window, burst),
+                    burst_units: burst,
+                }
+            })
+            .collect();
+        // Holds record charges in slot order.
+        limits.sort_by_key(|l| l.slot);
+        limits
+    };
+    let limits = compile_limits(share);
+    let remote = remote_store.map(|store| {
+        Box::new(remote::RemoteSpec::new(
+            Arc::clone(store),
+            &spec.name,
+            compile_limits(1.0),
+            spec.concurrency,
+            spec.lease,
+        ))
+    });
+    let concurrency = match remote {
+        Some(_) => spec
+            .concurrency
+            .map(|c| (f64::from(c) / share).ceil().max(1.0) as u32),
+        None => spec.concurrency,
+    };
     CompiledBudget {
         state,
         scope: spec.scope.iter().copied().collect(),
@@ -1105,7 +1360,8 @@ fn compile_budget(spec: &Budget, state: Arc<BudgetState>) -> CompiledBudget {
             || !spec.matcher.upstream.is_empty()
             || !spec.matcher.key.is_empty(),
         limits,
-        concurrency: spec.concurrency,
+        concurrency,
         exhausted: spec.when_exhausted,
+        remote,
     }
 }

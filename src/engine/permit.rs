@@ -48,6 +48,8 @@ pub(crate) struct Hold {
     pub slots: u16,
     pub charges: SmallVec<[Charge; 4]>,
     pub concurrency: bool,
+    /// What a Redis budget holds in Redis (its local slots and charges are then empty).
+    pub remote: Option<Box<super::remote::RemoteHold>>,
 }
 
 impl Hold {
@@ -244,6 +246,17 @@ impl Held {
         let mut now: Option<Nanos> = None;
         for h in &self.holds {
             let shared = &h.cell.shared;
+            if let Some(r) = &h.remote {
+                r.settle(
+                    |unit| match unit {
+                        Unit::Requests => u64::from(!actual.refund_request),
+                        Unit::Tokens => actual.tokens,
+                        Unit::Spend => actual.spend_nanos,
+                    },
+                    |slot| shared.rate(slot).is_some(),
+                );
+                continue;
+            }
             let mut gave_back = false;
             for (slot, charge) in h.charged() {
                 // A limit removed by a reload since admission is no longer charged.

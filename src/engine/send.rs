@@ -563,7 +563,7 @@ impl Engine {
         let started = Instant::now();
         let mut slept = false;
         loop {
-            match self.admit(call) {
+            match self.admit_async(call).await {
                 Decision::Go(permit) => {
                     let queued = if slept {
                         started.elapsed()
@@ -589,7 +589,7 @@ impl Engine {
         }
         let mut waiter = self.waiter(call)?;
         loop {
-            match waiter.poll() {
+            match waiter.poll_async().await {
                 WaitPoll::Ready(result) => return result.map(|p| (p, started.elapsed())),
                 WaitPoll::Pending { until } => {
                     let now = self.inner.clock.now();
@@ -732,7 +732,7 @@ impl Engine {
     /// gave up joins again (one of them becomes the next leader), a few times at most.
     pub(crate) async fn cached(&self, request: &ChatRequest) -> Result<Cached, CallError> {
         for _ in 0..4 {
-            let answer = match self.cache_lookup(&request.body, request.cache) {
+            let answer = match self.cache_lookup_async(&request.body, request.cache).await {
                 CacheLookup::Hit(r) => (r, Source::Cache),
                 CacheLookup::Miss(fill) => return Ok(Cached::Fetch(Some(fill))),
                 CacheLookup::NotCacheable(_) => return Ok(Cached::Fetch(None)),

@@ -13,7 +13,13 @@ use super::call::{Call, Counted, OwnedCall};
 use super::decision::{Denial, DenyReason};
 use super::permit::Permit;
 use super::route::Attempt;
-use super::{Inner, Spec, Try, blocked_verdict, count_admitted, count_denied, try_admit};
+use super::{
+    Compiled, Inner, Spec, Try, blocked_verdict, count_admitted, count_denied, try_admit,
+    try_admit_async,
+};
+
+/// How often a call waiting for a concurrency slot of a Redis budget asks again.
+const REMOTE_POLL: Nanos = 20_000_000;
 
 /// What polling a [`Waiter`] gives.
 #[derive(Debug)]
@@ -100,20 +106,50 @@ impl Waiter {
         self.blocked_on.as_ref().map(|(b, k)| (&**b, &**k))
     }
 
-    /// Tries to take room now.
+    /// Tries to take room now. Budgets kept in Redis are asked on this thread (one round trip,
+    /// at most `op_timeout`); async code should use [`Waiter::poll_async`].
     pub fn poll(&mut self) -> WaitPoll {
         if self.done {
-            let message = "this waiter already finished; make a new one".to_owned();
-            return WaitPoll::Ready(Err(Denial::new(DenyReason::InvalidRequest { message })));
+            return finished();
         }
         let compiled = self.inner.current();
         let now = compiled.clock.now();
-        let waited = now.saturating_sub(self.started);
         let mut call = Call::new("");
         call.deadline = self.deadline_total;
         call.attempt = self.attempt.as_ref();
         let spec = Spec::new(self.call.view(), self.counted, &call, self.started);
-        match try_admit(&compiled, &spec, Some(self.seq), now) {
+        let result = try_admit(&compiled, &spec, Some(self.seq), now);
+        self.conclude(&compiled, result, now)
+    }
+
+    /// [`Waiter::poll`] for async code: a round trip to Redis is awaited.
+    pub async fn poll_async(&mut self) -> WaitPoll {
+        if self.done {
+            return finished();
+        }
+        let compiled = self.inner.current();
+        let now = compiled.clock.now();
+        let result = {
+            let mut call = Call::new("");
+            call.deadline = self.deadline_total;
+            call.attempt = self.attempt.as_ref();
+            let spec = Spec::new(self.call.view(), self.counted, &call, self.started);
+            try_admit_async(&compiled, &spec, Some(self.seq), now).await
+        };
+        self.conclude(&compiled, result, now)
+    }
+
+    /// What an admission attempt at `now` means for this waiter.
+    fn conclude(&mut self, compiled: &Compiled, result: Try, now: Nanos) -> WaitPoll {
+        let waited = now.saturating_sub(self.started);
+        match result {
+            Try::Remote(_) => {
+                self.finish();
+                WaitPoll::Ready(Err(Denial::new(DenyReason::StoreUnavailable {
+                    store: "redis",
+                    detail: "admission did not settle".to_owned(),
+                })))
+            }
             Try::Go(permit) => {
                 self.finish();
                 count_admitted(&permit, &self.waited_in);
@@ -121,7 +157,7 @@ impl Waiter {
             }
             Try::Deny(denial) => {
                 self.finish();
-                count_denied(&compiled, &denial);
+                count_denied(compiled, &denial);
                 WaitPoll::Ready(Err(denial))
             }
             Try::Blocked(blocked) => {
@@ -174,6 +210,8 @@ impl Waiter {
                 }
                 let until = match blocked.wait {
                     Some(wait) => now.saturating_add(wait.max(1)),
+                    // A slot freed in Redis wakes nobody here: look again shortly.
+                    None if budget.remote.is_some() => now.saturating_add(REMOTE_POLL),
                     None => deadline,
                 };
                 WaitPoll::Pending {
@@ -189,6 +227,12 @@ impl Waiter {
             cell.queue.remove(self.seq);
         }
     }
+}
+
+/// The answer of a waiter polled after it finished.
+fn finished() -> WaitPoll {
+    let message = "this waiter already finished; make a new one".to_owned();
+    WaitPoll::Ready(Err(Denial::new(DenyReason::InvalidRequest { message })))
 }
 
 impl Drop for Waiter {

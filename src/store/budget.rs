@@ -275,6 +275,7 @@ impl RedisLimiter {
     /// Connects to the server of a `[redis]` section (waiting at most its `connect_timeout`;
     /// later calls fail with [`StoreError::Unavailable`] until the server answers).
     pub fn connect(config: &Redis) -> Result<RedisLimiter, StoreError> {
+        super::client(config)?;
         Ok(RedisLimiter {
             store: RedisStore::connect(config)?,
         })

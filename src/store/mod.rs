@@ -33,7 +33,7 @@ use redis::{Pipeline, Value};
 
 use crate::policy::{Redis, RedisUrl};
 
-pub(crate) use budget::{AdjustEntry, AdmitReply, AdmitRequest, Grant};
+pub(crate) use budget::{AdjustEntry, AdmitReply, AdmitRequest, Check, Grant, RateSlot};
 pub use budget::{RateLimit, RateResult, RedisLimiter};
 
 /// Most reconciliations kept while Redis is down; beyond this the oldest are dropped (and
@@ -90,6 +90,8 @@ pub(crate) struct Shared {
     next_member: AtomicU64,
     pub counters: StoreCounters,
     closed: AtomicBool,
+    /// Why the store is down, for denials (no credentials in it).
+    last_error: Mutex<String>,
 }
 
 /// A connection to the `[redis]` server and the work tollgate does there.
@@ -159,8 +161,11 @@ impl RedisStore {
     /// Connects to the server of `config`, waiting at most `connect_timeout` for the first
     /// connection. When the server cannot be reached the store starts down (budgets apply
     /// `on_failure`) and keeps trying in the background.
+    ///
+    /// A section that cannot be used (an unreadable secret or CA file, a bad URL) gives a store
+    /// that stays down with that reason, so `on_failure` decides and the denials say why.
     pub(crate) fn connect(config: &Redis) -> Result<Arc<RedisStore>, StoreError> {
-        let client = client(config)?;
+        let client = client(config);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("tollgate-redis")
@@ -180,14 +185,20 @@ impl RedisStore {
             next_member: AtomicU64::new(1),
             counters: StoreCounters::default(),
             closed: AtomicBool::new(false),
+            last_error: Mutex::new("not connected yet".to_owned()),
         });
         let handle = runtime.handle().clone();
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        handle.spawn(connect_loop(Arc::clone(&shared), client, tx));
-        handle.spawn(flush_loop(Arc::clone(&shared)));
-        handle.spawn(renew_loop(Arc::clone(&shared)));
-        // The first connection, or the connect timeout: either way the store is usable.
-        let _ = rx.recv_timeout(config.connect_timeout + Duration::from_millis(50));
+        match client {
+            Ok(client) => {
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                handle.spawn(connect_loop(Arc::clone(&shared), client, tx));
+                handle.spawn(flush_loop(Arc::clone(&shared)));
+                handle.spawn(renew_loop(Arc::clone(&shared)));
+                // The first connection, or the connect timeout: either way the store is usable.
+                let _ = rx.recv_timeout(config.connect_timeout + Duration::from_millis(50));
+            }
+            Err(e) => *shared.last_error.lock() = e.to_string(),
+        }
         Ok(Arc::new(RedisStore {
             shared,
             handle,
@@ -261,6 +272,11 @@ impl RedisStore {
         self.shared.kick.notify_one();
     }
 
+    /// Why the store is down (the last error), for denials.
+    pub(crate) fn down_reason(&self) -> String {
+        self.shared.last_error.lock().clone()
+    }
+
     /// Counters for metrics.
     pub(crate) fn counters(&self) -> &StoreCounters {
         &self.shared.counters
@@ -300,7 +316,8 @@ fn mark_up(shared: &Shared) {
 }
 
 /// Marks the store down after a failure and starts the probe that brings it back.
-pub(crate) fn mark_down(shared: &Arc<Shared>) {
+pub(crate) fn mark_down(shared: &Arc<Shared>, why: &str) {
+    *shared.last_error.lock() = why.to_owned();
     shared.counters.errors.fetch_add(1, Ordering::Relaxed);
     if shared.up.swap(false, Ordering::AcqRel) {
         shared.counters.outages.fetch_add(1, Ordering::Relaxed);
@@ -333,7 +350,8 @@ async fn connect_loop(
                 let _ = first.try_send(());
                 return;
             }
-            Err(_) => {
+            Err(e) => {
+                *shared.last_error.lock() = format!("cannot connect: {e}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
@@ -450,15 +468,17 @@ pub(crate) async fn exec(shared: &Arc<Shared>, pipe: &Pipeline) -> Result<Vec<Va
         let values = match sent {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
-                mark_down(shared);
-                return Err(unavailable(e));
+                let e = unavailable(e);
+                mark_down(shared, &e.to_string());
+                return Err(e);
             }
             Err(_) => {
-                mark_down(shared);
-                return Err(StoreError::Unavailable(format!(
+                let e = StoreError::Unavailable(format!(
                     "no answer within op_timeout ({} ms)",
                     shared.config.op_timeout.as_millis()
-                )));
+                ));
+                mark_down(shared, &e.to_string());
+                return Err(e);
             }
         };
         let noscript = values.iter().any(|v| {
