@@ -419,7 +419,7 @@ impl Engine {
                 Decision::Go(permit)
             }
             Try::Deny(denial) => {
-                count_denied(&compiled, &denial);
+                count_denied(compiled, &denial);
                 self.inner.metrics.denied(&denial);
                 Decision::Deny(denial)
             }
