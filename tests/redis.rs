@@ -527,3 +527,166 @@ async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     }
     out
 }
+
+#[test]
+fn a_call_holds_a_slot_in_every_gate_it_matches() {
+    let server = RedisServer::start().expect("redis-server");
+    let text = policy(
+        &server,
+        "gates",
+        "on_failure = \"fail_closed\"",
+        r#"
+[[budget]]
+name = "per-tenant"
+scope = ["tenant"]
+concurrency = 2
+store = "redis"
+[[budget]]
+name = "per-model"
+scope = ["model"]
+concurrency = 1
+store = "redis"
+"#,
+    );
+    let e = engine(&text);
+    let other = engine(&text);
+    let Decision::Go(p) = e.admit(&call()) else {
+        panic!("free")
+    };
+    assert_eq!(
+        metric(&e, "tollgate_budget_store_leases{store=\"redis\"}"),
+        Some(2.0),
+        "one lease per gate"
+    );
+    match other.admit(&call()) {
+        Decision::Deny(d) => {
+            assert_eq!(d.code(), "concurrency");
+            assert_eq!(d.budget.as_deref(), Some("per-model"));
+        }
+        other => panic!("the model's single slot is taken: {other:?}"),
+    }
+    let _ = e.settle(p, &Outcome::ok(usage(10, 10)));
+    assert_eq!(
+        metric(&e, "tollgate_budget_store_leases{store=\"redis\"}"),
+        Some(0.0)
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || admit_once(&other).is_ok()),
+        "both slots released"
+    );
+}
+
+#[test]
+fn a_key_refused_by_its_redis_budget_falls_over_to_the_next_key() {
+    let server = RedisServer::start().expect("redis-server");
+    let up = TestUpstream::start().unwrap();
+    // SAFETY: set before any thread of this test reads the environment; names are unique.
+    unsafe {
+        std::env::set_var("TOLLGATE_REDIS_KEY_A", "sk-redis-aaaa");
+        std::env::set_var("TOLLGATE_REDIS_KEY_B", "sk-redis-bbbb");
+    }
+    let text = format!(
+        r#"{}
+[[upstream]]
+name = "test"
+base_url = "{}"
+auth = {{ kind = "bearer", keys = ["env:TOLLGATE_REDIS_KEY_A", "env:TOLLGATE_REDIS_KEY_B"] }}
+[[route]]
+model = "gpt-4o"
+targets = [{{ upstream = "test", model = "gpt-4o" }}]
+"#,
+        policy(
+            &server,
+            "pool",
+            "on_failure = \"fail_closed\"",
+            r#"
+[[budget]]
+name = "per-key"
+scope = ["key"]
+requests_per_minute = 1
+store = "redis"
+"#
+        ),
+        up.base_url()
+    );
+    // Two processes share the pool: each key takes one call a minute across both.
+    let a = engine(&text);
+    let b = engine(&text);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let send = |e: &Engine, n: u32| {
+        let body = json!({"model": "gpt-4o", "max_tokens": 4,
+            "messages": [{"role": "user", "content": format!("k{n}")}]});
+        rt.block_on(e.send(ChatRequest::new(body)))
+    };
+    send(&a, 1).expect("first key");
+    send(&b, 2).expect("the other process moves to the second key");
+    let err = send(&a, 3).expect_err("both keys used up");
+    match &err {
+        tollgate::CallError::Denied(d) => assert_eq!(d.code(), "budget_exhausted", "{d}"),
+        other => panic!("denied by the per-key budget: {other}"),
+    }
+    let keys: Vec<String> = up
+        .log()
+        .iter()
+        .map(|x| x.headers["authorization"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys.len(), 2);
+    assert_ne!(keys[0], keys[1]);
+}
+
+#[test]
+fn a_slow_redis_costs_at_most_op_timeout_then_nothing() {
+    let server = RedisServer::start().expect("redis-server");
+    let text = policy(
+        &server,
+        "slow",
+        "on_failure = \"fail_closed\"\nop_timeout = \"100ms\"",
+        FLEET,
+    );
+    let e = engine(&text);
+    admit_once(&e).unwrap();
+    server.pause();
+    let t = Instant::now();
+    assert_eq!(admit_once(&e), Err("store_unavailable".to_owned()));
+    let first = t.elapsed();
+    let t = Instant::now();
+    for _ in 0..50 {
+        assert_eq!(admit_once(&e), Err("store_unavailable".to_owned()));
+    }
+    let rest = t.elapsed();
+    server.resume();
+    assert!(
+        eventually(Duration::from_secs(10), || admit_once(&e).is_ok()),
+        "recovers once Redis answers again"
+    );
+    // Generous bounds: the point is one timeout, not one per call.
+    assert!(first < Duration::from_secs(2), "{first:?}");
+    assert!(rest < Duration::from_secs(2), "{rest:?}");
+}
+
+#[test]
+fn reload_changes_a_redis_limit_at_once_keeping_the_use() {
+    let server = RedisServer::start().expect("redis-server");
+    let budget = |n: u32| {
+        format!("\n[[budget]]\nname = \"fleet\"\nrequests_per_minute = {n}\nstore = \"redis\"\n")
+    };
+    let text = |n| {
+        policy(
+            &server,
+            "reload",
+            "on_failure = \"fail_closed\"",
+            &budget(n),
+        )
+    };
+    let e = engine(&text(10));
+    let used = (0..5).filter(|_| admit_once(&e).is_ok()).count();
+    assert_eq!(used, 5);
+    e.reload(&text(20)).expect("valid");
+    // Five calls are in use under the new limit too: fifteen left, not twenty.
+    let more = (0..30).filter(|_| admit_once(&e).is_ok()).count();
+    assert!((15..=16).contains(&more), "{more}");
+}

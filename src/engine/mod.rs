@@ -726,8 +726,9 @@ pub(crate) struct Spec<'a> {
     pub attempt: Option<&'a route::Attempt>,
     pub number: u32,
     pub deadline: Option<Nanos>,
-    /// Route targets (route, target) not to try: a Redis budget of theirs refused the call.
-    pub exclude: &'a [(usize, usize)],
+    /// Route targets (route, target) and keys not to try: a Redis budget of theirs refused the
+    /// call.
+    pub exclude: &'a [((usize, usize), Arc<str>)],
 }
 
 impl<'a> Spec<'a> {
@@ -752,7 +753,7 @@ impl<'a> Spec<'a> {
     }
 
     /// The same call, not to be tried on `exclude`.
-    pub(crate) fn excluding<'b>(&'b self, exclude: &'b [(usize, usize)]) -> Spec<'b>
+    pub(crate) fn excluding<'b>(&'b self, exclude: &'b [((usize, usize), Arc<str>)]) -> Spec<'b>
     where
         'a: 'b,
     {
@@ -853,9 +854,6 @@ pub(crate) fn try_admit_once(
     let mut skipped: SmallVec<[Skip; 2]> = SmallVec::new();
     let avoid = spec.attempt.map_or(&[][..], |a| &a.failed_keys[..]);
     for c in routing.candidates(route, spec.attempt) {
-        if spec.exclude.contains(&c) {
-            continue;
-        }
         let t = &routing.routes[c.0].targets[c.1];
         let up = &routing.upstreams[t.upstream];
         let breaker = match t.health.breaker.try_acquire(now) {
@@ -891,7 +889,13 @@ pub(crate) fn try_admit_once(
                 continue;
             }
         };
-        let key = match routing.pick_key(t.upstream, avoid, demand.tokens, now) {
+        let never: SmallVec<[&str; 2]> = spec
+            .exclude
+            .iter()
+            .filter(|(x, _)| *x == c)
+            .map(|(_, k)| &**k)
+            .collect();
+        let key = match routing.pick_key(t.upstream, avoid, &never, demand.tokens, now) {
             Ok(k) => k,
             Err(skip) => {
                 t.health.breaker.release(breaker);

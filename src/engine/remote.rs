@@ -361,11 +361,12 @@ impl Pending {
             }
             if let Some((gate, max)) = &a.gate {
                 request.keys.push(Arc::clone(gate));
-                request.checks.push(Check::Gate { max: *max, ttl_us });
+                request.checks.push(Check::Gate {
+                    max: *max,
+                    ttl_us,
+                    member: store.new_member(gate),
+                });
                 map.push((n, true));
-                if request.member.is_none() {
-                    request.member = Some(store.new_member(gate));
-                }
             }
         }
         Pending {
@@ -390,7 +391,6 @@ impl Pending {
     ) -> Finished {
         match reply {
             Ok(AdmitReply::Granted { grants, .. }) => {
-                let member = self.request.member.clone();
                 let mut remote: SmallVec<[Hold; 2]> = SmallVec::new();
                 for (n, a) in self.asks.iter().enumerate() {
                     let mut hold = RemoteHold {
@@ -406,11 +406,11 @@ impl Pending {
                         }
                         match (gate, grants.get(k)) {
                             (true, _) => {
-                                hold.gate = a
-                                    .gate
-                                    .as_ref()
-                                    .zip(member.as_ref())
-                                    .map(|((g, _), m)| (Arc::clone(g), Arc::clone(m)));
+                                if let (Some((g, _)), Some(Check::Gate { member, .. })) =
+                                    (&a.gate, self.request.checks.get(k))
+                                {
+                                    hold.gate = Some((Arc::clone(g), Arc::clone(member)));
+                                }
                             }
                             (false, Some(Grant::Rate { calls, ends })) => {
                                 for (s, end) in a.slots.iter().zip(ends.iter()) {
@@ -467,15 +467,20 @@ impl Pending {
                     limit,
                 });
                 let specific = compiled.budgets[a.budget].target_specific;
-                let candidate = self.candidate;
+                let tried = self
+                    .candidate
+                    .zip(self.target.as_ref().map(|t| Arc::clone(&t.key.id)));
                 self.undo(compiled, now);
-                match candidate {
-                    Some(c) if specific => Finished::Retarget(blocked, c),
+                match tried {
+                    Some(tried) if specific => Finished::Retarget(blocked, tried),
                     _ => Finished::Done(blocked),
                 }
             }
-            Err(_) => {
+            Err(e) => {
                 self.undo(compiled, now);
+                // Down now even when the wait gave up before the store noticed: the next
+                // attempt applies `on_failure` instead of asking again.
+                self.store.mark_down(&e.to_string());
                 Finished::StoreFailed
             }
         }
@@ -514,8 +519,10 @@ impl Pending {
 
     /// Gives back everything held locally (and the unused concurrency lease name).
     fn undo(&mut self, compiled: &Compiled, now: Nanos) {
-        if let Some(m) = &self.request.member {
-            self.store.drop_member(m);
+        for c in &self.request.checks {
+            if let Check::Gate { member, .. } = c {
+                self.store.drop_member(member);
+            }
         }
         for h in self.holds.drain(..) {
             if h.remote.is_some() {
@@ -546,8 +553,8 @@ impl Pending {
 pub(crate) enum Finished {
     /// The attempt's result.
     Done(Try),
-    /// Refused by a budget about this route target: try the route's next target.
-    Retarget(Try, (usize, usize)),
+    /// Refused by a budget about this route target and key: try another key or target.
+    Retarget(Try, ((usize, usize), Arc<str>)),
     /// Redis failed: admit again (the store is down now, so `on_failure` applies).
     StoreFailed,
 }
@@ -568,7 +575,7 @@ where
     Fut: Future<Output = Result<AdmitReply, StoreError>>,
 {
     let mut result = first;
-    let mut excluded: SmallVec<[(usize, usize); 2]> = SmallVec::new();
+    let mut excluded: SmallVec<[((usize, usize), Arc<str>); 2]> = SmallVec::new();
     let mut refused: Option<Try> = None;
     // Each round either ends, excludes one more target, or finds the store down; bounded anyway.
     for _ in 0..16 {

@@ -376,10 +376,14 @@ impl Routing {
     /// A usable key of an upstream: round-robin over the pool, skipping quarantined keys, keys
     /// the server said are out of room, and `avoid` (keys that failed this call) unless nothing
     /// else is left. Takes one request and `tokens` from the server's remaining counts.
+    /// A key of upstream `u` for a call of `tokens`: not quarantined, not held back by the
+    /// server's rate-limit headers, preferably not in `avoid` (keys that failed this call) and
+    /// never in `never` (keys a shared budget refused this call).
     pub(crate) fn pick_key(
         &self,
         u: usize,
         avoid: &[(Arc<str>, Arc<str>)],
+        never: &[&str],
         tokens: u64,
         now: Nanos,
     ) -> Result<&Arc<KeyState>, Skip> {
@@ -391,7 +395,7 @@ impl Routing {
             for i in 0..n {
                 let key = &up.keys[(start + i) % n];
                 let avoided = avoid.iter().any(|(u2, k)| *u2 == up.name && *k == key.id);
-                if key.quarantined(now) || (pass == 0 && avoided) {
+                if key.quarantined(now) || (pass == 0 && avoided) || never.contains(&&*key.id) {
                     continue;
                 }
                 match key.server.take(tokens, now) {

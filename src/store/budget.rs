@@ -25,8 +25,6 @@ pub(crate) struct RateSlot {
 pub(crate) struct AdmitRequest {
     pub keys: Vec<Arc<str>>,
     pub checks: Vec<Check>,
-    /// The lease name for gates (empty without gates).
-    pub member: Option<Arc<str>>,
 }
 
 /// One key's check.
@@ -37,8 +35,13 @@ pub(crate) enum Check {
         want: u32,
         slots: smallvec::SmallVec<[RateSlot; 4]>,
     },
-    /// A concurrency gate of `max` slots held for `ttl_us` unless renewed.
-    Gate { max: u32, ttl_us: f64 },
+    /// A concurrency gate of `max` slots held for `ttl_us` unless renewed, by a lease named
+    /// `member`.
+    Gate {
+        max: u32,
+        ttl_us: f64,
+        member: Arc<str>,
+    },
 }
 
 /// What one key granted.
@@ -106,7 +109,6 @@ impl AdmitRequest {
         for k in &self.keys {
             cmd.arg(&**k);
         }
-        cmd.arg(self.member.as_deref().unwrap_or(""));
         for c in &self.checks {
             match c {
                 Check::Rate { want, slots } => {
@@ -118,8 +120,12 @@ impl AdmitRequest {
                             .arg(fmt_us(s.inc));
                     }
                 }
-                Check::Gate { max, ttl_us } => {
-                    cmd.arg("c").arg(*max).arg(fmt_us(*ttl_us));
+                Check::Gate {
+                    max,
+                    ttl_us,
+                    member,
+                } => {
+                    cmd.arg("c").arg(*max).arg(fmt_us(*ttl_us)).arg(&**member);
                 }
             }
         }
@@ -330,7 +336,6 @@ impl RedisLimiter {
                     inc: ei * n as f64,
                 }],
             }],
-            member: None,
         };
         Ok((Arc::new(request), ei, tau))
     }

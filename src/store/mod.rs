@@ -272,6 +272,11 @@ impl RedisStore {
         self.shared.kick.notify_one();
     }
 
+    /// Marks the store down from outside its runtime (a caller gave up waiting for it).
+    pub(crate) fn mark_down(&self, why: &str) {
+        mark_down_on(&self.shared, why, &self.handle);
+    }
+
     /// Why the store is down (the last error), for denials.
     pub(crate) fn down_reason(&self) -> String {
         self.shared.last_error.lock().clone()
@@ -315,16 +320,22 @@ fn mark_up(shared: &Shared) {
     shared.up.store(true, Ordering::Release);
 }
 
-/// Marks the store down after a failure and starts the probe that brings it back.
-pub(crate) fn mark_down(shared: &Arc<Shared>, why: &str) {
+/// Marks the store down after a failure and starts the probe (on `handle`) that brings it back.
+fn mark_down_on(shared: &Arc<Shared>, why: &str, handle: &tokio::runtime::Handle) {
+    if !shared.up.swap(false, Ordering::AcqRel) {
+        return;
+    }
     *shared.last_error.lock() = why.to_owned();
-    shared.counters.errors.fetch_add(1, Ordering::Relaxed);
-    if shared.up.swap(false, Ordering::AcqRel) {
-        shared.counters.outages.fetch_add(1, Ordering::Relaxed);
-    }
+    shared.counters.outages.fetch_add(1, Ordering::Relaxed);
     if !shared.probing.swap(true, Ordering::AcqRel) {
-        tokio::spawn(probe_loop(Arc::clone(shared)));
+        handle.spawn(probe_loop(Arc::clone(shared)));
     }
+}
+
+/// [`mark_down_on`] from a task of the store's runtime, counting the failed operation.
+fn mark_down(shared: &Arc<Shared>, why: &str) {
+    shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+    mark_down_on(shared, why, &tokio::runtime::Handle::current());
 }
 
 /// Makes the first connection, retrying with backoff; signals `first` on the first success.

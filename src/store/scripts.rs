@@ -11,11 +11,12 @@ use redis::Script;
 
 /// Admits one call against every Redis budget it matches, all or nothing.
 ///
-/// `ARGV[1]` is the lease member for concurrency gates; then, per key in `KEYS` order:
+/// Per key in `KEYS` order, `ARGV` holds:
 /// - a rate budget (a hash, one field pair per limit): `r`, `want`, `n`, then `n` times
 ///   `slot`, `ei` (µs per unit), `tau` (burst tolerance, µs), `inc` (µs this call takes).
 ///   `want` > 1 asks for a lease: room for up to `want` calls, at least one.
-/// - a concurrency gate (a sorted set of leases scored by expiry): `c`, `max`, `ttl` (µs).
+/// - a concurrency gate (a sorted set of leases scored by expiry): `c`, `max`, `ttl` (µs) and
+///   the name of this call's lease.
 ///
 /// A stored theoretical arrival time (TAT) written under another rate (a reload changed the
 /// limit) is rescaled first so the units in use stay the same.
@@ -28,8 +29,7 @@ pub(crate) static ADMIT: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local t = redis.call('TIME')
 local now = (tonumber(t[1]) - 1704067200) * 1000000 + tonumber(t[2])
-local member = ARGV[1]
-local i = 2
+local i = 1
 local checks = {}
 for k = 1, #KEYS do
   local key = KEYS[k]
@@ -68,12 +68,13 @@ for k = 1, #KEYS do
   else
     local max = tonumber(ARGV[i + 1])
     local ttl = tonumber(ARGV[i + 2])
-    i = i + 3
+    local member = ARGV[i + 3]
+    i = i + 4
     redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.3f', now))
     if redis.call('ZCARD', key) >= max then
       return {0, k, 0, '-1', '0'}
     end
-    checks[k] = {'c', ttl}
+    checks[k] = {'c', ttl, member}
   end
 end
 local out = {1, string.format('%.3f', now)}
@@ -92,7 +93,7 @@ for k = 1, #KEYS do
     redis.call('PEXPIRE', key, math.ceil((last - now) / 1000) + 1000)
   else
     local expiry = now + c[2]
-    redis.call('ZADD', key, string.format('%.3f', expiry), member)
+    redis.call('ZADD', key, string.format('%.3f', expiry), c[3])
     redis.call('PEXPIRE', key, math.ceil(c[2] / 1000) + 1000)
   end
 end
