@@ -911,28 +911,24 @@ pub(crate) fn try_admit_once(
             route: &routing.routes[c.0].name,
             priority: v.priority,
         };
+        let ctx = |breaker| {
+            Some(Box::new(TargetCtx {
+                target: routing.target_ref(c, key),
+                health: Arc::clone(&t.health),
+                breaker: Some(breaker),
+                key: Arc::clone(key),
+                upstream: Arc::clone(&up.health),
+                quarantine: up.quarantine,
+            }))
+        };
         match attempt(compiled, &view, &demand, seq, now) {
             Try::Go(mut permit) => {
-                permit.inner.target = Some(Box::new(TargetCtx {
-                    target: routing.target_ref(c, key),
-                    health: Arc::clone(&t.health),
-                    breaker: Some(breaker),
-                    key: Arc::clone(key),
-                    upstream: Arc::clone(&up.health),
-                    quarantine: up.quarantine,
-                }));
+                permit.inner.target = ctx(breaker);
                 permit.inner.journey = spec.journey();
                 return Try::Go(permit);
             }
             Try::Remote(mut pending) => {
-                pending.target = Some(Box::new(TargetCtx {
-                    target: routing.target_ref(c, key),
-                    health: Arc::clone(&t.health),
-                    breaker: Some(breaker),
-                    key: Arc::clone(key),
-                    upstream: Arc::clone(&up.health),
-                    quarantine: up.quarantine,
-                }));
+                pending.target = ctx(breaker);
                 pending.candidate = Some(c);
                 pending.journey = spec.journey();
                 return Try::Remote(pending);

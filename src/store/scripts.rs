@@ -9,6 +9,28 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
+/// What every budget script starts with: `now` on the server clock, and `stored(key, field, ei)`,
+/// a slot's TAT (or `now` when the key has none) rescaled from the rate it was written under to
+/// `ei`, so a reload that changed a limit keeps the units in use.
+const PROLOGUE: &str = r#"
+local t = redis.call('TIME')
+local now = (tonumber(t[1]) - 1704067200) * 1000000 + tonumber(t[2])
+local function stored(key, field, ei)
+  local v = redis.call('HMGET', key, 't' .. field, 'e' .. field)
+  local tat = tonumber(v[1]) or now
+  local old = tonumber(v[2])
+  if old and old ~= ei and tat > now then
+    tat = now + (tat - now) * ei / old
+  end
+  return tat
+end
+"#;
+
+/// A budget script: the prologue, then `body`.
+fn budget_script(body: &str) -> Script {
+    Script::new(&format!("{PROLOGUE}{body}"))
+}
+
 /// Admits one call against every Redis budget it matches, all or nothing.
 ///
 /// Per key in `KEYS` order, `ARGV` holds:
@@ -25,10 +47,8 @@ use redis::Script;
 /// passes (and only then writes), else `{0, key index, slot index, wait µs or -1, TAT - now}`
 /// for the first check that fails (slot index 0 and wait -1 for a full gate).
 pub(crate) static ADMIT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    budget_script(
         r#"
-local t = redis.call('TIME')
-local now = (tonumber(t[1]) - 1704067200) * 1000000 + tonumber(t[2])
 local i = 1
 local checks = {}
 for k = 1, #KEYS do
@@ -46,12 +66,7 @@ for k = 1, #KEYS do
       local tau = tonumber(ARGV[i + 2])
       local inc = tonumber(ARGV[i + 3])
       i = i + 4
-      local stored = redis.call('HMGET', key, 't' .. field, 'e' .. field)
-      local tat = tonumber(stored[1]) or now
-      local old = tonumber(stored[2])
-      if old and old ~= ei and tat > now then
-        tat = now + (tat - now) * ei / old
-      end
+      local tat = stored(key, field, ei)
       if tat < now then tat = now end
       if inc > 0 then
         local m = math.floor((tau - (tat - now) + 0.001) / inc)
@@ -108,10 +123,8 @@ return out
 /// now — the rest has refilled by itself — and never moves a TAT below now, exactly as the local
 /// cells do; an extra charge is always taken.
 pub(crate) static ADJUST: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    budget_script(
         r#"
-local t = redis.call('TIME')
-local now = (tonumber(t[1]) - 1704067200) * 1000000 + tonumber(t[2])
 local i = 1
 for k = 1, #KEYS do
   local key = KEYS[k]
@@ -124,12 +137,7 @@ for k = 1, #KEYS do
     local delta = tonumber(ARGV[i + 2])
     local stop = tonumber(ARGV[i + 3])
     i = i + 4
-    local stored = redis.call('HMGET', key, 't' .. field, 'e' .. field)
-    local tat = tonumber(stored[1]) or now
-    local old = tonumber(stored[2])
-    if old and old ~= ei and tat > now then
-      tat = now + (tat - now) * ei / old
-    end
+    local tat = stored(key, field, ei)
     if delta > 0 then
       if tat < now then tat = now end
       tat = tat + delta
@@ -158,10 +166,8 @@ return 1
 /// Renews concurrency leases still held: `ARGV[1]` is the lease time (µs), then one member per
 /// key in `KEYS`. A lease that already expired (this process stalled past it) is not revived.
 pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    budget_script(
         r#"
-local t = redis.call('TIME')
-local now = (tonumber(t[1]) - 1704067200) * 1000000 + tonumber(t[2])
 local ttl = tonumber(ARGV[1])
 local renewed = 0
 for k = 1, #KEYS do
