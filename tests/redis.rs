@@ -690,3 +690,29 @@ fn reload_changes_a_redis_limit_at_once_keeping_the_use() {
     let more = (0..30).filter(|_| admit_once(&e).is_ok()).count();
     assert!((15..=16).contains(&more), "{more}");
 }
+
+#[test]
+fn budgets_work_over_tls_with_a_private_ca() {
+    let server = RedisServer::start_tls().expect("redis-server with TLS");
+    let text = format!(
+        r#"version = 1
+[redis]
+url = "{}"
+key_prefix = "tls"
+tls_ca_file = "{}"
+on_failure = "fail_closed"
+{FLEET}"#,
+        server.tls_url().unwrap(),
+        server.ca_file().unwrap().display()
+    );
+    let e = engine(&text);
+    let admitted = (0..120).filter(|_| admit_once(&e).is_ok()).count();
+    assert!((100..=101).contains(&admitted), "{admitted}");
+    // The same server without trusting its CA: the connection is refused, and said so.
+    let untrusted = text.replace("tls_ca_file", "# tls_ca_file");
+    let e = engine(&untrusted);
+    match e.admit(&call()) {
+        Decision::Deny(d) => assert_eq!(d.code(), "store_unavailable", "{d}"),
+        other => panic!("an untrusted server is not used: {other:?}"),
+    }
+}

@@ -12,6 +12,15 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    tls: Option<Tls>,
+}
+
+/// The TLS side of a server from [`RedisServer::start_tls`].
+#[derive(Debug)]
+struct Tls {
+    port: u16,
+    dir: std::path::PathBuf,
+    ca: super::TestCa,
 }
 
 /// Where the server binary is: `$TOLLGATE_REDIS_SERVER`, else `redis-server` on the `PATH`.
@@ -33,7 +42,11 @@ impl RedisServer {
         // A port found free can be taken before the server binds it: try a few.
         for _ in 0..5 {
             let port = free_port()?;
-            let mut server = RedisServer { port, child: None };
+            let mut server = RedisServer {
+                port,
+                child: None,
+                tls: None,
+            };
             match server.spawn() {
                 Ok(()) => return Ok(server),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(e),
@@ -43,22 +56,82 @@ impl RedisServer {
         Err(last.unwrap_or_else(|| std::io::Error::other("redis-server did not start")))
     }
 
+    /// Starts a server that also serves TLS (`rediss://`) with a certificate from a throwaway
+    /// CA ([`RedisServer::ca`]); the plain port stays open for [`RedisServer::url`].
+    pub fn start_tls() -> std::io::Result<RedisServer> {
+        let issued = super::tls::issue().map_err(|e| std::io::Error::other(e.to_string()))?;
+        let port = free_port()?;
+        let dir =
+            std::env::temp_dir().join(format!("tollgate-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("server.crt"), &issued.cert_pem)?;
+        std::fs::write(dir.join("server.key"), issued.key.serialize_pem())?;
+        std::fs::write(dir.join("ca.crt"), issued.ca.cert_pem())?;
+        let mut server = RedisServer {
+            port: free_port()?,
+            child: None,
+            tls: Some(Tls {
+                port,
+                dir,
+                ca: issued.ca,
+            }),
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// The CA that signed a TLS server's certificate.
+    pub fn ca(&self) -> Option<&super::TestCa> {
+        self.tls.as_ref().map(|t| &t.ca)
+    }
+
+    /// The CA certificate's file (PEM), for `tls_ca_file`.
+    pub fn ca_file(&self) -> Option<std::path::PathBuf> {
+        self.tls.as_ref().map(|t| t.dir.join("ca.crt"))
+    }
+
+    /// `rediss://localhost:<tls port>` for a server from [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls
+            .as_ref()
+            .map(|t| format!("rediss://localhost:{}", t.port))
+    }
+
     fn spawn(&mut self) -> std::io::Result<()> {
+        let mut args: Vec<String> = [
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--loglevel",
+            "warning",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        if let Some(t) = &self.tls {
+            let file = |name: &str| t.dir.join(name).display().to_string();
+            args.extend([
+                "--tls-port".to_owned(),
+                t.port.to_string(),
+                "--tls-cert-file".to_owned(),
+                file("server.crt"),
+                "--tls-key-file".to_owned(),
+                file("server.key"),
+                "--tls-ca-cert-file".to_owned(),
+                file("ca.crt"),
+                "--tls-auth-clients".to_owned(),
+                "no".to_owned(),
+            ]);
+        }
         let child = Command::new(binary())
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-                "--loglevel",
-                "warning",
-            ])
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -175,5 +248,8 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        if let Some(t) = &self.tls {
+            let _ = std::fs::remove_dir_all(&t.dir);
+        }
     }
 }

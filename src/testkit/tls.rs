@@ -61,9 +61,33 @@ fn tls_err(what: &str) -> impl Fn(rcgen::Error) -> Error + '_ {
     move |e| Error::Tls(format!("{what}: {e}"))
 }
 
+/// A CA and a server certificate it signed, with the server's key.
+pub(crate) struct Issued {
+    pub ca: TestCa,
+    /// Server certificate, then the CA's.
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: KeyPair,
+    /// The server certificate, PEM.
+    pub cert_pem: String,
+}
+
 /// Generates a CA and a server certificate, and the server configuration serving it with
 /// ALPN `h2` and `http/1.1`.
 pub(crate) fn generate() -> Result<(TestCa, Arc<ServerConfig>), Error> {
+    let Issued { ca, chain, key, .. } = issue()?;
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let mut server = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(format!("TLS versions: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| Error::Tls(format!("server certificate rejected by rustls: {e}")))?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((ca, Arc::new(server)))
+}
+
+/// Generates a CA and a server certificate for `localhost`, `127.0.0.1` and `::1`.
+pub(crate) fn issue() -> Result<Issued, Error> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err("CA"))?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
@@ -95,18 +119,13 @@ pub(crate) fn generate() -> Result<(TestCa, Arc<ServerConfig>), Error> {
         .signed_by(&key, &issuer)
         .map_err(tls_err("server certificate"))?;
 
-    let chain = vec![cert.der().clone(), ca_cert.der().clone()];
-    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let mut server = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Tls(format!("TLS versions: {e}")))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
-        .map_err(|e| Error::Tls(format!("server certificate rejected by rustls: {e}")))?;
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let ca = TestCa {
-        pem: ca_cert.pem(),
-        der: ca_cert.der().clone(),
-    };
-    Ok((ca, Arc::new(server)))
+    Ok(Issued {
+        ca: TestCa {
+            pem: ca_cert.pem(),
+            der: ca_cert.der().clone(),
+        },
+        chain: vec![cert.der().clone(), ca_cert.der().clone()],
+        key,
+        cert_pem: cert.pem(),
+    })
 }
