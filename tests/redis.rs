@@ -172,6 +172,14 @@ fn three_engines_share_one_budget() {
     );
     let admitted_by: Vec<u64> = engines.iter().map(|e| e.stats()[0].admitted).collect();
     assert_eq!(admitted_by.iter().sum::<u64>(), admitted as u64);
+    // Any engine reads the fleet's use from Redis.
+    let usage = engines[0]
+        .key_usage("fleet", &call())
+        .expect("read from Redis");
+    let (kind, used, burst) = usage.limits[0];
+    assert_eq!(kind.as_str(), "requests_per_minute");
+    assert_eq!(burst, 100.0);
+    assert!(used > 98.0 && used <= 100.0, "{used}");
 }
 
 #[test]
@@ -565,6 +573,10 @@ store = "redis"
         }
         other => panic!("the model's single slot is taken: {other:?}"),
     }
+    let seen = other
+        .key_usage("per-tenant", &call())
+        .expect("read from Redis");
+    assert_eq!((seen.key.as_str(), seen.in_flight), ("tenant=acme", 1));
     let _ = e.settle(p, &Outcome::ok(usage(10, 10)));
     assert_eq!(
         metric(&e, "tollgate_budget_store_leases{store=\"redis\"}"),

@@ -595,11 +595,22 @@ impl Engine {
         out
     }
 
-    /// What one budget key is using now: the key is the one `call` maps to.
+    /// What one budget key is using now: the key is the one `call` maps to. For a budget kept
+    /// in Redis this is the fleet's use, read from Redis (one round trip, nothing taken); while
+    /// Redis is down, this process's fail-open share.
     pub fn key_usage(&self, budget: &str, call: &Call<'_>) -> Option<KeyUsage> {
         let compiled = self.inner.current.load();
         let b = compiled.budgets.iter().find(|b| &*b.state.name == budget)?;
         let view = call.view();
+        if let Some(r) = b.remote.as_deref().filter(|r| r.store.is_up()) {
+            let key = b.key_text(&view);
+            let (limits, in_flight) = remote::peek(r, &key)?;
+            return Some(KeyUsage {
+                key,
+                in_flight,
+                limits,
+            });
+        }
         let cell = match &b.state.cells {
             Cells::Global(c) => Arc::clone(c),
             Cells::Keyed(k) => k.peek(key_hash(b.scope.iter().map(|d| view.field(*d))))?,

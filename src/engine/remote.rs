@@ -168,6 +168,56 @@ impl RemoteHold {
     }
 }
 
+/// What one key of a Redis budget uses now, read from Redis without taking anything: per limit
+/// (units in use, burst) in the limit's unit, and the calls in flight across the fleet. `None`
+/// when Redis does not answer.
+pub(crate) fn peek(r: &RemoteSpec, scope: &str) -> Option<(Vec<(LimitKind, f64, f64)>, u32)> {
+    let mut request = AdmitRequest::default();
+    if !r.limits.is_empty() {
+        request
+            .keys
+            .push(Arc::from(format!("{}{scope}", r.hash_prefix)));
+        request.checks.push(Check::Rate {
+            want: 1,
+            slots: r
+                .limits
+                .iter()
+                .map(|l| RateSlot {
+                    slot: l.slot as u8,
+                    ei: us(l.rate.ns_per_unit),
+                    tau: us(l.rate.tau as f64),
+                    inc: 0.0,
+                })
+                .collect(),
+        });
+    }
+    if r.concurrency.is_some() {
+        request
+            .keys
+            .push(Arc::from(format!("{}{scope}", r.gate_prefix)));
+        request.checks.push(Check::GatePeek);
+    }
+    let Ok(AdmitReply::Granted { now, grants }) = r.store.admit_blocking(Arc::new(request)) else {
+        return None;
+    };
+    let mut limits = Vec::new();
+    let mut in_flight = 0;
+    for g in grants {
+        match g {
+            Grant::Rate { ends, .. } => {
+                for (l, end) in r.limits.iter().zip(ends) {
+                    let scale = if l.unit == Unit::Spend { 1e9 } else { 1.0 };
+                    let used = (end - now).max(0.0) / us(l.rate.ns_per_unit) / scale;
+                    limits.push((l.kind, used, l.burst_units / scale));
+                }
+            }
+            Grant::Count(n) => in_flight = u32::try_from(n).unwrap_or(u32::MAX),
+            Grant::Gate => {}
+        }
+    }
+    Some((limits, in_flight))
+}
+
 /// What admission does with one Redis budget.
 pub(crate) enum Plan {
     /// Decide with the local (fail-open) limits: Redis is down.

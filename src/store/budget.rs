@@ -42,6 +42,8 @@ pub(crate) enum Check {
         ttl_us: f64,
         member: Arc<str>,
     },
+    /// Counts a gate's live leases, taking nothing.
+    GatePeek,
 }
 
 /// What one key granted.
@@ -54,6 +56,8 @@ pub(crate) enum Grant {
     },
     /// A concurrency slot.
     Gate,
+    /// Leases alive in a looked-at gate.
+    Count(u64),
 }
 
 /// Redis's answer to an admission.
@@ -127,6 +131,9 @@ impl AdmitRequest {
                 } => {
                     cmd.arg("c").arg(*max).arg(fmt_us(*ttl_us)).arg(&**member);
                 }
+                Check::GatePeek => {
+                    cmd.arg("p");
+                }
             }
         }
     }
@@ -169,6 +176,10 @@ impl AdmitRequest {
                     grants.push(Grant::Rate { calls, ends });
                 }
                 Check::Gate { .. } => grants.push(Grant::Gate),
+                Check::GatePeek => {
+                    grants.push(Grant::Count(num(at)? as u64));
+                    at += 1;
+                }
             }
         }
         Ok(AdmitReply::Granted { now, grants })

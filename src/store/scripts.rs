@@ -39,11 +39,13 @@ fn budget_script(body: &str) -> Script {
 ///   `want` > 1 asks for a lease: room for up to `want` calls, at least one.
 /// - a concurrency gate (a sorted set of leases scored by expiry): `c`, `max`, `ttl` (µs) and
 ///   the name of this call's lease.
+/// - a look at a gate: `p`; its leases alive now are counted, nothing is taken.
 ///
 /// A stored theoretical arrival time (TAT) written under another rate (a reload changed the
 /// limit) is rescaled first so the units in use stay the same.
 ///
-/// Returns `{1, now, then per rate key: granted calls and each slot's new TAT}` when every check
+/// Returns `{1, now, then per rate key: granted calls and each slot's new TAT, per looked-at gate:
+/// its count}` when every check
 /// passes (and only then writes), else `{0, key index, slot index, wait µs or -1, TAT - now}`
 /// for the first check that fails (slot index 0 and wait -1 for a full gate).
 pub(crate) static ADMIT: LazyLock<Script> = LazyLock::new(|| {
@@ -80,6 +82,9 @@ for k = 1, #KEYS do
       slots[s] = {field, ei, tat, inc}
     end
     checks[k] = {'r', fit, slots}
+  elseif kind == 'p' then
+    i = i + 1
+    checks[k] = {'p', redis.call('ZCOUNT', key, string.format('%.3f', now), '+inf')}
   else
     local max = tonumber(ARGV[i + 1])
     local ttl = tonumber(ARGV[i + 2])
@@ -106,6 +111,8 @@ for k = 1, #KEYS do
       out[#out + 1] = string.format('%.3f', tat)
     end
     redis.call('PEXPIRE', key, math.ceil((last - now) / 1000) + 1000)
+  elseif c[1] == 'p' then
+    out[#out + 1] = c[2]
   else
     local expiry = now + c[2]
     redis.call('ZADD', key, string.format('%.3f', expiry), c[3])
