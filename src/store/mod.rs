@@ -421,26 +421,47 @@ pub(crate) fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// Adds owed work to a pipeline: one `ADJUST` for every adjustment, then the releases.
+/// Adds owed work to a pipeline: one `ADJUST` for every adjustment (grouped by key, and merged
+/// where calls share a charge — the calls of one lease do), then the releases.
+///
+/// Merging refunds of one charge gives back at most what giving them one by one would: the
+/// refund rule caps the sum at what is still ahead of now, not each part, so a merge never
+/// loosens a limit.
 pub(crate) fn add_owed(pipe: &mut Pipeline, owed: &[Owed], _prefix: &str) {
-    let adjusts: Vec<_> = owed
-        .iter()
-        .filter_map(|o| match o {
-            Owed::Adjust { key, entries } => Some((key, entries)),
-            Owed::Release { .. } => None,
-        })
-        .collect();
-    if !adjusts.is_empty() {
+    let mut keys: Vec<(&str, Vec<AdjustEntry>)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for o in owed {
+        let Owed::Adjust { key, entries } = o else {
+            continue;
+        };
+        let at = *index.entry(&**key).or_insert_with(|| {
+            keys.push((&**key, Vec::new()));
+            keys.len() - 1
+        });
+        let merged = &mut keys[at].1;
+        for e in entries.iter() {
+            match merged.iter_mut().find(|m| {
+                m.slot == e.slot
+                    && m.ei == e.ei
+                    && m.end == e.end
+                    && (m.delta > 0.0) == (e.delta > 0.0)
+            }) {
+                Some(m) => m.delta += e.delta,
+                None => merged.push(*e),
+            }
+        }
+    }
+    if !keys.is_empty() {
         let cmd = pipe
             .cmd("EVALSHA")
             .arg(scripts::ADJUST.get_hash())
-            .arg(adjusts.len());
-        for (key, _) in &adjusts {
-            cmd.arg(&***key);
+            .arg(keys.len());
+        for (key, _) in &keys {
+            cmd.arg(*key);
         }
-        for (_, entries) in &adjusts {
+        for (_, entries) in &keys {
             cmd.arg(entries.len());
-            for e in entries.iter() {
+            for e in entries {
                 cmd.arg(e.slot)
                     .arg(fmt_us(e.ei))
                     .arg(fmt_us(e.delta))
@@ -455,9 +476,10 @@ pub(crate) fn add_owed(pipe: &mut Pipeline, owed: &[Owed], _prefix: &str) {
     }
 }
 
-/// Microseconds as the scripts read them.
+/// Microseconds as the scripts read them: every digit Rust needs to read the same number back
+/// (a tiny increment must not round to zero).
 pub(crate) fn fmt_us(us: f64) -> String {
-    format!("{us:.3}")
+    format!("{us}")
 }
 
 /// Sends a pipeline (errors of single commands come back as values), once more after loading
@@ -594,5 +616,74 @@ async fn renew_loop(shared: Arc<Shared>) {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(pipe: &Pipeline) -> Vec<Vec<String>> {
+        pipe.cmd_iter()
+            .map(|c| {
+                c.args_iter()
+                    .map(|a| match a {
+                        redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                        _ => "<other>".to_owned(),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn adjust(key: &str, slot: u8, delta: f64, end: f64) -> Owed {
+        Owed::Adjust {
+            key: Arc::from(key),
+            entries: smallvec::smallvec![AdjustEntry {
+                slot,
+                ei: 100.0,
+                delta,
+                end,
+            }],
+        }
+    }
+
+    #[test]
+    fn owed_work_is_grouped_by_key_and_merged_per_charge() {
+        let owed = [
+            adjust("a", 0, -10.0, 500.0),
+            adjust("b", 0, -1.0, 7.0),
+            adjust("a", 0, -20.0, 500.0),
+            // Same slot, another charge: kept apart (each is capped at its own end).
+            adjust("a", 0, -5.0, 900.0),
+            // An extra charge is never merged with a refund.
+            adjust("a", 0, 3.0, 500.0),
+            Owed::Release {
+                key: Arc::from("g"),
+                member: Arc::from("m1"),
+            },
+        ];
+        let mut pipe = redis::pipe();
+        add_owed(&mut pipe, &owed, "p");
+        let cmds = args(&pipe);
+        assert_eq!(cmds.len(), 2, "one ADJUST and one ZREM: {cmds:?}");
+        let a = &cmds[0];
+        assert_eq!(a[0], "EVALSHA");
+        assert_eq!(&a[2..5], ["2", "a", "b"]);
+        assert_eq!(
+            &a[5..],
+            [
+                "3", "0", "100", "-30", "500", "0", "100", "-5", "900", "0", "100", "3", "500",
+                "1", "0", "100", "-1", "7"
+            ]
+        );
+        assert_eq!(cmds[1], ["ZREM", "g", "m1"]);
+    }
+
+    #[test]
+    fn tiny_increments_keep_their_digits() {
+        assert_eq!(fmt_us(0.00006), "0.00006");
+        assert_eq!(fmt_us(600000.0), "600000");
+        assert_eq!(fmt_us(93_312_345_678.125), "93312345678.125");
     }
 }

@@ -9,20 +9,33 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// What every budget script starts with: `now` on the server clock, and `stored(key, field, ei)`,
-/// a slot's TAT (or `now` when the key has none) rescaled from the rate it was written under to
-/// `ei`, so a reload that changed a limit keeps the units in use.
+/// What every budget script starts with: `now` on the server clock, and `load(key, n, at)`,
+/// which reads the TAT of the `n` slots described from `ARGV[at]` on (four arguments per slot,
+/// the slot number first and its `ei` second) in one `HMGET`: each TAT is `now` when the key has
+/// none, and is rescaled from the rate it was written under to `ei`, so a reload that changed a
+/// limit keeps the units in use.
 const PROLOGUE: &str = r#"
 local t = redis.call('TIME')
 local now = (tonumber(t[1]) - 1704067200) * 1000000 + tonumber(t[2])
-local function stored(key, field, ei)
-  local v = redis.call('HMGET', key, 't' .. field, 'e' .. field)
-  local tat = tonumber(v[1]) or now
-  local old = tonumber(v[2])
-  if old and old ~= ei and tat > now then
-    tat = now + (tat - now) * ei / old
+local function load(key, n, at)
+  local fields = {}
+  for s = 1, n do
+    local field = ARGV[at + (s - 1) * 4]
+    fields[2 * s - 1] = 't' .. field
+    fields[2 * s] = 'e' .. field
   end
-  return tat
+  local v = redis.call('HMGET', key, unpack(fields))
+  local tats = {}
+  for s = 1, n do
+    local ei = tonumber(ARGV[at + (s - 1) * 4 + 1])
+    local tat = tonumber(v[2 * s - 1]) or now
+    local old = tonumber(v[2 * s])
+    if old and old ~= ei and tat > now then
+      tat = now + (tat - now) * ei / old
+    end
+    tats[s] = tat
+  end
+  return tats
 end
 "#;
 
@@ -41,13 +54,10 @@ fn budget_script(body: &str) -> Script {
 ///   the name of this call's lease.
 /// - a look at a gate: `p`; its leases alive now are counted, nothing is taken.
 ///
-/// A stored theoretical arrival time (TAT) written under another rate (a reload changed the
-/// limit) is rescaled first so the units in use stay the same.
-///
 /// Returns `{1, now, then per rate key: granted calls and each slot's new TAT, per looked-at gate:
-/// its count}` when every check
-/// passes (and only then writes), else `{0, key index, slot index, wait µs or -1, TAT - now}`
-/// for the first check that fails (slot index 0 and wait -1 for a full gate).
+/// its count}` when every check passes (and only then writes: one `HSET` and one `PEXPIRE` per
+/// rate key), else `{0, key index, slot index, wait µs or -1, TAT - now}` for the first check
+/// that fails (slot index 0 and wait -1 for a full gate).
 pub(crate) static ADMIT: LazyLock<Script> = LazyLock::new(|| {
     budget_script(
         r#"
@@ -60,15 +70,16 @@ for k = 1, #KEYS do
     local want = tonumber(ARGV[i + 1])
     local n = tonumber(ARGV[i + 2])
     i = i + 3
+    local tats = load(key, n, i)
     local slots = {}
     local fit = want
     for s = 1, n do
       local field = ARGV[i]
-      local ei = tonumber(ARGV[i + 1])
+      local ei = ARGV[i + 1]
       local tau = tonumber(ARGV[i + 2])
       local inc = tonumber(ARGV[i + 3])
       i = i + 4
-      local tat = stored(key, field, ei)
+      local tat = tats[s]
       if tat < now then tat = now end
       if inc > 0 then
         local m = math.floor((tau - (tat - now) + 0.001) / inc)
@@ -104,12 +115,17 @@ for k = 1, #KEYS do
   if c[1] == 'r' then
     out[#out + 1] = c[2]
     local last = now
+    local pairs = {}
     for _, sl in ipairs(c[3]) do
-      local tat = sl[3] + c[2] * sl[4]
-      redis.call('HSET', key, 't' .. sl[1], string.format('%.3f', tat), 'e' .. sl[1], sl[2])
-      if tat > last then last = tat end
-      out[#out + 1] = string.format('%.3f', tat)
+      local tat = string.format('%.3f', sl[3] + c[2] * sl[4])
+      pairs[#pairs + 1] = 't' .. sl[1]
+      pairs[#pairs + 1] = tat
+      pairs[#pairs + 1] = 'e' .. sl[1]
+      pairs[#pairs + 1] = sl[2]
+      if tonumber(tat) > last then last = tonumber(tat) end
+      out[#out + 1] = tat
     end
+    redis.call('HSET', key, unpack(pairs))
     redis.call('PEXPIRE', key, math.ceil((last - now) / 1000) + 1000)
   elseif c[1] == 'p' then
     out[#out + 1] = c[2]
@@ -128,7 +144,7 @@ return out
 /// times `slot`, `ei`, `delta` (µs: positive charges extra, negative refunds) and `end` (the
 /// TAT right after the reservation). A refund returns only the part of the charge still ahead of
 /// now — the rest has refilled by itself — and never moves a TAT below now, exactly as the local
-/// cells do; an extra charge is always taken.
+/// cells do; an extra charge is always taken. The same slot may appear more than once.
 pub(crate) static ADJUST: LazyLock<Script> = LazyLock::new(|| {
     budget_script(
         r#"
@@ -137,14 +153,18 @@ for k = 1, #KEYS do
   local key = KEYS[k]
   local n = tonumber(ARGV[i])
   i = i + 1
+  local tats = load(key, n, i)
   local last = now
+  local set = {}
+  local gone = {}
+  local latest = {}
   for s = 1, n do
     local field = ARGV[i]
-    local ei = tonumber(ARGV[i + 1])
+    local ei = ARGV[i + 1]
     local delta = tonumber(ARGV[i + 2])
     local stop = tonumber(ARGV[i + 3])
     i = i + 4
-    local tat = stored(key, field, ei)
+    local tat = latest[field] or tats[s]
     if delta > 0 then
       if tat < now then tat = now end
       tat = tat + delta
@@ -154,15 +174,29 @@ for k = 1, #KEYS do
         tat = math.max(tat - give, now)
       end
     end
+    latest[field] = tat
+    set[field] = ei
+  end
+  local pairs = {}
+  for field, ei in next, set do
+    local tat = latest[field]
     if tat > now then
-      redis.call('HSET', key, 't' .. field, string.format('%.3f', tat), 'e' .. field, ei)
+      pairs[#pairs + 1] = 't' .. field
+      pairs[#pairs + 1] = string.format('%.3f', tat)
+      pairs[#pairs + 1] = 'e' .. field
+      pairs[#pairs + 1] = ei
       if tat > last then last = tat end
     else
-      redis.call('HDEL', key, 't' .. field, 'e' .. field)
+      gone[#gone + 1] = 't' .. field
+      gone[#gone + 1] = 'e' .. field
     end
   end
-  if last > now then
+  if #pairs > 0 then
+    redis.call('HSET', key, unpack(pairs))
     redis.call('PEXPIRE', key, math.ceil((last - now) / 1000) + 1000)
+  end
+  if #gone > 0 then
+    redis.call('HDEL', key, unpack(gone))
   end
 end
 return 1
