@@ -216,18 +216,40 @@ impl RedisStore {
         self.shared.up.load(Ordering::Acquire)
     }
 
-    /// Runs `op` on the store's thread and waits for it on this one, at most `op_timeout`.
+    /// Runs `op` on this thread, parked between polls, at most `op_timeout` (plus a little for
+    /// the script reload after a server restart). The store's runtime is entered for its timers
+    /// and its connection's driver, which stays on the store's thread: the request and the answer
+    /// cross threads once each, with no task spawned in between.
     pub(crate) fn block_on<T: Send + 'static>(
         &self,
         op: impl Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.handle.spawn(async move {
-            let _ = tx.send(op.await);
-        });
-        let limit = self.shared.config.op_timeout + Duration::from_millis(20);
-        rx.recv_timeout(limit)
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("timed out".to_owned())))
+        /// Unparks the waiting thread.
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+            fn wake_by_ref(self: &Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let _entered = self.handle.enter();
+        let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut op = std::pin::pin!(op);
+        let deadline =
+            std::time::Instant::now() + self.shared.config.op_timeout + Duration::from_millis(20);
+        loop {
+            if let std::task::Poll::Ready(result) = op.as_mut().poll(&mut cx) {
+                return result;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Err(StoreError::Unavailable("timed out".to_owned()));
+            }
+            std::thread::park_timeout(deadline - now);
+        }
     }
 
     /// Runs `op` on the store's thread and awaits it from any runtime.
