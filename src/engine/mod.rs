@@ -739,7 +739,7 @@ pub(crate) struct Spec<'a> {
     pub deadline: Option<Nanos>,
     /// Route targets (route, target) and keys not to try: a Redis budget of theirs refused the
     /// call.
-    pub exclude: &'a [((usize, usize), Arc<str>)],
+    pub exclude: &'a [remote::Excluded],
 }
 
 impl<'a> Spec<'a> {
@@ -764,7 +764,7 @@ impl<'a> Spec<'a> {
     }
 
     /// The same call, not to be tried on `exclude`.
-    pub(crate) fn excluding<'b>(&'b self, exclude: &'b [((usize, usize), Arc<str>)]) -> Spec<'b>
+    pub(crate) fn excluding<'b>(&'b self, exclude: &'b [remote::Excluded]) -> Spec<'b>
     where
         'a: 'b,
     {

@@ -171,7 +171,7 @@ impl RemoteHold {
 /// What one key of a Redis budget uses now, read from Redis without taking anything: per limit
 /// (units in use, burst) in the limit's unit, and the calls in flight across the fleet. `None`
 /// when Redis does not answer.
-pub(crate) fn peek(r: &RemoteSpec, scope: &str) -> Option<(Vec<(LimitKind, f64, f64)>, u32)> {
+pub(crate) fn peek(r: &RemoteSpec, scope: &str) -> Option<(Vec<LimitUse>, u32)> {
     let mut request = AdmitRequest::default();
     if !r.limits.is_empty() {
         request
@@ -217,6 +217,12 @@ pub(crate) fn peek(r: &RemoteSpec, scope: &str) -> Option<(Vec<(LimitKind, f64, 
     }
     Some((limits, in_flight))
 }
+
+/// A limit's use: its kind, units in use, burst.
+pub(crate) type LimitUse = (LimitKind, f64, f64);
+
+/// A route target (route, target) and a key of its pool that a shared budget refused.
+pub(crate) type Excluded = ((usize, usize), Arc<str>);
 
 /// What admission does with one Redis budget.
 pub(crate) enum Plan {
@@ -604,7 +610,7 @@ pub(crate) enum Finished {
     /// The attempt's result.
     Done(Try),
     /// Refused by a budget about this route target and key: try another key or target.
-    Retarget(Try, ((usize, usize), Arc<str>)),
+    Retarget(Try, Excluded),
     /// Redis failed: admit again (the store is down now, so `on_failure` applies).
     StoreFailed,
 }
@@ -625,7 +631,7 @@ where
     Fut: Future<Output = Result<AdmitReply, StoreError>>,
 {
     let mut result = first;
-    let mut excluded: SmallVec<[((usize, usize), Arc<str>); 2]> = SmallVec::new();
+    let mut excluded: SmallVec<[Excluded; 2]> = SmallVec::new();
     let mut refused: Option<Try> = None;
     // Each round either ends, excludes one more target, or finds the store down; bounded anyway.
     for _ in 0..16 {
