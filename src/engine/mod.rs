@@ -387,6 +387,7 @@ impl Engine {
     }
 
     /// Counts the call's prompt and reads the clock.
+    #[inline]
     fn spec<'a>(
         &self,
         compiled: &Compiled,
@@ -404,6 +405,7 @@ impl Engine {
     }
 
     /// The decision for an admission attempt's result.
+    #[inline]
     fn decide(&self, compiled: &Compiled, result: Try) -> Decision {
         match result {
             Try::Remote(_) => {
@@ -789,11 +791,25 @@ impl<'a> Spec<'a> {
 
 /// Admission of one call, waiting for Redis on this thread when Redis budgets match (at most
 /// `op_timeout` per round trip). Never returns [`Try::Remote`].
+#[inline]
 pub(crate) fn try_admit(compiled: &Compiled, spec: &Spec<'_>, seq: Option<u64>, now: Nanos) -> Try {
     let first = try_admit_once(compiled, spec, seq, now);
     if !matches!(first, Try::Remote(_)) {
         return first;
     }
+    resolve_blocking(compiled, spec, seq, now, first)
+}
+
+/// The blocking end of [`try_admit`], out of the way of the local path.
+#[cold]
+#[inline(never)]
+fn resolve_blocking(
+    compiled: &Compiled,
+    spec: &Spec<'_>,
+    seq: Option<u64>,
+    now: Nanos,
+    first: Try,
+) -> Try {
     let resolving = remote::resolve(compiled, spec, seq, now, first, |store, request| {
         std::future::ready(store.admit_blocking(request))
     });
@@ -1010,7 +1026,8 @@ pub(crate) fn attempt(
     now: Nanos,
 ) -> Try {
     let mut holds: SmallVec<[Hold; 3]> = SmallVec::new();
-    let mut asks: SmallVec<[remote::Ask; 2]> = SmallVec::new();
+    // Empty (no allocation) unless a Redis budget matches: the local path stays as it was.
+    let mut asks: Vec<remote::Ask> = Vec::new();
     let undo = |holds: &mut SmallVec<[Hold; 3]>| {
         for h in holds.drain(..) {
             if h.remote.is_some() {

@@ -379,7 +379,7 @@ pub(crate) fn return_leased(compiled: &Compiled, hold: &Hold) {
 /// An admission waiting for Redis: what is held locally meanwhile and the request.
 pub(crate) struct Pending {
     pub holds: SmallVec<[Hold; 3]>,
-    pub asks: SmallVec<[Ask; 2]>,
+    pub asks: Vec<Ask>,
     pub demand: Demand,
     pub target: Option<Box<TargetCtx>>,
     /// The route target it was admitted on (route, target index), for a routed call.
@@ -395,7 +395,7 @@ impl Pending {
     pub(crate) fn new(
         compiled: &Compiled,
         holds: SmallVec<[Hold; 3]>,
-        asks: SmallVec<[Ask; 2]>,
+        asks: Vec<Ask>,
         demand: Demand,
     ) -> Pending {
         let store = asks
