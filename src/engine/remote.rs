@@ -104,12 +104,7 @@ impl Drop for LeaseCredit {
                 end: s.end,
             })
             .collect();
-        if !entries.is_empty() {
-            self.store.owe(Owed::Adjust {
-                key: Arc::clone(&self.key),
-                entries,
-            });
-        }
+        self.store.owe_adjust(&self.key, entries);
     }
 }
 
@@ -145,7 +140,8 @@ impl RemoteHold {
             .filter_map(|c| {
                 let used = units(LimitKind::ALL[usize::from(c.slot)].unit()) as f64 * c.ei;
                 let delta = used - c.inc;
-                (delta.abs() >= 0.001).then_some(AdjustEntry {
+                // The reservation was rounded up to a whole nanosecond: less is no difference.
+                (delta.abs() >= 0.0011).then_some(AdjustEntry {
                     slot: c.slot,
                     ei: c.ei,
                     delta,
@@ -153,12 +149,7 @@ impl RemoteHold {
                 })
             })
             .collect();
-        if !entries.is_empty() {
-            self.store.owe(Owed::Adjust {
-                key: Arc::clone(&self.key),
-                entries,
-            });
-        }
+        self.store.owe_adjust(&self.key, entries);
         if let Some((key, member)) = &self.gate {
             self.store.owe(Owed::Release {
                 key: Arc::clone(key),

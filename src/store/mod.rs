@@ -294,6 +294,16 @@ impl RedisStore {
         self.shared.kick.notify_one();
     }
 
+    /// Queues reconciliations of one budget key (nothing when there are none).
+    pub(crate) fn owe_adjust(&self, key: &Arc<str>, entries: smallvec::SmallVec<[AdjustEntry; 4]>) {
+        if !entries.is_empty() {
+            self.owe(Owed::Adjust {
+                key: Arc::clone(key),
+                entries,
+            });
+        }
+    }
+
     /// Marks the store down from outside its runtime (a caller gave up waiting for it).
     pub(crate) fn mark_down(&self, why: &str) {
         mark_down_on(&self.shared, why, &self.handle);
