@@ -37,6 +37,108 @@ pub struct Policy {
     pub models: BTreeMap<String, ModelOverride>,
     /// The shared store (`[redis]`), when budgets or the cache use one.
     pub redis: Option<Redis>,
+    /// The sidecar proxy (`[serve]`) that `tollgate serve` runs.
+    pub serve: Option<Serve>,
+}
+
+/// An IP network (`10.0.0.0/8`, `::1/128`, or one address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// The network address (host bits zero).
+    pub addr: std::net::IpAddr,
+    /// Prefix length in bits.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in this network (an IPv4 address mapped into IPv6 counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// One virtual key of `[serve]`: clients send the key, the proxy knows only its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtualKey {
+    /// SHA-256 of the key, 32 bytes (written `sha256:<64 hex digits>`).
+    pub sha256: [u8; 32],
+    /// The tenant its calls are made for (budgets scoped by tenant see this).
+    pub tenant: String,
+    /// A name for logs and metrics (default: the tenant).
+    pub name: String,
+}
+
+/// `[serve]`: the OpenAI-compatible sidecar proxy run by `tollgate serve`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Serve {
+    /// Address to listen on (default `127.0.0.1:8080`; `--listen` overrides).
+    pub listen: std::net::SocketAddr,
+    /// A separate listener for the admin endpoints; `None` serves them under `/admin/` on
+    /// `listen`.
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// Bearer token of the admin endpoints (a secret reference); `None` turns them off.
+    pub admin_token: Option<SecretRef>,
+    /// Client networks allowed to connect (default loopback only).
+    pub allow: Vec<Cidr>,
+    /// Virtual keys; a request without one of them is refused with 401.
+    pub keys: Vec<VirtualKey>,
+    /// Largest request body (default 4 MiB).
+    pub max_body_bytes: u64,
+    /// Largest request head, all headers together (default 64 KiB).
+    pub max_header_bytes: u64,
+    /// Longest a client may take to send a request head (default 10s).
+    pub header_timeout: Duration,
+    /// Longest a client may take to send a request body (default 30s).
+    pub body_timeout: Duration,
+    /// On SIGTERM: how long calls in flight may take to finish (default 30s).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Serve {
+    fn default() -> Self {
+        Serve {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: None,
+            admin_token: None,
+            allow: vec![
+                Cidr {
+                    addr: std::net::IpAddr::from([127, 0, 0, 0]),
+                    prefix: 8,
+                },
+                Cidr {
+                    addr: std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+                    prefix: 128,
+                },
+            ],
+            keys: Vec::new(),
+            max_body_bytes: 4 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
 }
 
 /// `[defaults]`: settings that apply when a call or a budget does not say otherwise.

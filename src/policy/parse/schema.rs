@@ -66,6 +66,7 @@ pub(crate) fn policy(cx: &mut Cx, root: &Node) -> Option<Policy> {
         prices: prices?,
         models: models?,
         redis: redis?,
+        serve: None,
     })
 }
 
