@@ -1,12 +1,12 @@
 //! Shared state on a Redis server: budgets that hold across processes and hosts, and the
 //! cache's second level.
 //!
-//! One [`RedisStore`] per `[redis]` section owns a small runtime thread (`tollgate-redis`) and one
+//! One `RedisStore` per `[redis]` section owns a small runtime thread (`tollgate-redis`) and one
 //! multiplexed connection through redis-rs's connection manager, which reconnects by itself.
 //! Everything the engine asks of Redis goes through it:
 //! - admission: one pipeline per admission — the reconciliations this process still owes Redis
 //!   (refunds, extra charges, released concurrency slots), then one `EVALSHA` of
-//!   [`scripts::ADMIT`] covering every Redis budget of the call. Owed work goes first on the same
+//!   `scripts::ADMIT` covering every Redis budget of the call. Owed work goes first on the same
 //!   connection, so a slot this process released is free again for its next admission;
 //! - settlement: queued here and sent by a background flusher (or ahead of the next admission),
 //!   never waited for by the caller;
