@@ -45,6 +45,7 @@ pub mod ffi;
 pub mod metrics;
 pub mod policy;
 pub mod retry;
+pub mod serve;
 pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;

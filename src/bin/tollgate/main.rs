@@ -2,14 +2,16 @@
 //!
 //! Subcommands: `check` (validate a policy), `count` (token counts and input cost), `simulate`
 //! (replay a trace of calls through the real engine in virtual time), `demo` (real calls against
-//! fault-injecting test upstreams) and `bench` (the call API against bare hyper). Each subcommand lives in its own module; this file holds the argument grammar
-//! and maps every result to an exit status.
+//! fault-injecting test upstreams), `bench` (the call API against bare hyper) and `serve` (an
+//! OpenAI-compatible sidecar proxy with virtual keys). Each subcommand lives in its own module;
+//! this file holds the argument grammar and maps every result to an exit status.
 
 mod bench;
 mod check;
 mod count;
 mod demo;
 mod fmt;
+mod serve;
 mod simulate;
 mod trace;
 
@@ -79,6 +81,29 @@ enum Command {
     /// latency (and time to first token with --stream).
     #[command(after_help = EXIT_CODES)]
     Bench(BenchArgs),
+    /// An OpenAI-compatible sidecar proxy: point OPENAI_BASE_URL at it.
+    ///
+    /// Serves POST /v1/chat/completions (JSON and SSE), GET /v1/models, GET /healthz, GET
+    /// /metrics and POST /admin/reload with the engine of the policy file, whose [serve] section
+    /// maps virtual keys (by SHA-256) to tenants. SIGHUP reloads the policy file; SIGTERM or
+    /// Ctrl-C stops accepting and lets calls in flight finish (serve.shutdown_grace). Prints
+    /// "listening on http://ADDR/v1" once it accepts connections.
+    #[command(after_help = EXIT_CODES)]
+    Serve(ServeArgs),
+}
+
+/// Arguments of `tollgate serve`.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Policy file with a [serve] section.
+    #[arg(long, short, required_unless_present = "hash_key")]
+    pub policy: Option<PathBuf>,
+    /// Address to listen on, overriding serve.listen (port 0 picks a free one).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Print the `hash = "sha256:..."` line of a virtual key for [[serve.key]] and exit.
+    #[arg(long, value_name = "KEY", conflicts_with_all = ["policy", "listen"])]
+    pub hash_key: Option<String>,
 }
 
 /// Arguments of `tollgate check`.
@@ -184,6 +209,7 @@ fn main() -> ExitCode {
         Command::Simulate(a) => simulate::run(&a),
         Command::Demo(a) => demo::run(&a),
         Command::Bench(a) => bench::run(&a),
+        Command::Serve(a) => serve::run(&a),
     };
     ExitCode::from(code)
 }
