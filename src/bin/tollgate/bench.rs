@@ -5,6 +5,11 @@
 //! through hyper-util's pooled client with nothing around it. Each side runs twice, alternating,
 //! after a warm-up; the better run of each is reported with the ratio of throughputs and the
 //! added median latency (and, for streams, time to first token).
+//!
+//! With `--serve` the comparison is `tollgate serve` (a [`Proxy`] in front of the same upstream,
+//! with the same policy and a virtual key) against the bare client straight to the upstream:
+//! closed loop at concurrency C, then open loop at a fixed rate (requests start on a clock, so a
+//! slow answer cannot slow the load down), where the added p99 is checked against 1 ms.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +19,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
+use tollgate::policy::{Policy, Serve, VirtualKey};
+use tollgate::serve::{Proxy, hash_key};
 use tollgate::testkit::TestUpstream;
 use tollgate::{ChatRequest, Engine};
 
@@ -77,13 +84,26 @@ tokens_per_minute = 100000000000
 concurrency = 100000
 "#
     );
-    let engine = match Engine::from_text(&policy) {
-        Ok(e) => e,
+    let engine = match Policy::from_toml(&policy) {
+        Ok(mut p) => {
+            p.serve = Some(Serve {
+                keys: vec![VirtualKey {
+                    sha256: key_hash(BENCH_KEY),
+                    tenant: "bench".into(),
+                    name: "bench".into(),
+                }],
+                ..Serve::default()
+            });
+            Engine::new(p)
+        }
         Err(errors) => {
             eprintln!("error: the bench policy is invalid: {errors}");
             return exit::FAILED;
         }
     };
+    if args.serve {
+        return run_serve(args, &runtime, engine, &base_url);
+    }
     let hyper: HyperClient<_, Full<Bytes>> =
         HyperClient::builder(TokioExecutor::new()).build_http();
     let url = format!("{base_url}/chat/completions");
@@ -242,6 +262,14 @@ async fn bare_call(
         Ok(r) => r,
         Err(_) => return (started.elapsed(), None, false),
     };
+    bare_response(client, request, started).await
+}
+
+async fn bare_response(
+    client: &HyperClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    request: http::Request<Full<Bytes>>,
+    started: Instant,
+) -> (Duration, Option<Duration>, bool) {
     let Ok(response) = client.request(request).await else {
         return (started.elapsed(), None, false);
     };
@@ -285,4 +313,167 @@ async fn tollgate_call(
         }
     }
     (started.elapsed(), first, ok)
+}
+
+/// The virtual key of `--serve`.
+const BENCH_KEY: &str = "vk-bench";
+
+fn key_hash(key: &str) -> [u8; 32] {
+    let hex = hash_key(key);
+    let hex = hex.trim_start_matches("sha256:");
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2).unwrap_or("00"), 16).unwrap_or(0);
+    }
+    out
+}
+
+type Client = HyperClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+/// One bare call, with the virtual key when `key` is given.
+async fn keyed_call(
+    client: Client,
+    url: Arc<str>,
+    body: Bytes,
+    key: bool,
+) -> (Duration, Option<Duration>, bool) {
+    let started = Instant::now();
+    let mut request = http::Request::post(&*url).header("content-type", "application/json");
+    if key {
+        request = request.header("authorization", format!("Bearer {BENCH_KEY}"));
+    }
+    match request.body(Full::new(body)) {
+        Ok(r) => bare_response(&client, r, started).await,
+        Err(_) => (started.elapsed(), None, false),
+    }
+}
+
+/// `rate` calls a second for `secs` seconds, each started on the clock whatever the others do.
+async fn measure_rate<F, Fut>(rate: u32, secs: u64, call: F) -> Run
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = (Duration, Option<Duration>, bool)> + Send + 'static,
+{
+    let n = (u64::from(rate.max(1)) * secs) as usize;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        tick.tick().await;
+        tasks.push(tokio::spawn(call()));
+    }
+    let mut latency = Vec::with_capacity(n);
+    let mut errors = 0;
+    for t in tasks {
+        match t.await {
+            Ok((lat, _, true)) => latency.push(lat),
+            _ => errors += 1,
+        }
+    }
+    let elapsed = started.elapsed();
+    latency.sort();
+    Run {
+        per_second: n as f64 / elapsed.as_secs_f64(),
+        latency,
+        ttft: vec![],
+        errors,
+    }
+}
+
+/// `tollgate bench --serve`.
+fn run_serve(
+    args: &BenchArgs,
+    runtime: &tokio::runtime::Runtime,
+    engine: Engine,
+    base_url: &str,
+) -> u8 {
+    let body = Bytes::from(
+        json!({
+            "model": args.model,
+            "messages": [{"role": "user", "content": "Say something short."}],
+            "max_tokens": args.words,
+        })
+        .to_string(),
+    );
+    let c = args.concurrency.max(1);
+    let direct: Arc<str> = Arc::from(format!("{base_url}/chat/completions"));
+    let result = runtime.block_on(async {
+        let proxy = match Proxy::start(engine, None, Some(([127, 0, 0, 1], 0).into())).await {
+            Ok(p) => p,
+            Err(e) => return Err(format!("cannot start the proxy: {e}")),
+        };
+        let proxied: Arc<str> = Arc::from(format!("http://{}/v1/chat/completions", proxy.addr()));
+        println!(
+            "tollgate bench --serve: {} JSON requests at concurrency {c}, then {} requests/s for 3 s, \
+             straight to {base_url} and through the proxy at http://{}/v1",
+            args.requests,
+            args.rate,
+            proxy.addr()
+        );
+        let client: Client = HyperClient::builder(TokioExecutor::new()).build_http();
+        let side = |url: &Arc<str>, key: bool| {
+            let (client, url, body) = (client.clone(), Arc::clone(url), body.clone());
+            move || keyed_call(client.clone(), Arc::clone(&url), body.clone(), key)
+        };
+        let warm = (args.requests / 10).max(c);
+        measure(warm, c, side(&direct, false)).await;
+        measure(warm, c, side(&proxied, true)).await;
+        let d1 = measure(args.requests, c, side(&direct, false)).await;
+        let p1 = measure(args.requests, c, side(&proxied, true)).await;
+        let d2 = measure(args.requests, c, side(&direct, false)).await;
+        let p2 = measure(args.requests, c, side(&proxied, true)).await;
+        let best = |a: Run, b: Run| if a.per_second >= b.per_second { a } else { b };
+        let closed = (best(d1, d2), best(p1, p2));
+        let rated = (
+            measure_rate(args.rate, 3, side(&direct, false)).await,
+            measure_rate(args.rate, 3, side(&proxied, true)).await,
+        );
+        proxy.shutdown().await;
+        Ok((closed, rated))
+    });
+    let ((d, p), (rd, rp)) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILED;
+        }
+    };
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let added = |a: &Run, b: &Run, q: f64| {
+        us(Run::quantile(&b.latency, q)) - us(Run::quantile(&a.latency, q))
+    };
+    let row = |name: &str, r: &Run| {
+        println!(
+            "  {name:<28} {:>9.0} req/s   p50 {:>8.0} µs   p99 {:>8.0} µs",
+            r.per_second,
+            us(Run::quantile(&r.latency, 0.5)),
+            us(Run::quantile(&r.latency, 0.99)),
+        );
+    };
+    println!("closed loop, concurrency {c}:");
+    row("straight to the upstream", &d);
+    row("through tollgate serve", &p);
+    println!(
+        "  throughput ratio {:.3}; added p50 {:+.0} µs, added p99 {:+.0} µs",
+        p.per_second / d.per_second.max(f64::MIN_POSITIVE),
+        added(&d, &p, 0.5),
+        added(&d, &p, 0.99)
+    );
+    println!("open loop, {} requests/s for 3 s:", args.rate);
+    row("straight to the upstream", &rd);
+    row("through tollgate serve", &rp);
+    let p99 = added(&rd, &rp, 0.99);
+    println!(
+        "  added p50 {:+.0} µs, added p99 {:+.0} µs (target: added p99 <= 1000 µs at 2000 requests/s: {})",
+        added(&rd, &rp, 0.5),
+        p99,
+        if p99 <= 1000.0 { "met" } else { "MISSED" }
+    );
+    let errors = d.errors + p.errors + rd.errors + rp.errors;
+    if errors > 0 {
+        eprintln!("warning: {errors} requests failed");
+        return exit::PARTIAL;
+    }
+    exit::OK
 }

@@ -199,6 +199,13 @@ pub(crate) struct BenchArgs {
     /// Runtime worker threads of the client side.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Measure `tollgate serve` instead: the same bare client through the proxy (with a virtual
+    /// key) against straight to the upstream, at concurrency C and then at a fixed --rate.
+    #[arg(long, conflicts_with = "stream")]
+    pub serve: bool,
+    /// Requests per second of the fixed-rate run of --serve (open loop, 3 seconds per side).
+    #[arg(long, default_value_t = 2000)]
+    pub rate: u32,
 }
 
 fn main() -> ExitCode {
