@@ -3,14 +3,15 @@
 //
 // No inner attributes or doc comments here: the file is also `include!`d by a scratch crate.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proptest::prelude::*;
 use tollgate::policy::{
-    Auth, BreakerWindow, Cache, CacheL2, DEFAULT_KEY_QUARANTINE, Exhausted, Format, Lease,
+    Auth, BreakerWindow, Cache, CacheL2, Cidr, DEFAULT_KEY_QUARANTINE, Exhausted, Format, Lease,
     LimitKind, OnFailure, Policy, PolicyError, PolicyErrors, Probe, Redis, RedisUrl, ScopeDim,
-    SecretRef, Store, Strategy,
+    SecretRef, Serve, Store, Strategy, VirtualKey,
 };
 
 fn example_path() -> PathBuf {
@@ -2075,6 +2076,1119 @@ fn example_redis_lines_parse_when_uncommented() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Serve: the [serve] section of `tollgate serve` and its [[serve.key]] virtual keys
+
+/// The SHA-256 of the empty string (`printf %s '' | sha256sum`).
+const HASH_EMPTY: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+/// Its 32 bytes, written out.
+const HASH_EMPTY_BYTES: [u8; 32] = [
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+];
+/// The SHA-256 of `sk-tollgate-example-key`, the hash in the example policy.
+const HASH_EXAMPLE: &str =
+    "sha256:5a71bc20f76a9e71dc6f06dbb787f7e50c9913886f530c05d8e77c2568f18270";
+
+/// `version = 1` and a `[serve]` section holding `lines` (the first of them is line 3).
+fn serve_with(lines: &str) -> String {
+    format!("version = 1\n[serve]\n{lines}")
+}
+
+/// The 32 bytes of a `sha256:<hex>` string, decoded here independently of the parser.
+fn hash_bytes(hash: &str) -> [u8; 32] {
+    let hex = hash.strip_prefix("sha256:").expect("sha256: prefix");
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex");
+    }
+    out
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("an IP address")
+}
+
+fn cidr(addr: &str, prefix: u8) -> Cidr {
+    Cidr {
+        addr: ip(addr),
+        prefix,
+    }
+}
+
+fn serve_of(text: &str) -> Serve {
+    Policy::from_toml(text)
+        .unwrap_or_else(|e| panic!("{e}\n{text}"))
+        .serve
+        .expect("a [serve] section")
+}
+
+#[test]
+fn serve_section_is_read_in_full() {
+    // The second hash is written in upper case.
+    let upper = format!(
+        "sha256:{}",
+        HASH_EXAMPLE
+            .strip_prefix("sha256:")
+            .expect("prefix")
+            .to_uppercase()
+    );
+    let text = format!(
+        "version = 1\n[serve]\nlisten = \"[::]:8443\"\nadmin_listen = \"127.0.0.1:9090\"\n\
+         admin_token = \"file:/run/secrets/admin_token\"\n\
+         allow = [\"10.0.0.0/8\", \"192.168.1.20\", \"fd00::/8\", \"::1\", \"2001:db8::/32\"]\n\
+         max_body = \"1MiB\"\nmax_headers = 16384\nheader_timeout = \"5s\"\n\
+         body_timeout = \"1m\"\nshutdown_grace = \"45s\"\n\
+         [[serve.key]]\nhash = \"{HASH_EMPTY}\"\ntenant = \"acme\"\nname = \"acme-ci\"\n\
+         [[serve.key]]\nhash = \"{upper}\"\ntenant = \"beta\"\n"
+    );
+    let s = serve_of(&text);
+    assert_eq!(
+        s,
+        Serve {
+            listen: SocketAddr::new(ip("::"), 8443),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            admin_token: Some(SecretRef::File("/run/secrets/admin_token".into())),
+            allow: vec![
+                cidr("10.0.0.0", 8),
+                cidr("192.168.1.20", 32),
+                cidr("fd00::", 8),
+                cidr("::1", 128),
+                cidr("2001:db8::", 32),
+            ],
+            keys: vec![
+                VirtualKey {
+                    sha256: HASH_EMPTY_BYTES,
+                    tenant: "acme".into(),
+                    name: "acme-ci".into(),
+                },
+                VirtualKey {
+                    sha256: hash_bytes(HASH_EXAMPLE),
+                    tenant: "beta".into(),
+                    name: "beta".into(),
+                },
+            ],
+            max_body_bytes: 1024 * 1024,
+            max_header_bytes: 16_384,
+            header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(45),
+        }
+    );
+    assert_eq!(hash_bytes(HASH_EMPTY), HASH_EMPTY_BYTES);
+
+    // Cidr::contains on the networks read, an IPv4 client mapped into IPv6 counting as IPv4.
+    let allowed = |client: &str| s.allow.iter().any(|c| c.contains(ip(client)));
+    let ten = s.allow[0];
+    assert!(ten.contains(ip("10.1.2.3")) && ten.contains(ip("10.255.255.255")));
+    assert!(ten.contains(ip("::ffff:10.1.2.3")));
+    assert!(!ten.contains(ip("11.0.0.1")) && !ten.contains(ip("::ffff:11.0.0.1")));
+    assert!(!ten.contains(ip("fd00::a01:203")));
+    let one = s.allow[1];
+    assert!(one.contains(ip("192.168.1.20")) && one.contains(ip("::ffff:192.168.1.20")));
+    assert!(!one.contains(ip("192.168.1.21")));
+    let ula = s.allow[2];
+    assert!(ula.contains(ip("fd12:3456::1")) && ula.contains(ip("fdff:ffff::")));
+    assert!(!ula.contains(ip("fe80::1")) && !ula.contains(ip("10.1.2.3")));
+    assert!(s.allow[3].contains(ip("::1")) && !s.allow[3].contains(ip("127.0.0.1")));
+    assert!(s.allow[4].contains(ip("2001:db8:ffff::1")));
+    assert!(!s.allow[4].contains(ip("2001:db9::1")));
+    assert!(allowed("::ffff:10.9.9.9") && !allowed("172.16.0.1") && !allowed("::2"));
+    assert_eq!(
+        s.allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [
+            "10.0.0.0/8",
+            "192.168.1.20/32",
+            "fd00::/8",
+            "::1/128",
+            "2001:db8::/32"
+        ]
+    );
+}
+
+#[test]
+fn serve_cidr_forms() {
+    let allow = |list: &str| serve_of(&serve_with(&format!("allow = [{list}]\n"))).allow;
+    // A network of IPv4 addresses mapped into IPv6 is kept as the IPv4 network, which is how
+    // Cidr::contains compares mapped clients; a whole-world network and a /0 of each family.
+    assert_eq!(
+        allow("\"::ffff:10.0.0.0/104\", \"::ffff:192.168.1.20\", \"0.0.0.0/0\", \"::/0\""),
+        [
+            cidr("10.0.0.0", 8),
+            cidr("192.168.1.20", 32),
+            cidr("0.0.0.0", 0),
+            cidr("::", 0),
+        ]
+    );
+    let mapped = allow("\"::ffff:10.0.0.0/104\"")[0];
+    assert!(mapped.contains(ip("10.7.7.7")) && mapped.contains(ip("::ffff:10.7.7.7")));
+    // ::/0 is every IPv6 client, and mapped IPv4 clients count as IPv4.
+    let v6 = allow("\"::/0\"")[0];
+    assert!(v6.contains(ip("2001:db8::1")) && !v6.contains(ip("::ffff:10.0.0.1")));
+    let v4 = allow("\"0.0.0.0/0\"")[0];
+    assert!(v4.contains(ip("8.8.8.8")) && v4.contains(ip("::ffff:8.8.8.8")));
+    assert!(!v4.contains(ip("2001:db8::1")));
+}
+
+#[test]
+fn serve_defaults() {
+    assert_eq!(
+        Policy::from_toml("version = 1\n").expect("valid").serve,
+        None
+    );
+    let s = serve_of("version = 1\n[serve]\n");
+    assert_eq!(s, Serve::default());
+    assert_eq!(s.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
+    assert_eq!((s.admin_listen, s.admin_token.clone()), (None, None));
+    assert_eq!(s.allow, [cidr("127.0.0.0", 8), cidr("::1", 128)]);
+    assert!(s.keys.is_empty());
+    assert_eq!(
+        (s.max_body_bytes, s.max_header_bytes),
+        (4 * 1024 * 1024, 64 * 1024)
+    );
+    assert_eq!(
+        (s.header_timeout, s.body_timeout, s.shutdown_grace),
+        (
+            Duration::from_secs(10),
+            Duration::from_secs(30),
+            Duration::from_secs(30)
+        )
+    );
+    assert!(s.allow.iter().any(|c| c.contains(ip("127.0.0.53"))));
+    assert!(s.allow.iter().any(|c| c.contains(ip("::ffff:127.0.0.1"))));
+    assert!(!s.allow.iter().any(|c| c.contains(ip("10.0.0.1"))));
+
+    // Virtual keys without an admin token are fine; the name defaults to the tenant, and
+    // [[serve.key]] alone makes the section.
+    let s = serve_of(&format!(
+        "version = 1\n[[serve.key]]\nhash = \"{HASH_EMPTY}\"\ntenant = \"acme\"\n"
+    ));
+    assert_eq!(
+        s,
+        Serve {
+            keys: vec![VirtualKey {
+                sha256: HASH_EMPTY_BYTES,
+                tenant: "acme".into(),
+                name: "acme".into(),
+            }],
+            ..Serve::default()
+        }
+    );
+    // An admin token without admin_listen: the admin endpoints are under /admin/ on listen.
+    let s = serve_of(&serve_with("admin_token = \"env:TOLLGATE_ADMIN_TOKEN\"\n"));
+    assert_eq!(
+        s.admin_token,
+        Some(SecretRef::Env("TOLLGATE_ADMIN_TOKEN".into()))
+    );
+    assert_eq!(s.admin_listen, None);
+    // The bounds themselves are accepted.
+    let s = serve_of(&serve_with(
+        "max_body = \"1GiB\"\nmax_headers = \"1KiB\"\nheader_timeout = \"1ms\"\n",
+    ));
+    assert_eq!((s.max_body_bytes, s.max_header_bytes), (1 << 30, 1 << 10));
+    assert_eq!(
+        serve_of(&serve_with("max_headers = \"1MiB\"\n")).max_header_bytes,
+        1 << 20
+    );
+}
+
+#[test]
+fn serve_listen_must_be_a_socket_address() {
+    for (listen, fragment) in [
+        (
+            "\"localhost:8080\"",
+            "host names are not looked up here; write the IP address to listen on, such as \
+             \"127.0.0.1:8080\"",
+        ),
+        ("\"127.0.0.1\"", "it has no port; write \"127.0.0.1:8080\""),
+        (
+            "\"::1:8080\"",
+            "an IPv6 address goes in brackets before the port: write \"[::1]:8080\"",
+        ),
+        (
+            "\"fe80::1\"",
+            "it has no port; an IPv6 address goes in brackets",
+        ),
+        (
+            "\":8080\"",
+            "write \"127.0.0.1:8080\" for this machine only, or \"0.0.0.0:8080\" for every \
+             interface",
+        ),
+        (
+            "\"127.0.0.1:70000\"",
+            "the port must be a number from 0 to 65535",
+        ),
+        (
+            "\"eight\"",
+            "write an address and a port such as \"127.0.0.1:8080\"",
+        ),
+        (
+            "8080",
+            "must be an IP address and a port in a string, such as \"127.0.0.1:8080\"",
+        ),
+        (
+            "true",
+            "must be a string such as \"127.0.0.1:8080\" or \"[::1]:8080\"",
+        ),
+    ] {
+        let e = only(&serve_with(&format!("listen = {listen}\n")));
+        check(&e, "serve.listen", 3, 10, fragment);
+    }
+    let e = only(&serve_with("listen = \"localhost:8080\"\n"));
+    assert!(
+        e.message
+            .starts_with("\"localhost:8080\" is not an IP address and port; "),
+        "{e}"
+    );
+    // The same reader checks admin_listen.
+    let e = only(&serve_with(
+        "admin_listen = \"admin.internal:9090\"\nadmin_token = \"env:T\"\n",
+    ));
+    check(
+        &e,
+        "serve.admin_listen",
+        3,
+        16,
+        "host names are not looked up",
+    );
+}
+
+#[test]
+fn serve_admin_listen_must_differ_from_listen() {
+    let e = only(&serve_with(
+        "listen = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:8080\"\n\
+         admin_token = \"env:T\"\n",
+    ));
+    check(
+        &e,
+        "serve.admin_listen",
+        4,
+        16,
+        "is the same address as listen; the admin endpoints cannot have a listener of their own \
+         there: remove admin_listen to serve the admin endpoints under /admin/ on listen, or give \
+         them a port of their own such as \"127.0.0.1:8081\"",
+    );
+    // Against the default listen.
+    let e = only(&serve_with(
+        "admin_listen = \"127.0.0.1:8080\"\nadmin_token = \"env:T\"\n",
+    ));
+    check(
+        &e,
+        "serve.admin_listen",
+        3,
+        16,
+        "is the same address as listen (the default, 127.0.0.1:8080);",
+    );
+    // The same port on an address that takes every interface of the family.
+    let e = only(&serve_with(
+        "listen = \"0.0.0.0:8080\"\nadmin_listen = \"127.0.0.1:8080\"\n\
+         admin_token = \"env:T\"\n",
+    ));
+    check(
+        &e,
+        "serve.admin_listen",
+        4,
+        16,
+        "shares port 8080 with listen, and 0.0.0.0 takes that port on every IPv4 interface",
+    );
+    assert!(e.message.contains("under /admin/ on listen"), "{e}");
+    let e = only(&serve_with(
+        "listen = \"[::1]:8080\"\nadmin_listen = \"[::]:8080\"\nadmin_token = \"env:T\"\n",
+    ));
+    check(
+        &e,
+        "serve.admin_listen",
+        4,
+        16,
+        "and :: takes that port on every IPv6 interface",
+    );
+    // Other ports, another family, or ports picked by the system are fine.
+    for (listen, admin) in [
+        ("127.0.0.1:8080", "127.0.0.1:9090"),
+        ("0.0.0.0:8080", "[::1]:8080"),
+        ("127.0.0.1:8080", "10.0.0.5:8080"),
+        ("127.0.0.1:0", "127.0.0.1:0"),
+    ] {
+        let s = serve_of(&serve_with(&format!(
+            "listen = \"{listen}\"\nadmin_listen = \"{admin}\"\nadmin_token = \"env:T\"\n"
+        )));
+        assert_eq!(s.listen, listen.parse::<SocketAddr>().expect("address"));
+        assert_eq!(
+            s.admin_listen,
+            Some(admin.parse::<SocketAddr>().expect("address"))
+        );
+    }
+}
+
+#[test]
+fn serve_admin_listen_needs_admin_token() {
+    let e = only(&serve_with("admin_listen = \"127.0.0.1:9090\"\n"));
+    check(
+        &e,
+        "serve.admin_token",
+        3,
+        16,
+        "is required with admin_listen: without a token the admin endpoints are off, so the \
+         admin listener could not be used; add admin_token = \"env:TOLLGATE_ADMIN_TOKEN\"",
+    );
+    assert!(e.message.ends_with("or remove admin_listen"), "{e}");
+    // An invalid token is reported as such, not as a missing one.
+    let e = only(&serve_with(
+        "admin_listen = \"127.0.0.1:9090\"\nadmin_token = \"env:\"\n",
+    ));
+    check(
+        &e,
+        "serve.admin_token",
+        4,
+        15,
+        "invalid variable name after env:",
+    );
+}
+
+#[test]
+fn serve_literal_admin_token_is_refused_and_never_repeated() {
+    let errors = refused(&serve_with("admin_token = \"tg-admin-hunter2SECRET\"\n"));
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    check(
+        &errors[0],
+        "serve.admin_token",
+        3,
+        15,
+        "must name where the token is, not hold it: write admin_token = \
+         \"env:TOLLGATE_ADMIN_TOKEN\"",
+    );
+    assert!(
+        errors[0]
+            .message
+            .contains("literal secrets are not accepted"),
+        "{}",
+        errors[0]
+    );
+    let shown = format!(
+        "{}\n{errors:?}",
+        PolicyErrors {
+            errors: errors.clone()
+        }
+    );
+    assert!(!shown.contains("hunter2"), "{shown}");
+    let e = only(&serve_with("admin_token = \"env:9hunter2\"\n"));
+    check(
+        &e,
+        "serve.admin_token",
+        3,
+        15,
+        "invalid variable name after env:",
+    );
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    let e = only(&serve_with("admin_token = 1234\n"));
+    check(
+        &e,
+        "serve.admin_token",
+        3,
+        15,
+        "must be a string such as \"env:NAME\" or \"file:PATH\"",
+    );
+}
+
+#[test]
+fn serve_allow_errors() {
+    let allow = |list: &str| serve_with(&format!("allow = {list}\n"));
+    // Host bits set: the network address is suggested, and the one address.
+    let e = only(&allow("[\"10.0.0.0/8\", \"10.0.0.1/8\"]"));
+    check(
+        &e,
+        "serve.allow[1]",
+        3,
+        24,
+        "\"10.0.0.1/8\" has host bits set: 10.0.0.1 is not the first address of a /8 network; \
+         write \"10.0.0.0/8\" for the network, or \"10.0.0.1/32\" for this one address",
+    );
+    let e = only(&allow("[\"fd00::1/8\"]"));
+    check(
+        &e,
+        "serve.allow[0]",
+        3,
+        10,
+        "write \"fd00::/8\" for the network, or \"fd00::1/128\" for this one address",
+    );
+    // Prefix lengths.
+    let e = only(&allow("[\"10.0.0.0/33\"]"));
+    check(
+        &e,
+        "serve.allow[0]",
+        3,
+        10,
+        "\"10.0.0.0/33\" has the prefix length \"33\"; an IPv4 prefix length is a whole number \
+         from 0 to 32",
+    );
+    let e = only(&allow("[\"::1/129\"]"));
+    check(
+        &e,
+        "serve.allow[0]",
+        3,
+        10,
+        "an IPv6 prefix length is a whole number from 0 to 128",
+    );
+    let e = only(&allow("[\"10.0.0.0/\"]"));
+    check(&e, "serve.allow[0]", 3, 10, "has the prefix length \"\"");
+    let e = only(&allow("[\"10.0.0.0/255.0.0.0\"]"));
+    check(
+        &e,
+        "serve.allow[0]",
+        3,
+        10,
+        "has a netmask after the /, where the prefix length goes; write \"10.0.0.0/8\"",
+    );
+    // Not addresses.
+    let e = only(&allow("[\"10.0.0.0/8\", \"ten.0.0.0/8\"]"));
+    check(
+        &e,
+        "serve.allow[1]",
+        3,
+        24,
+        "\"ten.0.0.0/8\" is not an IP network; write a network such as \"10.0.0.0/8\" or \
+         \"fd00::/8\", or one address such as \"192.168.1.20\" or \"::1\"",
+    );
+    let e = only(&allow("[\"localhost\"]"));
+    check(
+        &e,
+        "serve.allow[0]",
+        3,
+        10,
+        "host names are not looked up here; for this machine write \"127.0.0.0/8\" and \
+         \"::1/128\" (the default)",
+    );
+    let e = only(&allow("[\"[::1]/128\"]"));
+    check(
+        &e,
+        "serve.allow[0]",
+        3,
+        10,
+        "write the address without brackets: \"::1/128\"",
+    );
+    let e = only(&allow("[10]"));
+    check(&e, "serve.allow[0]", 3, 10, "must be a string, got 10");
+    // An empty list would let nobody in.
+    let e = only(&allow("[]"));
+    check(
+        &e,
+        "serve.allow",
+        3,
+        9,
+        "must list at least one network: with an empty list nobody could connect",
+    );
+    assert!(
+        e.message.contains(
+            "remove the line for the default (this machine only: 127.0.0.0/8 and \
+                       ::1/128)"
+        ),
+        "{e}"
+    );
+    // One network without a list, and other shapes.
+    let e = only(&allow("\"10.0.0.0/8\""));
+    check(
+        &e,
+        "serve.allow",
+        3,
+        9,
+        "must be a list of networks; write allow = [\"10.0.0.0/8\"]",
+    );
+    let e = only(&allow("{ net = \"10.0.0.0/8\" }"));
+    check(
+        &e,
+        "serve.allow",
+        3,
+        9,
+        "must be an array such as [\"10.0.0.0/8\"",
+    );
+    // The same network twice, also once written as an IPv4-mapped IPv6 network.
+    let e = only(&allow("[\"10.0.0.0/8\", \"::1\", \"::ffff:10.0.0.0/104\"]"));
+    check(
+        &e,
+        "serve.allow[2]",
+        3,
+        31,
+        "10.0.0.0/8 is listed twice (also at serve.allow[0]); remove one",
+    );
+    // Every bad item is reported.
+    let errors = refused(&allow("[\"10.0.0.1/8\", \"x\", \"::1/200\"]"));
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["serve.allow[0]", "serve.allow[1]", "serve.allow[2]"]
+    );
+}
+
+#[test]
+fn serve_limits_and_timeouts() {
+    let e = only(&serve_with("max_body = \"2GiB\"\n"));
+    check(
+        &e,
+        "serve.max_body",
+        3,
+        12,
+        "must be at most 1GiB, got 2GiB; it bounds the memory one request may take (default \
+         4MiB)",
+    );
+    let e = only(&serve_with("max_body = \"0MB\"\n"));
+    check(
+        &e,
+        "serve.max_body",
+        3,
+        12,
+        "must be more than zero; remove the line for the default (4MiB)",
+    );
+    let e = only(&serve_with("max_body = 0\n"));
+    check(
+        &e,
+        "serve.max_body",
+        3,
+        12,
+        "must be a positive whole number, got 0",
+    );
+    let e = only(&serve_with("max_body = \"4 megs\"\n"));
+    check(
+        &e,
+        "serve.max_body",
+        3,
+        12,
+        "\"4 megs\" has an unknown unit",
+    );
+    let e = only(&serve_with("max_headers = \"512B\"\n"));
+    check(
+        &e,
+        "serve.max_headers",
+        3,
+        15,
+        "must be from 1KiB to 1MiB, got 512 bytes; it is the size of a request's head, all \
+         headers together (default 64KiB)",
+    );
+    let e = only(&serve_with("max_headers = \"2MiB\"\n"));
+    check(
+        &e,
+        "serve.max_headers",
+        3,
+        15,
+        "must be from 1KiB to 1MiB, got 2MiB",
+    );
+    let e = only(&serve_with("max_headers = \"0KiB\"\n"));
+    check(
+        &e,
+        "serve.max_headers",
+        3,
+        15,
+        "must be from 1KiB to 1MiB, got 0",
+    );
+    let e = only(&serve_with("header_timeout = \"0s\"\n"));
+    check(
+        &e,
+        "serve.header_timeout",
+        3,
+        18,
+        "must be longer than zero",
+    );
+    let e = only(&serve_with("body_timeout = 30\n"));
+    check(&e, "serve.body_timeout", 3, 16, "write \"30s\"");
+    let e = only(&serve_with("shutdown_grace = \"half a minute\"\n"));
+    check(&e, "serve.shutdown_grace", 3, 18, "is not a duration");
+    let e = only(&serve_with("shutdown_grace = \"-5s\"\n"));
+    check(&e, "serve.shutdown_grace", 3, 18, "must not be negative");
+    // Unknown fields, with a hint.
+    let e = only(&serve_with("keys = []\n"));
+    check(
+        &e,
+        "serve.keys",
+        3,
+        1,
+        "unknown field `keys`; did you mean `key`?",
+    );
+    let e = only(&serve_with("max_body_bytes = 10\n"));
+    check(
+        &e,
+        "serve.max_body_bytes",
+        3,
+        1,
+        "unknown field `max_body_bytes`",
+    );
+    let e = only("version = 1\nserve = \"127.0.0.1:8080\"\n");
+    check(
+        &e,
+        "serve",
+        2,
+        9,
+        "must be a table such as { listen = \"127.0.0.1:8080\"",
+    );
+}
+
+#[test]
+fn serve_key_fields() {
+    let key = |lines: &str| format!("version = 1\n[[serve.key]]\n{lines}");
+    // Both required fields missing: reported at the table.
+    let errors = refused(&key("name = \"x\"\n"));
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["serve.key[0].hash", "serve.key[0].tenant"]);
+    check(
+        &errors[0],
+        "serve.key[0].hash",
+        2,
+        1,
+        "is required; add hash = \"sha256:<64 hex digits>\": get it with `tollgate serve \
+         --hash-key <key>`, or with `printf %s \"$KEY\" | sha256sum`",
+    );
+    check(
+        &errors[1],
+        "serve.key[0].tenant",
+        2,
+        1,
+        "is required; add tenant = \"acme\"",
+    );
+    let e = only(&key(&format!("hash = \"{HASH_EMPTY}\"\ntenant = \"\"\n")));
+    check(
+        &e,
+        "serve.key[0].tenant",
+        4,
+        10,
+        "must not be empty; write the tenant this key's calls are made for",
+    );
+    let e = only(&key(&format!(
+        "hash = \"{HASH_EMPTY}\"\ntenant = \"a\"\nname = \" \"\n"
+    )));
+    check(&e, "serve.key[0].name", 5, 8, "must not be empty");
+    let e = only(&key(&format!("hash = \"{HASH_EMPTY}\"\ntenant = 7\n")));
+    check(&e, "serve.key[0].tenant", 4, 10, "must be a string, got 7");
+    let e = only(&key(&format!(
+        "hash = \"{HASH_EMPTY}\"\ntenant = \"a\"\ntennant = \"a\"\n"
+    )));
+    check(
+        &e,
+        "serve.key[0].tennant",
+        5,
+        1,
+        "unknown field `tennant`; did you mean `tenant`?",
+    );
+    // Not a list of tables.
+    let e = only(&serve_with("key = { hash = \"x\" }\n"));
+    check(
+        &e,
+        "serve.key",
+        3,
+        7,
+        "must be a list of tables, got a table; write [[serve.key]] with hash = \
+         \"sha256:<64 hex digits>\" and tenant = \"acme\" (two brackets)",
+    );
+    let e = only(&serve_with(&format!("key = \"{HASH_EMPTY}\"\n")));
+    check(
+        &e,
+        "serve.key",
+        3,
+        7,
+        "must be a list of tables, each with a hash and a tenant, not a bare hash",
+    );
+}
+
+#[test]
+fn serve_key_hash_shape() {
+    let hash = |h: &str| format!("version = 1\n[[serve.key]]\nhash = {h}\ntenant = \"a\"\n");
+    let digits = HASH_EMPTY.strip_prefix("sha256:").expect("prefix");
+    for (value, fragment) in [
+        (
+            format!("\"{digits}\""),
+            "has no sha256: prefix; write hash = \"sha256:\" followed by these 64 hex digits",
+        ),
+        (
+            format!("\"SHA256:{digits}\""),
+            "must start with sha256: in lower case",
+        ),
+        (
+            "\"sha256:abcd\"".to_owned(),
+            "has 4 hex digits after sha256:, and a SHA-256 hash has 64: get it with `tollgate \
+             serve --hash-key <key>`",
+        ),
+        (
+            format!("\"sha256:{digits}00\""),
+            "has 66 hex digits after sha256:, and a SHA-256 hash has 64",
+        ),
+        (
+            format!("\"sha256:{}\"", digits.replacen('e', "g", 1)),
+            "has a character that is not a hex digit after sha256:",
+        ),
+        (
+            format!("\"sha256: {}\"", &digits[1..]),
+            "has a space that is not a hex digit after sha256:",
+        ),
+        (
+            format!("\"sha1:{}\"", &digits[..40]),
+            "must be a SHA-256 hash, written \"sha256:<64 hex digits>\", and the value (not \
+             repeated here) starts with another prefix",
+        ),
+        (
+            "\"env:KEY_HASH\"".to_owned(),
+            "must be the hash itself, written \"sha256:<64 hex digits>\", not a reference: a \
+             hash is no secret",
+        ),
+        (
+            "42".to_owned(),
+            "must be a string such as \"sha256:<64 hex digits>\", got an integer",
+        ),
+    ] {
+        let e = only(&hash(&value));
+        check(&e, "serve.key[0].hash", 3, 8, fragment);
+        // A wrong hash is never repeated (it may be the key itself).
+        if value.len() > 20 {
+            assert!(!e.message.contains(&value[8..20]), "{e}");
+        }
+    }
+    let bytes = serve_of(&hash(&format!("\"sha256:{}\"", digits.to_uppercase()))).keys[0].sha256;
+    assert_eq!(bytes, HASH_EMPTY_BYTES);
+}
+
+#[test]
+fn serve_key_hash_used_twice() {
+    let upper = HASH_EMPTY.to_uppercase().replacen("SHA256:", "sha256:", 1);
+    let text = format!(
+        "version = 1\n\
+         [[serve.key]]\nhash = \"{HASH_EMPTY}\"\ntenant = \"acme\"\nname = \"acme-ci\"\n\
+         [[serve.key]]\nhash = \"{HASH_EXAMPLE}\"\ntenant = \"beta\"\n\
+         [[serve.key]]\nhash = \"{upper}\"\ntenant = \"gamma\"\n"
+    );
+    let e = only(&text);
+    check(
+        &e,
+        "serve.key[2].hash",
+        10,
+        8,
+        "serve.key[2] (tenant \"gamma\") has the same hash as serve.key[0] (name \"acme-ci\", \
+         tenant \"acme\"); a key can belong to one entry only, since it decides the tenant. \
+         Remove one of the two entries, or give one of them a new key and its hash",
+    );
+}
+
+#[test]
+fn serve_raw_key_is_refused_and_never_repeated() {
+    let raw = "sk-live-RAWkey0123456789";
+    let texts = [
+        // The key pasted into its entry, under the names people use.
+        format!("version = 1\n[[serve.key]]\nkey = \"{raw}\"\ntenant = \"acme\"\n"),
+        format!("version = 1\n[[serve.key]]\nsecret = \"{raw}\"\ntenant = \"acme\"\n"),
+        format!("version = 1\n[[serve.key]]\napi_key = \"{raw}\"\ntenant = \"acme\"\n"),
+        format!("version = 1\n[[serve.key]]\ntoken = \"{raw}\"\ntenant = \"acme\"\n"),
+    ];
+    for (text, field) in texts.iter().zip(["key", "secret", "api_key", "token"]) {
+        let errors = refused(text);
+        // One error: the missing hash is not reported on top of it.
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        check(
+            &errors[0],
+            &format!("serve.key[0].{field}"),
+            3,
+            1,
+            &format!(
+                "`{field}` looks like a virtual key itself, which is not repeated here; the \
+                 policy never holds virtual keys, only their SHA-256 hash"
+            ),
+        );
+        assert!(
+            errors[0]
+                .message
+                .contains("`tollgate serve --hash-key <key>`"),
+            "{}",
+            errors[0]
+        );
+        assert!(
+            errors[0]
+                .message
+                .contains("`printf %s \"$KEY\" | sha256sum`"),
+            "{}",
+            errors[0]
+        );
+        let shown = format!(
+            "{}\n{errors:?}",
+            PolicyErrors {
+                errors: errors.clone()
+            }
+        );
+        assert!(!shown.contains("RAWkey"), "{shown}");
+    }
+    // With a hash too, the key is still refused.
+    let errors = refused(&format!(
+        "version = 1\n[[serve.key]]\nhash = \"{HASH_EMPTY}\"\nkey = \"{raw}\"\n\
+         tenant = \"acme\"\n"
+    ));
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["serve.key[0].key"]);
+    // The key where the hash goes, where the table goes, or in place of the list.
+    for (text, path, line, column) in [
+        (
+            format!("version = 1\n[[serve.key]]\nhash = \"{raw}\"\ntenant = \"acme\"\n"),
+            "serve.key[0].hash",
+            3,
+            8,
+        ),
+        (
+            format!("version = 1\n[serve]\nkey = [\"{raw}\"]\n"),
+            "serve.key[0]",
+            3,
+            8,
+        ),
+        (
+            format!("version = 1\n[serve]\nkey = \"{raw}\"\n"),
+            "serve.key",
+            3,
+            7,
+        ),
+    ] {
+        let e = only(&text);
+        check(&e, path, line, column, "sha256");
+        assert!(e.message.contains("--hash-key"), "{e}");
+        assert!(!format!("{e}\n{e:?}").contains("RAWkey"), "{e}");
+    }
+    // Nor in JSON.
+    let json =
+        format!(r#"{{"version": 1, "serve": {{"key": [{{"key": "{raw}", "tenant": "acme"}}]}}}}"#);
+    let shown = Policy::from_json(&json).unwrap_err().to_string();
+    assert!(
+        shown.contains("serve.key[0].key: `key` looks like a virtual key itself"),
+        "{shown}"
+    );
+    assert!(!shown.contains("RAWkey"), "{shown}");
+}
+
+#[test]
+fn every_serve_problem_at_once() {
+    let text = "\
+version = 1
+[serve]
+listen = \"localhost:8080\"
+admin_listen = \"127.0.0.1:9090\"
+allow = [\"10.0.0.1/8\", \"::1/200\"]
+max_body = \"2GiB\"
+header_timeout = \"0s\"
+colour = \"red\"
+[[serve.key]]
+hash = \"sha256:abc\"
+tenant = \"\"
+[[serve.key]]
+key = \"sk-live-RAWkey0123456789\"
+tenant = \"b\"
+";
+    let errors = refused(text);
+    let found: Vec<(&str, Option<u32>)> =
+        errors.iter().map(|e| (e.path.as_str(), e.line)).collect();
+    assert_eq!(
+        found,
+        [
+            ("serve.listen", Some(3)),
+            ("serve.admin_token", Some(4)),
+            ("serve.allow[0]", Some(5)),
+            ("serve.allow[1]", Some(5)),
+            ("serve.max_body", Some(6)),
+            ("serve.header_timeout", Some(7)),
+            ("serve.colour", Some(8)),
+            ("serve.key[0].hash", Some(10)),
+            ("serve.key[0].tenant", Some(11)),
+            ("serve.key[1].key", Some(13)),
+        ]
+    );
+    let shown = PolicyErrors { errors }.to_string();
+    assert!(shown.starts_with("the policy has 10 errors:\n"), "{shown}");
+    assert!(!shown.contains("RAWkey"), "{shown}");
+}
+
+#[test]
+fn serve_in_json() {
+    let json = format!(
+        r#"{{
+      "version": 1,
+      "serve": {{
+        "listen": "[::1]:8080",
+        "admin_token": "env:ADMIN_TOKEN",
+        "allow": ["::1/128", "10.0.0.0/8", "fd00::/8"],
+        "max_body": 1048576.0,
+        "shutdown_grace": "5s",
+        "key": [
+          {{ "hash": "{HASH_EMPTY}", "tenant": "acme" }},
+          {{ "hash": "{HASH_EXAMPLE}", "tenant": "beta", "name": "beta-batch" }}
+        ]
+      }}
+    }}"#
+    );
+    let p = Policy::from_json(&json).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        p.serve,
+        Some(Serve {
+            listen: SocketAddr::new(ip("::1"), 8080),
+            admin_token: Some(SecretRef::Env("ADMIN_TOKEN".into())),
+            allow: vec![cidr("::1", 128), cidr("10.0.0.0", 8), cidr("fd00::", 8)],
+            max_body_bytes: 1 << 20,
+            shutdown_grace: Duration::from_secs(5),
+            keys: vec![
+                VirtualKey {
+                    sha256: HASH_EMPTY_BYTES,
+                    tenant: "acme".into(),
+                    name: "acme".into(),
+                },
+                VirtualKey {
+                    sha256: hash_bytes(HASH_EXAMPLE),
+                    tenant: "beta".into(),
+                    name: "beta-batch".into(),
+                },
+            ],
+            ..Serve::default()
+        })
+    );
+    // The TOML form gives the same policy.
+    let toml = format!(
+        "version = 1\n[serve]\nlisten = \"[::1]:8080\"\nadmin_token = \"env:ADMIN_TOKEN\"\n\
+         allow = [\"::1/128\", \"10.0.0.0/8\", \"fd00::/8\"]\nmax_body = \"1MiB\"\n\
+         shutdown_grace = \"5s\"\n\
+         [[serve.key]]\nhash = \"{HASH_EMPTY}\"\ntenant = \"acme\"\n\
+         [[serve.key]]\nhash = \"{HASH_EXAMPLE}\"\ntenant = \"beta\"\nname = \"beta-batch\"\n"
+    );
+    assert_eq!(Policy::from_toml(&toml).expect("valid"), p);
+    // Errors in schema order, without locations.
+    let json = format!(
+        r#"{{"version": 1, "serve": {{
+          "admin_listen": "127.0.0.1:9090",
+          "allow": ["10.0.0.0/8", "10.0.0.1/8"],
+          "key": [{{ "hash": "{HASH_EMPTY}", "tenant": "a" }},
+                  {{ "hash": "{HASH_EMPTY}", "tenant": "b" }}]
+        }}}}"#
+    );
+    let errors = refused_json(&json);
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["serve.allow[1]", "serve.key[1].hash", "serve.admin_token"]
+    );
+    assert!(errors.iter().all(|e| e.line.is_none()));
+    assert!(
+        errors[1].message.starts_with(
+            "serve.key[1] (tenant \"b\") has the same hash as serve.key[0] (tenant \"a\")"
+        ),
+        "{}",
+        errors[1]
+    );
+    let errors = refused_json(r#"{"version": 1, "serve": {"key": {"hash": "x", "tenant": "a"}}}"#);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].path, "serve.key");
+    assert!(
+        errors[0]
+            .message
+            .contains("or \"key\": [{ \"hash\": ..., \"tenant\": ... }] inside \"serve\" in JSON"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn summary_mentions_serve() {
+    let text = format!(
+        "version = 1\n[serve]\nadmin_token = \"env:ADMIN_TOKEN\"\n\
+         allow = [\"10.0.0.0/8\", \"::1\"]\n\
+         [[serve.key]]\nhash = \"{HASH_EMPTY}\"\ntenant = \"acme\"\nname = \"acme-ci\"\n\
+         [[serve.key]]\nhash = \"{HASH_EXAMPLE}\"\ntenant = \"beta\"\n\
+         [[serve.key]]\nhash = \"sha256:{}\"\ntenant = \"acme\"\n",
+        "ab".repeat(32)
+    );
+    let s = Policy::from_toml(&text)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .summary();
+    let line = "serve: listens on 127.0.0.1:8080; admin endpoints under /admin/ on the same \
+                listener, bearer token in env:ADMIN_TOKEN; clients from 10.0.0.0/8, ::1/128; 3 \
+                virtual keys for tenants \"acme\" (2 keys), \"beta\"; request bodies up to 4MiB, \
+                heads up to 64KiB; a client has 10s to send the head and 30s to send the body; \
+                on shutdown, calls in flight get 30s to finish\n";
+    assert!(s.contains(line), "summary lacks {line:?}:\n{s}");
+    // Never a hash, not even a piece of one.
+    for hash in [HASH_EMPTY, HASH_EXAMPLE] {
+        let digits = hash.strip_prefix("sha256:").expect("prefix");
+        assert!(!s.contains(&digits[..8]), "{s}");
+    }
+    assert!(!s.contains("abababab") && !s.contains("sha256"), "{s}");
+
+    let s = Policy::from_toml(&serve_with(
+        &"listen = \"[::]:8443\"\nadmin_listen = \"127.0.0.1:9090\"\n\
+         admin_token = \"file:/run/secrets/admin\"\nmax_body = \"1MiB\"\n\
+         max_headers = \"16KiB\"\nheader_timeout = \"5s\"\nbody_timeout = \"1m\"\n\
+         shutdown_grace = \"45s\"\n\
+         [[serve.key]]\nhash = \"sha256:{}\"\ntenant = \"solo\"\n"
+            .replace("{}", &"cd".repeat(32)),
+    ))
+    .unwrap_or_else(|e| panic!("{e}"))
+    .summary();
+    let line = "serve: listens on [::]:8443; admin endpoints on 127.0.0.1:9090, bearer token in \
+                file:/run/secrets/admin; clients from 127.0.0.0/8, ::1/128; 1 virtual key for \
+                tenant \"solo\"; request bodies up to 1MiB, heads up to 16KiB; a client has 5s to \
+                send the head and 1m to send the body; on shutdown, calls in flight get 45s to \
+                finish\n";
+    assert!(s.contains(line), "summary lacks {line:?}:\n{s}");
+    let s = Policy::from_toml(&serve_with("")).expect("valid").summary();
+    assert!(
+        s.contains(
+            "serve: listens on 127.0.0.1:8080; admin endpoints off (no admin_token); clients \
+             from 127.0.0.0/8, ::1/128; no virtual keys;"
+        ),
+        "{s}"
+    );
+    let s = Policy::from_toml("version = 1\n").expect("valid").summary();
+    assert!(!s.contains("serve:"), "{s}");
+}
+
+#[test]
+fn example_serve_lines_parse_when_uncommented() {
+    // The commented [serve] section and [[serve.key]] at the end of the example are valid once
+    // uncommented (the example keeps them commented: only `tollgate serve` reads them).
+    let mut on = false;
+    let mut text = String::new();
+    for line in example().lines() {
+        if line.starts_with("# --- Sidecar proxy") {
+            on = true;
+        }
+        match line.strip_prefix("# ") {
+            Some(rest) if on && !line.starts_with("# ---") => text.push_str(rest),
+            _ => text.push_str(line),
+        }
+        text.push('\n');
+    }
+    let p = Policy::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let s = p.serve.expect("the example's [serve] section");
+    assert_eq!(
+        s,
+        Serve {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            admin_token: Some(SecretRef::Env("TOLLGATE_ADMIN_TOKEN".into())),
+            allow: vec![cidr("127.0.0.0", 8), cidr("::1", 128), cidr("10.0.0.0", 8)],
+            keys: vec![VirtualKey {
+                sha256: hash_bytes(HASH_EXAMPLE),
+                tenant: "acme".into(),
+                name: "acme-ci".into(),
+            }],
+            ..Serve::default()
+        }
+    );
+    // The values written are the defaults, but for the lines that change something.
+    let d = Serve::default();
+    assert_eq!(
+        (
+            s.max_body_bytes,
+            s.max_header_bytes,
+            s.header_timeout,
+            s.body_timeout,
+            s.shutdown_grace
+        ),
+        (
+            d.max_body_bytes,
+            d.max_header_bytes,
+            d.header_timeout,
+            d.body_timeout,
+            d.shutdown_grace
+        )
+    );
+    // As shipped, the example has no [serve] section.
+    assert_eq!(Policy::from_toml(&example()).expect("valid").serve, None);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Properties
 
 proptest! {
@@ -2096,6 +3210,8 @@ proptest! {
                     "fallback", "window", "probe", "max_entry_bytes", "key_quarantine",
                     "[breaker]", "[redis]", "url", "on_failure", "expected_instances",
                     "store", "lease", "l2", "key_prefix", "tls_ca_file",
+                    "[serve]", "[[serve.key]]", "listen", "admin_listen", "admin_token",
+                    "allow", "hash", "tenant", "key", "max_body", "max_headers",
                 ]),
                 prop::sample::select(vec![
                     "1", "0", "-1", "nan", "inf", "1.5", "\"5m\"", "\"1m30s\"", "\"x\"", "[]",
@@ -2104,6 +3220,9 @@ proptest! {
                     "\"m\"", "{ prompt = \"\" }", "\"1B\"", "\"redis\"", "\"fail_open\"",
                     "\"redis://u:p@h\"", "{ size = 2, ttl = \"1s\" }",
                     "{ store = \"redis\", max_bytes = 1 }",
+                    "\"127.0.0.1:8080\"", "\"[::1]:0\"", "[\"10.0.0.1/8\", \"::1\"]",
+                    "\"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"",
+                    "\"sk-x\"", "\"1KiB\"",
                 ]),
             ),
             0..24,

@@ -6,14 +6,15 @@ use super::read::show_float;
 use super::units::{format_bytes, format_duration, quote};
 use crate::policy::{
     Auth, BreakerWindow, Budget, DEFAULT_KEY_QUARANTINE, Exhausted, Jitter, LimitKind, OnFailure,
-    Policy, Redis, RedisUrl, RetryOn, Route, ScopeDim, Store, Strategy, TokenPlacement, Unit,
-    Upstream,
+    Policy, Redis, RedisUrl, RetryOn, Route, ScopeDim, Serve, Store, Strategy, TokenPlacement,
+    Unit, Upstream,
 };
 
 impl Policy {
     /// What this policy enforces, in plain English, one line per budget, upstream and route, then
-    /// the retry, breaker, cache, Redis, price and model settings. Secrets appear only as their
-    /// references (`env:NAME`, `file:PATH`).
+    /// the retry, breaker, cache, Redis, sidecar proxy, price and model settings. Secrets appear
+    /// only as their references (`env:NAME`, `file:PATH`), virtual keys only as their count and
+    /// tenants.
     ///
     /// ```
     /// use tollgate::policy::Policy;
@@ -170,6 +171,9 @@ impl Policy {
         if let Some(r) = &self.redis {
             let _ = writeln!(out, "{}", redis_line(r));
         }
+        if let Some(s) = &self.serve {
+            let _ = writeln!(out, "{}", serve_line(s));
+        }
         for (model, p) in &self.prices {
             let _ = writeln!(
                 out,
@@ -312,6 +316,57 @@ fn redis_line(r: &Redis) -> String {
         let _ = write!(line, "; TLS CA {}", ca.display());
     }
     line
+}
+
+/// `[serve]`: listeners, admin endpoints, client networks, virtual keys (their count and tenants,
+/// never their hashes) and limits.
+fn serve_line(s: &Serve) -> String {
+    let admin = match (&s.admin_token, s.admin_listen) {
+        (None, _) => "admin endpoints off (no admin_token)".to_owned(),
+        (Some(token), None) => {
+            format!("admin endpoints under /admin/ on the same listener, bearer token in {token}")
+        }
+        (Some(token), Some(at)) => format!("admin endpoints on {at}, bearer token in {token}"),
+    };
+    let allow: Vec<String> = s.allow.iter().map(ToString::to_string).collect();
+    let keys = if s.keys.is_empty() {
+        "no virtual keys".to_owned()
+    } else {
+        // Tenants in file order, each with its number of keys.
+        let mut tenants: Vec<(&str, usize)> = Vec::new();
+        for k in &s.keys {
+            match tenants.iter_mut().find(|(t, _)| *t == k.tenant) {
+                Some((_, n)) => *n += 1,
+                None => tenants.push((&k.tenant, 1)),
+            }
+        }
+        let shown: Vec<String> = tenants
+            .iter()
+            .map(|(t, n)| match n {
+                1 => quote(t),
+                n => format!("{} ({n} keys)", quote(t)),
+            })
+            .collect();
+        format!(
+            "{} virtual key{} for tenant{} {}",
+            s.keys.len(),
+            if s.keys.len() == 1 { "" } else { "s" },
+            if tenants.len() == 1 { "" } else { "s" },
+            shown.join(", ")
+        )
+    };
+    format!(
+        "serve: listens on {}; {admin}; clients from {}; {keys}; request bodies up to {}, heads \
+         up to {}; a client has {} to send the head and {} to send the body; on shutdown, calls \
+         in flight get {} to finish",
+        s.listen,
+        allow.join(", "),
+        format_bytes(s.max_body_bytes),
+        format_bytes(s.max_header_bytes),
+        format_duration(s.header_timeout),
+        format_duration(s.body_timeout),
+        format_duration(s.shutdown_grace)
+    )
 }
 
 fn upstream_line(u: &Upstream) -> String {
