@@ -910,13 +910,16 @@ fn watch_reloads_a_changed_file_and_reports_a_refused_one() {
             err,
         )
     });
-    std::fs::write(&path, limit(50)).unwrap();
+    // Whole files only (written aside, then renamed): a watcher polling every 10 ms must never
+    // read one half-written.
+    let replace = |text: &str| {
+        let aside = path.with_extension("tmp");
+        std::fs::write(&aside, text).unwrap();
+        std::fs::rename(&aside, &path).unwrap();
+    };
+    replace(&limit(50));
     assert_eq!(rx.recv_timeout(WAIT).unwrap(), (2, tg_status::Ok, 0));
-    std::fs::write(
-        &path,
-        "version = 1\n[[budget]]\nname = \"w\"\nscope = [\"planet\"]\n",
-    )
-    .unwrap();
+    replace("version = 1\n[[budget]]\nname = \"w\"\nscope = [\"planet\"]\n");
     let (generation, status, problems) = rx.recv_timeout(WAIT).unwrap();
     assert_eq!((generation, status), (0, tg_status::InvalidPolicy));
     assert!(problems >= 2, "{problems}");
