@@ -1079,7 +1079,7 @@ pub(crate) fn attempt(
                 let reason = never_fits(b, l, demand);
                 return Try::Deny(Denial::by(&b.state.name, cell.key(), reason));
             }
-            match remote::plan(i, r, &cell, demand, now) {
+            match remote::plan(i, b, r, &cell, demand, now) {
                 // Redis is down and the policy fails open: this process's share, locally.
                 remote::Plan::Local => {}
                 remote::Plan::Deny(reason) => {

@@ -28,7 +28,7 @@ use crate::store::{
 use super::call::Demand;
 use super::decision::{Denial, DenyReason};
 use super::permit::{Held, Hold, Journey, TargetCtx};
-use super::{Blocked, Compiled, CompiledLimit, Permit, Spec, Try};
+use super::{Blocked, Compiled, CompiledBudget, CompiledLimit, Permit, Spec, Try};
 
 /// Leases kept per budget before expired ones are swept.
 const LEASE_SWEEP_AT: usize = 4096;
@@ -51,6 +51,19 @@ pub(crate) struct RemoteSpec {
 }
 
 impl RemoteSpec {
+    /// Every limit as the scripts take it, with what a call of `units` (per limit unit) takes.
+    fn slots(&self, units: impl Fn(Unit) -> u64) -> SmallVec<[RateSlot; 4]> {
+        self.limits
+            .iter()
+            .map(|l| RateSlot {
+                slot: l.slot as u8,
+                ei: us(l.rate.ns_per_unit),
+                tau: us(l.rate.tau as f64),
+                inc: us(l.rate.increment(units(l.unit)) as f64),
+            })
+            .collect()
+    }
+
     pub(crate) fn new(
         store: Arc<RedisStore>,
         budget: &str,
@@ -170,16 +183,7 @@ pub(crate) fn peek(r: &RemoteSpec, scope: &str) -> Option<(Vec<LimitUse>, u32)> 
             .push(Arc::from(format!("{}{scope}", r.hash_prefix)));
         request.checks.push(Check::Rate {
             want: 1,
-            slots: r
-                .limits
-                .iter()
-                .map(|l| RateSlot {
-                    slot: l.slot as u8,
-                    ei: us(l.rate.ns_per_unit),
-                    tau: us(l.rate.tau as f64),
-                    inc: 0.0,
-                })
-                .collect(),
+            slots: r.slots(|_| 0),
         });
     }
     if r.concurrency.is_some() {
@@ -241,18 +245,10 @@ fn us(ns: f64) -> f64 {
     ns / 1000.0
 }
 
-/// Units of a limit's unit a call takes.
-fn units_of(unit: Unit, demand: &Demand) -> u64 {
-    match unit {
-        Unit::Requests => 1,
-        Unit::Tokens => demand.tokens,
-        Unit::Spend => demand.spend_nanos,
-    }
-}
-
 /// Decides how budget `i` (a Redis budget) takes part in this admission.
 pub(crate) fn plan(
     i: usize,
+    b: &CompiledBudget,
     r: &RemoteSpec,
     cell: &Arc<Cell>,
     demand: &Demand,
@@ -267,16 +263,7 @@ pub(crate) fn plan(
             }),
         };
     }
-    let slots: SmallVec<[RateSlot; 4]> = r
-        .limits
-        .iter()
-        .map(|l| RateSlot {
-            slot: l.slot as u8,
-            ei: us(l.rate.ns_per_unit),
-            tau: us(l.rate.tau as f64),
-            inc: us(l.rate.increment(units_of(l.unit, demand)) as f64),
-        })
-        .collect();
+    let slots = r.slots(|unit| b.units(unit, demand));
     if r.lease.is_some()
         && r.concurrency.is_none()
         && let Some(hold) = take_leased(r, cell, &slots, now)
