@@ -147,6 +147,9 @@ async fn serve(
             .await;
         return;
     };
+    // Counted before the client can see the answer, so a count read after the client's
+    // call returns always includes this tunnel.
+    tunnels.fetch_add(1, Ordering::SeqCst);
     if client
         .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
         .await
@@ -154,7 +157,6 @@ async fn serve(
     {
         return;
     }
-    tunnels.fetch_add(1, Ordering::SeqCst);
     let (mut from_client, mut to_client) = client.into_split();
     let (mut from_upstream, mut to_upstream) = upstream.into_split();
     let down = tokio::spawn(async move {
