@@ -2137,7 +2137,8 @@ fn serve_section_is_read_in_full() {
          admin_token = \"file:/run/secrets/admin_token\"\n\
          allow = [\"10.0.0.0/8\", \"192.168.1.20\", \"fd00::/8\", \"::1\", \"2001:db8::/32\"]\n\
          max_body = \"1MiB\"\nmax_headers = 16384\nheader_timeout = \"5s\"\n\
-         body_timeout = \"1m\"\nshutdown_grace = \"45s\"\n\
+         body_timeout = \"1m\"\nidle_timeout = \"2m\"\nmax_connections = 64\n\
+         shutdown_grace = \"45s\"\n\
          [[serve.key]]\nhash = \"{HASH_EMPTY}\"\ntenant = \"acme\"\nname = \"acme-ci\"\n\
          [[serve.key]]\nhash = \"{upper}\"\ntenant = \"beta\"\n"
     );
@@ -2171,6 +2172,8 @@ fn serve_section_is_read_in_full() {
             max_header_bytes: 16_384,
             header_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(120),
+            max_connections: 64,
             shutdown_grace: Duration::from_secs(45),
         }
     );
@@ -2252,6 +2255,10 @@ fn serve_defaults() {
             Duration::from_secs(30),
             Duration::from_secs(30)
         )
+    );
+    assert_eq!(
+        (s.idle_timeout, s.max_connections),
+        (Duration::from_secs(60), 1024)
     );
     assert!(s.allow.iter().any(|c| c.contains(ip("127.0.0.53"))));
     assert!(s.allow.iter().any(|c| c.contains(ip("::ffff:127.0.0.1"))));
@@ -2692,6 +2699,18 @@ fn serve_limits_and_timeouts() {
     check(&e, "serve.shutdown_grace", 3, 18, "is not a duration");
     let e = only(&serve_with("shutdown_grace = \"-5s\"\n"));
     check(&e, "serve.shutdown_grace", 3, 18, "must not be negative");
+    let e = only(&serve_with("idle_timeout = \"0s\"\n"));
+    check(&e, "serve.idle_timeout", 3, 16, "must be longer than zero");
+    for bad in ["0", "2000000", "\"many\"", "1.5"] {
+        let e = only(&serve_with(&format!("max_connections = {bad}\n")));
+        check(
+            &e,
+            "serve.max_connections",
+            3,
+            19,
+            &format!("must be a whole number from 1 to 1048576, got {bad}"),
+        );
+    }
     // Unknown fields, with a hint.
     let e = only(&serve_with("keys = []\n"));
     check(
@@ -3096,7 +3115,8 @@ fn summary_mentions_serve() {
                 listener, bearer token in env:ADMIN_TOKEN; clients from 10.0.0.0/8, ::1/128; 3 \
                 virtual keys for tenants \"acme\" (2 keys), \"beta\"; request bodies up to 4MiB, \
                 heads up to 64KiB; a client has 10s to send the head and 30s to send the body; \
-                on shutdown, calls in flight get 30s to finish\n";
+                idle connections close after 1m, at most 1024 open; on shutdown, calls in flight \
+                get 30s to finish\n";
     assert!(s.contains(line), "summary lacks {line:?}:\n{s}");
     // Never a hash, not even a piece of one.
     for hash in [HASH_EMPTY, HASH_EXAMPLE] {
@@ -3109,7 +3129,7 @@ fn summary_mentions_serve() {
         &"listen = \"[::]:8443\"\nadmin_listen = \"127.0.0.1:9090\"\n\
          admin_token = \"file:/run/secrets/admin\"\nmax_body = \"1MiB\"\n\
          max_headers = \"16KiB\"\nheader_timeout = \"5s\"\nbody_timeout = \"1m\"\n\
-         shutdown_grace = \"45s\"\n\
+         idle_timeout = \"90s\"\nmax_connections = 10\nshutdown_grace = \"45s\"\n\
          [[serve.key]]\nhash = \"sha256:{}\"\ntenant = \"solo\"\n"
             .replace("{}", &"cd".repeat(32)),
     ))
@@ -3118,8 +3138,8 @@ fn summary_mentions_serve() {
     let line = "serve: listens on [::]:8443; admin endpoints on 127.0.0.1:9090, bearer token in \
                 file:/run/secrets/admin; clients from 127.0.0.0/8, ::1/128; 1 virtual key for \
                 tenant \"solo\"; request bodies up to 1MiB, heads up to 16KiB; a client has 5s to \
-                send the head and 1m to send the body; on shutdown, calls in flight get 45s to \
-                finish\n";
+                send the head and 1m to send the body; idle connections close after 1m30s, at \
+                most 10 open; on shutdown, calls in flight get 45s to finish\n";
     assert!(s.contains(line), "summary lacks {line:?}:\n{s}");
     let s = Policy::from_toml(&serve_with("")).expect("valid").summary();
     assert!(

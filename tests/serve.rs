@@ -3,14 +3,17 @@
 //! cache hits, admin reload, limits and bad input.
 #![cfg(feature = "testkit")]
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tollgate::Engine;
 use tollgate::policy::{Cidr, Policy, SecretRef, Serve, VirtualKey};
 use tollgate::serve::{Proxy, hash_key};
@@ -20,16 +23,6 @@ const ALICE: &str = "vk-alice-0123456789";
 const BOB: &str = "vk-bob-9876543210";
 const ADMIN_ENV: &str = "TOLLGATE_SERVE_TEST_ADMIN";
 const ADMIN: &str = "admin-secret-token";
-
-fn sha(key: &str) -> [u8; 32] {
-    let hex = hash_key(key);
-    let hex = hex.strip_prefix("sha256:").unwrap();
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
-    }
-    out
-}
 
 /// The upstream and route, then `rest`; the [serve] part is set on the parsed policy.
 fn policy(up: &TestUpstream, rest: &str) -> Policy {
@@ -56,16 +49,8 @@ fn serve_section() -> Serve {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_token: Some(SecretRef::Env(ADMIN_ENV.to_owned())),
         keys: vec![
-            VirtualKey {
-                sha256: sha(ALICE),
-                tenant: "alice".into(),
-                name: "alice".into(),
-            },
-            VirtualKey {
-                sha256: sha(BOB),
-                tenant: "bob".into(),
-                name: "bob".into(),
-            },
+            VirtualKey::from_key(ALICE, "alice"),
+            VirtualKey::from_key(BOB, "bob"),
         ],
         max_body_bytes: 64 * 1024,
         ..Serve::default()
@@ -94,10 +79,23 @@ impl Reply {
 }
 
 async fn call(proxy: &Proxy, method: &str, path: &str, key: Option<&str>, body: &str) -> Reply {
+    request(proxy.addr(), method, path, key, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// One request on a new connection; an error when the connection fails or closes early.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> Result<Reply, String> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut req = Request::builder()
         .method(method)
-        .uri(format!("http://{}{path}", proxy.addr()))
+        .uri(format!("http://{addr}{path}"))
         .header("content-type", "application/json");
     if let Some(k) = key {
         req = req.header("authorization", format!("Bearer {k}"));
@@ -106,19 +104,19 @@ async fn call(proxy: &Proxy, method: &str, path: &str, key: Option<&str>, body: 
     let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
         .await
         .expect("answered in time")
-        .expect("a response");
+        .map_err(|e| format!("no response: {e}"))?;
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = tokio::time::timeout(Duration::from_secs(20), resp.into_body().collect())
         .await
         .expect("body in time")
-        .expect("body")
+        .map_err(|e| format!("the body broke off: {e}"))?
         .to_bytes();
-    Reply {
+    Ok(Reply {
         status,
         headers,
         body,
-    }
+    })
 }
 
 fn chat(content: &str, stream: bool) -> String {
@@ -294,28 +292,73 @@ fn admin_reload_needs_the_token_and_changes_limits_at_once() {
     let engine = Engine::new(policy(&up, &budget(1)));
     rt().block_on(async {
         let proxy = Proxy::start(engine.clone(), None, None).await.unwrap();
-        let ok = call(&proxy, "POST", "/v1/chat/completions", Some(ALICE), &chat("1", false)).await;
+        let ok = call(
+            &proxy,
+            "POST",
+            "/v1/chat/completions",
+            Some(ALICE),
+            &chat("1", false),
+        )
+        .await;
         assert_eq!(ok.status, StatusCode::OK);
-        let denied = call(&proxy, "POST", "/v1/chat/completions", Some(ALICE), &chat("2", false)).await;
+        let denied = call(
+            &proxy,
+            "POST",
+            "/v1/chat/completions",
+            Some(ALICE),
+            &chat("2", false),
+        )
+        .await;
         assert_eq!(denied.status, StatusCode::TOO_MANY_REQUESTS);
-        // The new policy text, with the same [serve] keys kept by the engine's policy.
-        let mut next = policy(&up, &budget(5));
-        next.serve = Some(serve_section());
+        // The new policy text: 5 a minute, and only alice's virtual key.
         let text = format!(
-            "version = 1\n[[upstream]]\nname = \"test\"\nbase_url = \"{}\"\n[[route]]\nmodel = \"gpt-4o\"\ntargets = [{{ upstream = \"test\", model = \"gpt-4o\" }}]\n{}",
+            "version = 1\n[[upstream]]\nname = \"test\"\nbase_url = \"{}\"\n[[route]]\n\
+             model = \"gpt-4o\"\ntargets = [{{ upstream = \"test\", model = \"gpt-4o\" }}]\n{}\
+             [serve]\nadmin_token = \"env:{ADMIN_ENV}\"\n\
+             [[serve.key]]\nhash = \"{}\"\ntenant = \"alice\"\n",
             up.base_url(),
-            budget(5)
+            budget(5),
+            hash_key(ALICE)
         );
         let refused = call(&proxy, "POST", "/admin/reload", Some(ALICE), &text).await;
         assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
         let bad = call(&proxy, "POST", "/admin/reload", Some(ADMIN), "version = 2").await;
         assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(bad.json()["error"]["code"], "policy_refused");
+        // No policy file to read: an empty body is refused too.
+        let empty = call(&proxy, "POST", "/admin/reload", Some(ADMIN), "").await;
+        assert_eq!(empty.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            empty.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("no policy file")
+        );
         assert_eq!(engine.generation(), 1, "a refused policy changes nothing");
-        engine.reload_policy(next);
+        let bob = call(&proxy, "GET", "/v1/models", Some(BOB), "").await;
+        assert_eq!(bob.status, StatusCode::OK);
+
+        let done = call(&proxy, "POST", "/admin/reload", Some(ADMIN), &text).await;
+        assert_eq!(done.status, StatusCode::OK, "{:?}", done.body);
+        assert_eq!(done.json()["generation"], 2);
         assert_eq!(engine.generation(), 2);
-        let now_ok = call(&proxy, "POST", "/v1/chat/completions", Some(ALICE), &chat("3", false)).await;
-        assert_eq!(now_ok.status, StatusCode::OK, "5 a minute now: {:?}", now_ok.body);
+        let now_ok = call(
+            &proxy,
+            "POST",
+            "/v1/chat/completions",
+            Some(ALICE),
+            &chat("3", false),
+        )
+        .await;
+        assert_eq!(
+            now_ok.status,
+            StatusCode::OK,
+            "5 a minute now: {:?}",
+            now_ok.body
+        );
+        // Virtual keys follow the reload: bob's is gone.
+        let bob = call(&proxy, "GET", "/v1/models", Some(BOB), "").await;
+        assert_eq!(bob.status, StatusCode::UNAUTHORIZED);
         proxy.shutdown().await;
     });
 }
@@ -394,4 +437,281 @@ fn clients_outside_the_allow_list_are_closed() {
         assert!(r.is_err(), "loopback is not in 10.0.0.0/8: {r:?}");
         proxy.shutdown().await;
     });
+}
+
+/// A proxy whose clients get `limit` to send a head, a body, or anything at all.
+fn impatient(up: &TestUpstream, limit: Duration, rest: &str) -> Engine {
+    let mut p = policy(up, rest);
+    if let Some(s) = p.serve.as_mut() {
+        s.header_timeout = limit;
+        s.body_timeout = limit;
+        s.idle_timeout = limit;
+    }
+    Engine::new(p)
+}
+
+/// Reads what the proxy sends until it closes the connection (a reset counts as closed).
+async fn read_to_close(tcp: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the proxy closed the connection in time");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The value of an unlabelled metric in the proxy's /metrics.
+async fn metric(proxy: &Proxy, name: &str) -> u64 {
+    let text = call(proxy, "GET", "/metrics", None, "").await.body;
+    let text = String::from_utf8_lossy(&text).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[test]
+fn slow_and_silent_clients_are_cut_off() {
+    let up = TestUpstream::start().unwrap();
+    let engine = impatient(&up, Duration::from_millis(300), "");
+    rt().block_on(async {
+        let proxy = Proxy::start(engine, None, None).await.unwrap();
+        let connect = || TcpStream::connect(proxy.addr());
+
+        // Connects and sends nothing.
+        let mut silent = connect().await.unwrap();
+        assert_eq!(read_to_close(&mut silent).await, "");
+        // Stops in the middle of the HTTP/2 preface (the proxy is still telling the versions
+        // apart).
+        let mut preface = connect().await.unwrap();
+        preface.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        assert_eq!(read_to_close(&mut preface).await, "");
+        // Stops in the middle of a request head.
+        let mut half = connect().await.unwrap();
+        half.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: proxy\r\nx-slow: ")
+            .await
+            .unwrap();
+        let got = read_to_close(&mut half).await;
+        assert!(got.is_empty() || got.starts_with("HTTP/1.1 408"), "{got}");
+        // Sends a whole head, then a body that stops: 408 in OpenAI's format, then closed.
+        let mut slow = connect().await.unwrap();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: proxy\r\nauthorization: Bearer {ALICE}\r\n\
+             content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"model\": "
+        );
+        slow.write_all(head.as_bytes()).await.unwrap();
+        let got = read_to_close(&mut slow).await;
+        assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+        assert!(got.contains("\"code\":\"body_timeout\""), "{got}");
+        assert!(
+            got.to_ascii_lowercase().contains("connection: close"),
+            "{got}"
+        );
+
+        // A keep-alive connection that stays quiet after its answer is closed too.
+        let mut quiet = connect().await.unwrap();
+        quiet
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: proxy\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_to_close(&mut quiet).await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+
+        assert!(metric(&proxy, "tollgate_serve_idle_closed_total").await >= 2);
+        proxy.shutdown().await;
+    });
+}
+
+#[test]
+fn idle_http2_connections_get_goaway_but_long_streams_run_on() {
+    let up = TestUpstream::start().unwrap();
+    // Events 150 ms apart: the stream outlasts the 500 ms idle timeout.
+    up.script(Match::any(), [Action::SlowDrip(Duration::from_millis(150))]);
+    let engine = impatient(&up, Duration::from_millis(500), "");
+    rt().block_on(async {
+        let proxy = Proxy::start(engine, None, None).await.unwrap();
+
+        // HTTP/1: the stream counts as a request in progress until its last event, so the
+        // connection is still open for the next request right after it.
+        let mut tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+        let body = chat("long", true);
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: proxy\r\nauthorization: Bearer {ALICE}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("data: [DONE]") {
+            let n = tokio::time::timeout(Duration::from_secs(20), tcp.read(&mut buf))
+                .await
+                .expect("events in time")
+                .unwrap();
+            assert!(
+                n > 0,
+                "closed mid-stream: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(
+            started.elapsed() > Duration::from_millis(500),
+            "the stream must outlast the idle timeout for this test to mean anything"
+        );
+        // Chunked: the terminating chunk follows [DONE].
+        if !text.ends_with("0\r\n\r\n") {
+            let mut tail = [0u8; 16];
+            let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut tail)).await;
+        }
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: proxy\r\n\r\n")
+            .await
+            .unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(20), tcp.read(&mut buf))
+            .await
+            .expect("answered in time")
+            .unwrap();
+        let again = String::from_utf8_lossy(&buf[..n]);
+        assert!(again.starts_with("HTTP/1.1 200"), "{again:?}");
+
+        // HTTP/2 with prior knowledge: one request, then nothing; the proxy ends the connection.
+        let tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        let driver = tokio::spawn(conn);
+        let req = Request::get(format!("http://{}/healthz", proxy.addr()))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        let ended = tokio::time::timeout(Duration::from_secs(20), driver).await;
+        assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+        proxy.shutdown().await;
+    });
+}
+
+#[test]
+fn connections_over_max_connections_wait_their_turn() {
+    let up = TestUpstream::start().unwrap();
+    let mut p = policy(&up, "");
+    if let Some(s) = p.serve.as_mut() {
+        s.max_connections = 2;
+    }
+    let engine = Engine::new(p);
+    rt().block_on(async {
+        let proxy = Proxy::start(engine, None, None).await.unwrap();
+        let addr = proxy.addr();
+        let first = TcpStream::connect(addr).await.unwrap();
+        let second = TcpStream::connect(addr).await.unwrap();
+        // A third client is left in the backlog while both are open...
+        let third = tokio::spawn(async move { request(addr, "GET", "/healthz", None, "").await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !third.is_finished(),
+            "the third connection was served beside two others"
+        );
+        // ... and served once one of them closes.
+        drop(first);
+        let r = tokio::time::timeout(Duration::from_secs(20), third)
+            .await
+            .expect("served in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        drop(second);
+        proxy.shutdown().await;
+    });
+}
+
+#[test]
+fn shutdown_finishes_calls_in_flight_and_refuses_new_ones() {
+    let up = TestUpstream::start().unwrap();
+    up.script(
+        Match::any(),
+        [Action::SlowFirstByte(Duration::from_millis(800))],
+    );
+    let engine = Engine::new(policy(&up, ""));
+    rt().block_on(async {
+        let proxy = Proxy::start(engine, None, None).await.unwrap();
+        let addr = proxy.addr();
+        let body = chat("in flight", false);
+        let slow = tokio::spawn(async move {
+            request(addr, "POST", "/v1/chat/completions", Some(ALICE), &body).await
+        });
+        wait_for_upstream(&up, 1).await;
+        let stopping = tokio::spawn(proxy.shutdown());
+        // The listener closes at once: new connections are refused.
+        let mut refused = false;
+        for _ in 0..200 {
+            if TcpStream::connect(addr).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(refused, "the listener still accepts after shutdown began");
+        let r = slow.await.unwrap().expect("the call in flight is answered");
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        assert!(r.json()["choices"][0]["message"]["content"].is_string());
+        tokio::time::timeout(Duration::from_secs(20), stopping)
+            .await
+            .expect("shutdown ends once the call is done")
+            .unwrap();
+    });
+}
+
+#[test]
+fn shutdown_cuts_calls_that_outlast_the_grace() {
+    let up = TestUpstream::start().unwrap();
+    up.script(
+        Match::any(),
+        [Action::SlowFirstByte(Duration::from_secs(30))],
+    );
+    let mut p = policy(&up, "");
+    if let Some(s) = p.serve.as_mut() {
+        s.shutdown_grace = Duration::from_millis(200);
+    }
+    let engine = Engine::new(p);
+    rt().block_on(async {
+        let proxy = Proxy::start(engine, None, None).await.unwrap();
+        let addr = proxy.addr();
+        let body = chat("too slow", false);
+        let slow = tokio::spawn(async move {
+            request(addr, "POST", "/v1/chat/completions", Some(ALICE), &body).await
+        });
+        wait_for_upstream(&up, 1).await;
+        tokio::time::timeout(Duration::from_secs(20), proxy.shutdown())
+            .await
+            .expect("shutdown ends after the grace, not after the call");
+        let r = slow.await.unwrap();
+        assert!(
+            r.is_err(),
+            "the call outlived the grace: {:?}",
+            r.map(|r| r.status)
+        );
+    });
+}
+
+/// Waits (bounded) until the upstream has received `n` requests.
+async fn wait_for_upstream(up: &TestUpstream, n: usize) {
+    for _ in 0..2000 {
+        if up.request_count() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the upstream never got {n} requests");
 }

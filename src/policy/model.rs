@@ -115,6 +115,12 @@ pub struct Serve {
     pub header_timeout: Duration,
     /// Longest a client may take to send a request body (default 30s).
     pub body_timeout: Duration,
+    /// Longest a connection may stay open with no request in progress (default 60s). A new
+    /// connection must also send its first request head within `header_timeout`.
+    pub idle_timeout: Duration,
+    /// Most client connections open at once (default 1024); further clients wait in the
+    /// listen backlog until one closes.
+    pub max_connections: usize,
     /// On SIGTERM: how long calls in flight may take to finish (default 30s).
     pub shutdown_grace: Duration,
 }
@@ -140,6 +146,8 @@ impl Default for Serve {
             max_header_bytes: 64 * 1024,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
             shutdown_grace: Duration::from_secs(30),
         }
     }

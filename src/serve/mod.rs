@@ -12,17 +12,20 @@
 //! and the budget named for a budget that refused, 400 for bad requests, the upstream's own
 //! status and body when it gave up.
 //!
-//! Guards: a client network allow-list checked on accept, limits on the request head and body,
-//! timeouts for clients that send slowly, and on shutdown the listeners close first and calls in
-//! flight get `shutdown_grace` to finish.
+//! Guards: a client network allow-list checked on accept, a cap on open connections
+//! (`max_connections`; the admin listener has its own [`ADMIN_CONNECTIONS`]), limits on the
+//! request head and body, timeouts for clients that send slowly (the first request head within
+//! `header_timeout` of connecting, every later head within `header_timeout`, a body within
+//! `body_timeout`) or not at all (`idle_timeout` with no request in progress), and on shutdown
+//! the listeners close first and calls in flight get `shutdown_grace` to finish.
 
 mod respond;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -32,14 +35,17 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::policy::{Policy, Serve};
+use crate::policy::{Policy, Serve, VirtualKey};
 use crate::{ChatRequest, Engine, ReloadReport};
 
 pub use respond::ProxyBody;
 use respond::{error, json_response};
+
+/// Most connections the admin listener keeps open at once.
+pub const ADMIN_CONNECTIONS: usize = 64;
 
 /// A running proxy. Dropping it stops it at once; [`Proxy::shutdown`] stops it gracefully.
 #[derive(Debug)]
@@ -59,6 +65,8 @@ struct Counters {
     denied: AtomicU64,
     refused_peers: AtomicU64,
     in_flight: AtomicU64,
+    connections: AtomicU64,
+    idle_closed: AtomicU64,
 }
 
 /// What every connection shares.
@@ -164,7 +172,20 @@ async fn accept(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
+    let room = Arc::new(Semaphore::new(match which {
+        Listener::Main => shared.config.max_connections,
+        Listener::Admin => ADMIN_CONNECTIONS,
+    }));
     loop {
+        // A connection is accepted only when there is room for it; until then clients wait in
+        // the listen backlog.
+        let permit = tokio::select! {
+            () = stopped(&mut stop) => break,
+            permit = Arc::clone(&room).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         tokio::select! {
             () = stopped(&mut stop) => break,
             accepted = listener.accept() => match accepted {
@@ -175,13 +196,22 @@ async fn accept(
                         continue;
                     }
                     let _ = tcp.set_nodelay(true);
-                    conns.spawn(connection(tcp, which, Arc::clone(&shared), stop.clone()));
+                    let shared = Arc::clone(&shared);
+                    let stop = stop.clone();
+                    conns.spawn(async move {
+                        shared.counters.connections.fetch_add(1, Ordering::Relaxed);
+                        connection(tcp, which, Arc::clone(&shared), stop).await;
+                        shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
+                        drop(permit);
+                    });
                 }
                 // Out of file descriptors and the like: back off briefly.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
+        // Reap finished connections without waiting for the next accept.
+        while conns.try_join_next().is_some() {}
     }
     drop(listener);
     let drain = async { while conns.join_next().await.is_some() {} };
@@ -206,18 +236,113 @@ async fn connection(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(shared.config.max_header_bytes).unwrap_or(u32::MAX));
     let for_service = Arc::clone(&shared);
+    let activity = Arc::new(Activity::new());
+    let seen = Arc::clone(&activity);
     let service = service_fn(move |req| {
         let shared = Arc::clone(&for_service);
-        async move { Ok::<_, std::convert::Infallible>(handle(shared, which, req).await) }
+        let busy = Busy::new(&seen);
+        async move {
+            let mut response = handle(shared, which, req).await;
+            response.body_mut().busy = Some(busy);
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let conn = builder.serve_connection(TokioIo::new(tcp), service);
     tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        () = stopped(&mut stop) => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+    let idle = tokio::select! {
+        _ = conn.as_mut() => return,
+        () = stopped(&mut stop) => false,
+        () = activity.idle(&shared.config) => true,
+    };
+    // HTTP/1: the response being written is finished, then the connection closes; HTTP/2:
+    // GOAWAY, and the streams already open run to their end. A client stuck in a request head
+    // is cut by header_timeout, one stuck in a body by body_timeout, and on shutdown the
+    // accept loop aborts whatever outlives shutdown_grace.
+    conn.as_mut().graceful_shutdown();
+    if !idle {
+        let _ = conn.await;
+        return;
+    }
+    shared.counters.idle_closed.fetch_add(1, Ordering::Relaxed);
+    // An idle HTTP/2 client that never answers the goodbye (its PING) would keep the
+    // connection: it gets header_timeout to do so while no request is in progress.
+    loop {
+        match tokio::time::timeout(shared.config.header_timeout, conn.as_mut()).await {
+            Err(_) if activity.busy.load(Ordering::Relaxed) > 0 => {}
+            _ => return,
         }
+    }
+}
+
+/// What a connection is doing, for its idle timeout.
+#[derive(Debug)]
+struct Activity {
+    /// When the connection was accepted; times below are milliseconds since then.
+    start: Instant,
+    /// Requests being handled now.
+    busy: AtomicUsize,
+    /// Whether a request head has arrived yet.
+    any: AtomicBool,
+    /// When the last response was sent (or a request arrived, while one is being handled).
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            busy: AtomicUsize::new(0),
+            any: AtomicBool::new(false),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Returns once the connection has been idle too long: no request head within
+    /// `header_timeout` of connecting, or no request in progress for `idle_timeout`.
+    async fn idle(&self, config: &Serve) {
+        loop {
+            let limit = if self.any.load(Ordering::Relaxed) {
+                config.idle_timeout
+            } else {
+                config.header_timeout
+            };
+            if self.busy.load(Ordering::Relaxed) > 0 {
+                // The end of the request moves `last_ms`; look again after a whole limit.
+                tokio::time::sleep(limit).await;
+                continue;
+            }
+            let since = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let due = self.start + since + limit;
+            if Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+}
+
+/// One request being handled on a connection, until its response body has been sent.
+#[derive(Debug)]
+pub(crate) struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(activity: &Arc<Activity>) -> Busy {
+        activity.any.store(true, Ordering::Relaxed);
+        activity.busy.fetch_add(1, Ordering::Relaxed);
+        activity.touch();
+        Busy(Arc::clone(activity))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -316,6 +441,26 @@ fn sha256(text: &str) -> [u8; 32] {
     out
 }
 
+impl VirtualKey {
+    /// The entry for a virtual key given in clear (hashed here; the key itself is not kept),
+    /// named after its tenant: for building a [`Serve`] section in code.
+    ///
+    /// ```
+    /// use tollgate::policy::VirtualKey;
+    /// let k = VirtualKey::from_key("vk-team-a-123", "team-a");
+    /// assert_eq!((k.tenant.as_str(), k.name.as_str()), ("team-a", "team-a"));
+    /// assert_eq!(tollgate::serve::hash_key("vk-team-a-123").len(), 7 + 64);
+    /// ```
+    pub fn from_key(key: &str, tenant: impl Into<String>) -> VirtualKey {
+        let tenant = tenant.into();
+        VirtualKey {
+            sha256: sha256(key),
+            name: tenant.clone(),
+            tenant,
+        }
+    }
+}
+
 /// `sha256:<hex>` of a virtual key, as `[[serve.key]] hash` wants it.
 pub fn hash_key(key: &str) -> String {
     let mut out = String::with_capacity(71);
@@ -367,8 +512,22 @@ fn models(policy: &Policy) -> Response<ProxyBody> {
     )
 }
 
-/// Reads a request body under the size limit and the body timeout.
+/// Reads a request body under the size limit and the body timeout. When it cannot be read in
+/// full, the answer closes the connection (HTTP/1): the rest of the body is not waited for.
 async fn read_body(shared: &Shared, req: Request<Incoming>) -> Result<Bytes, Response<ProxyBody>> {
+    read_body_inner(shared, req).await.map_err(|mut r| {
+        r.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        r
+    })
+}
+
+async fn read_body_inner(
+    shared: &Shared,
+    req: Request<Incoming>,
+) -> Result<Bytes, Response<ProxyBody>> {
     let limit = usize::try_from(shared.config.max_body_bytes).unwrap_or(usize::MAX);
     let body = Limited::new(req.into_body(), limit);
     match tokio::time::timeout(shared.config.body_timeout, body.collect()).await {
@@ -500,7 +659,7 @@ fn reload(shared: &Shared, text: Option<&str>) -> Result<ReloadReport, String> {
 fn metrics(shared: &Shared) -> Response<ProxyBody> {
     let mut text = shared.engine.metrics_text();
     let c = &shared.counters;
-    let families: [(&str, &str, &str, u64); 5] = [
+    let families: [(&str, &str, &str, u64); 7] = [
         (
             "tollgate_serve_requests_total",
             "counter",
@@ -530,6 +689,19 @@ fn metrics(shared: &Shared) -> Response<ProxyBody> {
             "gauge",
             "Chat requests being answered now.",
             c.in_flight.load(Ordering::Relaxed),
+        ),
+        (
+            "tollgate_serve_connections",
+            "gauge",
+            "Client connections open now (both listeners).",
+            c.connections.load(Ordering::Relaxed),
+        ),
+        (
+            "tollgate_serve_idle_closed_total",
+            "counter",
+            "Connections closed for sending no request within header_timeout of connecting, or \
+             none for idle_timeout.",
+            c.idle_closed.load(Ordering::Relaxed),
         ),
     ];
     for (name, kind, help, value) in families {

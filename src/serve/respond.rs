@@ -19,6 +19,9 @@ use crate::transport::sse::Event;
 #[derive(Debug)]
 pub struct ProxyBody {
     inner: Inner,
+    /// Marks the connection busy until the body has been sent (or dropped), so a long stream
+    /// never counts as idle.
+    pub(super) busy: Option<super::Busy>,
 }
 
 #[derive(Debug)]
@@ -58,6 +61,7 @@ impl Body for ProxyBody {
 pub(crate) fn full(body: impl Into<Bytes>) -> ProxyBody {
     ProxyBody {
         inner: Inner::Full(Some(body.into())),
+        busy: None,
     }
 }
 
@@ -161,6 +165,7 @@ pub(crate) fn stream(mut s: ChatStream) -> Response<ProxyBody> {
     });
     let mut r = Response::new(ProxyBody {
         inner: Inner::Events(rx),
+        busy: None,
     });
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

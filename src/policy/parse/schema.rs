@@ -1950,6 +1950,8 @@ const SERVE_FIELDS: &[&str] = &[
     "max_headers",
     "header_timeout",
     "body_timeout",
+    "idle_timeout",
+    "max_connections",
     "shutdown_grace",
 ];
 
@@ -1973,6 +1975,8 @@ const MAX_BODY: u64 = 1 << 30;
 const MIN_HEADERS: u64 = 1 << 10;
 /// Largest `max_headers`.
 const MAX_HEADERS: u64 = 1 << 20;
+/// Largest `max_connections`: far above what one process's file descriptors allow.
+const MAX_CONNECTIONS: u64 = 1 << 20;
 
 fn serve(cx: &mut Cx, node: &Node, path: &str) -> Option<Serve> {
     let t = Table::read(
@@ -2038,6 +2042,10 @@ fn serve(cx: &mut Cx, node: &Node, path: &str) -> Option<Serve> {
     });
     let header_timeout = t.opt(cx, "header_timeout", d.header_timeout, duration);
     let body_timeout = t.opt(cx, "body_timeout", d.body_timeout, duration);
+    let idle_timeout = t.opt(cx, "idle_timeout", d.idle_timeout, duration);
+    let max_connections = t.opt(cx, "max_connections", d.max_connections, |cx, n, p| {
+        whole(cx, n, p, 1, MAX_CONNECTIONS).and_then(|v| usize::try_from(v).ok())
+    });
     let shutdown_grace = t.opt(cx, "shutdown_grace", d.shutdown_grace, duration);
 
     let mut ok = true;
@@ -2074,6 +2082,8 @@ fn serve(cx: &mut Cx, node: &Node, path: &str) -> Option<Serve> {
         max_header_bytes: max_header_bytes?,
         header_timeout: header_timeout?,
         body_timeout: body_timeout?,
+        idle_timeout: idle_timeout?,
+        max_connections: max_connections?,
         shutdown_grace: shutdown_grace?,
     })
 }
