@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tollgate::Engine;
 use tollgate::policy::{Policy, Serve, VirtualKey};
-use tollgate::serve::{Proxy, hash_key};
+use tollgate::serve::Proxy;
 use tollgate::testkit::{Action, Match, TestUpstream};
 
 /// Virtual key of the tenant with a roomy budget.
@@ -65,16 +65,6 @@ fn setup_hint(what: &str) -> String {
     )
 }
 
-fn sha(key: &str) -> [u8; 32] {
-    let hex = hash_key(key);
-    let hex = hex.strip_prefix("sha256:").expect("sha256: prefix");
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex");
-    }
-    out
-}
-
 /// Route to the upstream, retries with a short backoff, the cache, a roomy budget per tenant
 /// and a tiny one for tenant `tiny`; the [serve] section's keys for tenants `main` and `tiny`.
 fn policy(up: &TestUpstream, tiny_limit: u32) -> Policy {
@@ -107,16 +97,8 @@ requests_per_minute = {tiny_limit}
     p.serve = Some(Serve {
         listen: "127.0.0.1:0".parse().expect("address"),
         keys: vec![
-            VirtualKey {
-                sha256: sha(KEY),
-                tenant: "main".into(),
-                name: "main".into(),
-            },
-            VirtualKey {
-                sha256: sha(TINY_KEY),
-                tenant: "tiny".into(),
-                name: "tiny".into(),
-            },
+            VirtualKey::from_key(KEY, "main"),
+            VirtualKey::from_key(TINY_KEY, "tiny"),
         ],
         ..Serve::default()
     });

@@ -20,7 +20,7 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use tollgate::policy::{Policy, Serve, VirtualKey};
-use tollgate::serve::{Proxy, hash_key};
+use tollgate::serve::Proxy;
 use tollgate::testkit::TestUpstream;
 use tollgate::{ChatRequest, Engine};
 
@@ -87,11 +87,7 @@ concurrency = 100000
     let engine = match Policy::from_toml(&policy) {
         Ok(mut p) => {
             p.serve = Some(Serve {
-                keys: vec![VirtualKey {
-                    sha256: key_hash(BENCH_KEY),
-                    tenant: "bench".into(),
-                    name: "bench".into(),
-                }],
+                keys: vec![VirtualKey::from_key(BENCH_KEY, "bench")],
                 ..Serve::default()
             });
             Engine::new(p)
@@ -317,16 +313,6 @@ async fn tollgate_call(
 
 /// The virtual key of `--serve`.
 const BENCH_KEY: &str = "vk-bench";
-
-fn key_hash(key: &str) -> [u8; 32] {
-    let hex = hash_key(key);
-    let hex = hex.trim_start_matches("sha256:");
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2).unwrap_or("00"), 16).unwrap_or(0);
-    }
-    out
-}
 
 type Client = HyperClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
