@@ -694,3 +694,240 @@ fn help_documents_exit_statuses() {
         assert!(r.stdout.contains(word), "{word}: {}", r.stdout);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// serve: signals
+
+/// A `tollgate serve` child process, killed if the test ends early.
+struct Served {
+    child: std::process::Child,
+    addr: String,
+    /// Its standard error so far.
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Served {
+    fn start(policy: &str) -> Served {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["serve", "--policy", policy, "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the tollgate binary runs");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut from = child.stderr.take().expect("stderr is piped");
+        let into = std::sync::Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut from, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                into.lock()
+                    .expect("stderr buffer")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+            let _ = tx.send(line);
+        });
+        let mut served = Served {
+            child,
+            addr: String::new(),
+            stderr,
+        };
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("serve says where it listens");
+        served.addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .and_then(|a| a.strip_suffix("/v1"))
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        served
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
+        // SAFETY: kill(2) on the child this test started and has not yet reaped.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    /// Waits (bounded) until its standard error contains `fragment`.
+    fn wait_for_stderr(&self, fragment: &str) {
+        for _ in 0..1500 {
+            if self
+                .stderr
+                .lock()
+                .expect("stderr buffer")
+                .contains(fragment)
+            {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!(
+            "serve never wrote {fragment:?}; it wrote {:?}",
+            self.stderr.lock().expect("stderr buffer")
+        );
+    }
+
+    /// Waits (bounded) for the child to exit; its status and standard error.
+    fn wait(mut self) -> (Option<i32>, String) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "serve did not exit in time"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        // The reader thread sees the end of the pipe soon after the exit.
+        for _ in 0..100 {
+            if self
+                .stderr
+                .lock()
+                .expect("stderr buffer")
+                .contains("stopping")
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let stderr = self.stderr.lock().expect("stderr buffer").clone();
+        (status.code(), stderr)
+    }
+}
+
+/// One HTTP/1.1 request on a new connection: the status and the body.
+fn http(addr: &str, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut tcp = std::net::TcpStream::connect(addr).expect("serve accepts");
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("read timeout");
+    let auth = key.map_or(String::new(), |k| format!("authorization: Bearer {k}\r\n"));
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: serve\r\nconnection: close\r\n{auth}\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).expect("request sent");
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).expect("answer read");
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned());
+    (status, body)
+}
+
+#[test]
+fn serve_reloads_on_sighup_and_drains_on_sigterm() {
+    use tollgate::testkit::{Action, Match, TestUpstream};
+    const KEY: &str = "vk-cli-serve-0123456789";
+    let up = TestUpstream::start().expect("test upstream");
+    let dir = temp_dir("serve-signals");
+    let policy = |rpm: u32| {
+        format!(
+            "version = 1\n[[upstream]]\nname = \"test\"\nbase_url = \"{}\"\n\
+             [[route]]\nmodel = \"gpt-4o\"\ntargets = [{{ upstream = \"test\", model = \"gpt-4o\" }}]\n\
+             [[budget]]\nname = \"per-tenant\"\nscope = [\"tenant\"]\nrequests_per_minute = {rpm}\n\
+             [serve]\nshutdown_grace = \"20s\"\n\
+             [[serve.key]]\nhash = \"{}\"\ntenant = \"cli\"\n",
+            up.base_url(),
+            tollgate::serve::hash_key(KEY)
+        )
+    };
+    // Replaced whole (written aside, then renamed), as a deploy would.
+    let replace = |text: &str| {
+        write(&dir, "next.toml", text);
+        std::fs::rename(dir.join("next.toml"), dir.join("policy.toml")).expect("rename");
+    };
+    let path = write(&dir, "policy.toml", &policy(1));
+    let serve = Served::start(&path);
+    let chat =
+        r#"{"model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}"#;
+    let call = || http(&serve.addr, "POST", "/v1/chat/completions", Some(KEY), chat);
+
+    assert_eq!(call().0, 200);
+    let (status, body) = call();
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("per-tenant"), "{body}");
+
+    // SIGHUP with a broken file: refused, the running policy stays.
+    replace("version = 1\n[[budget]]\nname = \"b\"\nrequests_per_minute = -1\n");
+    serve.signal(libc::SIGHUP);
+    serve.wait_for_stderr("reload refused");
+    // SIGHUP with a raised limit.
+    replace(&policy(100));
+    serve.signal(libc::SIGHUP);
+    let generation = || -> i64 {
+        let (_, body) = http(&serve.addr, "GET", "/healthz", None, "");
+        let v: Value = serde_json::from_str(&body).expect("health is JSON");
+        v["generation"].as_i64().expect("a generation")
+    };
+    let mut seen = generation();
+    for _ in 0..500 {
+        if seen == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        seen = generation();
+    }
+    assert_eq!(seen, 2, "one reload taken, the broken file refused");
+    assert_eq!(call().0, 200, "the raised limit applies");
+
+    // SIGTERM while a call is in flight: it finishes, new connections are refused, exit 0.
+    up.script(
+        Match::any(),
+        [Action::SlowFirstByte(std::time::Duration::from_millis(800))],
+    );
+    let before = up.request_count();
+    let addr = serve.addr.clone();
+    let in_flight =
+        std::thread::spawn(move || http(&addr, "POST", "/v1/chat/completions", Some(KEY), chat));
+    for _ in 0..1000 {
+        if up.request_count() > before {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(up.request_count() > before, "the call reached the upstream");
+    serve.signal(libc::SIGTERM);
+    let mut refused = false;
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(&serve.addr).is_err() {
+            refused = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(refused, "serve still accepts after SIGTERM");
+    let (status, body) = in_flight.join().expect("the call thread");
+    assert_eq!(status, 200, "{body}");
+    let (code, stderr) = serve.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("reload refused"), "{stderr}");
+    assert!(stderr.contains("requests_per_minute"), "{stderr}");
+    assert!(stderr.contains("stopping"), "{stderr}");
+}
