@@ -715,3 +715,130 @@ async fn wait_for_upstream(up: &TestUpstream, n: usize) {
     }
     panic!("the upstream never got {n} requests");
 }
+
+#[test]
+fn a_budget_that_waits_holds_the_request_then_answers() {
+    let up = TestUpstream::start().unwrap();
+    // One call a second, no burst: the second call waits about a second, within wait_up_to.
+    let engine = Engine::new(policy(
+        &up,
+        "[[budget]]\nname = \"paced\"\nscope = [\"tenant\"]\n\
+         requests_per_second = { limit = 1, burst = 1 }\nwhen_exhausted = { wait_up_to = \"5s\" }\n",
+    ));
+    rt().block_on(async {
+        let proxy = Proxy::start(engine, None, None).await.unwrap();
+        let first = call(
+            &proxy,
+            "POST",
+            "/v1/chat/completions",
+            Some(ALICE),
+            &chat("1", false),
+        )
+        .await;
+        assert_eq!(first.status, StatusCode::OK);
+        let started = std::time::Instant::now();
+        let held = call(
+            &proxy,
+            "POST",
+            "/v1/chat/completions",
+            Some(ALICE),
+            &chat("2", false),
+        )
+        .await;
+        assert_eq!(held.status, StatusCode::OK, "{:?}", held.body);
+        // The budget cannot admit it sooner than its refill.
+        assert!(
+            started.elapsed() >= Duration::from_millis(500),
+            "answered after {:?}: it was not held",
+            started.elapsed()
+        );
+        // Another tenant's budget is its own: not held.
+        let other = call(
+            &proxy,
+            "POST",
+            "/v1/chat/completions",
+            Some(BOB),
+            &chat("3", false),
+        )
+        .await;
+        assert_eq!(other.status, StatusCode::OK);
+        proxy.shutdown().await;
+    });
+}
+
+#[test]
+fn the_admin_listener_serves_only_admin_endpoints() {
+    let up = TestUpstream::start().unwrap();
+    let mut p = policy(&up, "");
+    if let Some(s) = p.serve.as_mut() {
+        s.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    }
+    let engine = Engine::new(p);
+    rt().block_on(async {
+        let proxy = Proxy::start(engine.clone(), None, None).await.unwrap();
+        let admin = proxy.admin_addr().expect("an admin listener");
+        assert_ne!(admin, proxy.addr());
+        // On the main listener there is no admin endpoint.
+        let main = call(&proxy, "POST", "/admin/reload", Some(ADMIN), "version = 1").await;
+        assert_eq!(main.status, StatusCode::NOT_FOUND);
+        // The admin listener serves no chat.
+        let chat_there = request(
+            admin,
+            "POST",
+            "/v1/chat/completions",
+            Some(ALICE),
+            &chat("x", false),
+        )
+        .await
+        .unwrap();
+        assert_eq!(chat_there.status, StatusCode::NOT_FOUND);
+        let no_token = request(admin, "POST", "/admin/reload", Some(ALICE), "version = 1")
+            .await
+            .unwrap();
+        assert_eq!(no_token.status, StatusCode::UNAUTHORIZED);
+        let text = format!(
+            "version = 1\n[[upstream]]\nname = \"test\"\nbase_url = \"{}\"\n[[route]]\n\
+             model = \"gpt-4o\"\ntargets = [{{ upstream = \"test\", model = \"gpt-4o\" }}]\n",
+            up.base_url()
+        );
+        let done = request(admin, "POST", "/admin/reload", Some(ADMIN), &text)
+            .await
+            .unwrap();
+        assert_eq!(done.status, StatusCode::OK, "{:?}", done.body);
+        assert_eq!(engine.generation(), 2);
+        let health = request(admin, "GET", "/healthz", None, "").await.unwrap();
+        assert_eq!(health.json()["generation"], 2);
+        proxy.shutdown().await;
+    });
+}
+
+#[test]
+fn heads_over_the_limit_are_refused() {
+    let up = TestUpstream::start().unwrap();
+    let mut p = policy(&up, "");
+    if let Some(s) = p.serve.as_mut() {
+        s.max_header_bytes = 8 * 1024;
+    }
+    let engine = Engine::new(p);
+    rt().block_on(async {
+        let proxy = Proxy::start(engine, None, None).await.unwrap();
+        let mut tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+        let head = format!(
+            "GET /healthz HTTP/1.1\r\nhost: proxy\r\nx-pad: {}\r\n\r\n",
+            "a".repeat(32 * 1024)
+        );
+        let _ = tcp.write_all(head.as_bytes()).await;
+        let got = read_to_close(&mut tcp).await;
+        assert!(got.starts_with("HTTP/1.1 431"), "{got:?}");
+        // A head under the limit is fine.
+        let mut tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+        let head = format!(
+            "GET /healthz HTTP/1.1\r\nhost: proxy\r\nconnection: close\r\nx-pad: {}\r\n\r\n",
+            "a".repeat(4 * 1024)
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let got = read_to_close(&mut tcp).await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+        proxy.shutdown().await;
+    });
+}
