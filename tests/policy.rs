@@ -2137,7 +2137,7 @@ fn serve_section_is_read_in_full() {
          admin_token = \"file:/run/secrets/admin_token\"\n\
          allow = [\"10.0.0.0/8\", \"192.168.1.20\", \"fd00::/8\", \"::1\", \"2001:db8::/32\"]\n\
          max_body = \"1MiB\"\nmax_headers = 16384\nheader_timeout = \"5s\"\n\
-         body_timeout = \"1m\"\nidle_timeout = \"2m\"\nmax_connections = 64\n\
+         body_timeout = \"1m\"\nidle_timeout = \"2m\"\nwrite_timeout = \"15s\"\nmax_connections = 64\n\
          shutdown_grace = \"45s\"\n\
          [[serve.key]]\nhash = \"{HASH_EMPTY}\"\ntenant = \"acme\"\nname = \"acme-ci\"\n\
          [[serve.key]]\nhash = \"{upper}\"\ntenant = \"beta\"\n"
@@ -2173,6 +2173,7 @@ fn serve_section_is_read_in_full() {
             header_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(120),
+            write_timeout: Duration::from_secs(15),
             max_connections: 64,
             shutdown_grace: Duration::from_secs(45),
         }
@@ -2257,8 +2258,8 @@ fn serve_defaults() {
         )
     );
     assert_eq!(
-        (s.idle_timeout, s.max_connections),
-        (Duration::from_secs(60), 1024)
+        (s.idle_timeout, s.write_timeout, s.max_connections),
+        (Duration::from_secs(60), Duration::from_secs(30), 1024)
     );
     assert!(s.allow.iter().any(|c| c.contains(ip("127.0.0.53"))));
     assert!(s.allow.iter().any(|c| c.contains(ip("::ffff:127.0.0.1"))));
@@ -2701,6 +2702,8 @@ fn serve_limits_and_timeouts() {
     check(&e, "serve.shutdown_grace", 3, 18, "must not be negative");
     let e = only(&serve_with("idle_timeout = \"0s\"\n"));
     check(&e, "serve.idle_timeout", 3, 16, "must be longer than zero");
+    let e = only(&serve_with("write_timeout = 5\n"));
+    check(&e, "serve.write_timeout", 3, 17, "write \"5s\"");
     for bad in ["0", "2000000", "\"many\"", "1.5"] {
         let e = only(&serve_with(&format!("max_connections = {bad}\n")));
         check(
@@ -3114,9 +3117,9 @@ fn summary_mentions_serve() {
     let line = "serve: listens on 127.0.0.1:8080; admin endpoints under /admin/ on the same \
                 listener, bearer token in env:ADMIN_TOKEN; clients from 10.0.0.0/8, ::1/128; 3 \
                 virtual keys for tenants \"acme\" (2 keys), \"beta\"; request bodies up to 4MiB, \
-                heads up to 64KiB; a client has 10s to send the head and 30s to send the body; \
-                idle connections close after 1m, at most 1024 open; on shutdown, calls in flight \
-                get 30s to finish\n";
+                heads up to 64KiB; a client has 10s to send the head and 30s to send the body \
+                and 30s to take each part of the answer; idle connections close after 1m, at \
+                most 1024 open; on shutdown, calls in flight get 30s to finish\n";
     assert!(s.contains(line), "summary lacks {line:?}:\n{s}");
     // Never a hash, not even a piece of one.
     for hash in [HASH_EMPTY, HASH_EXAMPLE] {
@@ -3138,8 +3141,9 @@ fn summary_mentions_serve() {
     let line = "serve: listens on [::]:8443; admin endpoints on 127.0.0.1:9090, bearer token in \
                 file:/run/secrets/admin; clients from 127.0.0.0/8, ::1/128; 1 virtual key for \
                 tenant \"solo\"; request bodies up to 1MiB, heads up to 16KiB; a client has 5s to \
-                send the head and 1m to send the body; idle connections close after 1m30s, at \
-                most 10 open; on shutdown, calls in flight get 45s to finish\n";
+                send the head and 1m to send the body and 30s to take each part of the answer; \
+                idle connections close after 1m30s, at most 10 open; on shutdown, calls in \
+                flight get 45s to finish\n";
     assert!(s.contains(line), "summary lacks {line:?}:\n{s}");
     let s = Policy::from_toml(&serve_with("")).expect("valid").summary();
     assert!(

@@ -842,3 +842,54 @@ fn heads_over_the_limit_are_refused() {
         proxy.shutdown().await;
     });
 }
+
+#[test]
+fn a_client_that_stops_reading_is_cut_and_its_call_ends() {
+    // A very long stream, so the proxy's socket buffers fill while the client reads nothing.
+    let up = TestUpstream::builder().max_words(120_000).start().unwrap();
+    let mut p = policy(&up, "");
+    if let Some(s) = p.serve.as_mut() {
+        s.write_timeout = Duration::from_millis(300);
+    }
+    let engine = Engine::new(p);
+    rt().block_on(async {
+        let proxy = Proxy::start(engine, None, None).await.unwrap();
+        let body = json!({"model": "gpt-4o", "max_tokens": 120_000, "stream": true,
+            "messages": [{"role": "user", "content": "long"}]})
+        .to_string();
+        let mut tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: proxy\r\nauthorization: Bearer {ALICE}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        // Read nothing until the proxy has given up on this client.
+        let mut stalled = 0;
+        for _ in 0..1000 {
+            stalled = metric(&proxy, "tollgate_serve_write_stalled_total").await;
+            if stalled > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(stalled, 1, "the stalled client was not cut");
+        // What was buffered arrives, then the end: no [DONE], the stream was cut.
+        let got = read_to_close(&mut tcp).await;
+        assert!(
+            got.starts_with("HTTP/1.1 200"),
+            "{}",
+            &got[..got.len().min(200)]
+        );
+        assert!(!got.contains("data: [DONE]"));
+        // The call behind it ended too.
+        for _ in 0..1000 {
+            if metric(&proxy, "tollgate_serve_in_flight").await == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(metric(&proxy, "tollgate_serve_in_flight").await, 0);
+        proxy.shutdown().await;
+    });
+}

@@ -118,6 +118,9 @@ pub struct Serve {
     /// Longest a connection may stay open with no request in progress (default 60s). A new
     /// connection must also send its first request head within `header_timeout`.
     pub idle_timeout: Duration,
+    /// Longest a client may leave response bytes untaken (default 30s); then its connection,
+    /// and the call behind it, are closed.
+    pub write_timeout: Duration,
     /// Most client connections open at once (default 1024); further clients wait in the
     /// listen backlog until one closes.
     pub max_connections: usize,
@@ -147,6 +150,7 @@ impl Default for Serve {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
             max_connections: 1024,
             shutdown_grace: Duration::from_secs(30),
         }

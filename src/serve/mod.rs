@@ -16,9 +16,11 @@
 //! (`max_connections`; the admin listener has its own [`ADMIN_CONNECTIONS`]), limits on the
 //! request head and body, timeouts for clients that send slowly (the first request head within
 //! `header_timeout` of connecting, every later head within `header_timeout`, a body within
-//! `body_timeout`) or not at all (`idle_timeout` with no request in progress), and on shutdown
-//! the listeners close first and calls in flight get `shutdown_grace` to finish.
+//! `body_timeout`) or not at all (`idle_timeout` with no request in progress), or that stop
+//! reading their responses (`write_timeout`), and on shutdown the listeners close first and
+//! calls in flight get `shutdown_grace` to finish.
 
+mod io;
 mod respond;
 
 use std::net::SocketAddr;
@@ -67,6 +69,7 @@ struct Counters {
     in_flight: AtomicU64,
     connections: AtomicU64,
     idle_closed: AtomicU64,
+    write_stalled: AtomicU64,
 }
 
 /// What every connection shares.
@@ -247,6 +250,7 @@ async fn connection(
             Ok::<_, std::convert::Infallible>(response)
         }
     });
+    let tcp = io::StallLimit::new(tcp, shared.config.write_timeout, Arc::clone(&shared));
     let conn = builder.serve_connection(TokioIo::new(tcp), service);
     tokio::pin!(conn);
     let idle = tokio::select! {
@@ -659,7 +663,7 @@ fn reload(shared: &Shared, text: Option<&str>) -> Result<ReloadReport, String> {
 fn metrics(shared: &Shared) -> Response<ProxyBody> {
     let mut text = shared.engine.metrics_text();
     let c = &shared.counters;
-    let families: [(&str, &str, &str, u64); 7] = [
+    let families: [(&str, &str, &str, u64); 8] = [
         (
             "tollgate_serve_requests_total",
             "counter",
@@ -702,6 +706,12 @@ fn metrics(shared: &Shared) -> Response<ProxyBody> {
             "Connections closed for sending no request within header_timeout of connecting, or \
              none for idle_timeout.",
             c.idle_closed.load(Ordering::Relaxed),
+        ),
+        (
+            "tollgate_serve_write_stalled_total",
+            "counter",
+            "Connections closed because the client took no response bytes for write_timeout.",
+            c.write_stalled.load(Ordering::Relaxed),
         ),
     ];
     for (name, kind, help, value) in families {

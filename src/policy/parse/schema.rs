@@ -1951,6 +1951,7 @@ const SERVE_FIELDS: &[&str] = &[
     "header_timeout",
     "body_timeout",
     "idle_timeout",
+    "write_timeout",
     "max_connections",
     "shutdown_grace",
 ];
@@ -2043,6 +2044,7 @@ fn serve(cx: &mut Cx, node: &Node, path: &str) -> Option<Serve> {
     let header_timeout = t.opt(cx, "header_timeout", d.header_timeout, duration);
     let body_timeout = t.opt(cx, "body_timeout", d.body_timeout, duration);
     let idle_timeout = t.opt(cx, "idle_timeout", d.idle_timeout, duration);
+    let write_timeout = t.opt(cx, "write_timeout", d.write_timeout, duration);
     let max_connections = t.opt(cx, "max_connections", d.max_connections, |cx, n, p| {
         whole(cx, n, p, 1, MAX_CONNECTIONS).and_then(|v| usize::try_from(v).ok())
     });
@@ -2083,6 +2085,7 @@ fn serve(cx: &mut Cx, node: &Node, path: &str) -> Option<Serve> {
         header_timeout: header_timeout?,
         body_timeout: body_timeout?,
         idle_timeout: idle_timeout?,
+        write_timeout: write_timeout?,
         max_connections: max_connections?,
         shutdown_grace: shutdown_grace?,
     })
