@@ -23,12 +23,14 @@
 mod io;
 mod respond;
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -81,6 +83,27 @@ struct Shared {
     /// Listener settings, fixed at start.
     config: Serve,
     counters: Counters,
+    /// The running policy's virtual keys by hash, rebuilt when the policy changes.
+    keys: ArcSwap<KeyIndex>,
+}
+
+/// The virtual keys of one policy, by SHA-256.
+#[derive(Debug)]
+struct KeyIndex {
+    policy: Arc<Policy>,
+    tenants: HashMap<[u8; 32], String>,
+}
+
+impl KeyIndex {
+    fn new(policy: Arc<Policy>) -> KeyIndex {
+        let tenants = policy
+            .serve
+            .iter()
+            .flat_map(|s| &s.keys)
+            .map(|k| (k.sha256, k.tenant.clone()))
+            .collect();
+        KeyIndex { policy, tenants }
+    }
 }
 
 /// Which listener a connection came in on.
@@ -113,6 +136,7 @@ impl Proxy {
         let addr = main.local_addr()?;
         let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
         let shared = Arc::new(Shared {
+            keys: ArcSwap::from_pointee(KeyIndex::new(engine.policy())),
             engine,
             policy_file,
             config,
@@ -476,7 +500,7 @@ pub fn hash_key(key: &str) -> String {
 }
 
 /// The tenant of the request's virtual key, or the 401 to answer. The key is hashed first and
-/// only hashes are compared, so no comparison time depends on the key's text.
+/// looked up by its hash (one map lookup, however many keys), never compared as text.
 #[allow(clippy::result_large_err)]
 fn tenant(shared: &Shared, req: &Request<Incoming>) -> Result<String, Response<ProxyBody>> {
     let refuse = |message: &str| {
@@ -495,17 +519,25 @@ fn tenant(shared: &Shared, req: &Request<Incoming>) -> Result<String, Response<P
     };
     let hash = sha256(key);
     let policy = shared.engine.policy();
-    let keys = policy.serve.as_ref().map_or(&[][..], |s| &s.keys[..]);
-    match keys.iter().find(|k| k.sha256 == hash) {
-        Some(k) => Ok(k.tenant.clone()),
+    let mut index = shared.keys.load_full();
+    if !Arc::ptr_eq(&index.policy, &policy) {
+        index = Arc::new(KeyIndex::new(policy));
+        shared.keys.store(Arc::clone(&index));
+    }
+    match index.tenants.get(&hash) {
+        Some(tenant) => Ok(tenant.clone()),
         None => refuse("Incorrect API key provided. The proxy does not know this virtual key."),
     }
 }
 
 fn models(policy: &Policy) -> Response<ProxyBody> {
-    let mut ids: Vec<&str> = policy.routes.iter().map(|r| r.model.as_str()).collect();
-    ids.retain(|m| !m.contains(['*', '?', '[']));
-    ids.dedup();
+    let mut seen = HashSet::new();
+    let ids: Vec<&str> = policy
+        .routes
+        .iter()
+        .map(|r| r.model.as_str())
+        .filter(|m| !m.contains(['*', '?', '[']) && seen.insert(*m))
+        .collect();
     let data: Vec<serde_json::Value> = ids
         .iter()
         .map(|id| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "tollgate"}))
