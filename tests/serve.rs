@@ -119,6 +119,18 @@ async fn request(
     })
 }
 
+/// A chat completion by the holder of `key` (streamed when `stream`).
+async fn complete(proxy: &Proxy, key: &str, content: &str, stream: bool) -> Reply {
+    call(
+        proxy,
+        "POST",
+        "/v1/chat/completions",
+        Some(key),
+        &chat(content, stream),
+    )
+    .await
+}
+
 fn chat(content: &str, stream: bool) -> String {
     json!({"model": "gpt-4o", "max_tokens": 5, "stream": stream,
         "messages": [{"role": "user", "content": content}]})
@@ -135,25 +147,11 @@ fn virtual_keys_map_to_tenants_and_unknown_keys_get_401() {
     let rt = rt();
     rt.block_on(async {
         let proxy = Proxy::start(engine.clone(), None, None).await.unwrap();
-        let ok = call(
-            &proxy,
-            "POST",
-            "/v1/chat/completions",
-            Some(ALICE),
-            &chat("a", false),
-        )
-        .await;
+        let ok = complete(&proxy, ALICE, "a", false).await;
         assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
         assert_eq!(ok.json()["object"], "chat.completion");
         // Bob is another tenant: his own minute's call.
-        let bob = call(
-            &proxy,
-            "POST",
-            "/v1/chat/completions",
-            Some(BOB),
-            &chat("b", false),
-        )
-        .await;
+        let bob = complete(&proxy, BOB, "b", false).await;
         assert_eq!(bob.status, StatusCode::OK);
         for key in [None, Some("vk-nobody"), Some("")] {
             let r = call(
@@ -194,23 +192,9 @@ fn a_budget_denial_is_a_429_naming_the_budget_with_retry_after() {
     ));
     rt().block_on(async {
         let proxy = Proxy::start(engine, None, None).await.unwrap();
-        let first = call(
-            &proxy,
-            "POST",
-            "/v1/chat/completions",
-            Some(ALICE),
-            &chat("a", false),
-        )
-        .await;
+        let first = complete(&proxy, ALICE, "a", false).await;
         assert_eq!(first.status, StatusCode::OK);
-        let r = call(
-            &proxy,
-            "POST",
-            "/v1/chat/completions",
-            Some(ALICE),
-            &chat("b", false),
-        )
-        .await;
+        let r = complete(&proxy, ALICE, "b", false).await;
         assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
         let e = r.json();
         assert_eq!(e["error"]["code"], "budget_exhausted");
@@ -229,14 +213,7 @@ fn streams_pass_through_event_by_event() {
     let engine = Engine::new(policy(&up, ""));
     rt().block_on(async {
         let proxy = Proxy::start(engine, None, None).await.unwrap();
-        let r = call(
-            &proxy,
-            "POST",
-            "/v1/chat/completions",
-            Some(ALICE),
-            &chat("s", true),
-        )
-        .await;
+        let r = complete(&proxy, ALICE, "s", true).await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.headers["content-type"], "text/event-stream");
         let text = String::from_utf8(r.body.to_vec()).unwrap();
@@ -292,23 +269,9 @@ fn admin_reload_needs_the_token_and_changes_limits_at_once() {
     let engine = Engine::new(policy(&up, &budget(1)));
     rt().block_on(async {
         let proxy = Proxy::start(engine.clone(), None, None).await.unwrap();
-        let ok = call(
-            &proxy,
-            "POST",
-            "/v1/chat/completions",
-            Some(ALICE),
-            &chat("1", false),
-        )
-        .await;
+        let ok = complete(&proxy, ALICE, "1", false).await;
         assert_eq!(ok.status, StatusCode::OK);
-        let denied = call(
-            &proxy,
-            "POST",
-            "/v1/chat/completions",
-            Some(ALICE),
-            &chat("2", false),
-        )
-        .await;
+        let denied = complete(&proxy, ALICE, "2", false).await;
         assert_eq!(denied.status, StatusCode::TOO_MANY_REQUESTS);
         // The new policy text: 5 a minute, and only alice's virtual key.
         let text = format!(
@@ -342,14 +305,7 @@ fn admin_reload_needs_the_token_and_changes_limits_at_once() {
         assert_eq!(done.status, StatusCode::OK, "{:?}", done.body);
         assert_eq!(done.json()["generation"], 2);
         assert_eq!(engine.generation(), 2);
-        let now_ok = call(
-            &proxy,
-            "POST",
-            "/v1/chat/completions",
-            Some(ALICE),
-            &chat("3", false),
-        )
-        .await;
+        let now_ok = complete(&proxy, ALICE, "3", false).await;
         assert_eq!(
             now_ok.status,
             StatusCode::OK,
@@ -727,24 +683,10 @@ fn a_budget_that_waits_holds_the_request_then_answers() {
     ));
     rt().block_on(async {
         let proxy = Proxy::start(engine, None, None).await.unwrap();
-        let first = call(
-            &proxy,
-            "POST",
-            "/v1/chat/completions",
-            Some(ALICE),
-            &chat("1", false),
-        )
-        .await;
+        let first = complete(&proxy, ALICE, "1", false).await;
         assert_eq!(first.status, StatusCode::OK);
         let started = std::time::Instant::now();
-        let held = call(
-            &proxy,
-            "POST",
-            "/v1/chat/completions",
-            Some(ALICE),
-            &chat("2", false),
-        )
-        .await;
+        let held = complete(&proxy, ALICE, "2", false).await;
         assert_eq!(held.status, StatusCode::OK, "{:?}", held.body);
         // The budget cannot admit it sooner than its refill.
         assert!(
@@ -753,14 +695,7 @@ fn a_budget_that_waits_holds_the_request_then_answers() {
             started.elapsed()
         );
         // Another tenant's budget is its own: not held.
-        let other = call(
-            &proxy,
-            "POST",
-            "/v1/chat/completions",
-            Some(BOB),
-            &chat("3", false),
-        )
-        .await;
+        let other = complete(&proxy, BOB, "3", false).await;
         assert_eq!(other.status, StatusCode::OK);
         proxy.shutdown().await;
     });
