@@ -76,9 +76,21 @@ fn redis_rate_vectors() {
 /// A policy with a `[redis]` section (`redis` holds its extra lines) and the given budgets.
 fn policy(server: &RedisServer, prefix: &str, redis: &str, rest: &str) -> String {
     format!(
-        "version = 1\n[redis]\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\n{redis}\n{rest}",
-        server.url()
+        "version = 1\n[redis]\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\n{}\n{rest}",
+        server.url(),
+        patient(redis)
     )
+}
+
+/// `redis` settings with a roomy op_timeout unless they set one: the default 50 ms is a
+/// production figure, and a test machine busy compiling can take longer for one round trip,
+/// which would mark the store down in a test that is not about timeouts.
+fn patient(redis: &str) -> String {
+    if redis.contains("op_timeout") {
+        redis.to_owned()
+    } else {
+        format!("{redis}\nop_timeout = \"5s\"\nconnect_timeout = \"10s\"")
+    }
 }
 
 fn engine(text: &str) -> Engine {
@@ -252,6 +264,8 @@ fn gate_policy(url: &str) -> String {
 url = "{url}"
 key_prefix = "gate"
 on_failure = "fail_closed"
+op_timeout = "5s"
+connect_timeout = "10s"
 concurrency_lease = "1s"
 [[budget]]
 name = "one-at-a-time"
@@ -712,16 +726,20 @@ fn budgets_work_over_tls_with_a_private_ca() {
 url = "{}"
 key_prefix = "tls"
 tls_ca_file = "{}"
-on_failure = "fail_closed"
+{}
 {FLEET}"#,
         server.tls_url().unwrap(),
-        server.ca_file().unwrap().display()
+        server.ca_file().unwrap().display(),
+        patient("on_failure = \"fail_closed\"")
     );
     let e = engine(&text);
     let admitted = (0..120).filter(|_| admit_once(&e).is_ok()).count();
     assert!((100..=101).contains(&admitted), "{admitted}");
     // The same server without trusting its CA: the connection is refused, and said so.
-    let untrusted = text.replace("tls_ca_file", "# tls_ca_file");
+    // (With the default connect_timeout: the refusal comes once that has passed.)
+    let untrusted = text
+        .replace("tls_ca_file", "# tls_ca_file")
+        .replace("connect_timeout = \"10s\"", "");
     let e = engine(&untrusted);
     match e.admit(&call()) {
         Decision::Deny(d) => assert_eq!(d.code(), "store_unavailable", "{d}"),
