@@ -324,6 +324,8 @@ export class Tollgate {
     },
   ): PolicyWatcher
   admit(call: CallInput): Decision
+  /** As admit, without blocking the event loop while budgets kept in Redis are asked. */
+  admitAsync(call: CallInput): Promise<Decision>
   settle(permit: Permit, outcome?: OutcomeInput): Verdict
   send(request: object | string, options?: CallOptions): Promise<ChatResponse>
   stream(request: object | string, options: StreamOptions & { raw: true }): Promise<ChatStream<StreamEvent>>

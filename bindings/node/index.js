@@ -176,6 +176,14 @@ function toError(e, signal) {
   return new Class(info)
 }
 
+/** The decision for admit's answer when it is not a go: a wait or a denial. */
+function notGo(r) {
+  if (r.kind === 'wait') {
+    return { kind: 'wait', afterMs: r.afterMs, budget: r.budget, key: r.key, limit: r.limit ?? null }
+  }
+  return { kind: 'deny', error: toError(r.error) }
+}
+
 function abortError(signal) {
   return new AbortError(signal?.reason)
 }
@@ -618,15 +626,48 @@ class Tollgate {
     } else {
       r = native.admitFast()
     }
-    if (typeof r === 'number') {
-      const permit = new Permit(this, this._native, r)
-      track(permit)
-      return { kind: 'go', permit }
+    if (typeof r === 'number') return this._go(r)
+    return notGo(r)
+  }
+
+  /**
+   * As admit(), without blocking the event loop while budgets kept in Redis are asked (the
+   * round trip is awaited off the JavaScript thread): resolves to the same decision. With
+   * local budgets only it answers at once, but admit() is cheaper there.
+   */
+  async admitAsync(call) {
+    if (call.attempt !== undefined && call.attempt !== null) {
+      this._native.setAttempt(call.attempt._external)
     }
-    if (r.kind === 'wait') {
-      return { kind: 'wait', afterMs: r.afterMs, budget: r.budget, key: r.key, limit: r.limit ?? null }
+    const tokens = call.promptTokens
+    const request = call.request
+    let r
+    try {
+      r = await this._native.admitAsync({
+        model: call.model ?? undefined,
+        tenant: call.tenant ?? undefined,
+        upstream: call.upstream ?? undefined,
+        key: call.key ?? undefined,
+        route: call.route ?? undefined,
+        promptTokens: typeof tokens === 'number' ? tokens : undefined,
+        prompt: call.prompt ?? undefined,
+        request: request === undefined || request === null || typeof request === 'string' ? (request ?? undefined) : JSON.stringify(request),
+        maxTokens: typeof call.maxTokens === 'number' ? call.maxTokens : undefined,
+        priority: typeof call.priority === 'number' ? call.priority : undefined,
+        deadlineMs: typeof call.deadlineMs === 'number' ? call.deadlineMs : undefined,
+      })
+    } catch (e) {
+      throw toError(e)
     }
-    return { kind: 'deny', error: toError(r.error) }
+    if (typeof r.kind === 'string') return notGo(r)
+    return this._go(this._native.adoptPermit(r))
+  }
+
+  /** A go decision for the permit handle `handle`. */
+  _go(handle) {
+    const permit = new Permit(this, this._native, handle)
+    track(permit)
+    return { kind: 'go', permit }
   }
 
   /**

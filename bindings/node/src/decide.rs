@@ -21,7 +21,7 @@
 use std::cell::{Cell, RefCell};
 use std::ptr;
 
-use napi::bindgen_prelude::{Either, External};
+use napi::bindgen_prelude::{Either, External, PromiseRaw};
 use napi::{Env, Unknown, sys};
 use napi_derive::napi;
 use tollgate::retry::{ConnectKind, Failure, TimeoutKind};
@@ -420,27 +420,100 @@ fn admit_with(named: Named) -> napi::Result<Either<f64, AdmitJs>> {
             call.attempt = attempt.as_deref();
             r.engine.admit(&call)
         });
-        Ok(match decision {
-            Decision::Go(permit) => Either::A(r.permits.insert(permit)),
-            Decision::Wait(hint) => Either::B(AdmitJs {
-                kind: "wait".into(),
-                after_ms: Some(hint.after.as_secs_f64() * 1e3),
-                budget: Some(hint.budget.to_string()),
-                key: Some(hint.key.to_string()),
-                limit: hint.limit.map(|l| l.as_str().to_owned()),
-                error: None,
-            }),
-            Decision::Deny(denial) => Either::B(AdmitJs {
-                kind: "deny".into(),
-                after_ms: None,
-                budget: None,
-                key: None,
-                limit: None,
-                error: Some(ErrorInfo::denial(&denial)),
-            }),
+        Ok(match go_or(decision) {
+            Either::A(permit) => Either::A(r.permits.insert(permit)),
+            Either::B(not) => Either::B(not),
         })
     })
 }
+
+/// The permit of a go, or the [`AdmitJs`] of a wait or a denial.
+fn go_or(decision: Decision) -> Either<Permit, AdmitJs> {
+    match decision {
+        Decision::Go(permit) => Either::A(permit),
+        Decision::Wait(hint) => Either::B(AdmitJs {
+            kind: "wait".into(),
+            after_ms: Some(hint.after.as_secs_f64() * 1e3),
+            budget: Some(hint.budget.to_string()),
+            key: Some(hint.key.to_string()),
+            limit: hint.limit.map(|l| l.as_str().to_owned()),
+            error: None,
+        }),
+        Decision::Deny(denial) => Either::B(AdmitJs {
+            kind: "deny".into(),
+            after_ms: None,
+            budget: None,
+            key: None,
+            limit: None,
+            error: Some(ErrorInfo::denial(&denial)),
+        }),
+    }
+}
+
+/// A call for [`NativeEngine::admit_async`], every part given here (not through `io`).
+#[napi(object)]
+pub struct AdmitCallJs {
+    /// The model asked for.
+    pub model: Option<String>,
+    /// The tenant.
+    pub tenant: Option<String>,
+    /// The upstream, when the host chose it.
+    pub upstream: Option<String>,
+    /// The upstream key, when the host chose it.
+    pub key: Option<String>,
+    /// The route.
+    pub route: Option<String>,
+    /// Prompt tokens counted by the host.
+    pub prompt_tokens: Option<f64>,
+    /// The prompt as text, counted here.
+    pub prompt: Option<String>,
+    /// The request body (JSON), counted here.
+    pub request: Option<String>,
+    /// Completion allowance.
+    pub max_tokens: Option<f64>,
+    /// Queue priority.
+    pub priority: Option<f64>,
+    /// Deadline of the whole call in ms.
+    pub deadline_ms: Option<f64>,
+}
+
+/// A call admitted off this thread: what [`Call`] borrows, owned.
+struct OwnedCall {
+    names: [String; 5],
+    priority: i16,
+    prompt_tokens: Option<u64>,
+    prompt: Option<String>,
+    request: Option<serde_json::Value>,
+    max_tokens: Option<u64>,
+    deadline: Option<std::time::Duration>,
+    attempt: Option<Box<Attempt>>,
+}
+
+impl OwnedCall {
+    fn call(&self) -> Call<'_> {
+        let [model, tenant, upstream, key, route] = &self.names;
+        let mut call = Call::new(model)
+            .tenant(tenant)
+            .upstream(upstream)
+            .key(key)
+            .route(route)
+            .priority(self.priority);
+        call.prompt = match (self.prompt_tokens, &self.prompt, &self.request) {
+            (Some(n), _, _) => Prompt::Tokens(n),
+            (None, Some(text), _) => Prompt::Text(text),
+            (None, None, Some(body)) => Prompt::Request(body),
+            (None, None, None) => Prompt::Tokens(0),
+        };
+        call.max_tokens = self.max_tokens;
+        call.deadline = self.deadline;
+        call.attempt = self.attempt.as_deref();
+        call
+    }
+}
+
+/// A permit [`NativeEngine::admit_async`] admitted, until [`NativeEngine::adopt_permit`] files
+/// it in the engine's table; collected unadopted, it is released.
+pub struct PendingPermit(std::sync::Mutex<Option<Permit>>);
 
 /// Admits a call described entirely by `io` (engine, numbers, interned names): returns the
 /// permit handle (a number) for a go, an [`AdmitJs`] for wait and deny.
@@ -593,6 +666,68 @@ pub fn settle(
 
 #[napi]
 impl NativeEngine {
+    /// As `admit`, without blocking this thread while budgets in Redis are asked (the round
+    /// trip is awaited on tollgate's runtime; local budgets answer at once). Resolves to a
+    /// pending permit for a go (give it to [`NativeEngine::adopt_permit`]), an [`AdmitJs`] for
+    /// wait and deny. Takes the retry state [`NativeEngine::set_attempt`] left.
+    #[napi(ts_return_type = "Promise<ExternalObject<PendingPermit> | AdmitJs>")]
+    pub fn admit_async<'env>(
+        &self,
+        env: &'env Env,
+        call: AdmitCallJs,
+    ) -> napi::Result<PromiseRaw<'env, Either<External<PendingPermit>, AdmitJs>>> {
+        let prompt_tokens = call.prompt_tokens.and_then(optional);
+        let request = match (prompt_tokens, &call.prompt, call.request) {
+            (None, None, Some(json)) => Some(serde_json::from_str(&json).map_err(|e| {
+                ErrorInfo::new("invalid_request", format!("request is not JSON: {e}")).into_napi()
+            })?),
+            _ => None,
+        };
+        let (engine, attempt) =
+            with_engine(self.index, |r| Ok((r.engine.clone(), r.attempt.take())))?;
+        let owned = OwnedCall {
+            names: [call.model, call.tenant, call.upstream, call.key, call.route]
+                .map(Option::unwrap_or_default),
+            priority: call
+                .priority
+                .unwrap_or(0.0)
+                .clamp(f64::from(i16::MIN), f64::from(i16::MAX)) as i16,
+            prompt_tokens,
+            prompt: call.prompt,
+            request,
+            max_tokens: call.max_tokens.and_then(optional),
+            deadline: call
+                .deadline_ms
+                .and_then(optional)
+                .map(std::time::Duration::from_millis),
+            attempt,
+        };
+        env.spawn_future(async move {
+            let decision = engine.admit_async(&owned.call()).await;
+            Ok(match go_or(decision) {
+                Either::A(permit) => Either::A(External::new(PendingPermit(
+                    std::sync::Mutex::new(Some(permit)),
+                ))),
+                Either::B(not) => Either::B(not),
+            })
+        })
+    }
+
+    /// Files a permit from [`NativeEngine::admit_async`] in this engine's table: its handle,
+    /// as `admit` returns it.
+    #[napi]
+    pub fn adopt_permit(&self, pending: &External<PendingPermit>) -> napi::Result<f64> {
+        let permit = pending
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .ok_or_else(|| {
+                ErrorInfo::invalid_argument("this permit was adopted already").into_napi()
+            })?;
+        with_engine(self.index, |r| Ok(r.permits.insert(permit)))
+    }
+
     /// Makes this engine's next admission a retry with this state (from a `retry` verdict).
     #[napi]
     pub fn set_attempt(&self, attempt: &External<Attempt>) -> napi::Result<()> {

@@ -18,6 +18,8 @@ export async function use(): Promise<number> {
   } else {
     total += d.error instanceof DeniedError ? (d.error.retryAfterMs ?? 0) : 0
   }
+  const later = await tg.admitAsync({ model: 'gpt-4o', tenant: 'acme', request: { model: 'gpt-4o', messages: [] } })
+  if (later.kind === 'go') later.permit.release()
   const r = await tg.send({ model: 'gpt-4o', messages: [] }, { signal: AbortSignal.timeout(1000), tenant: 'acme' })
   total += r.usage?.totalTokens ?? 0
   const s = await tg.stream({ model: 'gpt-4o', messages: [] })
