@@ -852,7 +852,7 @@ fn serve_reloads_on_sighup_and_drains_on_sigterm() {
             "version = 1\n[[upstream]]\nname = \"test\"\nbase_url = \"{}\"\n\
              [[route]]\nmodel = \"gpt-4o\"\ntargets = [{{ upstream = \"test\", model = \"gpt-4o\" }}]\n\
              [[budget]]\nname = \"per-tenant\"\nscope = [\"tenant\"]\nrequests_per_minute = {rpm}\n\
-             [serve]\nshutdown_grace = \"20s\"\n\
+             [serve]\nshutdown_grace = \"20s\"\naccess_log = true\n\
              [[serve.key]]\nhash = \"{}\"\ntenant = \"cli\"\n",
             up.base_url(),
             tollgate::serve::hash_key(KEY)
@@ -930,4 +930,51 @@ fn serve_reloads_on_sighup_and_drains_on_sigterm() {
     assert!(stderr.contains("reload refused"), "{stderr}");
     assert!(stderr.contains("requests_per_minute"), "{stderr}");
     assert!(stderr.contains("stopping"), "{stderr}");
+
+    // The access log: a JSON line per request, never the key.
+    assert!(!stderr.contains(KEY), "{stderr}");
+    let lines: Vec<Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let chats: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["path"] == "/v1/chat/completions")
+        .collect();
+    assert_eq!(chats.len(), 4, "{stderr}");
+    let ok = chats[0];
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["method"], "POST");
+    assert_eq!(
+        (&ok["key"], &ok["tenant"]),
+        (&Value::from("cli"), &Value::from("cli"))
+    );
+    assert_eq!(
+        (&ok["model"], &ok["stream"]),
+        (&Value::from("gpt-4o"), &Value::from(false))
+    );
+    assert_eq!(
+        (&ok["source"], &ok["attempts"]),
+        (&Value::from("upstream"), &Value::from(1))
+    );
+    assert!(ok["ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{ok}");
+    assert!(
+        ok["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{ok}"
+    );
+    let denied = chats[1];
+    assert_eq!(denied["status"], 429);
+    assert_eq!(denied["code"], "budget_exhausted");
+    assert!(chats[2..].iter().all(|c| c["status"] == 200), "{stderr}");
+    let health = lines
+        .iter()
+        .find(|l| l["path"] == "/healthz")
+        .expect("health checks are logged");
+    assert_eq!(
+        (&health["status"], &health["key"]),
+        (&Value::from(200), &Value::Null)
+    );
 }

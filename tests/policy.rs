@@ -2138,7 +2138,7 @@ fn serve_section_is_read_in_full() {
          allow = [\"10.0.0.0/8\", \"192.168.1.20\", \"fd00::/8\", \"::1\", \"2001:db8::/32\"]\n\
          max_body = \"1MiB\"\nmax_headers = 16384\nheader_timeout = \"5s\"\n\
          body_timeout = \"1m\"\nidle_timeout = \"2m\"\nwrite_timeout = \"15s\"\nmax_connections = 64\n\
-         shutdown_grace = \"45s\"\n\
+         shutdown_grace = \"45s\"\naccess_log = true\n\
          [[serve.key]]\nhash = \"{HASH_EMPTY}\"\ntenant = \"acme\"\nname = \"acme-ci\"\n\
          [[serve.key]]\nhash = \"{upper}\"\ntenant = \"beta\"\n"
     );
@@ -2176,6 +2176,7 @@ fn serve_section_is_read_in_full() {
             write_timeout: Duration::from_secs(15),
             max_connections: 64,
             shutdown_grace: Duration::from_secs(45),
+            access_log: true,
         }
     );
     assert_eq!(hash_bytes(HASH_EMPTY), HASH_EMPTY_BYTES);
@@ -2261,6 +2262,7 @@ fn serve_defaults() {
         (s.idle_timeout, s.write_timeout, s.max_connections),
         (Duration::from_secs(60), Duration::from_secs(30), 1024)
     );
+    assert!(!s.access_log);
     assert!(s.allow.iter().any(|c| c.contains(ip("127.0.0.53"))));
     assert!(s.allow.iter().any(|c| c.contains(ip("::ffff:127.0.0.1"))));
     assert!(!s.allow.iter().any(|c| c.contains(ip("10.0.0.1"))));
@@ -2704,6 +2706,14 @@ fn serve_limits_and_timeouts() {
     check(&e, "serve.idle_timeout", 3, 16, "must be longer than zero");
     let e = only(&serve_with("write_timeout = 5\n"));
     check(&e, "serve.write_timeout", 3, 17, "write \"5s\"");
+    let e = only(&serve_with("access_log = \"stderr\"\n"));
+    check(
+        &e,
+        "serve.access_log",
+        3,
+        14,
+        "must be true or false, got \"stderr\"",
+    );
     for bad in ["0", "2000000", "\"many\"", "1.5"] {
         let e = only(&serve_with(&format!("max_connections = {bad}\n")));
         check(
@@ -3133,6 +3143,7 @@ fn summary_mentions_serve() {
          admin_token = \"file:/run/secrets/admin\"\nmax_body = \"1MiB\"\n\
          max_headers = \"16KiB\"\nheader_timeout = \"5s\"\nbody_timeout = \"1m\"\n\
          idle_timeout = \"90s\"\nmax_connections = 10\nshutdown_grace = \"45s\"\n\
+         access_log = true\n\
          [[serve.key]]\nhash = \"sha256:{}\"\ntenant = \"solo\"\n"
             .replace("{}", &"cd".repeat(32)),
     ))
@@ -3143,7 +3154,7 @@ fn summary_mentions_serve() {
                 tenant \"solo\"; request bodies up to 1MiB, heads up to 16KiB; a client has 5s to \
                 send the head and 1m to send the body and 30s to take each part of the answer; \
                 idle connections close after 1m30s, at most 10 open; on shutdown, calls in \
-                flight get 45s to finish\n";
+                flight get 45s to finish; access log on standard error\n";
     assert!(s.contains(line), "summary lacks {line:?}:\n{s}");
     let s = Policy::from_toml(&serve_with("")).expect("valid").summary();
     assert!(
@@ -3187,6 +3198,7 @@ fn example_serve_lines_parse_when_uncommented() {
                 tenant: "acme".into(),
                 name: "acme-ci".into(),
             }],
+            access_log: true,
             ..Serve::default()
         }
     );

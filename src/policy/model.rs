@@ -126,6 +126,8 @@ pub struct Serve {
     pub max_connections: usize,
     /// On SIGTERM: how long calls in flight may take to finish (default 30s).
     pub shutdown_grace: Duration,
+    /// One JSON line per request on standard error (default false).
+    pub access_log: bool,
 }
 
 impl Default for Serve {
@@ -153,6 +155,7 @@ impl Default for Serve {
             write_timeout: Duration::from_secs(30),
             max_connections: 1024,
             shutdown_grace: Duration::from_secs(30),
+            access_log: false,
         }
     }
 }

@@ -21,6 +21,7 @@
 //! calls in flight get `shutdown_grace` to finish.
 
 mod io;
+mod log;
 mod respond;
 
 use std::collections::{HashMap, HashSet};
@@ -91,18 +92,24 @@ struct Shared {
 #[derive(Debug)]
 struct KeyIndex {
     policy: Arc<Policy>,
-    tenants: HashMap<[u8; 32], String>,
+    keys: HashMap<[u8; 32], Arc<log::Who>>,
 }
 
 impl KeyIndex {
     fn new(policy: Arc<Policy>) -> KeyIndex {
-        let tenants = policy
+        let keys = policy
             .serve
             .iter()
             .flat_map(|s| &s.keys)
-            .map(|k| (k.sha256, k.tenant.clone()))
+            .map(|k| {
+                let who = log::Who {
+                    name: k.name.clone(),
+                    tenant: k.tenant.clone(),
+                };
+                (k.sha256, Arc::new(who))
+            })
             .collect();
-        KeyIndex { policy, tenants }
+        KeyIndex { policy, keys }
     }
 }
 
@@ -227,7 +234,7 @@ async fn accept(
                     let stop = stop.clone();
                     conns.spawn(async move {
                         shared.counters.connections.fetch_add(1, Ordering::Relaxed);
-                        connection(tcp, which, Arc::clone(&shared), stop).await;
+                        connection(tcp, peer, which, Arc::clone(&shared), stop).await;
                         shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
                         drop(permit);
                     });
@@ -248,6 +255,7 @@ async fn accept(
 
 async fn connection(
     tcp: TcpStream,
+    peer: SocketAddr,
     which: Listener,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
@@ -269,8 +277,25 @@ async fn connection(
         let shared = Arc::clone(&for_service);
         let busy = Busy::new(&seen);
         async move {
-            let mut response = handle(shared, which, req).await;
+            // What the access log needs of the request, taken before the handler consumes it.
+            let logged = shared.config.access_log.then(|| {
+                (
+                    Instant::now(),
+                    req.method().clone(),
+                    req.uri().path().to_owned(),
+                )
+            });
+            let mut response = handle(Arc::clone(&shared), which, req).await;
             response.body_mut().busy = Some(busy);
+            if let Some((started, method, path)) = logged {
+                log::write(&log::line(
+                    peer,
+                    &method,
+                    &path,
+                    &response,
+                    started.elapsed(),
+                ));
+            }
             Ok::<_, std::convert::Infallible>(response)
         }
     });
@@ -421,13 +446,25 @@ async fn handle(
             Some("not_found"),
         ),
         (Method::GET, "/v1/models", Listener::Main) => match tenant(&shared, &req) {
-            Ok(_) => models(&shared.engine.policy()),
+            Ok(who) => {
+                let mut r = models(&shared.engine.policy());
+                if shared.config.access_log {
+                    r.extensions_mut().insert(who);
+                }
+                r
+            }
             Err(r) => r,
         },
         (Method::POST, "/v1/chat/completions", Listener::Main) => {
             let _in_flight = InFlight::new(&shared);
             match tenant(&shared, &req) {
-                Ok(tenant) => chat(&shared, tenant, req).await,
+                Ok(who) => {
+                    let mut r = chat(&shared, who.tenant.clone(), req).await;
+                    if shared.config.access_log {
+                        r.extensions_mut().insert(who);
+                    }
+                    r
+                }
                 Err(r) => r,
             }
         }
@@ -502,7 +539,7 @@ pub fn hash_key(key: &str) -> String {
 /// The tenant of the request's virtual key, or the 401 to answer. The key is hashed first and
 /// looked up by its hash (one map lookup, however many keys), never compared as text.
 #[allow(clippy::result_large_err)]
-fn tenant(shared: &Shared, req: &Request<Incoming>) -> Result<String, Response<ProxyBody>> {
+fn tenant(shared: &Shared, req: &Request<Incoming>) -> Result<Arc<log::Who>, Response<ProxyBody>> {
     let refuse = |message: &str| {
         shared.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
         Err(error(
@@ -524,8 +561,8 @@ fn tenant(shared: &Shared, req: &Request<Incoming>) -> Result<String, Response<P
         index = Arc::new(KeyIndex::new(policy));
         shared.keys.store(Arc::clone(&index));
     }
-    match index.tenants.get(&hash) {
-        Some(tenant) => Ok(tenant.clone()),
+    match index.keys.get(&hash) {
+        Some(who) => Ok(Arc::clone(who)),
         None => refuse("Incorrect API key provided. The proxy does not know this virtual key."),
     }
 }
@@ -612,8 +649,16 @@ async fn chat(shared: &Shared, tenant: String, req: Request<Incoming>) -> Respon
         }
     };
     let stream = json.get("stream").and_then(serde_json::Value::as_bool) == Some(true);
+    let asked = shared.config.access_log.then(|| log::Asked {
+        model: json
+            .get("model")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        stream,
+    });
     let request = ChatRequest::new(json).tenant(tenant);
-    if stream {
+    let mut response = if stream {
         match shared.engine.stream(request).await {
             Ok(s) => respond::stream(s),
             Err(e) => respond::call_error(&shared.counters.denied, &e),
@@ -623,7 +668,11 @@ async fn chat(shared: &Shared, tenant: String, req: Request<Incoming>) -> Respon
             Ok(r) => respond::completion(&r),
             Err(e) => respond::call_error(&shared.counters.denied, &e),
         }
+    };
+    if let Some(a) = asked {
+        response.extensions_mut().insert(a);
     }
+    response
 }
 
 /// Whether the request carries the admin token (compared by hash).

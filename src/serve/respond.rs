@@ -100,6 +100,9 @@ fn error_with(
     let mut r = json_response(status, &body);
     r.headers_mut()
         .insert("x-should-retry", HeaderValue::from_static("false"));
+    if let Some(c) = code {
+        r.extensions_mut().insert(super::log::Code(c.to_owned()));
+    }
     r
 }
 

@@ -1954,6 +1954,7 @@ const SERVE_FIELDS: &[&str] = &[
     "write_timeout",
     "max_connections",
     "shutdown_grace",
+    "access_log",
 ];
 
 /// Fields of a `[[serve.key]]` entry.
@@ -2049,6 +2050,7 @@ fn serve(cx: &mut Cx, node: &Node, path: &str) -> Option<Serve> {
         whole(cx, n, p, 1, MAX_CONNECTIONS).and_then(|v| usize::try_from(v).ok())
     });
     let shutdown_grace = t.opt(cx, "shutdown_grace", d.shutdown_grace, duration);
+    let access_log = t.opt(cx, "access_log", d.access_log, boolean);
 
     let mut ok = true;
     if let (Some(listen), Some(Some(admin))) = (listen, admin_listen) {
@@ -2088,6 +2090,7 @@ fn serve(cx: &mut Cx, node: &Node, path: &str) -> Option<Serve> {
         write_timeout: write_timeout?,
         max_connections: max_connections?,
         shutdown_grace: shutdown_grace?,
+        access_log: access_log?,
     })
 }
 

@@ -358,7 +358,7 @@ fn serve_line(s: &Serve) -> String {
     format!(
         "serve: listens on {}; {admin}; clients from {}; {keys}; request bodies up to {}, heads \
          up to {}; a client has {} to send the head and {} to send the body and {} to take \
-         each part of the answer; idle connections close after {}, at most {} open; on shutdown, calls in flight get {} to finish",
+         each part of the answer; idle connections close after {}, at most {} open; on shutdown, calls in flight get {} to finish{}",
         s.listen,
         allow.join(", "),
         format_bytes(s.max_body_bytes),
@@ -368,7 +368,12 @@ fn serve_line(s: &Serve) -> String {
         format_duration(s.write_timeout),
         format_duration(s.idle_timeout),
         s.max_connections,
-        format_duration(s.shutdown_grace)
+        format_duration(s.shutdown_grace),
+        if s.access_log {
+            "; access log on standard error"
+        } else {
+            ""
+        }
     )
 }
 
