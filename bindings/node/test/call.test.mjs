@@ -171,7 +171,12 @@ test('reload while 1,000 calls are in flight: none dropped, the new limit applie
   const tg = engine(up, budget(100_000))
   const calls = []
   for (let i = 0; i < 1000; i++) calls.push(tg.send(chat(`call ${i}`, { max_tokens: 2 })))
-  await new Promise((resolve) => setTimeout(resolve, 100))
+  // Reload once every call has been admitted and reached the upstream (each is held there
+  // 300 ms), not after a fixed pause: a busy machine admits a thousand calls more slowly.
+  for (let i = 0; i < 2000 && up.requests < 1000; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 10))
+  }
+  assert.equal(up.requests, 1000, 'every call reached the upstream before the reload')
   assert.equal(tg.reload(policy(up, budget(2))), 2)
   const results = await Promise.allSettled(calls)
   const failed = results.filter((r) => r.status === 'rejected')
