@@ -27,10 +27,6 @@ pub(super) struct Asked {
     pub(super) stream: bool,
 }
 
-/// The `code` of a refusal in OpenAI's error format.
-#[derive(Debug, Clone)]
-pub(super) struct Code(pub(super) String);
-
 /// The log line of one request, ending in a newline.
 pub(super) fn line(
     peer: SocketAddr,
@@ -64,12 +60,22 @@ pub(super) fn line(
         "stream": asked.map(|a| a.stream),
         "source": header("x-tollgate-source"),
         "attempts": header("x-tollgate-attempts").and_then(|a| a.parse::<u32>().ok()),
-        "code": ext.get::<Code>().map(|c| c.0.as_str()),
+        "code": error_code(response),
         "ms": millis(took),
     });
     let mut text = Value::to_string(&entry);
     text.push('\n');
     text
+}
+
+/// The `error.code` of a refusal in OpenAI's error format (the proxy's own, or the upstream's
+/// passed through), read from the body only when the log is written.
+fn error_code(response: &Response<ProxyBody>) -> Option<String> {
+    if response.status().is_success() {
+        return None;
+    }
+    let body: Value = serde_json::from_slice(response.body().whole()?).ok()?;
+    body["error"]["code"].as_str().map(str::to_owned)
 }
 
 /// `d` in milliseconds, to the microsecond.

@@ -30,6 +30,16 @@ enum Inner {
     Events(tokio::sync::mpsc::Receiver<Bytes>),
 }
 
+impl ProxyBody {
+    /// The body, when it is one buffer not yet sent.
+    pub(super) fn whole(&self) -> Option<&Bytes> {
+        match &self.inner {
+            Inner::Full(b) => b.as_ref(),
+            Inner::Events(_) => None,
+        }
+    }
+}
+
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = Infallible;
@@ -100,9 +110,6 @@ fn error_with(
     let mut r = json_response(status, &body);
     r.headers_mut()
         .insert("x-should-retry", HeaderValue::from_static("false"));
-    if let Some(c) = code {
-        r.extensions_mut().insert(super::log::Code(c.to_owned()));
-    }
     r
 }
 

@@ -409,12 +409,7 @@ fn admit_with(named: Named) -> napi::Result<Either<f64, AdmitJs>> {
                 .key(name_arg(&names, io[KEY], named.key.as_deref()))
                 .route(name_arg(&names, io[ROUTE], named.route.as_deref()))
                 .priority(io[PRIORITY].clamp(f64::from(i16::MIN), f64::from(i16::MAX)) as i16);
-            call.prompt = match (prompt_tokens, &named.prompt, &body) {
-                (Some(n), _, _) => Prompt::Tokens(n),
-                (None, Some(text), _) => Prompt::Text(text),
-                (None, None, Some(body)) => Prompt::Request(body),
-                (None, None, None) => Prompt::Tokens(0),
-            };
+            call.prompt = prompt(prompt_tokens, named.prompt.as_deref(), body.as_ref());
             call.max_tokens = optional(io[MAX_TOKENS]);
             call.deadline = optional(io[DEADLINE_MS]).map(std::time::Duration::from_millis);
             call.attempt = attempt.as_deref();
@@ -425,6 +420,20 @@ fn admit_with(named: Named) -> napi::Result<Either<f64, AdmitJs>> {
             Either::B(not) => Either::B(not),
         })
     })
+}
+
+/// The prompt of a call: the host's count, else the text, else the request body to count.
+fn prompt<'a>(
+    tokens: Option<u64>,
+    text: Option<&'a str>,
+    body: Option<&'a serde_json::Value>,
+) -> Prompt<'a> {
+    match (tokens, text, body) {
+        (Some(n), _, _) => Prompt::Tokens(n),
+        (None, Some(text), _) => Prompt::Text(text),
+        (None, None, Some(body)) => Prompt::Request(body),
+        (None, None, None) => Prompt::Tokens(0),
+    }
 }
 
 /// The permit of a go, or the [`AdmitJs`] of a wait or a denial.
@@ -498,12 +507,11 @@ impl OwnedCall {
             .key(key)
             .route(route)
             .priority(self.priority);
-        call.prompt = match (self.prompt_tokens, &self.prompt, &self.request) {
-            (Some(n), _, _) => Prompt::Tokens(n),
-            (None, Some(text), _) => Prompt::Text(text),
-            (None, None, Some(body)) => Prompt::Request(body),
-            (None, None, None) => Prompt::Tokens(0),
-        };
+        call.prompt = prompt(
+            self.prompt_tokens,
+            self.prompt.as_deref(),
+            self.request.as_ref(),
+        );
         call.max_tokens = self.max_tokens;
         call.deadline = self.deadline;
         call.attempt = self.attempt.as_deref();
