@@ -3,8 +3,8 @@
 # GoogleTest suite with ctest, then runs the example service once (its built-in demo).
 #
 # Usage: bash bindings/cpp/run.sh [path/to/libtollgate.a]
-#   default library: ${CARGO_TARGET_DIR:-target}/release/libtollgate.a (build it with
-#   `cargo build --release --lib`; it must include the `testkit` feature, as the default build does)
+#   default library: ${CARGO_TARGET_DIR:-target}/release/libtollgate.a, with the test hooks
+#   (build it with `cargo build --release -p tollgate-capi --features testkit`)
 #   build directory: ${CARGO_TARGET_DIR:-target}/cpp
 # Needs cmake, a C++17 compiler and GoogleTest (find_package(GTest)). Installs nothing.
 set -euo pipefail
@@ -16,7 +16,7 @@ build="$target_dir/cpp"
 
 if [ ! -f "$lib" ]; then
   echo "run.sh: no static library at $lib" >&2
-  echo "  build it with: cargo build --release --lib   (or pass its path as the first argument)" >&2
+  echo "  build it with: cargo build --release -p tollgate-capi --features testkit   (or pass its path as the first argument)" >&2
   exit 1
 fi
 lib="$(cd "$(dirname "$lib")" && pwd)/$(basename "$lib")"

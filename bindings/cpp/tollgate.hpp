@@ -1,4 +1,4 @@
-// tollgate.hpp: a header-only C++17 binding of tollgate's C ABI (include/tollgate.h).
+// tollgate.hpp: a header-only C++17 binding of tollgate's C ABI (tollgate.h).
 //
 // Design (after wasmtime's C++ API):
 // - Every owned C handle lives in a move-only class holding a std::unique_ptr whose deleter is the
@@ -23,8 +23,8 @@
 //   Destroy permits, tasks and streams before their engine (destroying an Engine cancels the
 //   calls still running: their futures and end handlers get Error(Status::Cancelled) first).
 //
-// Define TOLLGATE_TESTKIT before including this header to get tollgate::testkit (the test
-// upstream and tg_test_panic) from a library built with the `testkit` feature.
+// tollgate::testkit (the test upstream and tg_test_panic, for tollgate's own tests) is in
+// tollgate_testkit.hpp, for a library built with the `testkit` feature; it is not shipped.
 
 #ifndef TOLLGATE_HPP
 #define TOLLGATE_HPP
@@ -1446,61 +1446,6 @@ class Engine {
  private:
   detail::EnginePtr ptr_;
 };
-
-// ---------------------------------------------------------------------------------------------
-// Test kit (a library built with the `testkit` feature; define TOLLGATE_TESTKIT first)
-// ---------------------------------------------------------------------------------------------
-
-#if defined(TOLLGATE_TESTKIT)
-namespace testkit {
-
-/// A fault-injecting OpenAI-compatible server on 127.0.0.1 with its own threads. Move-only;
-/// destroying it stops it.
-class Upstream {
- public:
-  Upstream() noexcept = default;
-  explicit Upstream(tg_test_upstream* raw) noexcept : ptr_(raw) {}
-
-  /// Starts one. `options` is JSON ({"latency_ms": 0, "drip_ms": 0, "words": 16, ...}) or empty.
-  [[nodiscard]] static Upstream start(std::string_view options = {}) {
-    tg_test_upstream* out = nullptr;
-    tg_error* err = nullptr;
-    const tg_status st = tg_test_upstream_start(detail::bytes(options), options.size(), &out, &err);
-    throw_if_error(st, err);
-    return Upstream(out);
-  }
-
-  explicit operator bool() const noexcept { return ptr_ != nullptr; }
-
-  /// The base URL, http://127.0.0.1:PORT/v1.
-  [[nodiscard]] std::string base_url() const { return tg_test_upstream_base_url(ptr_.get()); }
-
-  /// Scripts the next matching requests: {"match": {...}, "actions": ["503", "normal"]}.
-  void script(std::string_view json) const {
-    tg_error* err = nullptr;
-    const tg_status st =
-        tg_test_upstream_script(ptr_.get(), detail::bytes(json), json.size(), &err);
-    throw_if_error(st, err);
-  }
-
-  /// How many requests it has received.
-  [[nodiscard]] std::uint64_t requests() const noexcept {
-    return tg_test_upstream_requests(ptr_.get());
-  }
-
- private:
-  detail::Owned<tg_test_upstream, tg_test_upstream_free> ptr_;
-};
-
-/// Panics inside tollgate's panic boundary: throws Error(Status::Panic).
-inline void panic() {
-  tg_error* err = nullptr;
-  const tg_status st = tg_test_panic(&err);
-  throw_if_error(st, err);
-}
-
-}  // namespace testkit
-#endif  // TOLLGATE_TESTKIT
 
 }  // namespace tollgate
 

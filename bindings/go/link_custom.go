@@ -2,9 +2,12 @@
 
 package tollgate
 
-// With -tags tollgate_custom_lib the library comes from CGO_LDFLAGS, e.g.
+// With -tags tollgate_custom_lib the header directory and the library come from CGO_CFLAGS and
+// CGO_LDFLAGS, for a library that is not in an installed prefix (the repository's own tests
+// use it with target/release/libtollgate.a), e.g.
 //
-//	CGO_LDFLAGS=/opt/tollgate/lib/libtollgate.a go build -tags tollgate_custom_lib ./...
+//	CGO_CFLAGS=-I/src/tollgate/crates/tollgate-capi/include \
+//	CGO_LDFLAGS=/src/tollgate/target/release/libtollgate.a go build -tags tollgate_custom_lib ./...
 //
 // cmd/go puts CGO_LDFLAGS before the flags below, so the archive precedes the system libraries
 // it needs, as a static link requires.

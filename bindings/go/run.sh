@@ -3,10 +3,10 @@
 #
 #   bash bindings/go/run.sh [path/to/libtollgate.a]
 #
-# The library defaults to ${CARGO_TARGET_DIR:-<repo>/target}/release/libtollgate.a (build it with
-# `cargo build --release --lib`; it must include the `testkit` feature, as the default build
-# does). Steps: gofmt, go vet, go test -race (the test upstream on 127.0.0.1 only), the example
-# once, then benchmarks: Admit + Settle in ns per pair (Go, and the same pair in a C loop), and
+# The library defaults to ${CARGO_TARGET_DIR:-<repo>/target}/release/libtollgate.a, with the test
+# hooks (build it with `cargo build --release -p tollgate-capi --features testkit`); the headers
+# come from crates/tollgate-capi/include. Steps: gofmt, go vet, go test -race (the test upstream
+# on 127.0.0.1 only), the example once, then benchmarks: Admit + Settle in ns per pair (Go, and the same pair in a C loop), and
 # Engine.Send against Go's net/http on the same test upstream, with the ratio.
 #
 # Needs Go >= 1.23 and gcc on PATH. Installs nothing and downloads nothing: GOTOOLCHAIN=local
@@ -33,13 +33,14 @@ for tool in go gcc timeout awk; do
 done
 if [[ ! -f "$lib" ]]; then
   echo "run.sh: no static library at $lib" >&2
-  echo "  build it with: cargo build --release --lib   (or pass its path as the first argument)" >&2
+  echo "  build it with: cargo build --release -p tollgate-capi --features testkit   (or pass its path as the first argument)" >&2
   exit 2
 fi
 lib="$(cd "$(dirname "$lib")" && pwd)/$(basename "$lib")"
 
-# The library comes from CGO_LDFLAGS (tag tollgate_custom_lib); tollgate_testkit adds the test
-# upstream the tests and benchmarks use.
+# The headers and the library come from CGO_CFLAGS and CGO_LDFLAGS (tag tollgate_custom_lib);
+# tollgate_testkit adds the test upstream the tests and benchmarks use.
+export CGO_CFLAGS="-I$root/crates/tollgate-capi/include"
 export CGO_LDFLAGS="$lib"
 tags="tollgate_custom_lib tollgate_testkit"
 out="$target/go"
@@ -60,8 +61,9 @@ fi
 echo "ok"
 
 step "go vet"
-go vet ./...                 # the default build (links <repo>/target/release)
 go vet -tags "$tags" ./...   # the custom link, the test upstream and the tests
+# The default link (pkg-config tollgate-static) and the shared one (tollgate_dynamic) need an
+# installed prefix: the install test of .ci/run builds them outside the repository.
 echo "ok"
 
 step "go test -race (log: $out/test.log)"

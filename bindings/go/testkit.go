@@ -2,15 +2,16 @@
 
 package tollgate
 
-// The test upstream of a library built with the `testkit` feature (the default cargo build):
-// only with -tags tollgate_testkit, so that a library without the feature still links.
+// The test upstream of a library built with the `testkit` feature (cargo build --release
+// -p tollgate-capi --features testkit; release libraries leave it off): only with
+// -tags tollgate_testkit, so that a library without the feature still links.
 
 /*
-#define TOLLGATE_TESTKIT 1
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
 #include "shim.h"
+#include "tollgate_testkit.h"
 
 typedef struct tg_go_upstream_result {
   tg_status status;

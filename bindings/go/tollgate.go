@@ -1,6 +1,6 @@
 // Package tollgate is the Go binding of tollgate, a client-side policy engine for LLM API calls
-// (budgets, retries, fallbacks, caching, accounting), over its C ABI (include/tollgate.h) and
-// the static library libtollgate.a.
+// (budgets, retries, fallbacks, caching, accounting), over its C ABI (tollgate.h) and
+// the library libtollgate (static by default; see link_*.go).
 //
 // An Engine holds a policy. Hosts with their own HTTP client ask it before each call
 // (Engine.Admit) and tell it how the call went (Engine.Settle); hosts that let tollgate make the
@@ -16,7 +16,7 @@
 // ones return ErrClosed.
 package tollgate
 
-// #cgo CFLAGS: -I${SRCDIR}/../../include -O2
+// #cgo CFLAGS: -O2
 // #include <stdlib.h>
 // #include "shim.h"
 import "C"
@@ -32,7 +32,7 @@ import (
 func Version() string { return C.GoString(C.tg_version()) }
 
 // HeaderVersion is the version of the header this binding was compiled against. It differs from
-// Version when the library and include/tollgate.h come from different builds.
+// Version when the library and tollgate.h come from different builds.
 func HeaderVersion() string {
 	return fmt.Sprintf("%d.%d.%d", int(C.TOLLGATE_VERSION_MAJOR), int(C.TOLLGATE_VERSION_MINOR),
 		int(C.TOLLGATE_VERSION_PATCH))

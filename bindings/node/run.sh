@@ -29,7 +29,7 @@ else
   npm install --no-audit --no-fund --loglevel=error
 fi
 
-step "build the addon (cargo build --release -p tollgate-node, target dir $CARGO_TARGET_DIR)"
+step "build the addon and the test upstream addon (cargo build --release -p tollgate-node -p tollgate-node-testkit, target dir $CARGO_TARGET_DIR; TOLLGATE_NODE_PREBUILT=1: already built)"
 node scripts/build.mjs
 
 step "type declarations (tsc over test/types.ts)"

@@ -2,12 +2,16 @@
 //
 //   chat_service POLICY.toml PROMPT...   send the prompts through the policy's upstream
 //   chat_service                         demo: the in-process test upstream and a built-in policy
-//                                        (needs a build with TOLLGATE_TESTKIT)
+//                                        (needs TOLLGATE_TESTKIT: a library with the
+//                                        `testkit` feature and tollgate_testkit.hpp)
 //
 // Worker threads share one Engine and send requests for several tenants with send_async; each
 // outcome is ok, denied (by which budget) or gave up. One more answer is streamed. Finally the
 // tollgate_call_answers_total metrics show the calls answered from the cache or a shared call.
 #include "tollgate.hpp"
+#if defined(TOLLGATE_TESTKIT)
+#include "tollgate_testkit.hpp"
+#endif
 
 #include <atomic>
 #include <chrono>

@@ -7,7 +7,8 @@
 // the real service put `base_url = "https://api.openai.com/v1"` and
 // `auth = { kind = "bearer", keys = ["env:OPENAI_API_KEY"] }` under [[upstream]].
 import OpenAI from '../../bindings/node/node_modules/openai/index.mjs'
-import { DeniedError, TestUpstream, Tollgate } from '../../bindings/node/index.js'
+import { DeniedError, Tollgate } from '../../bindings/node/index.js'
+import { TestUpstream } from '../../bindings/node/testkit/index.js'
 
 const upstream = TestUpstream.start({ latencyMs: 20 })
 const tollgate = new Tollgate(`

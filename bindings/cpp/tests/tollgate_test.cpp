@@ -3,10 +3,7 @@
 // Every wait is bounded: futures are waited for with kBound and asserted ready, polls give up
 // after kBound. Each test starts its own upstream and engine.
 
-#ifndef TOLLGATE_TESTKIT
-#define TOLLGATE_TESTKIT
-#endif
-#include "tollgate.hpp"
+#include "tollgate_testkit.hpp"
 
 #include <gtest/gtest.h>
 

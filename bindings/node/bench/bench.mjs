@@ -4,7 +4,8 @@
 //     own fetch (undici) on the same upstream in the same run, in alternating rounds; target:
 //     tollgate ≥ fetch.
 // Usage: node bench/bench.mjs [--quick]
-import { TestUpstream, Tollgate } from '../index.js'
+import { Tollgate } from '../index.js'
+import { TestUpstream } from '../testkit/index.js'
 
 const quick = process.argv.includes('--quick')
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]

@@ -1,7 +1,7 @@
 //! The Node.js binding of tollgate: a napi-rs addon over the Rust API.
 //!
 //! The addon exports a small native surface ([`engine::NativeEngine`], [`call::NativeStream`],
-//! [`watch::NativeWatcher`], [`upstream::TestUpstream`]); the hand-written `index.js` beside it
+//! [`watch::NativeWatcher`]); the hand-written `index.js` beside it
 //! turns that into the API Node users expect (`new Tollgate(policy)`, promises, async iterators,
 //! `AbortSignal`, `Error` subclasses, a `fetch` for the openai package).
 //!
@@ -19,7 +19,6 @@ pub mod call;
 pub mod decide;
 pub mod engine;
 pub mod error;
-pub mod upstream;
 pub mod watch;
 
 /// Installs the module's tokio runtime (napi-rs runs every async function on it; tollgate's

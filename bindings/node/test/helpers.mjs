@@ -1,5 +1,6 @@
 // Shared test helpers: policies over a test upstream started in-process (loopback only).
-import { TestUpstream, Tollgate } from '../index.js'
+import { Tollgate } from '../index.js'
+import { TestUpstream } from '../testkit/index.js'
 
 /** A policy with one upstream at `up` and `rest` appended. */
 export function policy(up, rest = '') {

@@ -1,7 +1,8 @@
 // Compiled (not run) by `npm run typecheck`: the declarations in index.d.ts fit the way the
 // README and the examples use the API, and `tollgate.fetch` fits the openai package's `fetch`.
 import OpenAI from 'openai'
-import { DeniedError, PolicyError, TestUpstream, Tollgate, createFetch, type Verdict } from '../index.js'
+import { DeniedError, PolicyError, Tollgate, createFetch, type Verdict } from '../index.js'
+import { TestUpstream } from '../testkit/index.js'
 
 export async function use(): Promise<number> {
   const up: TestUpstream = TestUpstream.start({ latencyMs: 1 })

@@ -1,0 +1,88 @@
+//! tollgate-testkit: a fault-injecting OpenAI-compatible upstream on loopback, and a Redis launcher.
+//!
+//! [`TestUpstream`] is a real hyper server on `127.0.0.1:0` speaking the OpenAI wire format:
+//! `POST /v1/chat/completions` as JSON or SSE (`"stream": true`, with the usage chunk when
+//! `stream_options.include_usage` is set), `GET /v1/models` and `GET /v1/models/{id}`, and
+//! OpenAI-format errors for bad requests. Plain HTTP serves HTTP/1.1 and h2c (prior
+//! knowledge); [`Builder::start_tls`] serves HTTPS (ALPN `h2`, `http/1.1`) with a CA generated
+//! on the spot ([`TestCa`]).
+//!
+//! Replies are deterministic: `n` words of a fixed [`VOCABULARY`] (`n` from `max_tokens` or
+//! `max_completion_tokens`, capped by [`Builder::max_words`], default
+//! [`Builder::default_words`]); `usage.prompt_tokens` is [`tollgate::tokens::count_chat`] of the
+//! request and `completion_tokens` the words sent.
+//!
+//! Faults come from a script ([`TestUpstream::script`] with a [`Match`] and a queue of
+//! [`Action`]s) or, for requests no script takes, from a seeded [`FaultMix`]. Every request
+//! is logged as an [`Arrival`] ([`TestUpstream::log`]).
+//!
+//! [`Builder::auth`] makes `/v1/*` require credentials ([`TestAuth`]: bearer keys, Zhipu-style
+//! JWTs, or Baidu-style OAuth2 tokens from a token endpoint the upstream serves); a request
+//! that fails gets a 401 and never reaches the scripts or the fault mix.
+//!
+//! The upstream runs its own tokio runtime on background threads, so sync code can use it;
+//! [`Builder::start_async`] serves on the caller's runtime instead.
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use tollgate_testkit::{Action, Match, TestUpstream};
+//!
+//! let upstream = TestUpstream::start().unwrap();
+//! upstream.script(Match::model("gpt-4o"), [Action::Status503]);
+//!
+//! let post = |model: &str| {
+//!     let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+//!     let mut tcp = std::net::TcpStream::connect(upstream.addr()).unwrap();
+//!     write!(tcp, "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+//!                  content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).unwrap();
+//!     let mut reply = String::new();
+//!     tcp.read_to_string(&mut reply).unwrap();
+//!     reply
+//! };
+//! assert!(post("gpt-4o").starts_with("HTTP/1.1 503"));
+//! assert!(post("gpt-4o").starts_with("HTTP/1.1 200"));
+//! assert_eq!(upstream.count_status(503), 1);
+//! ```
+#![warn(missing_docs)]
+
+mod auth;
+mod body;
+mod fault;
+mod log;
+mod openai;
+mod redis;
+mod server;
+mod tls;
+mod upstream;
+
+pub use auth::{TOKEN_PATH, TestAuth};
+pub use fault::{Action, Canned, FaultMix, Latency, Match, RateLimitHeaders};
+pub use log::Arrival;
+pub use openai::{VOCABULARY, reply_words};
+pub use redis::RedisServer;
+pub use tls::TestCa;
+pub use upstream::{Builder, TestUpstream};
+
+/// The header that names a request's tenant (else the body's `user` field is used).
+pub const TENANT_HEADER: &str = server::TENANT_HEADER;
+
+/// Why an upstream could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Binding `127.0.0.1:0` failed.
+    #[error("testkit: cannot listen on 127.0.0.1:0: {0}")]
+    Bind(#[source] std::io::Error),
+    /// The upstream's runtime or thread could not start.
+    #[error("testkit: cannot start the upstream's runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// An async constructor was called outside a tokio runtime.
+    #[error("testkit: start_async needs a tokio runtime; call start() outside tokio")]
+    NoRuntime,
+    /// Generating the certificates or the TLS configuration failed.
+    #[error("testkit: cannot set up TLS: {0}")]
+    Tls(String),
+    /// A setting is out of range.
+    #[error("testkit: {0}")]
+    Config(String),
+}
