@@ -45,7 +45,20 @@ npm_tgz="$out/tollgate-$version.tgz"
 [[ -x "$out/tollgate" ]] || die "no tollgate CLI in $out"
 [[ -d "$out/goproxy" ]] || die "no goproxy/ in $out"
 
-# The tools each step needs, and a PATH without cargo / rustc (and nothing from the repository).
+# Every tool the chosen steps need, up front: a missing one fails the run, naming it.
+declare -A need=([c]="cc c++ cmake make pkg-config ldd" [go]="go cc pkg-config ldd"
+  [node]="node npm npx" [rust]="cargo")
+for s in "${steps[@]}"; do
+  [[ -n "${need[$s]:-}" ]] || die "unknown step $s (steps: c go node rust)"
+  for tool in ${need[$s]}; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool is missing: the $s install test needs it"
+  done
+done
+for tool in tar grep sed mkfifo; do
+  command -v "$tool" >/dev/null 2>&1 || die "$tool is missing"
+done
+
+# A PATH with those tools but without cargo / rustc (and nothing from the repository).
 clean_path=""
 for tool in cc c++ cmake make pkg-config go node npm npx tar grep sed awk ldd nm sleep kill; do
   p="$(command -v "$tool" 2>/dev/null)" || continue
