@@ -1,7 +1,7 @@
 'use strict'
 // Loads the native addon, the way napi-rs packages do: the prebuilt binary for this platform is
 // `tollgate.<platform>-<arch>[-<abi>].node` beside this file (what the published package and
-// `npm run build` provide), else the package `@tollgate/<platform>-<arch>[-<abi>]` (where
+// `npm run build` provide), else the package `tollgate-<platform>-<arch>[-<abi>]` (where
 // napi-rs puts per-platform binaries). TOLLGATE_NATIVE_PATH points at another build of it (for
 // example a debug one).
 const { existsSync } = require('node:fs')
@@ -16,10 +16,10 @@ function load() {
   if (existsSync(local)) return require(local)
   tried.push(local)
   try {
-    return require(`@tollgate/${triple}`)
+    return require(`tollgate-${triple}`)
   } catch (e) {
     if (e?.code !== 'MODULE_NOT_FOUND') throw e
-    tried.push(`@tollgate/${triple}`)
+    tried.push(`tollgate-${triple}`)
   }
   throw new Error(
     `tollgate has no native addon for ${triple} (looked for ${tried.join(', ')}). ` +
