@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::json;
 use tollgate::policy::{Auth, ScopeDim, Unit};
+use tollgate::rng::SplitMix64;
 use tollgate::{CallError, ChatRequest, Engine, Policy, Source};
 use tollgate_testkit::{Arrival, FaultMix, TestUpstream};
 
@@ -166,16 +167,16 @@ async fn drive(
     done: &Arc<AtomicUsize>,
 ) {
     let start = tokio::time::Instant::now();
-    let mut rng = seed ^ 0x9e37_79b9_7f4a_7c15;
+    let mut rng = SplitMix64::new(seed ^ 0x9e37_79b9_7f4a_7c15);
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
-        let tenant = pick(&TENANTS, next(&mut rng));
-        let model = pick(&MODELS, next(&mut rng));
+        let tenant = pick(&TENANTS, rng.next_u64());
+        let model = pick(&MODELS, rng.next_u64());
         let stream = i % 2 == 1;
-        let repeated = next(&mut rng) % 100 < 15;
+        let repeated = rng.next_u64() % 100 < 15;
         let (content, temperature) = if repeated {
             (
-                format!("What is rule {} of the handbook?", next(&mut rng) % 8),
+                format!("What is rule {} of the handbook?", rng.next_u64() % 8),
                 0.0,
             )
         } else {
@@ -184,7 +185,7 @@ async fn drive(
         let body = json!({
             "model": model,
             "messages": [{"role": "user", "content": content}],
-            "max_tokens": 40 + next(&mut rng) % 80,
+            "max_tokens": 40 + rng.next_u64() % 80,
             "temperature": temperature,
             "user": tenant,
         });
@@ -508,14 +509,6 @@ fn self_check(policy: &Policy, arrivals: &[(String, Arrival)]) -> usize {
         println!("  {violations} budget limit(s) were exceeded: this is a bug; please report it.");
     }
     violations
-}
-
-fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 fn pick<T: Copy>(items: &[(T, u32)], draw: u64) -> T {

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tollgate::transport::form_decode;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -327,38 +328,8 @@ fn epoch_millis(t: SystemTime) -> u64 {
 pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(key) == name).then(|| percent_decode(value))
+        (form_decode(key) == name).then(|| form_decode(value))
     })
-}
-
-/// Decodes `%XX` escapes and `+`; a `%` not followed by two hex digits stays as it is.
-fn percent_decode(text: &str) -> String {
-    fn hex(b: u8) -> Option<u8> {
-        char::from(b)
-            .to_digit(16)
-            .and_then(|d| u8::try_from(d).ok())
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => match (
-                bytes.get(i + 1).and_then(|&b| hex(b)),
-                bytes.get(i + 2).and_then(|&b| hex(b)),
-            ) {
-                (Some(hi), Some(lo)) => {
-                    out.push(hi << 4 | lo);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -373,7 +344,7 @@ mod tests {
         assert_eq!(query_param(q, "bad").as_deref(), Some("%zz%4"));
         assert_eq!(query_param(q, "missing"), None);
         assert_eq!(query_param("flag", "flag").as_deref(), Some(""));
-        assert_eq!(percent_decode("%C3%A9"), "\u{e9}");
+        assert_eq!(form_decode("%C3%A9"), "\u{e9}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::ops::{Range, RangeInclusive};
 use std::time::Duration;
+use tollgate::rng::SplitMix64;
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -479,31 +480,12 @@ impl Scripts {
     }
 }
 
-/// SplitMix64: tiny, seedable, and good enough to pick faults.
-#[derive(Debug, Clone)]
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    /// The generator for draw number `n` under `seed`: each request's draws depend only on
-    /// the seed and its own number, not on what earlier requests drew.
-    pub(crate) fn for_draw(seed: u64, n: u64) -> Rng {
-        let mut r = Rng(seed ^ n.wrapping_mul(0xD1B5_4A32_D192_ED03));
-        r.next_u64();
-        r
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub(crate) fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
+/// The generator for draw number `n` under `seed` (tollgate's SplitMix64): each request's
+/// draws depend only on the seed and its own number, not on what earlier requests drew.
+pub(crate) fn draw(seed: u64, n: u64) -> SplitMix64 {
+    let mut r = SplitMix64::new(seed ^ n.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    r.next_u64();
+    r
 }
 
 #[cfg(test)]
@@ -546,7 +528,7 @@ mod tests {
         let ms = Duration::from_millis;
         let l = Latency::from(ms(20)..ms(30));
         for n in 0..100 {
-            let d = l.sample(Rng::for_draw(7, n).next_u64());
+            let d = l.sample(draw(7, n).next_u64());
             assert!(d >= ms(20) && d <= ms(30));
         }
     }

@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::auth::{self, TOKEN_PATH, TestAuth, Tokens};
 use super::body::{Ending, ReplyBody, delay, stopped};
-use super::fault::{RequestFacts, Rng, Scripts};
+use super::fault::{RequestFacts, Scripts, draw};
 use super::log::{Arrival, Log};
 use super::openai::{self, ApiError, ChatRequest, Completion, Lengths};
 use super::{Action, FaultMix, Latency, RateLimitHeaders};
@@ -317,12 +317,12 @@ async fn handle(
         Some(a) => (a, true),
         None => {
             let n = shared.fault_draws.fetch_add(1, Ordering::Relaxed);
-            let u = Rng::for_draw(shared.config.seed, n).next_f64();
+            let u = draw(shared.config.seed, n).next_f64();
             (shared.mix.lock().pick(u).unwrap_or(Action::Normal), false)
         }
     };
     let n = shared.latency_draws.fetch_add(1, Ordering::Relaxed);
-    let mut rng = Rng::for_draw(shared.config.seed ^ LATENCY_SALT, n);
+    let mut rng = draw(shared.config.seed ^ LATENCY_SALT, n);
     let mut wait = shared.config.latency.sample(rng.next_u64());
     match &action {
         Action::Latency(l) => wait += l.sample(rng.next_u64()),

@@ -48,6 +48,7 @@ mod engine;
 pub mod metrics;
 pub mod policy;
 pub mod retry;
+pub mod rng;
 pub mod store;
 pub mod tokens;
 pub mod transport;

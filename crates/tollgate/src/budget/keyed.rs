@@ -13,12 +13,13 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
 use super::cell::Cell;
 use crate::clock::Nanos;
+use crate::rng::SharedSplitMix64;
 
 const SHARDS: usize = 16;
 /// Cells looked at per eviction before a full search.
@@ -102,7 +103,7 @@ pub(crate) struct Keyed {
     shards: Box<[Mutex<Shard>]>,
     len: AtomicUsize,
     capacity: AtomicUsize,
-    rng: AtomicU64,
+    rng: SharedSplitMix64,
 }
 
 /// Every idle candidate was busy and the budget is at its key capacity.
@@ -137,7 +138,7 @@ impl Keyed {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             len: AtomicUsize::new(0),
             capacity: AtomicUsize::new(capacity.max(1)),
-            rng: AtomicU64::new(0x2545_f491_4f6c_dd1d),
+            rng: SharedSplitMix64::new(0x2545_f491_4f6c_dd1d),
         }
     }
 
@@ -191,13 +192,7 @@ impl Keyed {
     }
 
     fn random(&self) -> u64 {
-        let mut z = self
-            .rng
-            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
-            .wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.rng.next_u64()
     }
 
     /// Evicts one idle cell: the least recently used of a random sample in each shard (starting

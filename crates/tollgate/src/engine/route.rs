@@ -2,13 +2,14 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use smallvec::SmallVec;
 
 use crate::clock::Nanos;
 use crate::policy::{Auth, Glob, Policy, Strategy};
+use crate::rng::SharedSplitMix64;
 
 use super::health::{HealthRegistry, KeyState, TargetHealth, UpstreamHealth, key_id};
 
@@ -123,7 +124,7 @@ pub(crate) struct Routing {
     pub routes: Vec<CompiledRoute>,
     /// Retry budget of calls that name no upstream of the policy.
     pub default_health: Arc<UpstreamHealth>,
-    rng: AtomicU64,
+    rng: SharedSplitMix64,
 }
 
 /// A target of a route: (route index, target index).
@@ -226,7 +227,7 @@ impl Routing {
             upstreams,
             routes,
             default_health,
-            rng: AtomicU64::new(0x5eed),
+            rng: SharedSplitMix64::new(0x5eed),
         };
         for i in 0..routing.routes.len() {
             let mut chain = vec![];
@@ -264,14 +265,7 @@ impl Routing {
     }
 
     pub(crate) fn random(&self) -> u64 {
-        // SplitMix64 over a shared counter: cheap, lock-free, good enough for picking targets.
-        let mut z = self
-            .rng
-            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
-            .wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.rng.next_u64()
     }
 
     /// The targets of one route in its strategy's order.

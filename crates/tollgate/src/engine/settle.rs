@@ -52,45 +52,6 @@ fn retry_text(after: Duration, target: Option<&TargetRef>) -> String {
     out
 }
 
-/// A short stable code for how an attempt ended: `status_503`, `timeout_first_byte`,
-/// `connect_refused`, `malformed`, `cut_stream`.
-fn outcome_code(failure: &Failure) -> String {
-    use crate::retry::{ConnectKind, TimeoutKind};
-    match failure {
-        Failure::Status(s) => {
-            let mut out = String::with_capacity(10);
-            out.push_str("status_");
-            push_u64(&mut out, u64::from(*s));
-            out
-        }
-        Failure::Timeout(kind) => match kind {
-            TimeoutKind::Connect => "timeout_connect",
-            TimeoutKind::FirstByte => "timeout_first_byte",
-            TimeoutKind::Idle => "timeout_idle",
-            TimeoutKind::Total => "timeout_total",
-        }
-        .to_owned(),
-        Failure::Connect(kind) => match kind {
-            ConnectKind::Refused => "connect_refused",
-            ConnectKind::Reset => "connect_reset",
-            ConnectKind::Dns => "connect_dns",
-            ConnectKind::Tls => "connect_tls",
-            ConnectKind::Other => "connect_other",
-        }
-        .to_owned(),
-        other => other.code().to_owned(),
-    }
-}
-
-/// Failures that say the target is unwell (for its breaker): server errors, transport failures,
-/// timeouts, malformed bodies, cut streams. Client errors and rate limits do not.
-fn counts_against_breaker(failure: &Failure) -> bool {
-    match failure {
-        Failure::Status(s) => *s >= 500,
-        _ => true,
-    }
-}
-
 /// Settles with the running policy's retry rules and routes (a reload since admission applies).
 pub(crate) fn settle(
     compiled: &Compiled,
@@ -101,7 +62,7 @@ pub(crate) fn settle(
     let settlement = permit.inner.settle(outcome);
     if outcome.sent {
         let target = permit.inner.target.as_ref().map(|t| &t.target);
-        let code = outcome.failure_class().map(|f| outcome_code(&f));
+        let code = outcome.failure_class().map(|f| f.code());
         metrics.settled(
             target,
             outcome.status,
@@ -131,12 +92,13 @@ pub(crate) fn settle(
         if let Some(latency) = outcome.latency {
             t.health.observe_latency(latency);
         }
-        let unwell = failure.as_ref().is_some_and(counts_against_breaker);
         if let Some(p) = t.breaker.as_ref().copied() {
             if outcome.sent {
                 let was_open = matches!(t.health.breaker.state(now), BreakerState::Open { .. });
                 let latency = outcome.latency.unwrap_or_default();
-                t.health.breaker.record(p, !unwell, latency, now);
+                t.health
+                    .breaker
+                    .record_outcome(p, failure.as_ref(), latency, now);
                 if !was_open && matches!(t.health.breaker.state(now), BreakerState::Open { .. }) {
                     t.health.opened();
                 }
@@ -211,7 +173,7 @@ pub(crate) fn settle(
     };
     let this_target = target.as_ref().map(|t| t.target.clone());
     let mut history = prior.history;
-    let outcome_text = outcome_code(&failure);
+    let outcome_text = failure.code().into_owned();
     match decision {
         RetryDecision::Retry { after, .. } => {
             metrics.retried(&outcome_text);
@@ -327,8 +289,6 @@ mod tests {
             format!("retry in {} ms on {t}", 1200)
         );
         assert_eq!(retry_text(Duration::ZERO, None), "retry in 0 ms");
-        assert_eq!(outcome_code(&Failure::Status(503)), "status_503");
-        assert_eq!(outcome_code(&Failure::Status(0)), "status_0");
         let mut s = String::new();
         push_u64(&mut s, u64::MAX);
         assert_eq!(s, u64::MAX.to_string());

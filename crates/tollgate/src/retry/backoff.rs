@@ -17,54 +17,7 @@ use std::time::Duration;
 
 use crate::clock::duration_nanos;
 use crate::policy::Jitter;
-
-/// A small, fast, seedable generator (SplitMix64). Not for secrets: it only spreads retries.
-///
-/// ```
-/// use tollgate::retry::Rng;
-/// let (mut a, mut b) = (Rng::new(7), Rng::new(7));
-/// assert_eq!(a.next_u64(), b.next_u64());
-/// let x = a.next_f64();
-/// assert!((0.0..1.0).contains(&x));
-/// ```
-#[derive(Debug, Clone)]
-pub struct Rng {
-    state: u64,
-}
-
-impl Rng {
-    /// A generator whose sequence is fixed by `seed`.
-    pub fn new(seed: u64) -> Rng {
-        Rng { state: seed }
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A uniform float in `[0, 1)` (53 random bits).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// A uniform integer in `[0, n]`, both ends included (multiply-shift, no division).
-    pub fn up_to(&mut self, n: u64) -> u64 {
-        if n == u64::MAX {
-            return self.next_u64();
-        }
-        ((u128::from(self.next_u64()) * (u128::from(n) + 1)) >> 64) as u64
-    }
-
-    /// A uniform integer in `[lo, hi]`; `hi < lo` gives `lo`.
-    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.up_to(hi.saturating_sub(lo))
-    }
-}
+use crate::rng::SplitMix64 as Rng;
 
 /// `min(max, base · 2^(attempt−1))` in nanoseconds, saturating; `attempt` 0 counts as 1.
 pub fn exponential(attempt: u32, base: Duration, max: Duration) -> Duration {
@@ -150,25 +103,5 @@ mod tests {
             exponential(64, Duration::from_nanos(1), Duration::MAX),
             Duration::from_nanos(1 << 63)
         );
-    }
-
-    #[test]
-    fn up_to_hits_both_ends() {
-        let mut rng = Rng::new(3);
-        let mut seen = [false; 3];
-        for _ in 0..1000 {
-            seen[rng.up_to(2) as usize] = true;
-        }
-        assert_eq!(seen, [true; 3]);
-        assert_eq!(rng.up_to(0), 0);
-        assert_eq!(rng.between(5, 2), 5);
-    }
-
-    #[test]
-    fn splitmix_reference_values() {
-        // First outputs of SplitMix64 seeded with 0 (Vigna's reference implementation).
-        let mut rng = Rng::new(0);
-        assert_eq!(rng.next_u64(), 0xE220_A839_7B1D_CDAF);
-        assert_eq!(rng.next_u64(), 0x6E78_9E6A_A1B9_65F4);
     }
 }

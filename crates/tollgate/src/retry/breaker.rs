@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use super::classify::Failure;
 use crate::clock::{Nanos, duration_nanos};
 use crate::policy::{Breaker, BreakerWindow};
 
@@ -35,6 +36,24 @@ const PAYLOAD: u64 = (1 << SHIFT) - 1;
 const CLOSED: u64 = 0;
 const OPEN: u64 = 1;
 const HALF_OPEN: u64 = 2;
+
+/// Whether a failure says the target is unwell, and so counts against its breaker: server
+/// errors (5xx), transport failures, timeouts, malformed bodies and cut streams. Client errors
+/// and rate limits (4xx) do not: they are about the request or the key, and another target
+/// would answer them the same way.
+///
+/// ```
+/// use tollgate::retry::{Failure, counts_against_breaker};
+/// assert!(counts_against_breaker(&Failure::Status(503)));
+/// assert!(!counts_against_breaker(&Failure::Status(429)));
+/// assert!(counts_against_breaker(&Failure::CutStream));
+/// ```
+pub fn counts_against_breaker(failure: &Failure) -> bool {
+    match failure {
+        Failure::Status(s) => *s >= 500,
+        _ => true,
+    }
+}
 
 /// Longest count window kept; longer settings are treated as this many calls.
 pub const MAX_WINDOW_CALLS: u32 = 1 << 16;
@@ -441,6 +460,20 @@ impl CircuitBreaker {
             }
             _ => {}
         }
+    }
+
+    /// Records how a call admitted by `permit` ended: `failure` is `None` for a success; a
+    /// failure counts against the breaker only when it says the target is unwell
+    /// ([`counts_against_breaker`]).
+    pub fn record_outcome(
+        &self,
+        permit: BreakerPermit,
+        failure: Option<&Failure>,
+        latency: Duration,
+        now: Nanos,
+    ) {
+        let unwell = failure.is_some_and(counts_against_breaker);
+        self.record(permit, !unwell, latency, now);
     }
 
     /// Gives back a permit whose call was not made: a half-open probe slot becomes free again.

@@ -5,6 +5,7 @@
 //! class. [`crate::policy::Retry::default`] lists what the SDKs retry: 408, 409, 429, every 5xx,
 //! connection failures and timeouts.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use super::headers::{Headers, X_SHOULD_RETRY, trim_ows};
@@ -61,7 +62,7 @@ impl Failure {
 
     /// A stable, machine-readable name of the class: `status`, `connect`, `timeout`,
     /// `malformed`, `cut_stream`.
-    pub fn code(&self) -> &'static str {
+    pub fn class(&self) -> &'static str {
         match self {
             Failure::Status(_) => "status",
             Failure::Connect(_) => "connect",
@@ -70,6 +71,84 @@ impl Failure {
             Failure::CutStream => "cut_stream",
         }
     }
+
+    /// The failure's stable code, the one vocabulary every part of tollgate speaks (attempt
+    /// records, metrics, the CLI's traces, the Node and C bindings): `status_503`,
+    /// `connect_refused`, `connect_reset`, `connect_dns`, `connect_tls`, `connect_other`,
+    /// `timeout_connect`, `timeout_first_byte`, `timeout_idle`, `timeout_total`, `malformed`,
+    /// `cut_stream`. [`Failure::from_code`] reads it back.
+    ///
+    /// ```
+    /// use tollgate::retry::{Failure, TimeoutKind};
+    /// assert_eq!(Failure::Status(503).code(), "status_503");
+    /// assert_eq!(Failure::Timeout(TimeoutKind::FirstByte).code(), "timeout_first_byte");
+    /// ```
+    pub fn code(&self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
+            Failure::Status(s) => return Cow::Owned(format!("status_{s}")),
+            Failure::Connect(ConnectKind::Refused) => "connect_refused",
+            Failure::Connect(ConnectKind::Reset) => "connect_reset",
+            Failure::Connect(ConnectKind::Dns) => "connect_dns",
+            Failure::Connect(ConnectKind::Tls) => "connect_tls",
+            Failure::Connect(ConnectKind::Other) => "connect_other",
+            Failure::Timeout(TimeoutKind::Connect) => "timeout_connect",
+            Failure::Timeout(TimeoutKind::FirstByte) => "timeout_first_byte",
+            Failure::Timeout(TimeoutKind::Idle) => "timeout_idle",
+            Failure::Timeout(TimeoutKind::Total) => "timeout_total",
+            Failure::Malformed => "malformed",
+            Failure::CutStream => "cut_stream",
+        })
+    }
+
+    /// The failure a code names: every [`Failure::code`], and the short forms traces and hosts
+    /// write — `connect` (a connection failure of no known kind), `reset`, `dns`, `tls`,
+    /// `timeout` (the total timeout). `None` for anything else, a 2xx status included.
+    ///
+    /// ```
+    /// use tollgate::retry::{ConnectKind, Failure};
+    /// assert_eq!(Failure::from_code("status_429"), Some(Failure::Status(429)));
+    /// assert_eq!(Failure::from_code("reset"), Some(Failure::Connect(ConnectKind::Reset)));
+    /// assert_eq!(Failure::from_code("status_200"), None);
+    /// assert_eq!(Failure::from_code("teapot"), None);
+    /// ```
+    pub fn from_code(code: &str) -> Option<Failure> {
+        if let Some(digits) = code.strip_prefix("status_") {
+            if digits.len() != 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            return digits.parse().ok().and_then(Failure::from_status);
+        }
+        Some(match code {
+            "connect_refused" => Failure::Connect(ConnectKind::Refused),
+            "connect_reset" | "reset" => Failure::Connect(ConnectKind::Reset),
+            "connect_dns" | "dns" => Failure::Connect(ConnectKind::Dns),
+            "connect_tls" | "tls" => Failure::Connect(ConnectKind::Tls),
+            "connect_other" | "connect" => Failure::Connect(ConnectKind::Other),
+            "timeout_connect" => Failure::Timeout(TimeoutKind::Connect),
+            "timeout_first_byte" => Failure::Timeout(TimeoutKind::FirstByte),
+            "timeout_idle" => Failure::Timeout(TimeoutKind::Idle),
+            "timeout_total" | "timeout" => Failure::Timeout(TimeoutKind::Total),
+            "malformed" => Failure::Malformed,
+            "cut_stream" => Failure::CutStream,
+            _ => return None,
+        })
+    }
+
+    /// Every failure that is not a status, in the order of their codes (and of the C ABI's
+    /// `tg_failure` values 1 to 11).
+    pub const TRANSPORT: [Failure; 11] = [
+        Failure::Connect(ConnectKind::Refused),
+        Failure::Connect(ConnectKind::Reset),
+        Failure::Connect(ConnectKind::Dns),
+        Failure::Connect(ConnectKind::Tls),
+        Failure::Connect(ConnectKind::Other),
+        Failure::Timeout(TimeoutKind::Connect),
+        Failure::Timeout(TimeoutKind::FirstByte),
+        Failure::Timeout(TimeoutKind::Idle),
+        Failure::Timeout(TimeoutKind::Total),
+        Failure::Malformed,
+        Failure::CutStream,
+    ];
 
     /// Whether some policy class in `retry_on` covers this failure (ignoring headers).
     pub fn matches(&self, retry_on: &[RetryOn]) -> bool {
@@ -151,6 +230,28 @@ pub fn is_retryable(failure: &Failure, retry_on: &[RetryOn], headers: &Headers<'
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn codes_read_back() {
+        for f in super::Failure::TRANSPORT {
+            assert_eq!(super::Failure::from_code(&f.code()), Some(f), "{f:?}");
+        }
+        for s in [400u16, 401, 429, 500, 503, 599] {
+            let f = super::Failure::Status(s);
+            assert_eq!(super::Failure::from_code(&f.code()), Some(f));
+        }
+        for bad in [
+            "",
+            "status_",
+            "status_20",
+            "status_2000",
+            "status_204",
+            "status_abc",
+            "Reset",
+        ] {
+            assert_eq!(super::Failure::from_code(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
     use crate::policy::Retry;
 

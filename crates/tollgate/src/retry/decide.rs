@@ -17,11 +17,12 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use super::backoff::{Rng, backoff};
+use super::backoff::backoff;
 use super::budget::RetryBudget;
 use super::classify::{Failure, is_retryable, should_retry_header};
 use super::headers::{DelaySource, Headers, server_delay_with_source};
 use crate::policy::Retry;
+use crate::rng::SplitMix64 as Rng;
 
 /// Everything known about the attempt that just failed.
 #[derive(Debug, Clone, Copy)]

@@ -44,9 +44,11 @@ pub mod classify;
 pub mod decide;
 pub mod headers;
 
-pub use backoff::{Rng, backoff, exponential};
+pub use crate::rng::SplitMix64 as Rng;
+pub use backoff::{backoff, exponential};
 pub use breaker::{
     BreakerCounts, BreakerPermit, BreakerSnapshot, BreakerState, CircuitBreaker, Rejected,
+    counts_against_breaker,
 };
 pub use budget::RetryBudget;
 pub use classify::{

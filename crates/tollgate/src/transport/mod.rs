@@ -2,10 +2,12 @@
 //! HTTP proxies through `CONNECT`, and the server-sent-events decoder. The call API (`send` / `stream` through the whole policy
 //! pipeline) builds on these.
 pub mod client;
+mod percent;
 pub mod proxy;
 pub mod sse;
 
 pub use client::{Client, ClientConfig, ExtraCa, Response, StreamResponse, TransportError};
+pub use percent::{form_decode, percent_decode};
 pub use proxy::ProxyConfig;
 
 /// Blocks SIGPIPE on the calling thread: a write to a socket whose peer hung up then fails with

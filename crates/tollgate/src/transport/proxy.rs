@@ -5,6 +5,7 @@
 //! run over the tunnel exactly as over a direct TCP connection. The proxy's user info, if any,
 //! becomes a `Proxy-Authorization: Basic` header and never shows in `Debug` output or errors.
 
+use super::percent::percent_decode;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -370,35 +371,6 @@ fn status_line(head: &[u8]) -> Option<(u16, String)> {
         .trim()
         .to_owned();
     Some((status, reason))
-}
-
-/// Decodes `%XX` escapes (invalid ones stay as they are).
-fn percent_decode(text: &str) -> String {
-    fn hex(b: u8) -> Option<u8> {
-        char::from(b)
-            .to_digit(16)
-            .and_then(|d| u8::try_from(d).ok())
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&hi), Some(&lo)) => hex(hi).zip(hex(lo)).map(|(h, l)| h << 4 | l),
-            _ => None,
-        };
-        match escaped {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
