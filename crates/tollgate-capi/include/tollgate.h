@@ -425,6 +425,49 @@ typedef void (*tg_send_callback)(void *user_data,
                                  struct tg_response *response,
                                  struct tg_error *error);
 
+// One call to admit: who makes it, to which model, and how big it is. All strings are borrowed
+// for the duration of the function call. A zero-initialised struct is a valid call (empty
+// names, a prompt of 0 tokens).
+typedef struct tg_call {
+  // Calling tenant (budgets scoped by `tenant`).
+  struct tg_str tenant;
+  // Requested model.
+  struct tg_str model;
+  // Upstream the call goes to, when the host knows it.
+  struct tg_str upstream;
+  // API key name (or key-pool member) the call uses.
+  struct tg_str key;
+  // Route name.
+  struct tg_str route;
+  // Queue priority: higher goes first among waiting calls.
+  int16_t priority;
+  // A `tg_prompt_kind` value: how the prompt is given.
+  uint32_t prompt_kind;
+  // `TG_PROMPT_KIND_TOKENS`: the prompt's token count.
+  uint64_t prompt_tokens;
+  // `TG_PROMPT_KIND_TEXT`: the prompt text; `TG_PROMPT_KIND_REQUEST`: the request JSON.
+  struct tg_str prompt;
+  // Whether `max_tokens` is set; if not, the request's own `max_tokens`, else the policy's
+  // `defaults.max_completion_tokens`.
+  bool has_max_tokens;
+  // Completion allowance, when `has_max_tokens`.
+  uint64_t max_tokens;
+  // Time the whole call (every attempt) may take from its first admission, in milliseconds;
+  // 0 for none.
+  uint64_t deadline_ms;
+  // For a retry: the attempt from the previous `TG_VERDICT_KIND_RETRY` verdict (borrowed);
+  // NULL for a first attempt.
+  const struct tg_attempt *attempt;
+} tg_call;
+
+// Called once when an asynchronous acquire ends, on a tollgate worker thread: with an owned
+// `permit` (settle it with `tg_engine_settle`, or free it) and a NULL `error` when the call is
+// admitted, or a NULL `permit` and an owned `error` (`TG_STATUS_DENIED` with the denial,
+// `TG_STATUS_CANCELLED` after `tg_task_cancel`). It must not block for long and must not unwind.
+typedef void (*tg_acquire_callback)(void *user_data,
+                                    struct tg_permit *permit,
+                                    struct tg_error *error);
+
 // One event of a streamed answer, borrowed for the duration of the callback.
 typedef struct tg_event {
   // The SSE `event:` field; empty for the default (`message`).
@@ -495,41 +538,6 @@ typedef struct tg_attempt_record {
   // Where it went.
   struct tg_target target;
 } tg_attempt_record;
-
-// One call to admit: who makes it, to which model, and how big it is. All strings are borrowed
-// for the duration of the function call. A zero-initialised struct is a valid call (empty
-// names, a prompt of 0 tokens).
-typedef struct tg_call {
-  // Calling tenant (budgets scoped by `tenant`).
-  struct tg_str tenant;
-  // Requested model.
-  struct tg_str model;
-  // Upstream the call goes to, when the host knows it.
-  struct tg_str upstream;
-  // API key name (or key-pool member) the call uses.
-  struct tg_str key;
-  // Route name.
-  struct tg_str route;
-  // Queue priority: higher goes first among waiting calls.
-  int16_t priority;
-  // A `tg_prompt_kind` value: how the prompt is given.
-  uint32_t prompt_kind;
-  // `TG_PROMPT_KIND_TOKENS`: the prompt's token count.
-  uint64_t prompt_tokens;
-  // `TG_PROMPT_KIND_TEXT`: the prompt text; `TG_PROMPT_KIND_REQUEST`: the request JSON.
-  struct tg_str prompt;
-  // Whether `max_tokens` is set; if not, the request's own `max_tokens`, else the policy's
-  // `defaults.max_completion_tokens`.
-  bool has_max_tokens;
-  // Completion allowance, when `has_max_tokens`.
-  uint64_t max_tokens;
-  // Time the whole call (every attempt) may take from its first admission, in milliseconds;
-  // 0 for none.
-  uint64_t deadline_ms;
-  // For a retry: the attempt from the previous `TG_VERDICT_KIND_RETRY` verdict (borrowed);
-  // NULL for a first attempt.
-  const struct tg_attempt *attempt;
-} tg_call;
 
 // The answer of `tg_engine_admit`.
 typedef struct tg_decision {
@@ -749,6 +757,27 @@ tg_status tg_engine_send_async(const struct tg_engine *engine,
                                void *user_data,
                                struct tg_task **out_task,
                                struct tg_error **err);
+
+// Admits a call, waiting in the budgets' priority queues (and for targets passed over for a known
+// time) as long as the policy allows, like `tg_engine_acquire`, but on tollgate's worker
+// threads: it returns at once and `callback` fires exactly once with the permit or the refusal
+// (see `tg_acquire_callback`). `tg_task_cancel` ends the wait (`TG_STATUS_CANCELLED`): the call
+// leaves the queues and takes nothing.
+//
+// When this function returns an error the callback is never called (a request body in the call
+// that is not JSON, a NULL argument). `out_task` may be NULL when the caller never cancels;
+// `user_data` must stay valid until the callback has been called.
+//
+// # Safety
+// `engine` must be a live engine; `call` must satisfy the `tg_call` contract (its strings are
+// copied before this function returns); `callback` safe to call from another thread with
+// `user_data`; `out_task` and `err` writable when not NULL.
+tg_status tg_engine_acquire_async(const struct tg_engine *engine,
+                                  const struct tg_call *call,
+                                  tg_acquire_callback callback,
+                                  void *user_data,
+                                  struct tg_task **out_task,
+                                  struct tg_error **err);
 
 // Starts a streamed call (`stream: true` is set by tollgate) on the worker threads and returns
 // at once. `callback` fires once per event as it arrives, then once more at the end (see

@@ -12,11 +12,13 @@ use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 
 use super::cache::cache_mode;
-use super::decide::{nanos, tg_settlement, tg_target, tg_usage, write_target};
+use super::decide::{
+    nanos, tg_call, tg_permit, tg_settlement, tg_target, tg_usage, with_call, write_target,
+};
 use super::engine::tg_engine;
 use super::error::{boundary, quietly, value};
 use super::{arg, bytes_arg, json_arg, out, put, put_some, text_arg, tg_error, tg_status, tg_str};
-use tollgate::{ChatRequest, ChatResponse, ChatStream, Engine, Source};
+use tollgate::{ChatRequest, ChatResponse, ChatStream, Engine, Permit, Source};
 
 /// Who makes a request and how: all optional. A zero-initialised struct (or a NULL pointer where
 /// one is taken) means the defaults.
@@ -69,6 +71,14 @@ impl From<Source> for tg_source {
 pub struct tg_response {
     response: ChatResponse,
 }
+
+/// Called once when an asynchronous acquire ends, on a tollgate worker thread: with an owned
+/// `permit` (settle it with `tg_engine_settle`, or free it) and a NULL `error` when the call is
+/// admitted, or a NULL `permit` and an owned `error` (`TG_STATUS_DENIED` with the denial,
+/// `TG_STATUS_CANCELLED` after `tg_task_cancel`). It must not block for long and must not unwind.
+pub type tg_acquire_callback = Option<
+    unsafe extern "C" fn(user_data: *mut c_void, permit: *mut tg_permit, error: *mut tg_error),
+>;
 
 /// One event of a streamed answer, borrowed for the duration of the callback.
 #[repr(C)]
@@ -250,10 +260,23 @@ struct Finish {
 enum Callback {
     Send(unsafe extern "C" fn(*mut c_void, *mut tg_response, *mut tg_error)),
     Stream(unsafe extern "C" fn(*mut c_void, *const tg_event, *mut tg_response, *mut tg_error)),
+    Acquire(unsafe extern "C" fn(*mut c_void, *mut tg_permit, *mut tg_error)),
+}
+
+/// What a task ends with.
+enum Done {
+    /// The answer of a send or the end of a stream.
+    Response(Box<ChatResponse>),
+    /// An admitted call (acquire).
+    Permit(Permit),
 }
 
 impl Finish {
     fn fire(&mut self, result: Result<ChatResponse, Box<tg_error>>) {
+        self.fire_with(result.map(|r| Done::Response(Box::new(r))));
+    }
+
+    fn fire_with(&mut self, result: Result<Done, Box<tg_error>>) {
         if std::mem::replace(&mut self.fired, true) {
             return;
         }
@@ -269,20 +292,30 @@ impl Finish {
             }
             other => other,
         };
-        let (response, error) = match result {
-            Ok(response) => (
-                Box::into_raw(Box::new(tg_response { response })),
-                std::ptr::null_mut(),
-            ),
-            Err(e) => (std::ptr::null_mut(), Box::into_raw(e)),
-        };
         let user_data = self.user_data.0;
-        // SAFETY: the caller's callback, with its user_data; ownership of response / error
-        // passes to it as documented.
+        let (done, error) = match result {
+            Ok(done) => (Some(done), std::ptr::null_mut()),
+            Err(e) => (None, Box::into_raw(e)),
+        };
+        let response = |done: Option<Done>| match done {
+            Some(Done::Response(response)) => Box::into_raw(Box::new(tg_response {
+                response: *response,
+            })),
+            _ => std::ptr::null_mut(),
+        };
+        // SAFETY: the caller's callback, with its user_data; ownership of the response, permit or
+        // error passes to it as documented.
         unsafe {
             match self.callback {
-                Callback::Send(f) => f(user_data, response, error),
-                Callback::Stream(f) => f(user_data, std::ptr::null(), response, error),
+                Callback::Send(f) => f(user_data, response(done), error),
+                Callback::Stream(f) => f(user_data, std::ptr::null(), response(done), error),
+                Callback::Acquire(f) => {
+                    let permit = match done {
+                        Some(Done::Permit(p)) => tg_permit::give(p),
+                        _ => std::ptr::null_mut(),
+                    };
+                    f(user_data, permit, error)
+                }
             }
         }
     }
@@ -306,7 +339,7 @@ impl Drop for Finish {
                 "the call was cancelled before it finished",
             )
         };
-        self.fire(Err(error));
+        self.fire_with(Err(error));
     }
 }
 
@@ -399,6 +432,57 @@ pub unsafe extern "C" fn tg_engine_send_async(
                 engine, request, len, options, callback, user_data, out_task, work,
             )
         }
+    })
+}
+
+/// Admits a call, waiting in the budgets' priority queues (and for targets passed over for a known
+/// time) as long as the policy allows, like `tg_engine_acquire`, but on tollgate's worker
+/// threads: it returns at once and `callback` fires exactly once with the permit or the refusal
+/// (see `tg_acquire_callback`). `tg_task_cancel` ends the wait (`TG_STATUS_CANCELLED`): the call
+/// leaves the queues and takes nothing.
+///
+/// When this function returns an error the callback is never called (a request body in the call
+/// that is not JSON, a NULL argument). `out_task` may be NULL when the caller never cancels;
+/// `user_data` must stay valid until the callback has been called.
+///
+/// # Safety
+/// `engine` must be a live engine; `call` must satisfy the `tg_call` contract (its strings are
+/// copied before this function returns); `callback` safe to call from another thread with
+/// `user_data`; `out_task` and `err` writable when not NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tg_engine_acquire_async(
+    engine: *const tg_engine,
+    call: *const tg_call,
+    callback: tg_acquire_callback,
+    user_data: *mut c_void,
+    out_task: *mut *mut tg_task,
+    err: *mut *mut tg_error,
+) -> tg_status {
+    boundary(err, || {
+        // SAFETY: NULL or live, per the contract.
+        let engine = unsafe { arg(engine, "engine")? };
+        // SAFETY: NULL or a valid struct, per the contract.
+        let call = unsafe { arg(call, "call")? };
+        let callback = Callback::Acquire(callback.ok_or_else(|| tg_error::null("callback"))?);
+        let handle = engine.handle()?;
+        // SAFETY: the struct's pointers follow the contract; the waiter copies what it keeps.
+        let waiter = unsafe { with_call(call, |c| engine.engine.waiter(c))? }
+            .map_err(|d| tg_error::denial(&d))?;
+        let mut finish = Finish::new(engine, user_data, callback);
+        let ended = Arc::clone(&finish.ended);
+        let task = handle.spawn(async move {
+            let result = waiter.wait().await;
+            finish.fire_with(result.map(Done::Permit).map_err(|d| tg_error::denial(&d)));
+        });
+        if !out_task.is_null() {
+            let task = Box::new(tg_task {
+                abort: task.abort_handle(),
+                ended,
+            });
+            // SAFETY: non-NULL and writable per the caller's contract.
+            unsafe { put(out_task, Box::into_raw(task)) };
+        }
+        Ok(())
     })
 }
 

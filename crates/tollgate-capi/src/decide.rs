@@ -390,7 +390,7 @@ impl tg_permit {
     ///
     /// # Safety
     /// `raw` must be a permit from `give`, taken back once.
-    unsafe fn take(raw: *mut tg_permit) -> Permit {
+    pub(crate) unsafe fn take(raw: *mut tg_permit) -> Permit {
         // SAFETY: forwarded to the caller.
         unsafe { Permit::from_raw(raw.cast()) }
     }
@@ -420,7 +420,10 @@ pub struct tg_attempt {
 ///
 /// # Safety
 /// Every pointer in `c` must satisfy the `tg_call` contract.
-unsafe fn with_call<R>(c: &tg_call, f: impl FnOnce(&Call<'_>) -> R) -> Result<R, Box<tg_error>> {
+pub(crate) unsafe fn with_call<R>(
+    c: &tg_call,
+    f: impl FnOnce(&Call<'_>) -> R,
+) -> Result<R, Box<tg_error>> {
     // SAFETY (every block below): pointers in `c` are borrowed for this call per the contract.
     let text = |s: tg_str, what| unsafe { s.text(what) };
     let mut call = Call::new(text(c.model, "call.model")?)

@@ -1505,3 +1505,113 @@ fn metrics_and_test_upstream_handles() {
     // SAFETY: owned upstream.
     unsafe { tg_test_upstream_free(up) };
 }
+
+/// What an acquire callback received: the status and the permit (as an address, 0 for none).
+type Acquired = (tg_status, usize);
+
+extern "C" fn on_acquire(user: *mut c_void, p: *mut tg_permit, e: *mut tg_error) {
+    // SAFETY: user_data is a `&mpsc::Sender<Acquired>` the test keeps alive until its reply.
+    let tx = unsafe { &*user.cast::<mpsc::Sender<Acquired>>() };
+    let status = if p.is_null() {
+        // SAFETY: owned by the callee: read, then freed.
+        unsafe {
+            let s = tg_error_status(e);
+            tg_error_free(e);
+            s
+        }
+    } else {
+        tg_status::Ok
+    };
+    let _ = tx.send((status, p as usize));
+}
+
+#[test]
+fn async_acquire_waits_for_a_slot_is_refused_or_cancelled_exactly_once() {
+    let e = Engine::new(
+        "version = 1\n[[budget]]\nname = \"one\"\nconcurrency = 1\n\
+         when_exhausted = { wait_up_to = \"30s\" }\n",
+    );
+    let c = zero_call("gpt-4o-mini");
+    let (tx, rx) = mpsc::channel::<Acquired>();
+    let user = (&tx as *const mpsc::Sender<Acquired>).cast_mut().cast();
+    let start = |task: *mut *mut tg_task| {
+        // SAFETY: valid pointers; `tx` outlives the callbacks (the test waits for each).
+        ok(|err| unsafe { tg_engine_acquire_async(e.0, &c, Some(on_acquire), user, task, err) })
+    };
+
+    // Room: the permit arrives at once.
+    start(null_mut());
+    let (status, first) = rx.recv_timeout(WAIT).expect("callback fired");
+    assert_eq!((status, first != 0), (tg_status::Ok, true));
+
+    // No room: it waits in the queue until the slot is freed.
+    let mut task = null_mut();
+    start(&mut task);
+    assert!(
+        rx.recv_timeout(Duration::from_millis(150)).is_err(),
+        "waits"
+    );
+    // SAFETY: the permit of the first acquire, settled once.
+    let v = settle(&e, first as *mut tg_permit, &outcome(200));
+    assert_eq!(v.kind, tg_verdict_kind::Done);
+    let (status, second) = rx.recv_timeout(WAIT).expect("callback fired");
+    assert_eq!((status, second != 0), (tg_status::Ok, true));
+    // SAFETY: finished task, freed once.
+    unsafe { tg_task_free(task) };
+
+    // Cancelled while waiting: CANCELLED, exactly once, and it took nothing.
+    let mut task = null_mut();
+    start(&mut task);
+    assert!(
+        rx.recv_timeout(Duration::from_millis(100)).is_err(),
+        "waits"
+    );
+    // SAFETY: live task.
+    unsafe { tg_task_cancel(task) };
+    let (status, none) = rx.recv_timeout(WAIT).expect("callback fired");
+    assert_eq!((status, none), (tg_status::Cancelled, 0));
+    // SAFETY: owned handles.
+    unsafe {
+        tg_task_free(task);
+        tg_permit_free(second as *mut tg_permit);
+    }
+    let d = admit(&e, &c);
+    assert_eq!(
+        d.kind,
+        tg_decision_kind::Go,
+        "the cancelled wait took nothing"
+    );
+    // SAFETY: owned permit.
+    unsafe { tg_permit_free(d.permit) };
+    assert!(
+        rx.recv_timeout(Duration::from_millis(100)).is_err(),
+        "exactly once each"
+    );
+
+    // Refused: a budget that denies instead of waiting answers DENIED through the callback.
+    let deny = Engine::new("version = 1\n[[budget]]\nname = \"none\"\nrequests_per_minute = 1\n");
+    for expected in [tg_status::Ok, tg_status::Denied] {
+        // SAFETY: valid pointers; `tx` outlives the callback.
+        ok(|err| unsafe {
+            tg_engine_acquire_async(deny.0, &c, Some(on_acquire), user, null_mut(), err)
+        });
+        let (status, p) = rx.recv_timeout(WAIT).expect("callback fired");
+        assert_eq!(status, expected);
+        if p != 0 {
+            // Settled, so the request counts (a freed permit would be refunded).
+            let _ = settle(&deny, p as *mut tg_permit, &outcome(200));
+        }
+    }
+
+    // Bad input: a NULL callback or call is refused at once and nothing fires.
+    // SAFETY: NULL arguments are part of the contract.
+    let (status, _) =
+        call(|err| unsafe { tg_engine_acquire_async(e.0, &c, None, user, null_mut(), err) });
+    assert_eq!(status, tg_status::NullArgument);
+    // SAFETY: as above.
+    let (status, _) = call(|err| unsafe {
+        tg_engine_acquire_async(e.0, null(), Some(on_acquire), user, null_mut(), err)
+    });
+    assert_eq!(status, tg_status::NullArgument);
+    assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+}

@@ -7,7 +7,9 @@ use std::time::Duration;
 use tollgate::clock::ManualClock;
 use tollgate::retry::{Failure, TimeoutKind};
 use tollgate::tokens::Usage;
-use tollgate::{Attempt, Call, Decision, Engine, Outcome, Permit, Policy, Prompt, Verdict};
+use tollgate::{
+    Attempt, Call, Decision, Engine, Outcome, Permit, Policy, Prompt, Verdict, WaitPoll,
+};
 
 const POLICY: &str = r#"
 version = 1
@@ -567,4 +569,115 @@ fn synthetic_probes_test_a_sick_upstream_instead_of_users_calls() {
     clock.advance(Duration::from_secs(31));
     drop(e.probes());
     assert_eq!(e.probes().len(), 2);
+}
+
+/// One target whose circuit opens for 30 s after four failures; `max_retry_after` as given.
+fn one_target_open(max_retry_after: &str) -> (Engine, Arc<ManualClock>) {
+    let (e, clock) = engine(
+        &POLICY
+            .replace(
+                "targets = [{ upstream = \"primary\", model = \"gpt-4o\" }, { upstream = \"secondary\", model = \"gpt-4o-mini\" }]",
+                "targets = [{ upstream = \"secondary\", model = \"gpt-4o-mini\" }]",
+            )
+            .replace("max_retry_after = \"10s\"", &format!("max_retry_after = \"{max_retry_after}\"")),
+    );
+    for _ in 0..4 {
+        let p = go(&e, &call());
+        let _ = e.settle(p, &Outcome::status(500));
+    }
+    (e, clock)
+}
+
+// Item 2 of issue 16: a call whose targets are all passed over for a known time waits for them,
+// up to retry.max_retry_after, through every API — not only the call API.
+
+#[test]
+fn admit_says_wait_when_every_target_is_back_within_max_retry_after() {
+    let (e, clock) = one_target_open("60s");
+    match e.admit(&call()) {
+        Decision::Wait(hint) => {
+            // Open until and including 30 s: the first instant it takes calls is 1 ns later.
+            let half_open = Duration::from_secs(30) + Duration::from_nanos(1);
+            assert_eq!(hint.after, half_open, "the circuit's open time");
+            assert_eq!(&*hint.budget, "", "no budget made it wait");
+        }
+        other => panic!("expected wait, got {other:?}"),
+    }
+    clock.advance(Duration::from_secs(31));
+    let probe = go(&e, &call());
+    assert_eq!(target(&probe).0, "secondary", "half-open: the probe goes");
+}
+
+#[test]
+fn admit_refuses_when_the_wait_would_exceed_max_retry_after() {
+    let (e, _clock) = one_target_open("10s");
+    match e.admit(&call()) {
+        Decision::Deny(d) => {
+            assert_eq!(d.code(), "unavailable");
+            let half_open = Duration::from_secs(30) + Duration::from_nanos(1);
+            assert_eq!(d.retry_after(), Some(half_open));
+        }
+        other => panic!("expected deny, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_waiter_waits_for_the_circuit_then_goes() {
+    let (e, clock) = one_target_open("60s");
+    let mut waiter = e.waiter(&call()).expect("a waiter");
+    let until = match waiter.poll() {
+        WaitPoll::Pending { until } => until,
+        other => panic!("expected pending, got {other:?}"),
+    };
+    assert_eq!(
+        until,
+        tollgate::clock::Clock::now(&*clock) + 30_000_000_001,
+        "until the circuit half-opens"
+    );
+    clock.advance(Duration::from_secs(31));
+    match waiter.poll() {
+        WaitPoll::Ready(Ok(p)) => assert_eq!(target(&p).0, "secondary"),
+        other => panic!("expected go, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_waiter_gives_up_when_the_wait_would_pass_its_deadline() {
+    let (e, _clock) = one_target_open("60s");
+    let mut waiter = e
+        .waiter(&call().deadline(Duration::from_secs(5)))
+        .expect("a waiter");
+    match waiter.poll() {
+        WaitPoll::Ready(Err(d)) => assert_eq!(d.code(), "unavailable"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn acquire_blocks_until_the_circuit_half_opens() {
+    // A real clock: acquire sleeps on the thread. Open for 150 ms.
+    let policy = Policy::from_toml(
+        &POLICY
+            .replace(
+                "targets = [{ upstream = \"primary\", model = \"gpt-4o\" }, { upstream = \"secondary\", model = \"gpt-4o-mini\" }]",
+                "targets = [{ upstream = \"secondary\", model = \"gpt-4o-mini\" }]",
+            )
+            .replace("open_for = \"30s\"", "open_for = \"150ms\""),
+    )
+    .expect("valid policy");
+    let e = Engine::new(policy);
+    for _ in 0..4 {
+        let p = go(&e, &call());
+        let _ = e.settle(p, &Outcome::status(500));
+    }
+    assert!(matches!(e.admit(&call()), Decision::Wait(_)));
+    let started = std::time::Instant::now();
+    let p = e
+        .acquire(&call())
+        .expect("admitted once the circuit half-opens");
+    assert_eq!(target(&p).0, "secondary");
+    assert!(
+        started.elapsed() >= Duration::from_millis(50),
+        "it waited for the circuit rather than failing at once"
+    );
 }

@@ -422,6 +422,16 @@ impl Engine {
                 Decision::Go(permit)
             }
             Try::Deny(denial) => {
+                // Every target passed over for a known time the policy lets a call wait: the
+                // call API would wait for it, so the decide API says wait too.
+                if let Some(after) = unavailable_wait(&compiled.policy, &denial, 0) {
+                    return Decision::Wait(WaitHint {
+                        after,
+                        budget: Arc::from(""),
+                        key: Arc::from(""),
+                        limit: None,
+                    });
+                }
                 count_denied(compiled, &denial);
                 self.inner.metrics.denied(&denial);
                 Decision::Deny(denial)
@@ -697,6 +707,27 @@ fn count_denied(compiled: &Compiled, denial: &Denial) {
             .denied
             .fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// How long a call refused because every target of its route is passed over for a known time
+/// (open circuits, a server's rate-limit reset: [`DenyReason::Unavailable`] with `retry_in`)
+/// waits before asking again, when the policy lets it: as for a server's `Retry-After`, the
+/// whole wait — `waited` so far plus this one — stays within `retry.max_retry_after`. Every API
+/// applies it: `admit` answers `Wait`, waiters and `acquire` wait, `send` and `stream` sleep.
+pub(crate) fn unavailable_wait(
+    policy: &Policy,
+    denial: &Denial,
+    waited: Nanos,
+) -> Option<Duration> {
+    let DenyReason::Unavailable {
+        retry_in: Some(after),
+        ..
+    } = &denial.reason
+    else {
+        return None;
+    };
+    let cap = duration_nanos(policy.retry.max_retry_after);
+    (waited.saturating_add(duration_nanos(*after)) <= cap).then_some(*after)
 }
 
 /// Whether a blocked call may wait (`Ok(after)`) or is refused. `waited` is how long it has

@@ -20,10 +20,9 @@ use crate::tokens::Usage;
 use crate::transport::TransportError;
 
 use super::cache::{CacheFill, CacheLookup};
-use super::decision::{Decision, Denial, DenyReason, GiveUp, Outcome, Settlement, Verdict};
+use super::decision::{Decision, Denial, GiveUp, Outcome, Settlement, Verdict};
 use super::permit::Permit;
 use super::route::{Attempt, AttemptRecord, TargetRef};
-use super::wait::WaitPoll;
 use super::wire::{Wire, body_for, exchange};
 use super::{Call, Engine, Prompt};
 
@@ -551,57 +550,21 @@ impl Engine {
         })
     }
 
-    /// Admission that waits asynchronously in the budgets' priority queues.
-    ///
-    /// When every target is passed over for a known time (open circuits, a server's rate-limit
-    /// reset), the call waits for it too, up to the policy's `retry.max_retry_after`, as it would
-    /// for a `Retry-After`.
+    /// Admission that waits asynchronously in the budgets' priority queues, and for targets
+    /// passed over for a known time (open circuits, a server's rate-limit reset) as the
+    /// [`Waiter`] does: up to the policy's `retry.max_retry_after`, as for a `Retry-After`.
     pub(crate) async fn admit_waiting(
         &self,
         call: &Call<'_>,
     ) -> Result<(Permit, Duration), Denial> {
         let started = Instant::now();
-        let mut slept = false;
-        loop {
-            match self.admit_async(call).await {
-                Decision::Go(permit) => {
-                    let queued = if slept {
-                        started.elapsed()
-                    } else {
-                        Duration::ZERO
-                    };
-                    return Ok((permit, queued));
-                }
-                Decision::Deny(denial) => {
-                    let cap = self.inner.current().policy.retry.max_retry_after;
-                    match (&denial.reason, denial.retry_after()) {
-                        (DenyReason::Unavailable { .. }, Some(after))
-                            if started.elapsed() + after <= cap =>
-                        {
-                            tokio::time::sleep(after).await;
-                            slept = true;
-                        }
-                        _ => return Err(denial),
-                    }
-                }
-                Decision::Wait(_) => break,
-            }
+        match self.admit_async(call).await {
+            Decision::Go(permit) => return Ok((permit, Duration::ZERO)),
+            Decision::Deny(denial) => return Err(denial),
+            Decision::Wait(_) => {}
         }
-        let mut waiter = self.waiter(call)?;
-        loop {
-            match waiter.poll_async().await {
-                WaitPoll::Ready(result) => return result.map(|p| (p, started.elapsed())),
-                WaitPoll::Pending { until } => {
-                    let now = self.inner.clock.now();
-                    let sleep = Duration::from_nanos(until.saturating_sub(now).max(1));
-                    let signal = Arc::clone(waiter.signal());
-                    tokio::select! {
-                        () = tokio::time::sleep(sleep) => {}
-                        () = signal.notified() => {}
-                    }
-                }
-            }
-        }
+        let waiter = self.waiter(call)?;
+        waiter.wait().await.map(|p| (p, started.elapsed()))
     }
 }
 

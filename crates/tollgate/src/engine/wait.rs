@@ -15,7 +15,7 @@ use super::permit::Permit;
 use super::route::Attempt;
 use super::{
     Compiled, Inner, Spec, Try, blocked_verdict, count_admitted, count_denied, try_admit,
-    try_admit_async,
+    try_admit_async, unavailable_wait,
 };
 
 /// How often a call waiting for a concurrency slot of a Redis budget asks again.
@@ -139,6 +139,26 @@ impl Waiter {
         self.conclude(&compiled, result, now)
     }
 
+    /// Waits until the call is admitted or refused, on the current tokio runtime: polls when the
+    /// waiter's signal fires or its time is up. Dropping the future leaves the queues (a
+    /// cancelled wait takes nothing).
+    pub async fn wait(mut self) -> Result<Permit, Denial> {
+        loop {
+            match self.poll_async().await {
+                WaitPoll::Ready(result) => return result,
+                WaitPoll::Pending { until } => {
+                    let now = self.inner.clock.now();
+                    let sleep = Duration::from_nanos(until.saturating_sub(now).max(1));
+                    let signal = Arc::clone(&self.signal);
+                    tokio::select! {
+                        () = tokio::time::sleep(sleep) => {}
+                        () = signal.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+
     /// What an admission attempt at `now` means for this waiter.
     fn conclude(&mut self, compiled: &Compiled, result: Try, now: Nanos) -> WaitPoll {
         let waited = now.saturating_sub(self.started);
@@ -156,6 +176,18 @@ impl Waiter {
                 WaitPoll::Ready(Ok(permit))
             }
             Try::Deny(denial) => {
+                // Every target passed over for a known time: wait for it (within
+                // `retry.max_retry_after` over the whole wait and the call's deadline), not in a
+                // queue: nothing will signal, the waiter is polled when the time is up.
+                if let Some(after) = unavailable_wait(&compiled.policy, &denial, waited) {
+                    let due = now.saturating_add(duration_nanos(after).max(1));
+                    let deadline = self
+                        .deadline_total
+                        .map(|d| self.started.saturating_add(duration_nanos(d)));
+                    if deadline.is_none_or(|d| due <= d) {
+                        return WaitPoll::Pending { until: due };
+                    }
+                }
                 self.finish();
                 count_denied(compiled, &denial);
                 WaitPoll::Ready(Err(denial))
