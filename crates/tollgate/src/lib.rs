@@ -46,6 +46,7 @@ pub mod cache;
 pub mod clock;
 mod engine;
 pub mod metrics;
+pub mod money;
 pub mod policy;
 pub mod retry;
 pub mod rng;

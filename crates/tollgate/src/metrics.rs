@@ -94,6 +94,7 @@ use smallvec::SmallVec;
 use crate::budget::BudgetStats;
 use crate::cache::CacheStats;
 use crate::engine::TargetRef;
+use crate::money::Money;
 use crate::retry::BreakerState;
 use crate::tokens::Usage;
 
@@ -1028,8 +1029,6 @@ pub(crate) struct StoreSnapshot<'a> {
     pub budgets: &'a [(Arc<str>, bool)],
 }
 
-const NANOS_PER_UNIT: u64 = 1_000_000_000;
-
 /// The `tollgate_budget_store_*` families.
 fn render_store(w: &mut TextWriter, st: &StoreSnapshot<'_>) {
     let redis = [("store", "redis")];
@@ -1167,7 +1166,7 @@ impl EngineMetrics {
             "tollgate_spend_total",
             "Money charged for settled attempts, in the currency of the price table, by target.",
             &["upstream", "model"],
-            NANOS_PER_UNIT,
+            Money::from_units(1.0).nanos(),
         );
         let retries = r.counter(
             "tollgate_retries_total",
@@ -1276,11 +1275,7 @@ impl EngineMetrics {
         spend: f64,
     ) {
         let (upstream, model) = target.map_or(("", ""), |t| (&*t.upstream, &*t.model));
-        let spend_nanos = if spend.is_finite() && spend > 0.0 {
-            (spend * NANOS_PER_UNIT as f64).round() as u64
-        } else {
-            0
-        };
+        let spend_nanos = Money::from_units_rounded(spend).nanos();
         let record = |t: &TargetSeries| {
             match (failure_code, status) {
                 (None, Some(200)) => t.ok.inc(),

@@ -1389,3 +1389,82 @@ fn decision_codes_and_messages_are_stable() {
     assert_eq!(Failure::CutStream.code(), "cut_stream");
     assert_eq!(BreakerState::HalfOpen.code(), "half_open");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A 401 with another usable key in the pool: a retry decision like any other (issue 16).
+
+#[test]
+fn a_401_with_another_key_moves_at_once_through_the_same_checks() {
+    let policy = Retry::default();
+    let budget = RetryBudget::from_policy(&policy);
+    let mut rng = Rng::new(1);
+    let input = RetryInput {
+        other_key: true,
+        ..RetryInput::new(1, Failure::Status(401))
+    };
+    match decide(&input, &policy, &budget, &mut rng) {
+        RetryDecision::Retry { after, reason } => {
+            assert_eq!(after, Duration::ZERO);
+            assert_eq!(
+                reason,
+                RetryReason::OtherKey {
+                    failure: Failure::Status(401)
+                }
+            );
+            assert_eq!(reason.code(), "other_key");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without another key a 401 is not retried (retry_on does not list it).
+    let alone = RetryInput::new(1, Failure::Status(401));
+    assert!(matches!(
+        decide(&alone, &policy, &budget, &mut rng),
+        RetryDecision::GiveUp(GiveUpReason::NotRetryable { .. })
+    ));
+    // The ordered checks apply to the move too: delivered content, attempts, the retry budget,
+    // the deadline.
+    let delivered = RetryInput {
+        content_delivered: true,
+        ..input
+    };
+    assert_eq!(
+        decide(&delivered, &policy, &budget, &mut rng),
+        RetryDecision::GiveUp(GiveUpReason::ContentDelivered)
+    );
+    let last = RetryInput {
+        attempt: policy.max_attempts,
+        ..input
+    };
+    assert!(matches!(
+        decide(&last, &policy, &budget, &mut rng),
+        RetryDecision::GiveUp(GiveUpReason::AttemptsExhausted { .. })
+    ));
+    let spent = RetryBudget::new(1.0, 0.1);
+    for _ in 0..10 {
+        spent.on_failure();
+    }
+    assert_eq!(
+        decide(&input, &policy, &spent, &mut rng),
+        RetryDecision::GiveUp(GiveUpReason::RetryBudgetExhausted)
+    );
+    let no_time = RetryInput {
+        time_left: Some(Duration::ZERO),
+        ..input
+    };
+    assert!(matches!(
+        decide(&no_time, &policy, &budget, &mut rng),
+        RetryDecision::GiveUp(GiveUpReason::DeadlineTooClose { .. })
+    ));
+    // Another failure with a key to spare is an ordinary retry: backoff, not a key move.
+    let other = RetryInput {
+        other_key: true,
+        ..RetryInput::new(1, Failure::Status(503))
+    };
+    assert!(matches!(
+        decide(&other, &policy, &budget, &mut rng),
+        RetryDecision::Retry {
+            reason: RetryReason::Backoff { .. },
+            ..
+        }
+    ));
+}

@@ -9,6 +9,7 @@ pub mod gcra;
 mod keyed;
 mod queue;
 
+use crate::money::Money;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -179,7 +180,7 @@ impl BudgetState {
             waited: c.sum(|s| &s.waited),
             denied: c.sum(|s| &s.denied),
             tokens: c.sum(|s| &s.tokens),
-            spend: crate::engine::nanos_to_money(c.sum(|s| &s.spend_nanos)),
+            spend: Money::from_nanos(c.sum(|s| &s.spend_nanos)).units(),
             keys: self.keys(),
         }
     }

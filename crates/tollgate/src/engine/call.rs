@@ -1,5 +1,6 @@
 //! What a host tells the engine about a call, and what the engine estimates it will cost.
 
+use crate::money::Money;
 use crate::policy::{Policy, ScopeDim};
 use std::collections::HashMap;
 
@@ -8,7 +9,6 @@ use crate::tokens::{self, ModelInfo, ModelTable, Price};
 use std::time::Duration;
 
 use super::decision::{Denial, DenyReason};
-use super::money_to_nanos;
 use super::route::Attempt;
 
 /// The prompt of a call, in whichever form the host has it.
@@ -217,7 +217,7 @@ pub(crate) struct Demand {
     /// Prompt plus completion allowance.
     pub tokens: u64,
     /// Estimated cost in nano-units of money (0 when the price is unknown).
-    pub spend_nanos: u64,
+    pub spend: Money,
     pub price: Option<Price>,
     /// Whether the prompt count is exact.
     pub exact: bool,
@@ -390,14 +390,14 @@ pub(crate) fn price(
         }
     }
     let price = info.and_then(|i| i.price);
-    let spend_nanos = price
-        .map(|p| money_to_nanos(tokens::estimate_cost(&p, prompt_tokens, completion_tokens)))
-        .unwrap_or(0);
+    let spend = price
+        .map(|p| Money::from_units(tokens::estimate_cost(&p, prompt_tokens, completion_tokens)))
+        .unwrap_or(Money::ZERO);
     Ok(Demand {
         prompt_tokens,
         completion_tokens,
         tokens: prompt_tokens.saturating_add(completion_tokens),
-        spend_nanos,
+        spend,
         price,
         exact,
     })

@@ -10,6 +10,7 @@ use smallvec::SmallVec;
 use crate::budget::Cell;
 use crate::budget::gcra::{self, Charge};
 use crate::clock::Nanos;
+use crate::money::Money;
 use crate::policy::{LimitKind, Unit};
 use crate::retry::BreakerPermit;
 use crate::tokens::{self, Cost, Usage};
@@ -18,12 +19,17 @@ use super::call::Demand;
 use super::decision::{Outcome, Settlement};
 use super::health::{KeyState, TargetHealth, UpstreamHealth};
 use super::route::{Attempt, TargetRef};
-use super::{money_to_nanos, nanos_to_money};
 
 /// Where a routed call went, and what it holds there. Everything is held by reference count, not
 /// by index, so a reload between admission and settlement cannot confuse it.
 pub(crate) struct TargetCtx {
     pub target: TargetRef,
+    /// The policy generation the indices below belong to.
+    pub generation: u64,
+    /// The target's route and place in it, in that policy's routing.
+    pub candidate: (usize, usize),
+    /// The upstream's index in that policy (its wire, its key pool).
+    pub upstream_index: usize,
     pub health: Arc<TargetHealth>,
     pub breaker: Option<BreakerPermit>,
     pub key: Arc<KeyState>,
@@ -53,6 +59,18 @@ pub(crate) struct Hold {
 }
 
 impl Hold {
+    /// Gives back what an unfinished hold took (same `now`, so every charge returns whole).
+    pub(crate) fn undo(&self, now: Nanos) {
+        for (slot, c) in self.charged() {
+            if c.increment > 0 {
+                gcra::refund(&self.cell.tat[slot], c.increment, c.end, now);
+            }
+        }
+        if self.concurrency {
+            self.cell.release();
+        }
+    }
+
     /// (slot, charge) pairs, walking only the set bits of the slot mask.
     pub(crate) fn charged(&self) -> impl Iterator<Item = (usize, Charge)> + '_ {
         let mut mask = self.slots;
@@ -129,7 +147,7 @@ impl fmt::Debug for Permit {
 pub(crate) struct Actual {
     pub refund_request: bool,
     pub tokens: u64,
-    pub spend_nanos: u64,
+    pub spend: Money,
 }
 
 impl Permit {
@@ -144,6 +162,16 @@ impl Permit {
     /// Where to send the call, when a route chose: upstream, model and pool key.
     pub fn target(&self) -> Option<&TargetRef> {
         self.inner.target.as_ref().map(|t| &t.target)
+    }
+
+    /// The index of the upstream the permit's target uses, in the routing of policy
+    /// `generation` (`None` for an unrouted call or another generation).
+    pub(crate) fn upstream_index(&self, generation: u64) -> Option<usize> {
+        self.inner
+            .target
+            .as_ref()
+            .filter(|t| t.generation == generation)
+            .map(|t| t.upstream_index)
     }
 
     /// Which attempt of the call this is (1 for the first).
@@ -173,7 +201,7 @@ impl Permit {
 
     /// The cost reserved at admission (0 when the model has no price).
     pub fn estimated_cost(&self) -> f64 {
-        nanos_to_money(self.inner.demand.spend_nanos)
+        self.inner.demand.spend.units()
     }
 }
 
@@ -186,14 +214,14 @@ impl Held {
             let c = h.cell.shared.counters.local();
             c.tokens.fetch_add(actual.tokens, Ordering::Relaxed);
             c.spend_nanos
-                .fetch_add(actual.spend_nanos, Ordering::Relaxed);
+                .fetch_add(actual.spend.nanos(), Ordering::Relaxed);
         }
         Settlement {
             reserved_tokens: self.demand.tokens,
             tokens: actual.tokens,
             usage: outcome.usage,
             cost,
-            spend: nanos_to_money(actual.spend_nanos),
+            spend: actual.spend.units(),
         }
     }
 
@@ -201,7 +229,7 @@ impl Held {
         let nothing = Actual {
             refund_request: !outcome.sent,
             tokens: 0,
-            spend_nanos: 0,
+            spend: Money::ZERO,
         };
         if !outcome.sent {
             return (nothing, None);
@@ -217,7 +245,7 @@ impl Held {
                 Actual {
                     refund_request: false,
                     tokens: self.demand.tokens,
-                    spend_nanos: self.demand.spend_nanos,
+                    spend: self.demand.spend,
                 },
                 None,
             ),
@@ -227,12 +255,12 @@ impl Held {
     fn charged_for(&self, usage: &Usage) -> (Actual, Option<Cost>) {
         let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
         let cost = self.demand.price.map(|p| tokens::cost(&p, usage));
-        let spend_nanos = cost.map(|c| money_to_nanos(c.total())).unwrap_or(0);
+        let spend = cost.map_or(Money::ZERO, |c| Money::from_units(c.total()));
         (
             Actual {
                 refund_request: false,
                 tokens,
-                spend_nanos,
+                spend,
             },
             cost,
         )
@@ -253,7 +281,7 @@ impl Held {
                     |unit| match unit {
                         Unit::Requests => u64::from(!actual.refund_request),
                         Unit::Tokens => actual.tokens,
-                        Unit::Spend => actual.spend_nanos,
+                        Unit::Spend => actual.spend.nanos(),
                     },
                     |slot| shared.rate(slot).is_some(),
                 );
@@ -268,7 +296,7 @@ impl Held {
                 let units = match LimitKind::ALL[slot].unit() {
                     Unit::Requests => u64::from(!actual.refund_request),
                     Unit::Tokens => actual.tokens,
-                    Unit::Spend => actual.spend_nanos,
+                    Unit::Spend => actual.spend.nanos(),
                 };
                 let inc = gcra::Rate {
                     ns_per_unit: rate,
@@ -297,7 +325,7 @@ impl Drop for Held {
             self.apply(Actual {
                 refund_request: true,
                 tokens: 0,
-                spend_nanos: 0,
+                spend: Money::ZERO,
             });
         }
         // A permit dropped unsettled gives its breaker probe slot back.

@@ -12,7 +12,6 @@
 //! [`crate::Engine::acquire`].
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -20,15 +19,18 @@ use smallvec::SmallVec;
 
 use crate::budget::Cell;
 use crate::clock::{Nanos, duration_nanos};
+use crate::money::Money;
 use crate::policy::{LimitKind, OnFailure, Unit};
 use crate::store::{
     AdjustEntry, AdmitReply, AdmitRequest, Check, Grant, Owed, RateSlot, RedisStore, StoreError,
 };
 
+use super::admit::{Blocked, Try};
 use super::call::Demand;
-use super::decision::{Denial, DenyReason};
+use super::compile::{Compiled, CompiledBudget, CompiledLimit};
+use super::decision::DenyReason;
+use super::permit::Permit;
 use super::permit::{Held, Hold, Journey, TargetCtx};
-use super::{Blocked, Compiled, CompiledBudget, CompiledLimit, Permit, Spec, Try};
 
 /// Leases kept per budget before expired ones are swept.
 const LEASE_SWEEP_AT: usize = 4096;
@@ -201,7 +203,11 @@ pub(crate) fn peek(r: &RemoteSpec, scope: &str) -> Option<(Vec<LimitUse>, u32)> 
         match g {
             Grant::Rate { ends, .. } => {
                 for (l, end) in r.limits.iter().zip(ends) {
-                    let scale = if l.unit == Unit::Spend { 1e9 } else { 1.0 };
+                    let scale = if l.unit == Unit::Spend {
+                        Money::SCALE
+                    } else {
+                        1.0
+                    };
                     let used = (end - now).max(0.0) / us(l.rate.ns_per_unit) / scale;
                     limits.push((l.kind, used, l.burst_units / scale));
                 }
@@ -562,7 +568,7 @@ impl Pending {
             if h.remote.is_some() {
                 return_leased(compiled, &h);
             } else {
-                super::undo_hold(&h, now);
+                h.undo(now);
             }
         }
         if let Some(mut t) = self.target.take()
@@ -591,50 +597,4 @@ pub(crate) enum Finished {
     Retarget(Try, Excluded),
     /// Redis failed: admit again (the store is down now, so `on_failure` applies).
     StoreFailed,
-}
-
-/// Completes an admission that needs Redis: one round trip per attempt, through `ask` (which
-/// blocks or awaits). A refusal by a target's budget moves to the route's next target, as a
-/// local refusal does.
-pub(crate) async fn resolve<F, Fut>(
-    compiled: &Compiled,
-    spec: &Spec<'_>,
-    seq: Option<u64>,
-    now: Nanos,
-    first: Try,
-    mut ask: F,
-) -> Try
-where
-    F: FnMut(Arc<RedisStore>, Arc<AdmitRequest>) -> Fut,
-    Fut: Future<Output = Result<AdmitReply, StoreError>>,
-{
-    let mut result = first;
-    let mut excluded: SmallVec<[Excluded; 2]> = SmallVec::new();
-    let mut refused: Option<Try> = None;
-    // Each round either ends, excludes one more target, or finds the store down; bounded anyway.
-    for _ in 0..16 {
-        let Try::Remote(pending) = result else {
-            break;
-        };
-        let reply = ask(Arc::clone(pending.store()), pending.request()).await;
-        match pending.finish(compiled, reply, now) {
-            Finished::Done(t) => return t,
-            Finished::Retarget(t, c) => {
-                refused.get_or_insert(t);
-                excluded.push(c);
-            }
-            Finished::StoreFailed => {}
-        }
-        result = super::try_admit_once(compiled, &spec.excluding(&excluded), seq, now);
-    }
-    match (result, refused) {
-        (Try::Remote(_), Some(r)) => r,
-        (Try::Remote(_), None) => Try::Deny(Denial::new(DenyReason::StoreUnavailable {
-            store: "redis",
-            detail: "admission did not settle after repeated round trips".to_owned(),
-        })),
-        (t @ Try::Go(_), _) => t,
-        (t, None) => t,
-        (_, Some(r)) => r,
-    }
 }

@@ -1,4 +1,11 @@
-//! Where a call goes: routes, their targets in strategy order, fallback chains, key pools.
+//! Where a call goes: routes, their targets in strategy order, fallback chains, key pools —
+//! for the first attempt and for retries.
+//!
+//! Admission ([`super::admit`]) walks [`Routing::candidates`] in order: [`Routing::enter`]
+//! passes over a target whose circuit is open, [`Routing::pick_key`] one whose pool has no
+//! usable key, and when every target was passed over [`Routing::unavailable`] says why and
+//! until when. After a failed attempt, settlement asks [`Routing::retry_target`] where the
+//! retry goes and [`Routing::other_key`] whether a 401 can move to another key.
 
 use std::fmt;
 use std::sync::Arc;
@@ -7,11 +14,15 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
-use crate::clock::Nanos;
+use crate::clock::{Nanos, duration_nanos};
 use crate::policy::{Auth, Glob, Policy, Strategy};
 use crate::rng::SharedSplitMix64;
 
+use crate::retry::{BreakerPermit, BreakerState, Failure};
+
+use super::decision::DenyReason;
 use super::health::{HealthRegistry, KeyState, TargetHealth, UpstreamHealth, key_id};
+use super::permit::TargetCtx;
 
 /// A concrete place an attempt goes: route, upstream, model and pool key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -412,6 +423,130 @@ impl Routing {
 
     pub(crate) fn upstream_named(&self, name: &str) -> Option<&CompiledUpstream> {
         self.upstreams.iter().find(|u| &*u.name == name)
+    }
+
+    /// The key pool of the upstream an attempt went to: by index when the attempt was admitted
+    /// under this routing (`same`), else by name (a reload came in between).
+    pub(crate) fn pool_of(&self, t: &TargetCtx, same: bool) -> &[Arc<KeyState>] {
+        let upstream = if same {
+            self.upstreams.get(t.upstream_index)
+        } else {
+            self.upstream_named(&t.target.upstream)
+        };
+        upstream.map_or(&[][..], |u| &u.keys[..])
+    }
+
+    /// Whether a key of that pool other than the attempt's is usable at `now` (for a 401).
+    pub(crate) fn other_key(&self, t: &TargetCtx, same: bool, now: Nanos) -> bool {
+        self.pool_of(t, same)
+            .iter()
+            .any(|k| !Arc::ptr_eq(k, &t.key) && !k.quarantined(now))
+    }
+
+    /// Where the retry of an attempt that failed with `failure` on `t` goes, noting in `next`
+    /// what failed: the same target with another key when the key is at fault (401, 429) and
+    /// the pool has another; else the first other candidate of the route (and its fallbacks)
+    /// that will take calls when the retry is due (`after` from `now`): its circuit not open
+    /// then, one of its keys not quarantined. `None`: no target known, admission will choose.
+    pub(crate) fn retry_target(
+        &self,
+        t: &TargetCtx,
+        same: bool,
+        next: &mut Attempt,
+        failure: Failure,
+        after: Duration,
+        now: Nanos,
+    ) -> Option<TargetRef> {
+        let pool = self.pool_of(t, same);
+        let key_problem = matches!(failure, Failure::Status(401) | Failure::Status(429));
+        if key_problem && pool.len() > 1 {
+            next.failed_keys
+                .push((Arc::clone(&t.target.upstream), Arc::clone(&t.target.key)));
+            let other = pool.iter().find(|k| {
+                !Arc::ptr_eq(k, &t.key)
+                    && !k.quarantined(now)
+                    && !next
+                        .failed_keys
+                        .iter()
+                        .any(|(u, id)| *u == t.target.upstream && *id == k.id)
+            });
+            let mut same_target = t.target.clone();
+            if let Some(k) = other {
+                same_target.key = Arc::clone(&k.id);
+            }
+            return Some(same_target);
+        }
+        next.failed_targets
+            .push((Arc::clone(&t.target.upstream), Arc::clone(&t.target.model)));
+        let route = if same {
+            Some(t.candidate.0)
+        } else {
+            self.routes.iter().position(|r| r.name == t.target.route)
+        }?;
+        let due = now.saturating_add(duration_nanos(after));
+        self.candidates(route, Some(next)).iter().find_map(|c| {
+            let target = &self.routes[c.0].targets[c.1];
+            if let BreakerState::Open { until } = target.health.breaker.state(now)
+                && until >= due
+            {
+                return None;
+            }
+            let up = &self.upstreams[target.upstream];
+            let key = up.keys.iter().find(|k| !k.quarantined(due))?;
+            Some(self.target_ref(*c, key))
+        })
+    }
+
+    /// The breaker of candidate `c`: a permit to try it, or why it is passed over. With
+    /// synthetic probes in the policy (`probe`), users' calls are never the half-open probes.
+    pub(crate) fn enter(
+        &self,
+        c: Candidate,
+        synthetic_probes: bool,
+        now: Nanos,
+    ) -> Result<BreakerPermit, Skip> {
+        let t = &self.routes[c.0].targets[c.1];
+        let skip = |retry_in| Skip::BreakerOpen {
+            target: format!("{}/{}", self.upstreams[t.upstream].name, t.model),
+            retry_in,
+        };
+        match t.health.breaker.try_acquire(now) {
+            Ok(p) if p.is_probe() && synthetic_probes => {
+                t.health.breaker.release(p);
+                Err(skip(Duration::ZERO))
+            }
+            Ok(p) => Ok(p),
+            Err(rejected) => Err(skip(rejected.retry_in)),
+        }
+    }
+
+    /// The refusal of a call on route `route` whose every target was passed over: why each was,
+    /// and when the first takes calls again (its circuit's open time, the server's reset).
+    pub(crate) fn unavailable(&self, route: usize, skipped: &[Skip], now: Nanos) -> DenyReason {
+        let detail = if skipped.is_empty() {
+            "the route has no targets".to_owned()
+        } else {
+            skipped
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let retry_in = skipped
+            .iter()
+            .filter_map(|s| match s {
+                Skip::BreakerOpen { retry_in, .. } if !retry_in.is_zero() => Some(*retry_in),
+                Skip::ServerLimited { until, .. } => {
+                    Some(Duration::from_nanos(until.saturating_sub(now).max(1)))
+                }
+                _ => None,
+            })
+            .min();
+        DenyReason::Unavailable {
+            route: self.routes[route].name.to_string(),
+            detail,
+            retry_in,
+        }
     }
 
     pub(crate) fn target_ref(&self, c: Candidate, key: &KeyState) -> TargetRef {

@@ -19,6 +19,7 @@ use crate::retry::Failure;
 use crate::tokens::Usage;
 use crate::transport::TransportError;
 
+use super::admit::RouteHint;
 use super::cache::{CacheFill, CacheLookup};
 use super::decision::{Decision, Denial, GiveUp, Outcome, Settlement, Verdict};
 use super::permit::Permit;
@@ -267,12 +268,22 @@ impl CallError {
     }
 }
 
+/// The body sent to the last attempt's target, kept for the next attempt.
+pub(crate) struct SentBody {
+    /// The model written into it (`None`: the caller's own).
+    model: Option<Arc<str>>,
+    /// Whether it asks for the usage chunk of a stream.
+    stream_usage: bool,
+    bytes: Bytes,
+}
+
 /// An admitted attempt, ready to go on the wire.
 pub(crate) struct Ready {
     pub permit: Permit,
     pub wire: Arc<Wire>,
     pub body: Bytes,
-    pub key: String,
+    /// The pool key to use (empty: the upstream's own choice).
+    pub key: Arc<str>,
     pub target: Option<TargetRef>,
     /// Time this admission waited for room.
     pub queued: Duration,
@@ -362,9 +373,10 @@ impl Engine {
         let mut attempt: Option<Box<Attempt>> = None;
         let mut last: Option<(u16, Bytes)> = None;
         let mut queued = Duration::ZERO;
+        let mut sent = None;
         loop {
             let ready = self
-                .ready(request, model, attempt.as_deref(), false)
+                .ready(request, model, attempt.as_deref(), false, &mut sent)
                 .await?;
             let Ready {
                 permit,
@@ -472,20 +484,31 @@ pub(crate) fn model_of(request: &ChatRequest) -> Result<&str, CallError> {
 impl Engine {
     /// Admits the next attempt of `request` (waiting in the budgets' queues where the policy
     /// says so), and prepares what goes on the wire: the upstream, the key and the body.
+    ///
+    /// The route is resolved once (admission reuses it while the policy is the same), the
+    /// upstream and its wire are found by index in the compiled policy, and `body` keeps the
+    /// serialised request across attempts: it is built again only when a fallback sends it to
+    /// another model (or an upstream with other stream settings).
     pub(crate) async fn ready(
         &self,
         request: &ChatRequest,
         model: &str,
         attempt: Option<&Attempt>,
         stream: bool,
+        body: &mut Option<SentBody>,
     ) -> Result<Ready, CallError> {
         let compiled = self.inner.current();
         let policy = &compiled.policy;
-        let routed = compiled
+        let route = compiled
             .routing
-            .route_for(&request.route, model, &request.upstream)
-            .is_some();
-        let upstream_name: &str = if routed || !request.upstream.is_empty() {
+            .route_for(&request.route, model, &request.upstream);
+        if !request.route.is_empty() && route.is_none() {
+            return Err(CallError::NoUpstream(format!(
+                "the request names route '{}', which the policy does not have",
+                request.route
+            )));
+        }
+        let upstream_name: &str = if route.is_some() || !request.upstream.is_empty() {
             &request.upstream
         } else {
             match policy.upstreams.as_slice() {
@@ -503,12 +526,6 @@ impl Engine {
                 }
             }
         };
-        if !request.route.is_empty() && !routed {
-            return Err(CallError::NoUpstream(format!(
-                "the request names route '{}', which the policy does not have",
-                request.route
-            )));
-        }
         let mut call = Call::new(model)
             .tenant(&request.tenant)
             .route(&request.route)
@@ -517,33 +534,65 @@ impl Engine {
             .prompt(Prompt::Request(&request.body));
         call.deadline = request.deadline;
         call.attempt = attempt;
-        let (permit, queued) = self.admit_waiting(&call).await.map_err(CallError::Denied)?;
-        let (upstream, target_model, key) = match permit.target() {
-            Some(t) => (
-                t.upstream.to_string(),
-                Some(t.model.to_string()),
-                t.key.to_string(),
-            ),
-            None => (upstream_name.to_owned(), None, String::new()),
+        let hint = RouteHint {
+            generation: compiled.generation,
+            route,
         };
-        let Some(config) = policy.upstreams.iter().find(|u| u.name == upstream) else {
+        let (permit, queued) = self
+            .admit_waiting(&call, Some(hint))
+            .await
+            .map_err(CallError::Denied)?;
+        // The policy running now (a reload may have come while the call waited): the permit's
+        // indices are used when they belong to it, else the upstream is found by name.
+        let now = self.inner.current.load();
+        let index = match (permit.upstream_index(now.generation), permit.target()) {
+            (Some(i), _) => Some(i),
+            (None, Some(t)) => now
+                .policy
+                .upstreams
+                .iter()
+                .position(|u| *u.name == *t.upstream),
+            (None, None) => now
+                .policy
+                .upstreams
+                .iter()
+                .position(|u| u.name == upstream_name),
+        };
+        let Some(index) = index else {
+            let name = permit.target().map_or(upstream_name, |t| &*t.upstream);
             return Err(CallError::NoUpstream(format!(
-                "upstream '{upstream}' is not in the policy"
+                "upstream '{name}' is not in the policy"
             )));
         };
-        let wire = self.inner.wires.get(config).map_err(CallError::Transport)?;
-        let body = body_for(
-            &request.body,
-            target_model.as_deref(),
-            stream,
-            config.stream_usage,
-        )
-        .map_err(|e| CallError::InvalidRequest(format!("cannot serialise the body: {e}")))?;
+        let config = &now.policy.upstreams[index];
+        let wire = now.wires[index].get(config).map_err(CallError::Transport)?;
         let target = permit.target().cloned();
+        let target_model = target.as_ref().map(|t| &t.model);
+        let reuse = body.as_ref().is_some_and(|b| {
+            b.model.as_ref() == target_model && b.stream_usage == config.stream_usage
+        });
+        if !reuse {
+            let bytes = body_for(
+                &request.body,
+                target_model.map(|m| &**m),
+                stream,
+                config.stream_usage,
+            )
+            .map_err(|e| CallError::InvalidRequest(format!("cannot serialise the body: {e}")))?;
+            *body = Some(SentBody {
+                model: target_model.cloned(),
+                stream_usage: config.stream_usage,
+                bytes,
+            });
+        }
+        let bytes = body.as_ref().map(|b| b.bytes.clone()).unwrap_or_default();
+        let key = target
+            .as_ref()
+            .map_or_else(|| Arc::from(""), |t| Arc::clone(&t.key));
         Ok(Ready {
             permit,
             wire,
-            body,
+            body: bytes,
             key,
             target,
             queued,
@@ -556,14 +605,15 @@ impl Engine {
     pub(crate) async fn admit_waiting(
         &self,
         call: &Call<'_>,
+        route: Option<RouteHint>,
     ) -> Result<(Permit, Duration), Denial> {
         let started = Instant::now();
-        match self.admit_async(call).await {
+        match self.admit_routed(call, route).await {
             Decision::Go(permit) => return Ok((permit, Duration::ZERO)),
             Decision::Deny(denial) => return Err(denial),
             Decision::Wait(_) => {}
         }
-        let waiter = self.waiter(call)?;
+        let waiter = self.waiter_routed(call, route)?;
         waiter.wait().await.map(|p| (p, started.elapsed()))
     }
 }
@@ -607,15 +657,15 @@ impl Engine {
             return;
         }
         for probe in self.probes() {
-            let Some(config) = compiled
+            let Some(i) = compiled
                 .policy
                 .upstreams
                 .iter()
-                .find(|u| *u.name == *probe.target.upstream)
+                .position(|u| *u.name == *probe.target.upstream)
             else {
                 continue;
             };
-            let Ok(wire) = self.inner.wires.get(config) else {
+            let Ok(wire) = compiled.wires[i].get(&compiled.policy.upstreams[i]) else {
                 continue;
             };
             let Ok(body) = body_for(&probe.request, None, false, false) else {
@@ -653,8 +703,11 @@ impl Engine {
         let compiled = self.inner.current();
         let mut opened = 0;
         let mut failed = vec![];
-        for upstream in compiled.policy.upstreams.iter().filter(|u| u.warm_up > 0) {
-            let result = match self.inner.wires.get(upstream) {
+        for (i, upstream) in compiled.policy.upstreams.iter().enumerate() {
+            if upstream.warm_up == 0 {
+                continue;
+            }
+            let result = match compiled.wires[i].get(upstream) {
                 Ok(wire) => wire.warm_up().await,
                 Err(e) => Err(e),
             };

@@ -1,6 +1,20 @@
-//! Settling an attempt: budgets reconciled, health fed, and the retry verdict.
+//! Settling an attempt, in this order:
+//!
+//! 1. **Budgets** ([`Permit`]'s `settle`): the reservation is replaced by the usage the outcome
+//!    reports (refund or extra charge), concurrency slots are released.
+//! 2. **Metrics**: the attempt, its latency, tokens and spend, by target.
+//! 3. **Health** of the target ([`feed_health`]): its latency average, its circuit breaker (the
+//!    breaker decides which failures count, [`crate::retry::counts_against_breaker`]), the key's
+//!    server-side limits from `x-ratelimit-*` headers, and a 401's key quarantine.
+//! 4. **Retry budget** of the upstream: a success earns, a failure that `retry_on` retries
+//!    spends.
+//! 5. **The decision** ([`crate::retry::decide`], which lists its checks): retry after a delay,
+//!    or give up; a 401 with another usable key in the pool moves to it at once, through the
+//!    same checks.
+//! 6. **The verdict** ([`verdict`]): for a retry, where it goes
+//!    ([`super::route::Routing::retry_target`]) and the attempt state to admit it with; in
+//!    either case the attempt's record joins the call's history.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::clock::duration_nanos;
@@ -8,7 +22,7 @@ use crate::retry::{
     self, BreakerState, Failure, Headers, RetryDecision, RetryInput, Rng, ServerLimits,
 };
 
-use super::Compiled;
+use super::compile::Compiled;
 use super::decision::{GiveUp, Outcome, Verdict};
 use super::permit::{Permit, TargetCtx};
 use super::route::{Attempt, AttemptRecord, TargetRef};
@@ -59,10 +73,13 @@ pub(crate) fn settle(
     mut permit: Permit,
     outcome: &Outcome<'_>,
 ) -> Verdict {
+    // 1. Budgets.
     let settlement = permit.inner.settle(outcome);
+    // 2. Metrics.
+    let failure = outcome.failure_class();
     if outcome.sent {
         let target = permit.inner.target.as_ref().map(|t| &t.target);
-        let code = outcome.failure_class().map(|f| f.code());
+        let code = failure.as_ref().map(Failure::code);
         metrics.settled(
             target,
             outcome.status,
@@ -72,7 +89,7 @@ pub(crate) fn settle(
             settlement.spend,
         );
     }
-    if outcome.failure_class().is_none() && permit.inner.target.is_none() {
+    if failure.is_none() && permit.inner.target.is_none() {
         // The common case: nothing to classify, no target to feed.
         if outcome.sent && outcome.status.is_some() {
             compiled.routing.default_health.retry_budget.on_success();
@@ -80,98 +97,114 @@ pub(crate) fn settle(
         return Verdict::Done(settlement);
     }
     let now = compiled.clock.now();
-    let policy = &compiled.policy;
-    let failure = outcome.failure_class();
     let headers = Headers::new(outcome.headers);
     let target = permit.inner.target.take();
     let journey = std::mem::take(&mut permit.inner.journey);
     drop(permit);
-
-    let upstream_health = target.as_ref().map(|t| Arc::clone(&t.upstream));
+    // 3. Health.
     if let Some(t) = &target {
-        if let Some(latency) = outcome.latency {
-            t.health.observe_latency(latency);
-        }
-        if let Some(p) = t.breaker.as_ref().copied() {
-            if outcome.sent {
-                let was_open = matches!(t.health.breaker.state(now), BreakerState::Open { .. });
-                let latency = outcome.latency.unwrap_or_default();
-                t.health
-                    .breaker
-                    .record_outcome(p, failure.as_ref(), latency, now);
-                if !was_open && matches!(t.health.breaker.state(now), BreakerState::Open { .. }) {
-                    t.health.opened();
-                }
-            } else {
-                t.health.breaker.release(p);
-            }
-        }
-        if policy.retry.honor_server_limits {
-            t.key
-                .server
-                .update(&ServerLimits::from_headers(&headers), now);
-        }
-        if failure == Some(Failure::Status(401)) {
-            t.key
-                .quarantine(now.saturating_add(duration_nanos(t.quarantine)));
-        }
+        feed_health(compiled, t, outcome, failure.as_ref(), &headers, now);
     }
-    let budget = upstream_health
+    // 4. Retry budget.
+    let budget = target
         .as_ref()
-        .map(|u| &u.retry_budget)
-        .unwrap_or(&compiled.routing.default_health.retry_budget);
+        .map_or(&compiled.routing.default_health.retry_budget, |t| {
+            &t.upstream.retry_budget
+        });
     let Some(failure) = failure else {
         if outcome.sent && outcome.status.is_some() {
             budget.on_success();
         }
         return Verdict::Done(settlement);
     };
-    let retryable = retry::is_retryable(&failure, &policy.retry.retry_on, &headers);
-    if retryable {
+    let policy = &compiled.policy;
+    if retry::is_retryable(&failure, &policy.retry.retry_on, &headers) {
         budget.on_failure();
     }
-
+    // 5. The decision.
     let prior = journey.prior.map(|b| *b).unwrap_or_default();
     let number = journey.number.max(1);
-    let time_left = journey
-        .deadline
-        .map(|d| Duration::from_nanos(d.saturating_sub(now)));
     let input = RetryInput {
         attempt: number,
         failure,
         headers,
         now_wall: SystemTime::now(),
         prev_backoff: prior.prev_backoff,
-        time_left,
+        time_left: journey
+            .deadline
+            .map(|d| Duration::from_nanos(d.saturating_sub(now))),
         content_delivered: outcome.content_delivered,
+        other_key: target.as_ref().is_some_and(|t| {
+            compiled
+                .routing
+                .other_key(t, t.generation == compiled.generation, now)
+        }),
     };
     let mut rng = Rng::new(compiled.routing.random());
-    // A 401 on a key pool is the key's fault, not the request's: move to another key at once,
-    // whatever retry_on says, while attempts remain.
-    let pool = |t: &TargetCtx| {
-        compiled
-            .routing
-            .upstream_named(&t.target.upstream)
-            .map_or(&[][..], |u| &u.keys[..])
-    };
-    let other_key = target.as_ref().is_some_and(|t| {
-        pool(t)
-            .iter()
-            .any(|k| !Arc::ptr_eq(k, &t.key) && !k.quarantined(now))
-    });
-    let decision = if failure == Failure::Status(401)
-        && other_key
-        && !outcome.content_delivered
-        && number < policy.retry.max_attempts
-    {
-        RetryDecision::Retry {
-            after: Duration::ZERO,
-            reason: retry::RetryReason::Backoff { failure },
+    let decision = retry::decide(&input, &policy.retry, budget, &mut rng);
+    // 6. The verdict.
+    verdict(
+        compiled,
+        metrics,
+        decision,
+        target.as_deref(),
+        prior,
+        (number, journey.deadline),
+        failure,
+        settlement,
+        now,
+    )
+}
+
+/// Step 3: what the attempt says about its target's health.
+fn feed_health(
+    compiled: &Compiled,
+    t: &TargetCtx,
+    outcome: &Outcome<'_>,
+    failure: Option<&Failure>,
+    headers: &Headers<'_>,
+    now: crate::clock::Nanos,
+) {
+    if let Some(latency) = outcome.latency {
+        t.health.observe_latency(latency);
+    }
+    if let Some(p) = t.breaker.as_ref().copied() {
+        if outcome.sent {
+            let was_open = matches!(t.health.breaker.state(now), BreakerState::Open { .. });
+            let latency = outcome.latency.unwrap_or_default();
+            t.health.breaker.record_outcome(p, failure, latency, now);
+            if !was_open && matches!(t.health.breaker.state(now), BreakerState::Open { .. }) {
+                t.health.opened();
+            }
+        } else {
+            t.health.breaker.release(p);
         }
-    } else {
-        retry::decide(&input, &policy.retry, budget, &mut rng)
-    };
-    let this_target = target.as_ref().map(|t| t.target.clone());
+    }
+    if compiled.policy.retry.honor_server_limits {
+        t.key
+            .server
+            .update(&ServerLimits::from_headers(headers), now);
+    }
+    if failure == Some(&Failure::Status(401)) {
+        t.key
+            .quarantine(now.saturating_add(duration_nanos(t.quarantine)));
+    }
+}
+
+/// Step 6: the verdict for `decision`, with the attempt's record added to the history.
+#[allow(clippy::too_many_arguments)]
+fn verdict(
+    compiled: &Compiled,
+    metrics: &EngineMetrics,
+    decision: RetryDecision,
+    target: Option<&TargetCtx>,
+    prior: Attempt,
+    (number, deadline): (u32, Option<crate::clock::Nanos>),
+    failure: Failure,
+    settlement: crate::Settlement,
+    now: crate::clock::Nanos,
+) -> Verdict {
+    let this_target = target.map(|t| t.target.clone());
     let mut history = prior.history;
     let outcome_text = failure.code().into_owned();
     match decision {
@@ -179,69 +212,25 @@ pub(crate) fn settle(
             metrics.retried(&outcome_text);
             let mut next = Attempt {
                 number: number + 1,
-                deadline: journey.deadline,
+                deadline,
                 prev_backoff: after,
                 next: None,
                 failed_targets: prior.failed_targets,
                 failed_keys: prior.failed_keys,
                 history: vec![],
             };
-            if let Some(t) = &target {
-                let key_problem = matches!(failure, Failure::Status(401) | Failure::Status(429));
-                if key_problem && pool(t).len() > 1 {
-                    // Same target, another key.
-                    next.failed_keys
-                        .push((Arc::clone(&t.target.upstream), Arc::clone(&t.target.key)));
-                    let other = pool(t).iter().find(|k| {
-                        !Arc::ptr_eq(k, &t.key)
-                            && !k.quarantined(now)
-                            && !next
-                                .failed_keys
-                                .iter()
-                                .any(|(u, id)| *u == t.target.upstream && *id == k.id)
-                    });
-                    let mut same = t.target.clone();
-                    if let Some(k) = other {
-                        same.key = Arc::clone(&k.id);
-                    }
-                    next.next = Some(same);
-                } else {
-                    next.failed_targets
-                        .push((Arc::clone(&t.target.upstream), Arc::clone(&t.target.model)));
-                    let route = compiled
-                        .routing
-                        .routes
-                        .iter()
-                        .position(|r| r.name == t.target.route);
-                    let candidates = route
-                        .map(|r| compiled.routing.candidates(r, Some(&next)))
-                        .unwrap_or_default();
-                    // The first candidate that will be usable when the retry is due: its circuit
-                    // not open then, one of its keys not quarantined.
-                    let due = now.saturating_add(duration_nanos(after));
-                    next.next = candidates.iter().find_map(|c| {
-                        let target = &compiled.routing.routes[c.0].targets[c.1];
-                        if let BreakerState::Open { until } = target.health.breaker.state(now)
-                            && until >= due
-                        {
-                            return None;
-                        }
-                        let up = &compiled.routing.upstreams[target.upstream];
-                        let key = up.keys.iter().find(|k| !k.quarantined(due))?;
-                        Some(compiled.routing.target_ref(*c, key))
-                    });
-                }
+            if let Some(t) = target {
+                let same = t.generation == compiled.generation;
+                next.next = compiled
+                    .routing
+                    .retry_target(t, same, &mut next, failure, after, now);
             }
-            let decision_text = match &next.next {
-                Some(n) => retry_text(after, Some(n)),
-                None => retry_text(after, None),
-            };
             history.push(AttemptRecord {
                 number,
                 at: now,
                 target: this_target,
                 outcome: outcome_text,
-                decision: decision_text,
+                decision: retry_text(after, next.next.as_ref()),
             });
             next.history = history;
             Verdict::Retry {
@@ -274,6 +263,8 @@ pub(crate) fn settle(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]

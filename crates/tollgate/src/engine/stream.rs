@@ -27,7 +27,9 @@ use super::cache::CacheFill;
 use super::decision::{Outcome, Settlement};
 use super::permit::Permit;
 use super::route::{Attempt, AttemptRecord, TargetRef};
-use super::send::{Cached, CallError, ChatRequest, Next, Ready, Source, header_pairs, model_of};
+use super::send::{
+    Cached, CallError, ChatRequest, Next, Ready, SentBody, Source, header_pairs, model_of,
+};
 use super::wire::{Wire, exchange};
 
 /// How long the end of the body is awaited after `[DONE]` (to pool the connection).
@@ -52,6 +54,8 @@ pub struct ChatStream {
     headers: HeaderMap,
     live: Option<Live>,
     attempt: Option<Box<Attempt>>,
+    /// The body sent to the last attempt, reused while the target model stays the same.
+    sent: Option<SentBody>,
     history: Vec<AttemptRecord>,
     attempts: u32,
     replay: VecDeque<Event>,
@@ -74,7 +78,7 @@ struct Live {
     permit: Permit,
     wire: Arc<Wire>,
     body: Bytes,
-    key: String,
+    key: Arc<str>,
     target: Option<TargetRef>,
     response: StreamResponse,
     decoder: Decoder,
@@ -117,6 +121,7 @@ impl Engine {
             headers: HeaderMap::new(),
             live: None,
             attempt: None,
+            sent: None,
             history: vec![],
             attempts: 0,
             replay: VecDeque::new(),
@@ -280,7 +285,13 @@ impl ChatStream {
                 queued,
             } = self
                 .engine
-                .ready(&self.request, &self.model, self.attempt.as_deref(), true)
+                .ready(
+                    &self.request,
+                    &self.model,
+                    self.attempt.as_deref(),
+                    true,
+                    &mut self.sent,
+                )
                 .await?;
             self.attempts += 1;
             self.queued += queued;

@@ -9,14 +9,16 @@ use crate::budget::{BudgetState, Cell, Signal};
 use crate::clock::{Nanos, duration_nanos};
 use crate::policy::Exhausted;
 
+use super::Inner;
+use super::admit::{
+    RouteHint, Spec, Try, blocked_verdict, count_admitted, count_denied, try_admit,
+    try_admit_async, unavailable_wait,
+};
 use super::call::{Call, Counted, OwnedCall};
+use super::compile::Compiled;
 use super::decision::{Denial, DenyReason};
 use super::permit::Permit;
 use super::route::Attempt;
-use super::{
-    Compiled, Inner, Spec, Try, blocked_verdict, count_admitted, count_denied, try_admit,
-    try_admit_async, unavailable_wait,
-};
 
 /// How often a call waiting for a concurrency slot of a Redis budget asks again.
 const REMOTE_POLL: Nanos = 20_000_000;
@@ -51,6 +53,8 @@ pub struct Waiter {
     waited_in: SmallVec<[Arc<BudgetState>; 2]>,
     /// The budget and key that made it wait last.
     blocked_on: Option<(Arc<str>, Arc<str>)>,
+    /// The route, when resolved ahead (the call API).
+    route: Option<RouteHint>,
     done: bool,
 }
 
@@ -72,6 +76,7 @@ impl Waiter {
         counted: Counted,
         seq: u64,
         now: Nanos,
+        route: Option<RouteHint>,
     ) -> Waiter {
         Waiter {
             inner,
@@ -86,6 +91,7 @@ impl Waiter {
             queued: SmallVec::new(),
             waited_in: SmallVec::new(),
             blocked_on: None,
+            route,
             done: false,
         }
     }
@@ -117,7 +123,8 @@ impl Waiter {
         let mut call = Call::new("");
         call.deadline = self.deadline_total;
         call.attempt = self.attempt.as_ref();
-        let spec = Spec::new(self.call.view(), self.counted, &call, self.started);
+        let mut spec = Spec::new(self.call.view(), self.counted, &call, self.started);
+        spec.route = self.route;
         let result = try_admit(&compiled, &spec, Some(self.seq), now);
         self.conclude(&compiled, result, now)
     }
@@ -133,7 +140,8 @@ impl Waiter {
             let mut call = Call::new("");
             call.deadline = self.deadline_total;
             call.attempt = self.attempt.as_ref();
-            let spec = Spec::new(self.call.view(), self.counted, &call, self.started);
+            let mut spec = Spec::new(self.call.view(), self.counted, &call, self.started);
+            spec.route = self.route;
             try_admit_async(&compiled, &spec, Some(self.seq), now).await
         };
         self.conclude(&compiled, result, now)

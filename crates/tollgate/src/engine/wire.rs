@@ -1,18 +1,16 @@
 //! The wire side of one upstream: its HTTP client and credentials, and the requests built for it.
 //!
-//! A [`Wire`] is made from an [`Upstream`] on first use and kept while the upstream's settings
-//! stay the same, so pooled connections and OAuth2 tokens survive policy reloads that do not
-//! touch it.
+//! A [`Wire`] is made from an [`Upstream`] on first use ([`WireSlot`], one per upstream of a
+//! compiled policy) and carried over while the upstream's settings stay the same, so pooled
+//! connections and OAuth2 tokens survive policy reloads that do not touch it.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
 use http::{Method, Request};
-use parking_lot::Mutex;
 use serde_json::Value;
 
 use crate::auth::{AuthError, Credentials, Resolved, Token, parse_token_response};
@@ -236,29 +234,32 @@ pub(crate) fn body_for(
     serde_json::to_vec(&out).map(Bytes::from)
 }
 
-/// Wires by upstream name, rebuilt when an upstream's settings change.
+/// The wire of one upstream of a compiled policy: made on first use (no global lock on the
+/// call path: a policy's slots are its own), or carried over from the previous policy when the
+/// upstream's settings did not change (compared once, at reload).
 #[derive(Debug, Default)]
-pub(crate) struct Wires {
-    map: Mutex<HashMap<String, Arc<Wire>>>,
+pub(crate) struct WireSlot {
+    cell: OnceLock<Result<Arc<Wire>, TransportError>>,
 }
 
-impl Wires {
-    /// The wire of `upstream`, made on first use or when its settings changed.
-    pub(crate) fn get(&self, upstream: &Upstream) -> Result<Arc<Wire>, TransportError> {
-        let mut map = self.map.lock();
-        if let Some(w) = map.get(&upstream.name)
-            && w.config == *upstream
-        {
-            return Ok(Arc::clone(w));
+impl WireSlot {
+    /// A slot holding a wire made under an earlier policy.
+    pub(crate) fn carried(wire: Arc<Wire>) -> WireSlot {
+        WireSlot {
+            cell: OnceLock::from(Ok(wire)),
         }
-        let wire = Arc::new(Wire::new(upstream)?);
-        map.insert(upstream.name.clone(), Arc::clone(&wire));
-        Ok(wire)
     }
 
-    /// Forgets wires of upstreams that are gone.
-    pub(crate) fn retain(&self, names: &[&str]) {
-        self.map.lock().retain(|n, _| names.contains(&n.as_str()));
+    /// The wire, made now from `config` if this is its first use.
+    pub(crate) fn get(&self, config: &Upstream) -> Result<Arc<Wire>, TransportError> {
+        self.cell
+            .get_or_init(|| Wire::new(config).map(Arc::new))
+            .clone()
+    }
+
+    /// The wire when it was made already.
+    pub(crate) fn made(&self) -> Option<&Arc<Wire>> {
+        self.cell.get().and_then(|r| r.as_ref().ok())
     }
 }
 

@@ -4,11 +4,15 @@
 //!
 //! 1. content already reached the caller → [`GiveUpReason::ContentDelivered`] (a stream that
 //!    has shown text is never silently replayed);
-//! 2. the failure is not retryable ([`is_retryable`]: `x-should-retry`, then `retry_on`) →
+//! 2. a 401 while another key of the target's pool is usable ([`RetryInput::other_key`]) is the
+//!    key's fault, not the request's: it moves to that key at once ([`RetryReason::OtherKey`])
+//!    whatever `retry_on` says, subject to the checks below; any other failure that is not
+//!    retryable ([`is_retryable`]: `x-should-retry`, then `retry_on`) →
 //!    [`GiveUpReason::NotRetryable`];
 //! 3. `attempt >= max_attempts` → [`GiveUpReason::AttemptsExhausted`];
 //! 4. the retry budget refuses → [`GiveUpReason::RetryBudgetExhausted`];
-//! 5. the delay: what the server asked for ([`server_delay_with_source`]), else [`backoff`];
+//! 5. the delay: none for a move to another key, else what the server asked for
+//!    ([`server_delay_with_source`]), else [`backoff`];
 //! 6. a server delay above `max_retry_after` → [`GiveUpReason::ServerDelayTooLong`] (give up
 //!    rather than sleep that long);
 //! 7. a delay that does not end before the caller's deadline →
@@ -42,6 +46,9 @@ pub struct RetryInput<'a> {
     pub time_left: Option<Duration>,
     /// Whether part of the response already reached the caller (a stream that showed text).
     pub content_delivered: bool,
+    /// Whether another key of the target's key pool is usable now (not quarantined), so a 401
+    /// can move to it.
+    pub other_key: bool,
 }
 
 impl<'a> RetryInput<'a> {
@@ -56,6 +63,7 @@ impl<'a> RetryInput<'a> {
             prev_backoff: Duration::ZERO,
             time_left: None,
             content_delivered: false,
+            other_key: false,
         }
     }
 }
@@ -75,6 +83,11 @@ pub enum RetryReason {
         /// The failure being retried.
         failure: Failure,
     },
+    /// A 401 on a key pool: the next attempt uses another key, at once.
+    OtherKey {
+        /// The failure being retried (a 401).
+        failure: Failure,
+    },
 }
 
 impl RetryReason {
@@ -83,13 +96,16 @@ impl RetryReason {
         match self {
             RetryReason::ServerDelay { .. } => "server_delay",
             RetryReason::Backoff { .. } => "backoff",
+            RetryReason::OtherKey { .. } => "other_key",
         }
     }
 
     /// The failure being retried.
     pub fn failure(&self) -> Failure {
         match *self {
-            RetryReason::ServerDelay { failure, .. } | RetryReason::Backoff { failure } => failure,
+            RetryReason::ServerDelay { failure, .. }
+            | RetryReason::Backoff { failure }
+            | RetryReason::OtherKey { failure } => failure,
         }
     }
 }
@@ -104,6 +120,12 @@ impl fmt::Display for RetryReason {
             ),
             RetryReason::Backoff { failure } => {
                 write!(f, "{failure} is retried after exponential backoff")
+            }
+            RetryReason::OtherKey { failure } => {
+                write!(
+                    f,
+                    "{failure}: the key is refused; retried at once with another key"
+                )
             }
         }
     }
@@ -268,7 +290,8 @@ pub fn decide(
     if input.content_delivered {
         return GiveUp(GiveUpReason::ContentDelivered);
     }
-    if !is_retryable(&input.failure, &policy.retry_on, &input.headers) {
+    let other_key = input.other_key && input.failure == Failure::Status(401);
+    if !other_key && !is_retryable(&input.failure, &policy.retry_on, &input.headers) {
         return GiveUp(GiveUpReason::NotRetryable {
             failure: input.failure,
             server_said_no: should_retry_header(&input.headers) == Some(false),
@@ -283,7 +306,12 @@ pub fn decide(
         return GiveUp(GiveUpReason::RetryBudgetExhausted);
     }
     let failure = input.failure;
-    let (after, reason) = match server_delay_with_source(&input.headers, input.now_wall) {
+    let server = if other_key {
+        None
+    } else {
+        server_delay_with_source(&input.headers, input.now_wall)
+    };
+    let (after, reason) = match server {
         Some((asked, source)) => {
             if asked > policy.max_retry_after {
                 return GiveUp(GiveUpReason::ServerDelayTooLong {
@@ -293,6 +321,7 @@ pub fn decide(
             }
             (asked, RetryReason::ServerDelay { failure, source })
         }
+        None if other_key => (Duration::ZERO, RetryReason::OtherKey { failure }),
         None => {
             let d = backoff(
                 input.attempt,
