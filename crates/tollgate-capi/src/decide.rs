@@ -214,27 +214,21 @@ pub enum tg_failure {
     CutStream = 11,
 }
 
+/// The failure a `tg_failure` value names: value `n` is the `n`-th of
+/// [`Failure::TRANSPORT`], whose codes are the enum's names (`TG_FAILURE_CONNECT_REFUSED` is
+/// `connect_refused`; a test holds the header to it).
 fn failure(code: u32) -> Result<Option<Failure>, Box<tg_error>> {
-    Ok(Some(match code {
-        0 => return Ok(None),
-        1 => Failure::Connect(ConnectKind::Refused),
-        2 => Failure::Connect(ConnectKind::Reset),
-        3 => Failure::Connect(ConnectKind::Dns),
-        4 => Failure::Connect(ConnectKind::Tls),
-        5 => Failure::Connect(ConnectKind::Other),
-        6 => Failure::Timeout(TimeoutKind::Connect),
-        7 => Failure::Timeout(TimeoutKind::FirstByte),
-        8 => Failure::Timeout(TimeoutKind::Idle),
-        9 => Failure::Timeout(TimeoutKind::Total),
-        10 => Failure::Malformed,
-        11 => Failure::CutStream,
-        other => {
-            return Err(tg_error::new(
-                tg_status::InvalidArgument,
-                format!("outcome.failure = {other} is not a tg_failure value"),
-            ));
-        }
-    }))
+    if code == 0 {
+        return Ok(None);
+    }
+    let index = usize::try_from(code - 1).unwrap_or(usize::MAX);
+    match Failure::TRANSPORT.get(index) {
+        Some(f) => Ok(Some(*f)),
+        None => Err(tg_error::new(
+            tg_status::InvalidArgument,
+            format!("outcome.failure = {code} is not a tg_failure value"),
+        )),
+    }
 }
 
 /// One response header, borrowed.

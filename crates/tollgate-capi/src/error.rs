@@ -69,6 +69,72 @@ pub enum tg_status {
     StreamCut = 108,
 }
 
+impl tg_status {
+    /// Every status, in number order: what `tg_status_name` and the bindings' tables cover.
+    ///
+    /// cbindgen:ignore
+    pub const ALL: [tg_status; 23] = [
+        tg_status::Ok,
+        tg_status::NullArgument,
+        tg_status::InvalidArgument,
+        tg_status::InvalidUtf8,
+        tg_status::InvalidJson,
+        tg_status::InvalidPolicy,
+        tg_status::Io,
+        tg_status::Panic,
+        tg_status::WrongThread,
+        tg_status::Cancelled,
+        tg_status::Runtime,
+        tg_status::Timeout,
+        tg_status::Abandoned,
+        tg_status::CacheRefused,
+        tg_status::Denied,
+        tg_status::GaveUp,
+        tg_status::Deadline,
+        tg_status::InvalidRequest,
+        tg_status::NoUpstream,
+        tg_status::Auth,
+        tg_status::Transport,
+        tg_status::Shared,
+        tg_status::StreamCut,
+    ];
+
+    /// The status's short name, also the default error code. Exhaustive: a new status cannot be
+    /// added without its name.
+    pub fn name(self) -> &'static std::ffi::CStr {
+        match self {
+            tg_status::Ok => c"ok",
+            tg_status::NullArgument => c"null_argument",
+            tg_status::InvalidArgument => c"invalid_argument",
+            tg_status::InvalidUtf8 => c"invalid_utf8",
+            tg_status::InvalidJson => c"invalid_json",
+            tg_status::InvalidPolicy => c"invalid_policy",
+            tg_status::Io => c"io",
+            tg_status::Panic => c"panic",
+            tg_status::WrongThread => c"wrong_thread",
+            tg_status::Cancelled => c"cancelled",
+            tg_status::Runtime => c"runtime",
+            tg_status::Timeout => c"timeout",
+            tg_status::Abandoned => c"abandoned",
+            tg_status::CacheRefused => c"cache_refused",
+            tg_status::Denied => c"denied",
+            tg_status::GaveUp => c"gave_up",
+            tg_status::Deadline => c"deadline",
+            tg_status::InvalidRequest => c"invalid_request",
+            tg_status::NoUpstream => c"no_upstream",
+            tg_status::Auth => c"auth",
+            tg_status::Transport => c"transport",
+            tg_status::Shared => c"shared",
+            tg_status::StreamCut => c"stream_cut",
+        }
+    }
+
+    /// The status with number `n`, if tollgate has one.
+    pub fn from_number(n: u32) -> Option<tg_status> {
+        tg_status::ALL.iter().copied().find(|s| *s as u32 == n)
+    }
+}
+
 /// An error: a status, a message, and details. Owned by the caller: free it with
 /// `tg_error_free`.
 #[derive(Debug)]
@@ -190,10 +256,7 @@ fn status_name(status: tg_status) -> &'static str {
 
 /// The name of a status number, `unknown` when tollgate has none.
 fn name_of(status: u32) -> &'static std::ffi::CStr {
-    STATUS_NAMES
-        .iter()
-        .find(|(n, _)| *n == status)
-        .map_or(c"unknown", |(_, s)| *s)
+    tg_status::from_number(status).map_or(c"unknown", tg_status::name)
 }
 
 /// Runs an entry point's body: catches panics, and on failure stores the error in `*err` (when
@@ -366,33 +429,6 @@ pub unsafe extern "C" fn tg_error_problem(err: *const tg_error, index: usize) ->
 pub extern "C" fn tg_status_name(status: u32) -> *const c_char {
     value(c"unknown".as_ptr(), || name_of(status).as_ptr())
 }
-
-/// Status numbers and their names as C strings.
-const STATUS_NAMES: &[(u32, &std::ffi::CStr)] = &[
-    (0, c"ok"),
-    (1, c"null_argument"),
-    (2, c"invalid_argument"),
-    (3, c"invalid_utf8"),
-    (4, c"invalid_json"),
-    (5, c"invalid_policy"),
-    (6, c"io"),
-    (7, c"panic"),
-    (8, c"wrong_thread"),
-    (9, c"cancelled"),
-    (10, c"runtime"),
-    (11, c"timeout"),
-    (12, c"abandoned"),
-    (13, c"cache_refused"),
-    (100, c"denied"),
-    (101, c"gave_up"),
-    (102, c"deadline"),
-    (103, c"invalid_request"),
-    (104, c"no_upstream"),
-    (105, c"auth"),
-    (106, c"transport"),
-    (107, c"shared"),
-    (108, c"stream_cut"),
-];
 
 /// Frees an error. NULL does nothing.
 ///

@@ -194,14 +194,51 @@ fn status_numbers_are_stable() {
     for (status, number, name) in table {
         assert_eq!(status as u32, number);
         assert_eq!(cstr(tg_status_name(number)), name);
+        assert_eq!(status.name().to_str().unwrap(), name);
     }
     assert_eq!(cstr(tg_status_name(99)), "unknown");
     assert_eq!(cstr(tg_status_name(u32::MAX)), "unknown");
+    // Exhaustive both ways: every status of the enum is in the table above (ALL is checked
+    // against the enum by `name`'s exhaustive match), and the header has exactly these.
+    assert_eq!(
+        tg_status::ALL.len(),
+        table.len(),
+        "a status missing from this table"
+    );
     let header = std::fs::read_to_string("include/tollgate.h").unwrap();
     for (_, number, name) in table {
         let line = format!("TG_STATUS_{} = {number},", name.to_uppercase());
         assert!(header.contains(&line), "header lacks {line}");
     }
+    let in_header = header
+        .lines()
+        .filter(|l| l.trim_start().starts_with("TG_STATUS_"))
+        .count();
+    assert_eq!(
+        in_header,
+        table.len(),
+        "the header's tg_status has other values"
+    );
+}
+
+#[test]
+fn failure_values_are_the_failure_codes() {
+    // tg_failure value n is Failure::TRANSPORT[n - 1], and its name in the header is that
+    // failure's code: one vocabulary for C, Go, Node, the CLI and the engine's records.
+    let header = std::fs::read_to_string("include/tollgate.h").unwrap();
+    for (i, f) in tollgate::retry::Failure::TRANSPORT.iter().enumerate() {
+        let line = format!("TG_FAILURE_{} = {},", f.code().to_uppercase(), i + 1);
+        assert!(header.contains(&line), "header lacks {line}");
+    }
+    let values = header
+        .lines()
+        .filter(|l| l.trim_start().starts_with("TG_FAILURE_"))
+        .count();
+    assert_eq!(
+        values,
+        tollgate::retry::Failure::TRANSPORT.len() + 1,
+        "TG_FAILURE_NONE and one per code"
+    );
 }
 
 #[test]
@@ -1614,4 +1651,37 @@ fn async_acquire_waits_for_a_slot_is_refused_or_cancelled_exactly_once() {
     });
     assert_eq!(status, tg_status::NullArgument);
     assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+}
+
+#[test]
+fn every_target_passed_over_waits_through_the_c_api_as_through_send() {
+    // One target whose circuit opens for 200 ms after four failures (issue 16 item 2): the
+    // decide API answers WAIT (no budget), acquire waits and then admits, as send would.
+    let e = Engine::new(
+        "version = 1\n[[upstream]]\nname = \"up\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+         [[route]]\nmodel = \"gpt-4o\"\ntargets = [{ upstream = \"up\", model = \"gpt-4o\" }]\n\
+         [retry]\nmax_retry_after = \"60s\"\n\
+         [breaker]\nwindow = 4\nmin_calls = 4\nfailure_rate = 0.5\nopen_for = \"200ms\"\n\
+         half_open_calls = 1\n",
+    );
+    let c = zero_call("gpt-4o");
+    for _ in 0..4 {
+        let d = admit(&e, &c);
+        assert_eq!(d.kind, tg_decision_kind::Go);
+        let _ = settle(&e, d.permit, &outcome(500));
+    }
+    let d = admit(&e, &c);
+    assert_eq!(d.kind, tg_decision_kind::Wait);
+    assert_eq!(text(d.budget), "", "no budget made it wait");
+    assert!(
+        d.after_ns > 0 && d.after_ns <= 200_000_000,
+        "{}",
+        d.after_ns
+    );
+    let mut permit = null_mut();
+    // SAFETY: valid pointers.
+    ok(|err| unsafe { tg_engine_acquire(e.0, &c, &mut permit, err) });
+    assert!(!permit.is_null(), "admitted once the circuit half-opened");
+    // SAFETY: owned permit.
+    unsafe { tg_permit_free(permit) };
 }

@@ -41,10 +41,10 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
+use super::metrics::EngineMetrics;
 use crate::budget::gcra;
 use crate::budget::{BudgetState, CapacityFull, Cell};
 use crate::clock::{Nanos, duration_nanos};
-use crate::metrics::EngineMetrics;
 use crate::money::Money;
 use crate::policy::{Exhausted, LimitKind, Policy, Unit};
 

@@ -7,6 +7,7 @@ mod call;
 mod compile;
 mod decision;
 mod health;
+mod metrics;
 mod permit;
 mod probe;
 mod remote;
@@ -55,7 +56,7 @@ pub(crate) struct Inner {
     clock: Arc<dyn Clock>,
     generation: AtomicU64,
     seq: AtomicU64,
-    metrics: crate::metrics::EngineMetrics,
+    metrics: metrics::EngineMetrics,
     /// Clock time the call API last looked for due breaker probes.
     probed_at: AtomicU64,
     /// The `[redis]` store, kept across reloads that keep the section.
@@ -169,7 +170,7 @@ impl Engine {
                 clock,
                 generation: AtomicU64::new(1),
                 seq: AtomicU64::new(1),
-                metrics: crate::metrics::EngineMetrics::new(),
+                metrics: metrics::EngineMetrics::new(),
                 probed_at: AtomicU64::new(0),
                 store: Mutex::new(store),
             }),
@@ -359,7 +360,7 @@ impl Engine {
                 Some((Arc::clone(&b.state.name), fallback))
             })
             .collect();
-        self.inner.metrics.render(&crate::metrics::EngineSnapshot {
+        self.inner.metrics.render(&metrics::EngineSnapshot {
             generation: self.generation(),
             budgets: &self.stats(),
             targets: &self.targets(),
@@ -367,7 +368,7 @@ impl Engine {
             retry_tokens: &retry_tokens,
             store: store.as_ref().map(|st| {
                 let c = st.counters();
-                crate::metrics::StoreSnapshot {
+                metrics::StoreSnapshot {
                     up: st.is_up(),
                     round_trips: c.round_trips.load(Ordering::Relaxed),
                     errors: c.errors.load(Ordering::Relaxed),

@@ -24,9 +24,9 @@ use crate::retry::{
 
 use super::compile::Compiled;
 use super::decision::{GiveUp, Outcome, Verdict};
+use super::metrics::EngineMetrics;
 use super::permit::{Permit, TargetCtx};
 use super::route::{Attempt, AttemptRecord, TargetRef};
-use crate::metrics::EngineMetrics;
 
 /// Appends the decimal digits of `n` (the retry path builds its records without the formatting
 /// machinery, which dominated its profile).
