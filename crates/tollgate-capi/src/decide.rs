@@ -10,7 +10,7 @@ use super::engine::tg_engine;
 use super::error::{boundary, quietly, value};
 use super::{arg, out, put, put_some, tg_error, tg_status, tg_str};
 use tollgate::policy::LimitKind;
-use tollgate::retry::{ConnectKind, Failure, TimeoutKind};
+use tollgate::retry::Failure;
 use tollgate::tokens::Usage;
 use tollgate::{Attempt, Call, Decision, Outcome, Permit, Prompt, Settlement, TargetRef, Verdict};
 
