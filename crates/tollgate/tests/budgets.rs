@@ -553,3 +553,40 @@ fn eviction_finds_the_one_idle_key_among_many_busy_ones() {
     drop(p);
     drop(held);
 }
+
+/// A waiter checks for room, then joins the queue: a slot freed between the two used to signal
+/// nobody, and the waiter slept until `wait_up_to` (then was refused) while the slot stayed
+/// free. Threads hand one concurrency slot back and forth as fast as they can; every acquire
+/// must be admitted (a lost wakeup shows as a refusal after `wait_up_to`).
+#[test]
+fn a_slot_freed_while_a_waiter_joins_the_queue_wakes_it() {
+    let policy = Policy::from_toml(
+        r#"
+        version = 1
+        [[budget]]
+        name = "one"
+        concurrency = 1
+        when_exhausted = { wait_up_to = "5s" }
+        "#,
+    )
+    .expect("valid policy");
+    let e = Engine::new(policy);
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let e = e.clone();
+            std::thread::spawn(move || {
+                let call = Call::new("gpt-4o").prompt(Prompt::Tokens(1)).max_tokens(1);
+                for _ in 0..300 {
+                    match e.acquire(&call) {
+                        Ok(p) => drop(e.settle(p, &Outcome::status(200))),
+                        Err(d) => return Err(d.to_string()),
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread").expect("every acquire admitted");
+    }
+}

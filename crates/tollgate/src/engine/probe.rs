@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use crate::retry::{BreakerPermit, BreakerState};
 
+use std::time::Instant;
+
 use super::Engine;
 use super::health::TargetHealth;
 use super::route::TargetRef;
+use super::wire::{body_for, exchange};
 
 /// A probe request the engine wants sent to a half-open target. Send `request` to `target`, then
 /// report with [`Engine::settle_probe`]; dropping it unsent frees its probe slot.
@@ -85,6 +88,75 @@ impl Engine {
         if let Some(p) = probe.permit.take() {
             let now = self.inner.current.load().clock.now();
             probe.health.breaker.record(p, success, latency, now);
+        }
+    }
+}
+
+/// How often the call API looks for due breaker probes.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
+
+impl Engine {
+    /// With `breaker.probe` in the policy, sends the probes that are due (at most every
+    /// [`PROBE_EVERY`]) as tasks on the current runtime, so a half-open target is tested without
+    /// users' calls and closes again when it has recovered.
+    pub(crate) fn drive_probes(&self) {
+        let compiled = self.inner.current();
+        if compiled.policy.breaker.probe.is_none() {
+            return;
+        }
+        let now = compiled.clock.now();
+        let last = self
+            .inner
+            .probed_at
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let every = u64::try_from(PROBE_EVERY.as_nanos()).unwrap_or(u64::MAX);
+        if now.saturating_sub(last) < every
+            || self
+                .inner
+                .probed_at
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        for probe in self.probes() {
+            let Some(i) = compiled
+                .policy
+                .upstreams
+                .iter()
+                .position(|u| *u.name == *probe.target.upstream)
+            else {
+                continue;
+            };
+            let Ok(wire) = compiled.wires[i].get(&compiled.policy.upstreams[i]) else {
+                continue;
+            };
+            let Ok(body) = body_for(&probe.request, None, false, false) else {
+                continue;
+            };
+            let engine = self.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let key = probe.target.key.to_string();
+                let client = &wire.client;
+                let result = exchange(
+                    &wire,
+                    body,
+                    &key,
+                    None,
+                    false,
+                    |req| client.send(req),
+                    |r| r.status.as_u16(),
+                )
+                .await;
+                let ok = matches!(&result, Ok(Ok(r)) if r.status.is_success());
+                engine.settle_probe(probe, ok, started.elapsed());
+            });
         }
     }
 }

@@ -26,10 +26,9 @@ use super::Engine;
 use super::cache::CacheFill;
 use super::decision::{Outcome, Settlement};
 use super::permit::Permit;
+use super::request::{CallError, ChatRequest, Source, model_of};
 use super::route::{Attempt, AttemptRecord, TargetRef};
-use super::send::{
-    Cached, CallError, ChatRequest, Next, Ready, SentBody, Source, header_pairs, model_of,
-};
+use super::send::{Cached, Next, Ready, SentBody, header_pairs};
 use super::wire::{Wire, exchange};
 
 /// How long the end of the body is awaited after `[DONE]` (to pool the connection).

@@ -55,6 +55,8 @@ pub struct Waiter {
     blocked_on: Option<(Arc<str>, Arc<str>)>,
     /// The route, when resolved ahead (the call API).
     route: Option<RouteHint>,
+    /// Joined a queue in the last attempt: the poll makes one more attempt at once.
+    just_queued: bool,
     done: bool,
 }
 
@@ -92,6 +94,7 @@ impl Waiter {
             waited_in: SmallVec::new(),
             blocked_on: None,
             route,
+            just_queued: false,
             done: false,
         }
     }
@@ -115,36 +118,46 @@ impl Waiter {
     /// Tries to take room now. Budgets kept in Redis are asked on this thread (one round trip,
     /// at most `op_timeout`); async code should use [`Waiter::poll_async`].
     pub fn poll(&mut self) -> WaitPoll {
-        if self.done {
-            return finished();
-        }
-        let compiled = self.inner.current();
-        let now = compiled.clock.now();
-        let mut call = Call::new("");
-        call.deadline = self.deadline_total;
-        call.attempt = self.attempt.as_ref();
-        let mut spec = Spec::new(self.call.view(), self.counted, &call, self.started);
-        spec.route = self.route;
-        let result = try_admit(&compiled, &spec, Some(self.seq), now);
-        self.conclude(&compiled, result, now)
-    }
-
-    /// [`Waiter::poll`] for async code: a round trip to Redis is awaited.
-    pub async fn poll_async(&mut self) -> WaitPoll {
-        if self.done {
-            return finished();
-        }
-        let compiled = self.inner.current();
-        let now = compiled.clock.now();
-        let result = {
+        loop {
+            if self.done {
+                return finished();
+            }
+            let compiled = self.inner.current();
+            let now = compiled.clock.now();
             let mut call = Call::new("");
             call.deadline = self.deadline_total;
             call.attempt = self.attempt.as_ref();
             let mut spec = Spec::new(self.call.view(), self.counted, &call, self.started);
             spec.route = self.route;
-            try_admit_async(&compiled, &spec, Some(self.seq), now).await
-        };
-        self.conclude(&compiled, result, now)
+            let result = try_admit(&compiled, &spec, Some(self.seq), now);
+            let polled = self.conclude(&compiled, result, now);
+            if !std::mem::take(&mut self.just_queued) {
+                return polled;
+            }
+        }
+    }
+
+    /// [`Waiter::poll`] for async code: a round trip to Redis is awaited.
+    pub async fn poll_async(&mut self) -> WaitPoll {
+        loop {
+            if self.done {
+                return finished();
+            }
+            let compiled = self.inner.current();
+            let now = compiled.clock.now();
+            let result = {
+                let mut call = Call::new("");
+                call.deadline = self.deadline_total;
+                call.attempt = self.attempt.as_ref();
+                let mut spec = Spec::new(self.call.view(), self.counted, &call, self.started);
+                spec.route = self.route;
+                try_admit_async(&compiled, &spec, Some(self.seq), now).await
+            };
+            let polled = self.conclude(&compiled, result, now);
+            if !std::mem::take(&mut self.just_queued) {
+                return polled;
+            }
+        }
     }
 
     /// Waits until the call is admitted or refused, on the current tokio runtime: polls when the
@@ -247,6 +260,9 @@ impl Waiter {
                         .queue
                         .enqueue(self.call.view().priority, self.seq, &self.signal);
                     self.queued.push(Arc::clone(&blocked.cell));
+                    // Room freed between the attempt above and joining the queue signalled
+                    // nobody: the poll looks again now that a release will signal this waiter.
+                    self.just_queued = true;
                 }
                 let until = match blocked.wait {
                     Some(wait) => now.saturating_add(wait.max(1)),

@@ -17,6 +17,7 @@ use crate::auth::{AuthError, Credentials, Resolved, Token, parse_token_response}
 use crate::policy::Upstream;
 use crate::transport::{Client, ClientConfig, ExtraCa, ProxyConfig, TransportError};
 
+use super::Engine;
 use super::health::key_id;
 
 /// `tollgate/<version>`, sent as `User-Agent`.
@@ -290,4 +291,31 @@ where
         return Ok(send(request).await);
     }
     Ok(result)
+}
+
+impl Engine {
+    /// Opens the connections each upstream's `warm_up` asks for, so the first calls do not pay
+    /// the TCP and TLS handshakes; returns how many were opened. Errors are per upstream:
+    /// `(upstream, error)` for each that could not be reached (the others are still warmed).
+    ///
+    /// Must run in a tokio runtime.
+    pub async fn warm_up(&self) -> (usize, Vec<(String, TransportError)>) {
+        let compiled = self.inner.current();
+        let mut opened = 0;
+        let mut failed = vec![];
+        for (i, upstream) in compiled.policy.upstreams.iter().enumerate() {
+            if upstream.warm_up == 0 {
+                continue;
+            }
+            let result = match compiled.wires[i].get(upstream) {
+                Ok(wire) => wire.warm_up().await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(n) => opened += n,
+                Err(e) => failed.push((upstream.name.clone(), e)),
+            }
+        }
+        (opened, failed)
+    }
 }
