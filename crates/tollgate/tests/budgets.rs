@@ -590,3 +590,35 @@ fn a_slot_freed_while_a_waiter_joins_the_queue_wakes_it() {
         t.join().expect("thread").expect("every acquire admitted");
     }
 }
+
+/// A waiting call never waits past its own deadline, even when the budget would let it wait
+/// longer (`wait_up_to`): the decide API's waiters keep the deadline as the call API does.
+#[test]
+fn a_waiter_stops_at_the_calls_deadline() {
+    let (e, clock) = engine(
+        r#"
+        version = 1
+        [[budget]]
+        name = "one"
+        concurrency = 1
+        when_exhausted = { wait_up_to = "30s" }
+    "#,
+    );
+    let call = Call::new("m");
+    let Decision::Go(held) = e.admit(&call) else {
+        panic!("room for one")
+    };
+    let mut waiter = e
+        .waiter(&call.clone().deadline(Duration::from_millis(200)))
+        .expect("valid call");
+    match waiter.poll() {
+        WaitPoll::Pending { until } => assert_eq!(until, 200_000_000, "its deadline, not 30 s"),
+        other => panic!("{other:?}"),
+    }
+    at(&clock, 200);
+    match waiter.poll() {
+        WaitPoll::Ready(Err(d)) => assert_eq!(d.code(), "wait_timeout"),
+        other => panic!("{other:?}"),
+    }
+    drop(held);
+}

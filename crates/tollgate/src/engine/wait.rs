@@ -180,6 +180,12 @@ impl Waiter {
         }
     }
 
+    /// When the call's own deadline passes (clock nanoseconds), if it has one.
+    fn call_deadline(&self) -> Option<Nanos> {
+        self.deadline_total
+            .map(|d| self.started.saturating_add(duration_nanos(d)))
+    }
+
     /// What an admission attempt at `now` means for this waiter.
     fn conclude(&mut self, compiled: &Compiled, result: Try, now: Nanos) -> WaitPoll {
         let waited = now.saturating_sub(self.started);
@@ -202,10 +208,7 @@ impl Waiter {
                 // queue: nothing will signal, the waiter is polled when the time is up.
                 if let Some(after) = unavailable_wait(&compiled.policy, &denial, waited) {
                     let due = now.saturating_add(duration_nanos(after).max(1));
-                    let deadline = self
-                        .deadline_total
-                        .map(|d| self.started.saturating_add(duration_nanos(d)));
-                    if deadline.is_none_or(|d| due <= d) {
+                    if self.call_deadline().is_none_or(|d| due <= d) {
                         return WaitPoll::Pending { until: due };
                     }
                 }
@@ -233,10 +236,12 @@ impl Waiter {
                     Exhausted::Wait(max) => duration_nanos(max),
                     Exhausted::Deny => 0,
                 };
+                // Within the budget's wait_up_to, and within the call's own deadline.
                 let deadline = self
                     .started
                     .saturating_add(max)
-                    .min(self.deadline.unwrap_or(u64::MAX));
+                    .min(self.deadline.unwrap_or(u64::MAX))
+                    .min(self.call_deadline().unwrap_or(u64::MAX));
                 self.deadline = Some(deadline);
                 if now >= deadline {
                     let reason = DenyReason::WaitedTooLong {
