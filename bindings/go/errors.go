@@ -128,8 +128,8 @@ func (e *Error) Is(target error) bool {
 }
 
 // Unwrap returns the cause of a cancellation the binding made itself: the context's error
-// (context.Canceled or context.DeadlineExceeded) when the context of Send or Stream ended the
-// call; nil otherwise.
+// (context.Canceled or context.DeadlineExceeded) when the context of Send, Stream or
+// AcquireContext ended the call; nil otherwise.
 func (e *Error) Unwrap() error { return e.cause }
 
 func sentinel(s Status) *Error { return &Error{Status: s, Code: s.String(), sentinel: true} }

@@ -87,21 +87,30 @@ tg_go_admit_result tg_go_admit(uintptr_t engine, const char *tenant, size_t tena
   return r;
 }
 
-tg_go_acquire_result tg_go_acquire(const tg_engine *engine, const char *tenant,
-                                   size_t tenant_len, const char *model, size_t model_len,
-                                   const char *upstream, size_t upstream_len, const char *key,
-                                   size_t key_len, const char *route, size_t route_len,
-                                   int16_t priority, uint32_t prompt_kind, uint64_t prompt_tokens,
-                                   const char *prompt, size_t prompt_len, bool has_max_tokens,
-                                   uint64_t max_tokens, uint64_t deadline_ms,
-                                   const tg_attempt *attempt) {
+static void go_acquire_callback(void *user_data, tg_permit *permit, tg_error *error) {
+  tgGoAcquireDone((uintptr_t)user_data, permit, error);
+}
+
+tg_go_start_result tg_go_acquire_async(uintptr_t engine, const char *tenant, size_t tenant_len,
+                                       const char *model, size_t model_len,
+                                       const char *upstream, size_t upstream_len,
+                                       const char *key, size_t key_len, const char *route,
+                                       size_t route_len, int16_t priority, uint32_t prompt_kind,
+                                       uint64_t prompt_tokens, const char *prompt,
+                                       size_t prompt_len, bool has_max_tokens,
+                                       uint64_t max_tokens, uint64_t deadline_ms,
+                                       uintptr_t attempt, uintptr_t handle, bool want_task) {
   tg_call c;
   fill_call(&c, tenant, tenant_len, model, model_len, upstream, upstream_len, key, key_len, route,
             route_len, priority, prompt_kind, prompt_tokens, prompt, prompt_len, has_max_tokens,
-            max_tokens, deadline_ms, attempt);
-  tg_go_acquire_result r;
+            max_tokens, deadline_ms, (const tg_attempt *)attempt);
+  tg_go_start_result r;
   memset(&r, 0, sizeof r);
-  r.status = tg_engine_acquire(engine, &c, &r.permit, &r.err);
+  tg_task **out_task = want_task ? &r.task : NULL;
+  // The first call of an engine starts its worker threads (see WITH_SIGPIPE_BLOCKED).
+  WITH_SIGPIPE_BLOCKED(r.status = tg_engine_acquire_async((const tg_engine *)engine, &c,
+                                                          go_acquire_callback, (void *)handle,
+                                                          out_task, &r.err));
   return r;
 }
 

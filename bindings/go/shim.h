@@ -31,12 +31,6 @@ typedef struct tg_go_admit_result {
   tg_error *err;
 } tg_go_admit_result;
 
-typedef struct tg_go_acquire_result {
-  tg_status status;
-  tg_permit *permit;
-  tg_error *err;
-} tg_go_acquire_result;
-
 typedef struct tg_go_settle_result {
   tg_status status;
   tg_verdict verdict;
@@ -57,14 +51,17 @@ tg_go_admit_result tg_go_admit(uintptr_t engine, const char *tenant, size_t tena
                                size_t prompt_len, bool has_max_tokens, uint64_t max_tokens,
                                uint64_t deadline_ms, uintptr_t attempt);
 
-tg_go_acquire_result tg_go_acquire(const tg_engine *engine, const char *tenant,
-                                   size_t tenant_len, const char *model, size_t model_len,
-                                   const char *upstream, size_t upstream_len, const char *key,
-                                   size_t key_len, const char *route, size_t route_len,
-                                   int16_t priority, uint32_t prompt_kind, uint64_t prompt_tokens,
-                                   const char *prompt, size_t prompt_len, bool has_max_tokens,
-                                   uint64_t max_tokens, uint64_t deadline_ms,
-                                   const tg_attempt *attempt);
+// Starts tg_engine_acquire_async with the Go trampoline as callback and `handle` (a cgo.Handle)
+// as user_data. want_task false passes a NULL out_task (nothing to cancel).
+tg_go_start_result tg_go_acquire_async(uintptr_t engine, const char *tenant, size_t tenant_len,
+                                       const char *model, size_t model_len,
+                                       const char *upstream, size_t upstream_len,
+                                       const char *key, size_t key_len, const char *route,
+                                       size_t route_len, int16_t priority, uint32_t prompt_kind,
+                                       uint64_t prompt_tokens, const char *prompt,
+                                       size_t prompt_len, bool has_max_tokens,
+                                       uint64_t max_tokens, uint64_t deadline_ms,
+                                       uintptr_t attempt, uintptr_t handle, bool want_task);
 
 // headers: a tg_header array in C memory (or 0 with headers_len 0), passed as an integer so
 // that cgo does not check it as a Go pointer on every call.
