@@ -239,3 +239,141 @@ func TestCloseRacesAcquire(t *testing.T) {
 		}
 	}
 }
+
+// circuitPolicy is the policy of the Rust test one_target_open (crates/tollgate/tests/
+// resilience.rs): one route target, whose circuit breaker opens for openFor after 4 failures
+// in a window of 4, and retry.max_retry_after = maxRetryAfter. The upstream is never contacted.
+func circuitPolicy(openFor, maxRetryAfter string) string {
+	return fmt.Sprintf(`version = 1
+[[upstream]]
+name = "secondary"
+base_url = "http://127.0.0.1:9/v1"
+[[route]]
+model = "gpt-4o"
+targets = [{ upstream = "secondary", model = "gpt-4o-mini" }]
+[retry]
+max_attempts = 3
+backoff = { base = "100ms", max = "1s", jitter = "none" }
+max_retry_after = %q
+budget = { ratio = 0.1, max_tokens = 100 }
+[breaker]
+window = 4
+min_calls = 4
+failure_rate = 0.5
+open_for = %q
+half_open_calls = 1
+`, maxRetryAfter, openFor)
+}
+
+var circuitCall = tollgate.Call{Tenant: "t", Model: "gpt-4o", PromptTokens: 10, MaxTokens: 10}
+
+// openCircuit fails 4 calls with 500 so that the only target's breaker opens, and returns a time
+// taken before the breaker opened.
+func openCircuit(t *testing.T, e *tollgate.Engine) time.Time {
+	t.Helper()
+	var before time.Time
+	for i := 0; i < 4; i++ {
+		d, err := e.Admit(circuitCall)
+		if err != nil || d.Kind != tollgate.Go {
+			t.Fatalf("call %d: %v %v", i, d.Kind, err)
+		}
+		if tg, ok := d.Permit.Target(); !ok || tg.Upstream != "secondary" {
+			t.Fatalf("call %d: target %+v %v", i, tg, ok)
+		}
+		before = time.Now()
+		v, err := e.Settle(d.Permit, tollgate.Outcome{Sent: true, Status: 500})
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.Attempt.Free()
+	}
+	return before
+}
+
+// checkOpenTime checks that a wait reported by the engine is the rest of the circuit's open
+// time: at most openFor (and the nanosecond after it), at least openFor minus the time passed
+// since before the breaker opened.
+func checkOpenTime(t *testing.T, what string, got, openFor time.Duration, before time.Time) {
+	t.Helper()
+	if lo := openFor - time.Since(before); got < lo || got > openFor+time.Millisecond {
+		t.Errorf("%s %v, want the circuit's open time (between %v and %v)", what, got, lo, openFor)
+	}
+}
+
+// Item 2 of issue 16: when the only target's circuit is open and it half-opens within
+// retry.max_retry_after, Admit says Wait (no budget) for the circuit's open time.
+func TestAdmitWaitsForOpenCircuit(t *testing.T) {
+	e := engine(t, circuitPolicy("30s", "60s"))
+	before := openCircuit(t, e)
+	d, err := e.Admit(circuitCall)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Kind != tollgate.Wait || d.Permit != nil || d.Denial != nil {
+		t.Fatalf("admit with the circuit open: %+v", d)
+	}
+	if d.Budget != "" || d.Limit != tollgate.LimitNone {
+		t.Errorf("budget %q limit %v: no budget made the call wait", d.Budget, d.Limit)
+	}
+	checkOpenTime(t, "wait", d.Wait, 30*time.Second, before)
+}
+
+// ... and when the circuit stays open beyond retry.max_retry_after, Admit (and AcquireContext,
+// at once) refuse the call with code "unavailable", saying when it could pass.
+func TestAdmitDeniesOpenCircuitBeyondMaxRetryAfter(t *testing.T) {
+	e := engine(t, circuitPolicy("30s", "10s"))
+	before := openCircuit(t, e)
+	d, err := e.Admit(circuitCall)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Kind != tollgate.Deny || d.Permit != nil {
+		t.Fatalf("admit with the circuit open: %+v", d)
+	}
+	te := asError(t, d.Err(), tollgate.StatusDenied)
+	if te.Code != "unavailable" || te.Budget != "" || d.Budget != "" || !errors.Is(d.Err(), tollgate.ErrDenied) {
+		t.Errorf("denial: code %q budget %q / %q: %v", te.Code, te.Budget, d.Budget, te)
+	}
+	if !te.HasRetryAfter {
+		t.Errorf("the denial does not say when the call could pass: %v", te)
+	}
+	checkOpenTime(t, "retry after", te.RetryAfter, 30*time.Second, before)
+	if d.Wait != te.RetryAfter {
+		t.Errorf("decision wait %v, denial retry after %v", d.Wait, te.RetryAfter)
+	}
+
+	_, err = e.AcquireContext(ctxTimeout(t, 30*time.Second), circuitCall)
+	if te := asError(t, err, tollgate.StatusDenied); te.Code != "unavailable" {
+		t.Errorf("AcquireContext: code %q: %v", te.Code, te)
+	}
+}
+
+// AcquireContext waits for a circuit that half-opens soon (150 ms), then admits the probe.
+func TestAcquireContextWaitsForOpenCircuit(t *testing.T) {
+	e := engine(t, circuitPolicy("150ms", "60s"))
+	before := openCircuit(t, e)
+	if d := admitTokens(t, e, "t", "gpt-4o", 10); d.Kind != tollgate.Wait || d.Budget != "" {
+		t.Fatalf("admit with the circuit open: %v %q %v", d.Kind, d.Budget, d.Err())
+	}
+	p, err := e.AcquireContext(ctxTimeout(t, 30*time.Second), circuitCall)
+	if err != nil {
+		t.Fatalf("AcquireContext: %v", err)
+	}
+	// Lower bound only: it cannot have been admitted before the circuit half-opened.
+	if took := time.Since(before); took < 100*time.Millisecond {
+		t.Errorf("admitted %v after the circuit opened for 150 ms", took)
+	}
+	if tg, ok := p.Target(); !ok || tg.Upstream != "secondary" || tg.Model != "gpt-4o-mini" {
+		t.Errorf("probe target %+v %v", tg, ok)
+	}
+	v, err := e.Settle(p, ok200())
+	if err != nil || v.Kind != tollgate.Done {
+		t.Fatalf("settle the probe: %v %v", v.Kind, err)
+	}
+	// The probe succeeded: the circuit is closed again.
+	d := admitTokens(t, e, "t", "gpt-4o", 10)
+	if d.Kind != tollgate.Go {
+		t.Fatalf("after the probe: %v %v", d.Kind, d.Err())
+	}
+	d.Permit.Free()
+}
