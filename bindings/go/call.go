@@ -97,7 +97,7 @@ type Response struct {
 func takeResponse(c *C.tg_response) *Response {
 	r := &Response{
 		Status:   int(C.tg_response_status(c)),
-		Body:     goBytes(C.tg_go_response_body(c)),
+		Body:     goBytes(C.tg_response_body(c)),
 		Source:   Source(C.tg_response_source(c)),
 		Attempts: int(C.tg_response_attempts(c)),
 		Queued:   nanos(uint64(C.tg_response_queued_ns(c))),

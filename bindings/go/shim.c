@@ -34,19 +34,6 @@ static inline tg_str go_str(const char *p, size_t n) {
   return s;
 }
 
-// An empty string with a NULL pointer (see shim.h).
-static inline tg_str clean_str(tg_str s) {
-  if (s.len == 0) s.ptr = NULL;
-  return s;
-}
-
-static inline void clean_target(tg_target *t) {
-  t->route = clean_str(t->route);
-  t->upstream = clean_str(t->upstream);
-  t->model = clean_str(t->model);
-  t->key = clean_str(t->key);
-}
-
 static inline void fill_call(tg_call *c, const char *tenant, size_t tenant_len, const char *model,
                              size_t model_len, const char *upstream, size_t upstream_len,
                              const char *key, size_t key_len, const char *route, size_t route_len,
@@ -83,7 +70,6 @@ tg_go_admit_result tg_go_admit(uintptr_t engine, const char *tenant, size_t tena
   tg_go_admit_result r;
   memset(&r, 0, sizeof r);
   r.status = tg_engine_admit((const tg_engine *)engine, &c, &r.decision, &r.err);
-  r.decision.budget = clean_str(r.decision.budget);
   return r;
 }
 
@@ -147,15 +133,7 @@ static void go_send_callback(void *user_data, tg_response *response, tg_error *e
 
 static void go_stream_callback(void *user_data, const tg_event *event, tg_response *end,
                                tg_error *error) {
-  if (event == NULL) {
-    tgGoStreamEvent((uintptr_t)user_data, NULL, end, error);
-    return;
-  }
-  tg_event e = *event;
-  e.event = clean_str(e.event);
-  e.data = clean_str(e.data);
-  e.id = clean_str(e.id);
-  tgGoStreamEvent((uintptr_t)user_data, &e, end, error);
+  tgGoStreamEvent((uintptr_t)user_data, (tg_event *)event, end, error);
 }
 
 tg_go_start_result tg_go_start(const tg_engine *engine, bool stream, const uint8_t *request,
@@ -228,11 +206,11 @@ tg_go_error_info tg_go_error_info_of(const tg_error *err) {
   memset(&i, 0, sizeof i);
   i.status = tg_error_status(err);
   i.message = tg_error_message(err);
-  i.code = clean_str(tg_error_code(err));
-  i.budget = clean_str(tg_error_budget(err));
+  i.code = tg_error_code(err);
+  i.budget = tg_error_budget(err);
   i.has_retry_after = tg_error_retry_after(err, &i.retry_after_ns);
   i.http_status = tg_error_http_status(err);
-  i.body = clean_str(tg_error_body(err));
+  i.body = tg_error_body(err);
   i.problems = tg_error_problem_count(err);
   return i;
 }
@@ -242,7 +220,6 @@ tg_go_header_result tg_go_response_header(const tg_response *response, const cha
   tg_go_header_result r;
   memset(&r, 0, sizeof r);
   r.found = tg_response_header(response, name, name_len, &r.value);
-  r.value = clean_str(r.value);
   return r;
 }
 
@@ -250,7 +227,6 @@ tg_go_target_result tg_go_permit_target(const tg_permit *permit) {
   tg_go_target_result r;
   memset(&r, 0, sizeof r);
   r.ok = tg_permit_target(permit, &r.target);
-  clean_target(&r.target);
   return r;
 }
 
@@ -258,7 +234,6 @@ tg_go_target_result tg_go_attempt_target(const tg_attempt *attempt) {
   tg_go_target_result r;
   memset(&r, 0, sizeof r);
   r.ok = tg_attempt_target(attempt, &r.target);
-  clean_target(&r.target);
   return r;
 }
 
@@ -266,7 +241,6 @@ tg_go_target_result tg_go_response_target(const tg_response *response) {
   tg_go_target_result r;
   memset(&r, 0, sizeof r);
   r.ok = tg_response_target(response, &r.target);
-  clean_target(&r.target);
   return r;
 }
 
@@ -274,16 +248,5 @@ tg_go_record_result tg_go_response_history(const tg_response *response, size_t i
   tg_go_record_result r;
   memset(&r, 0, sizeof r);
   r.ok = tg_response_history(response, index, &r.record);
-  r.record.outcome = clean_str(r.record.outcome);
-  r.record.decision = clean_str(r.record.decision);
-  clean_target(&r.record.target);
   return r;
-}
-
-tg_str tg_go_response_body(const tg_response *response) {
-  return clean_str(tg_response_body(response));
-}
-
-tg_str tg_go_error_problem(const tg_error *err, size_t index) {
-  return clean_str(tg_error_problem(err, index));
 }

@@ -1,11 +1,10 @@
 // C helpers of the Go binding (shim.c). Declarations only: this header is included by the
 // preambles of the Go files, and a preamble of a file with //export may hold no definitions.
 //
-// Every tg_str these helpers hand to Go is "clean": an empty string has a NULL pointer. The
-// library returns empty strings with a dangling non-NULL pointer (Rust's empty &str, 0x1),
-// which C never dereferences but which Go's stack copier rejects as an invalid pointer
-// ("fatal error: invalid pointer found on stack") once such a value sits in a Go frame. So Go
-// never calls a tollgate function that returns a tg_str (or a struct holding one) directly.
+// Empty tg_str results: the library returns them as a NULL pointer with length 0, never Rust's
+// dangling non-NULL pointer (0x1) that Go's stack copier would reject ("fatal error: invalid
+// pointer found on stack") once such a value sat in a Go frame; TestLibraryEmptyStringsAreNull
+// checks it. So Go reads tg_str results as they come.
 //
 // Why helpers: cgo forbids passing Go memory that holds Go pointers to C. tg_call,
 // tg_request_options and tg_outcome hold string pointers, so the Go side passes every string as
@@ -133,7 +132,8 @@ typedef struct tg_go_header_result {
 tg_go_header_result tg_go_response_header(const tg_response *response, const char *name,
                                           size_t name_len);
 
-// Results with strings, cleaned (see clean_str in shim.c).
+// Results returned through an out-pointer, returned by value instead (a Go variable whose
+// address goes to C escapes to the heap).
 typedef struct tg_go_target_result {
   bool ok;
   tg_target target;
@@ -149,7 +149,5 @@ typedef struct tg_go_record_result {
 } tg_go_record_result;
 
 tg_go_record_result tg_go_response_history(const tg_response *response, size_t index);
-tg_str tg_go_response_body(const tg_response *response);
-tg_str tg_go_error_problem(const tg_error *err, size_t index);
 
 #endif
