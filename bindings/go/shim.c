@@ -1,28 +1,9 @@
 // C helpers of the Go binding; see shim.h. Compiled by cgo with the package's CFLAGS.
 #include "shim.h"
 
-#include <pthread.h>
-#include <signal.h>
 #include <string.h>
 
 #include "_cgo_export.h"
-
-// SIGPIPE: tollgate's worker threads (and the test upstream's) write to sockets with writev,
-// which raises SIGPIPE when the peer has closed the connection. In a Go program a SIGPIPE on a
-// thread Go did not create, with no handler installed by non-Go code, kills the process (see
-// os/signal, "Go programs that use cgo"). Threads inherit the creating thread's signal mask,
-// and tollgate creates its threads inside the calls below, so they run with SIGPIPE blocked on
-// the calling thread: the library's threads then never take SIGPIPE (their writes fail with
-// EPIPE, which tollgate handles), and the caller's mask is restored before returning.
-#define WITH_SIGPIPE_BLOCKED(stmt)                     \
-  do {                                                 \
-    sigset_t block_, old_;                             \
-    sigemptyset(&block_);                              \
-    sigaddset(&block_, SIGPIPE);                       \
-    int masked_ = pthread_sigmask(SIG_BLOCK, &block_, &old_) == 0; \
-    stmt;                                              \
-    if (masked_) pthread_sigmask(SIG_SETMASK, &old_, NULL); \
-  } while (0)
 
 // A string argument from Go. The empty string is a pointer to a static "" rather than NULL:
 // tollgate validates non-NULL ASCII inline and sends everything else (NULL included) to its
@@ -93,10 +74,8 @@ tg_go_start_result tg_go_acquire_async(uintptr_t engine, const char *tenant, siz
   tg_go_start_result r;
   memset(&r, 0, sizeof r);
   tg_task **out_task = want_task ? &r.task : NULL;
-  // The first call of an engine starts its worker threads (see WITH_SIGPIPE_BLOCKED).
-  WITH_SIGPIPE_BLOCKED(r.status = tg_engine_acquire_async((const tg_engine *)engine, &c,
-                                                          go_acquire_callback, (void *)handle,
-                                                          out_task, &r.err));
+  r.status = tg_engine_acquire_async((const tg_engine *)engine, &c, go_acquire_callback,
+                                     (void *)handle, out_task, &r.err);
   return r;
 }
 
@@ -154,14 +133,12 @@ tg_go_start_result tg_go_start(const tg_engine *engine, bool stream, const uint8
   memset(&r, 0, sizeof r);
   tg_task **out_task = want_task ? &r.task : NULL;
   void *user_data = (void *)handle;
-  // The first call of an engine starts its worker threads (see WITH_SIGPIPE_BLOCKED).
   if (stream) {
-    WITH_SIGPIPE_BLOCKED(r.status = tg_engine_stream(engine, request, len, op, go_stream_callback,
-                                                     user_data, out_task, &r.err));
+    r.status = tg_engine_stream(engine, request, len, op, go_stream_callback, user_data, out_task,
+                                &r.err);
   } else {
-    WITH_SIGPIPE_BLOCKED(r.status = tg_engine_send_async(engine, request, len, op,
-                                                         go_send_callback, user_data, out_task,
-                                                         &r.err));
+    r.status = tg_engine_send_async(engine, request, len, op, go_send_callback, user_data,
+                                    out_task, &r.err);
   }
   return r;
 }

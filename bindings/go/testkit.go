@@ -8,7 +8,6 @@ package tollgate
 
 /*
 #include <pthread.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include "shim.h"
@@ -20,17 +19,11 @@ typedef struct tg_go_upstream_result {
   tg_error *err;
 } tg_go_upstream_result;
 
-// Starts the test upstream with SIGPIPE blocked on the calling thread, so that its server
-// threads (which inherit the mask) never take SIGPIPE when a client goes away (see shim.c).
+// Starts the test upstream (its threads block SIGPIPE themselves).
 static tg_go_upstream_result tg_go_test_upstream_start(const uint8_t *options, size_t len) {
   tg_go_upstream_result r;
   memset(&r, 0, sizeof r);
-  sigset_t block, old;
-  sigemptyset(&block);
-  sigaddset(&block, SIGPIPE);
-  int masked = pthread_sigmask(SIG_BLOCK, &block, &old) == 0;
   r.status = tg_test_upstream_start(options, len, &r.upstream, &r.err);
-  if (masked) pthread_sigmask(SIG_SETMASK, &old, NULL);
   return r;
 }
 
