@@ -97,7 +97,7 @@ type Response struct {
 func takeResponse(c *C.tg_response) *Response {
 	r := &Response{
 		Status:   int(C.tg_response_status(c)),
-		Body:     goBytes(C.tg_go_response_body(c)),
+		Body:     goBytes(C.tg_response_body(c)),
 		Source:   Source(C.tg_response_source(c)),
 		Attempts: int(C.tg_response_attempts(c)),
 		Queued:   nanos(uint64(C.tg_response_queued_ns(c))),
@@ -201,21 +201,52 @@ func (e *Engine) start(stream bool, request []byte, opts *Options, h cgo.Handle,
 	return r.task, nil
 }
 
-// final is what the final callback of a call hands over (exactly one of the two is set).
+// final is what the final callback of a call hands over: the answer (send, stream) or the
+// permit (acquire), or the error; exactly one is set.
 type final struct {
-	resp *C.tg_response
-	err  *C.tg_error
+	resp   *C.tg_response
+	permit *C.tg_permit
+	err    *C.tg_error
 }
 
-// sendWaiter receives the one callback of an asynchronous send.
-type sendWaiter struct {
+// finalWaiter receives the one callback of an asynchronous send or acquire.
+type finalWaiter struct {
 	done chan final // buffered: the callback never blocks
 }
 
+func newFinalWaiter() *finalWaiter { return &finalWaiter{done: make(chan final, 1)} }
+
 //export tgGoSendDone
 func tgGoSendDone(h C.uintptr_t, resp *C.tg_response, err *C.tg_error) {
-	w := cgo.Handle(h).Value().(*sendWaiter)
-	w.done <- final{resp, err}
+	w := cgo.Handle(h).Value().(*finalWaiter)
+	w.done <- final{resp: resp, err: err}
+}
+
+//export tgGoAcquireDone
+func tgGoAcquireDone(h C.uintptr_t, permit *C.tg_permit, err *C.tg_error) {
+	w := cgo.Handle(h).Value().(*finalWaiter)
+	w.done <- final{permit: permit, err: err}
+}
+
+// await waits for the final callback of a call started with w's handle. task is the call's
+// handle, or nil when the call was started without one (ctx can never end). When ctx ends first
+// it cancels the call (tg_task_cancel) and still waits for the final callback, which tollgate
+// fires exactly once, promptly after a cancel; cancelled tells that ctx ended first. The task
+// handle is freed. No lock is held: the task outlives its engine (tg_engine_free cancels the
+// call, whose callback then fires, and leaves the handle to be freed here).
+func await(ctx context.Context, w *finalWaiter, task *C.tg_task) (f final, cancelled bool) {
+	if task == nil {
+		return <-w.done, false
+	}
+	select {
+	case f = <-w.done:
+	case <-ctx.Done():
+		C.tg_task_cancel(task)
+		f = <-w.done
+		cancelled = true
+	}
+	C.tg_task_free(task)
+	return f, cancelled
 }
 
 // cancelledBy turns the final error of a call the binding cancelled because ctx ended into an
@@ -248,26 +279,14 @@ func (e *Engine) Send(ctx context.Context, request []byte, opts *Options) (*Resp
 	if ctx.Err() != nil {
 		return nil, cancelledBy(ctx, statusError(StatusCancelled, "the context ended before the call started"))
 	}
-	w := &sendWaiter{done: make(chan final, 1)}
+	w := newFinalWaiter()
 	h := cgo.NewHandle(w)
-	cancellable := ctx.Done() != nil
-	task, err := e.start(false, request, opts, h, cancellable)
+	task, err := e.start(false, request, opts, h, ctx.Done() != nil)
 	if err != nil {
 		h.Delete()
 		return nil, err
 	}
-	var f final
-	if cancellable {
-		select {
-		case f = <-w.done:
-		case <-ctx.Done():
-			C.tg_task_cancel(task)
-			f = <-w.done // the final callback fires exactly once, promptly after a cancel
-		}
-		C.tg_task_free(task)
-	} else {
-		f = <-w.done
-	}
+	f, _ := await(ctx, w, task)
 	h.Delete()
 	runtime.KeepAlive(e)
 	if f.err != nil {

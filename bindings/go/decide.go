@@ -6,8 +6,10 @@ package tollgate
 import "C"
 
 import (
+	"context"
 	"net/http"
 	"runtime"
+	"runtime/cgo"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -480,10 +482,34 @@ func decisionOf(d *C.tg_decision) Decision {
 	return out
 }
 
-// Acquire admits a call, waiting in the budgets' priority queues as long as the policy allows
-// (when_exhausted = { wait_up_to = ... }). It blocks the goroutine (and its thread) while it
-// waits, and Close waits for it. A refusal is an *Error of StatusDenied.
+// Acquire is AcquireContext with context.Background(): it waits as long as the policy allows,
+// and only Close (or the policy's limits) can end the wait early.
 func (e *Engine) Acquire(call Call) (*Permit, error) {
+	return e.AcquireContext(context.Background(), call)
+}
+
+// AcquireContext admits a call, waiting in the budgets' priority queues as long as the policy
+// allows (when_exhausted = { wait_up_to = ... }) and for route targets passed over for a known
+// time (an open circuit breaker) up to retry.max_retry_after. The wait runs on tollgate's worker
+// threads (tg_engine_acquire_async): the goroutine waits on a channel, holds no lock and no OS
+// thread, and other calls and Close go on meanwhile. A refusal is an *Error of StatusDenied
+// (Code "budget_exhausted", "concurrency", "wait_timeout", "unavailable", ...).
+//
+// Cancellation: when ctx ends first, the call leaves the queues, takes nothing (no slot, no
+// reservation), and AcquireContext returns an *Error of StatusCancelled that unwraps to the
+// context's error: errors.Is(err, context.Canceled) (or context.DeadlineExceeded) and
+// errors.Is(err, ErrCancelled) hold. This holds even when the permit arrives as ctx ends: it is
+// then freed. A context that is done before the call starts gives the same error without
+// admitting anything. Close cancels waiting calls: they return an *Error of StatusCancelled
+// without a context cause.
+func (e *Engine) AcquireContext(ctx context.Context, call Call) (*Permit, error) {
+	if ctx.Err() != nil {
+		return nil, cancelledBy(ctx, statusError(StatusCancelled, "the context ended before the call was admitted"))
+	}
+	w := newFinalWaiter()
+	h := cgo.NewHandle(w)
+	// Deleted after the final callback, or when the start failed (then it never comes).
+	defer h.Delete()
 	ptr, err := e.lock()
 	if err != nil {
 		return nil, err
@@ -492,7 +518,9 @@ func (e *Engine) Acquire(call Call) (*Permit, error) {
 	if call.Attempt != nil {
 		attempt = call.Attempt.attempt()
 	}
-	r := C.tg_go_acquire(ptr,
+	// The lock is held only to start the call: tollgate copies the call's strings and attempt
+	// before returning.
+	r := C.tg_go_acquire_async(handle(unsafe.Pointer(ptr)),
 		strPtr(call.Tenant), C.size_t(len(call.Tenant)),
 		strPtr(call.Model), C.size_t(len(call.Model)),
 		strPtr(call.Upstream), C.size_t(len(call.Upstream)),
@@ -501,14 +529,24 @@ func (e *Engine) Acquire(call Call) (*Permit, error) {
 		C.int16_t(call.Priority), C.uint32_t(call.PromptKind), C.uint64_t(call.PromptTokens),
 		strPtr(call.Prompt), C.size_t(len(call.Prompt)),
 		C.bool(call.MaxTokens != 0), C.uint64_t(call.MaxTokens),
-		C.uint64_t(durationMillis(call.Deadline)), attempt)
+		C.uint64_t(durationMillis(call.Deadline)), handle(unsafe.Pointer(attempt)),
+		C.uintptr_t(h), C.bool(ctx.Done() != nil))
 	e.unlock()
-	runtime.KeepAlive(call.Attempt)
-	runtime.KeepAlive(e)
+	runtime.KeepAlive(call.Attempt) // passed as an integer: its finalizer must not run before this
 	if r.status != C.TG_STATUS_OK {
 		return nil, takeError(r.status, r.err)
 	}
-	return newPermit(r.permit), nil
+	f, cancelled := await(ctx, w, r.task)
+	runtime.KeepAlive(e)
+	if f.err != nil {
+		return nil, cancelledBy(ctx, takeError(C.TG_STATUS_CANCELLED, f.err))
+	}
+	if cancelled {
+		// Admitted while the cancel was on its way: ctx ended first, so the call takes nothing.
+		C.tg_permit_free(f.permit)
+		return nil, cancelledBy(ctx, statusError(StatusCancelled, "the context ended while the call waited for admission"))
+	}
+	return newPermit(f.permit), nil
 }
 
 // Settle tells the engine how an admitted attempt went and returns the verdict: done, retry

@@ -128,8 +128,8 @@ func (e *Error) Is(target error) bool {
 }
 
 // Unwrap returns the cause of a cancellation the binding made itself: the context's error
-// (context.Canceled or context.DeadlineExceeded) when the context of Send or Stream ended the
-// call; nil otherwise.
+// (context.Canceled or context.DeadlineExceeded) when the context of Send, Stream or
+// AcquireContext ended the call; nil otherwise.
 func (e *Error) Unwrap() error { return e.cause }
 
 func sentinel(s Status) *Error { return &Error{Status: s, Code: s.String(), sentinel: true} }
@@ -160,7 +160,7 @@ var (
 // it) after Engine.Close. It is not an *Error: no C call was made.
 var ErrClosed = errors.New("tollgate: engine is closed")
 
-// goString copies a borrowed, clean tg_str (see shim.h) into a Go string ("" for NULL / 0).
+// goString copies a borrowed tg_str into a Go string ("" for NULL / 0).
 func goString(s C.tg_str) string {
 	if s.ptr == nil || s.len == 0 {
 		return ""
@@ -200,7 +200,7 @@ func takeError(status C.tg_status, cerr *C.tg_error) *Error {
 	if n := int(info.problems); n > 0 {
 		e.Problems = make([]string, n)
 		for i := range e.Problems {
-			e.Problems[i] = goString(C.tg_go_error_problem(cerr, C.size_t(i)))
+			e.Problems[i] = goString(C.tg_error_problem(cerr, C.size_t(i)))
 		}
 	}
 	return e

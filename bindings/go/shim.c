@@ -1,28 +1,9 @@
 // C helpers of the Go binding; see shim.h. Compiled by cgo with the package's CFLAGS.
 #include "shim.h"
 
-#include <pthread.h>
-#include <signal.h>
 #include <string.h>
 
 #include "_cgo_export.h"
-
-// SIGPIPE: tollgate's worker threads (and the test upstream's) write to sockets with writev,
-// which raises SIGPIPE when the peer has closed the connection. In a Go program a SIGPIPE on a
-// thread Go did not create, with no handler installed by non-Go code, kills the process (see
-// os/signal, "Go programs that use cgo"). Threads inherit the creating thread's signal mask,
-// and tollgate creates its threads inside the calls below, so they run with SIGPIPE blocked on
-// the calling thread: the library's threads then never take SIGPIPE (their writes fail with
-// EPIPE, which tollgate handles), and the caller's mask is restored before returning.
-#define WITH_SIGPIPE_BLOCKED(stmt)                     \
-  do {                                                 \
-    sigset_t block_, old_;                             \
-    sigemptyset(&block_);                              \
-    sigaddset(&block_, SIGPIPE);                       \
-    int masked_ = pthread_sigmask(SIG_BLOCK, &block_, &old_) == 0; \
-    stmt;                                              \
-    if (masked_) pthread_sigmask(SIG_SETMASK, &old_, NULL); \
-  } while (0)
 
 // A string argument from Go. The empty string is a pointer to a static "" rather than NULL:
 // tollgate validates non-NULL ASCII inline and sends everything else (NULL included) to its
@@ -32,19 +13,6 @@ static inline tg_str go_str(const char *p, size_t n) {
   s.ptr = n == 0 ? "" : p;
   s.len = n;
   return s;
-}
-
-// An empty string with a NULL pointer (see shim.h).
-static inline tg_str clean_str(tg_str s) {
-  if (s.len == 0) s.ptr = NULL;
-  return s;
-}
-
-static inline void clean_target(tg_target *t) {
-  t->route = clean_str(t->route);
-  t->upstream = clean_str(t->upstream);
-  t->model = clean_str(t->model);
-  t->key = clean_str(t->key);
 }
 
 static inline void fill_call(tg_call *c, const char *tenant, size_t tenant_len, const char *model,
@@ -83,25 +51,31 @@ tg_go_admit_result tg_go_admit(uintptr_t engine, const char *tenant, size_t tena
   tg_go_admit_result r;
   memset(&r, 0, sizeof r);
   r.status = tg_engine_admit((const tg_engine *)engine, &c, &r.decision, &r.err);
-  r.decision.budget = clean_str(r.decision.budget);
   return r;
 }
 
-tg_go_acquire_result tg_go_acquire(const tg_engine *engine, const char *tenant,
-                                   size_t tenant_len, const char *model, size_t model_len,
-                                   const char *upstream, size_t upstream_len, const char *key,
-                                   size_t key_len, const char *route, size_t route_len,
-                                   int16_t priority, uint32_t prompt_kind, uint64_t prompt_tokens,
-                                   const char *prompt, size_t prompt_len, bool has_max_tokens,
-                                   uint64_t max_tokens, uint64_t deadline_ms,
-                                   const tg_attempt *attempt) {
+static void go_acquire_callback(void *user_data, tg_permit *permit, tg_error *error) {
+  tgGoAcquireDone((uintptr_t)user_data, permit, error);
+}
+
+tg_go_start_result tg_go_acquire_async(uintptr_t engine, const char *tenant, size_t tenant_len,
+                                       const char *model, size_t model_len,
+                                       const char *upstream, size_t upstream_len,
+                                       const char *key, size_t key_len, const char *route,
+                                       size_t route_len, int16_t priority, uint32_t prompt_kind,
+                                       uint64_t prompt_tokens, const char *prompt,
+                                       size_t prompt_len, bool has_max_tokens,
+                                       uint64_t max_tokens, uint64_t deadline_ms,
+                                       uintptr_t attempt, uintptr_t handle, bool want_task) {
   tg_call c;
   fill_call(&c, tenant, tenant_len, model, model_len, upstream, upstream_len, key, key_len, route,
             route_len, priority, prompt_kind, prompt_tokens, prompt, prompt_len, has_max_tokens,
-            max_tokens, deadline_ms, attempt);
-  tg_go_acquire_result r;
+            max_tokens, deadline_ms, (const tg_attempt *)attempt);
+  tg_go_start_result r;
   memset(&r, 0, sizeof r);
-  r.status = tg_engine_acquire(engine, &c, &r.permit, &r.err);
+  tg_task **out_task = want_task ? &r.task : NULL;
+  r.status = tg_engine_acquire_async((const tg_engine *)engine, &c, go_acquire_callback,
+                                     (void *)handle, out_task, &r.err);
   return r;
 }
 
@@ -138,15 +112,7 @@ static void go_send_callback(void *user_data, tg_response *response, tg_error *e
 
 static void go_stream_callback(void *user_data, const tg_event *event, tg_response *end,
                                tg_error *error) {
-  if (event == NULL) {
-    tgGoStreamEvent((uintptr_t)user_data, NULL, end, error);
-    return;
-  }
-  tg_event e = *event;
-  e.event = clean_str(e.event);
-  e.data = clean_str(e.data);
-  e.id = clean_str(e.id);
-  tgGoStreamEvent((uintptr_t)user_data, &e, end, error);
+  tgGoStreamEvent((uintptr_t)user_data, (tg_event *)event, end, error);
 }
 
 tg_go_start_result tg_go_start(const tg_engine *engine, bool stream, const uint8_t *request,
@@ -167,14 +133,12 @@ tg_go_start_result tg_go_start(const tg_engine *engine, bool stream, const uint8
   memset(&r, 0, sizeof r);
   tg_task **out_task = want_task ? &r.task : NULL;
   void *user_data = (void *)handle;
-  // The first call of an engine starts its worker threads (see WITH_SIGPIPE_BLOCKED).
   if (stream) {
-    WITH_SIGPIPE_BLOCKED(r.status = tg_engine_stream(engine, request, len, op, go_stream_callback,
-                                                     user_data, out_task, &r.err));
+    r.status = tg_engine_stream(engine, request, len, op, go_stream_callback, user_data, out_task,
+                                &r.err);
   } else {
-    WITH_SIGPIPE_BLOCKED(r.status = tg_engine_send_async(engine, request, len, op,
-                                                         go_send_callback, user_data, out_task,
-                                                         &r.err));
+    r.status = tg_engine_send_async(engine, request, len, op, go_send_callback, user_data,
+                                    out_task, &r.err);
   }
   return r;
 }
@@ -219,11 +183,11 @@ tg_go_error_info tg_go_error_info_of(const tg_error *err) {
   memset(&i, 0, sizeof i);
   i.status = tg_error_status(err);
   i.message = tg_error_message(err);
-  i.code = clean_str(tg_error_code(err));
-  i.budget = clean_str(tg_error_budget(err));
+  i.code = tg_error_code(err);
+  i.budget = tg_error_budget(err);
   i.has_retry_after = tg_error_retry_after(err, &i.retry_after_ns);
   i.http_status = tg_error_http_status(err);
-  i.body = clean_str(tg_error_body(err));
+  i.body = tg_error_body(err);
   i.problems = tg_error_problem_count(err);
   return i;
 }
@@ -233,7 +197,6 @@ tg_go_header_result tg_go_response_header(const tg_response *response, const cha
   tg_go_header_result r;
   memset(&r, 0, sizeof r);
   r.found = tg_response_header(response, name, name_len, &r.value);
-  r.value = clean_str(r.value);
   return r;
 }
 
@@ -241,7 +204,6 @@ tg_go_target_result tg_go_permit_target(const tg_permit *permit) {
   tg_go_target_result r;
   memset(&r, 0, sizeof r);
   r.ok = tg_permit_target(permit, &r.target);
-  clean_target(&r.target);
   return r;
 }
 
@@ -249,7 +211,6 @@ tg_go_target_result tg_go_attempt_target(const tg_attempt *attempt) {
   tg_go_target_result r;
   memset(&r, 0, sizeof r);
   r.ok = tg_attempt_target(attempt, &r.target);
-  clean_target(&r.target);
   return r;
 }
 
@@ -257,7 +218,6 @@ tg_go_target_result tg_go_response_target(const tg_response *response) {
   tg_go_target_result r;
   memset(&r, 0, sizeof r);
   r.ok = tg_response_target(response, &r.target);
-  clean_target(&r.target);
   return r;
 }
 
@@ -265,16 +225,5 @@ tg_go_record_result tg_go_response_history(const tg_response *response, size_t i
   tg_go_record_result r;
   memset(&r, 0, sizeof r);
   r.ok = tg_response_history(response, index, &r.record);
-  r.record.outcome = clean_str(r.record.outcome);
-  r.record.decision = clean_str(r.record.decision);
-  clean_target(&r.record.target);
   return r;
-}
-
-tg_str tg_go_response_body(const tg_response *response) {
-  return clean_str(tg_response_body(response));
-}
-
-tg_str tg_go_error_problem(const tg_error *err, size_t index) {
-  return clean_str(tg_error_problem(err, index));
 }

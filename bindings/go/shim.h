@@ -1,11 +1,10 @@
 // C helpers of the Go binding (shim.c). Declarations only: this header is included by the
 // preambles of the Go files, and a preamble of a file with //export may hold no definitions.
 //
-// Every tg_str these helpers hand to Go is "clean": an empty string has a NULL pointer. The
-// library returns empty strings with a dangling non-NULL pointer (Rust's empty &str, 0x1),
-// which C never dereferences but which Go's stack copier rejects as an invalid pointer
-// ("fatal error: invalid pointer found on stack") once such a value sits in a Go frame. So Go
-// never calls a tollgate function that returns a tg_str (or a struct holding one) directly.
+// Empty tg_str results: the library returns them as a NULL pointer with length 0, never Rust's
+// dangling non-NULL pointer (0x1) that Go's stack copier would reject ("fatal error: invalid
+// pointer found on stack") once such a value sat in a Go frame; TestLibraryEmptyStringsAreNull
+// checks it. So Go reads tg_str results as they come.
 //
 // Why helpers: cgo forbids passing Go memory that holds Go pointers to C. tg_call,
 // tg_request_options and tg_outcome hold string pointers, so the Go side passes every string as
@@ -31,12 +30,6 @@ typedef struct tg_go_admit_result {
   tg_error *err;
 } tg_go_admit_result;
 
-typedef struct tg_go_acquire_result {
-  tg_status status;
-  tg_permit *permit;
-  tg_error *err;
-} tg_go_acquire_result;
-
 typedef struct tg_go_settle_result {
   tg_status status;
   tg_verdict verdict;
@@ -57,14 +50,17 @@ tg_go_admit_result tg_go_admit(uintptr_t engine, const char *tenant, size_t tena
                                size_t prompt_len, bool has_max_tokens, uint64_t max_tokens,
                                uint64_t deadline_ms, uintptr_t attempt);
 
-tg_go_acquire_result tg_go_acquire(const tg_engine *engine, const char *tenant,
-                                   size_t tenant_len, const char *model, size_t model_len,
-                                   const char *upstream, size_t upstream_len, const char *key,
-                                   size_t key_len, const char *route, size_t route_len,
-                                   int16_t priority, uint32_t prompt_kind, uint64_t prompt_tokens,
-                                   const char *prompt, size_t prompt_len, bool has_max_tokens,
-                                   uint64_t max_tokens, uint64_t deadline_ms,
-                                   const tg_attempt *attempt);
+// Starts tg_engine_acquire_async with the Go trampoline as callback and `handle` (a cgo.Handle)
+// as user_data. want_task false passes a NULL out_task (nothing to cancel).
+tg_go_start_result tg_go_acquire_async(uintptr_t engine, const char *tenant, size_t tenant_len,
+                                       const char *model, size_t model_len,
+                                       const char *upstream, size_t upstream_len,
+                                       const char *key, size_t key_len, const char *route,
+                                       size_t route_len, int16_t priority, uint32_t prompt_kind,
+                                       uint64_t prompt_tokens, const char *prompt,
+                                       size_t prompt_len, bool has_max_tokens,
+                                       uint64_t max_tokens, uint64_t deadline_ms,
+                                       uintptr_t attempt, uintptr_t handle, bool want_task);
 
 // headers: a tg_header array in C memory (or 0 with headers_len 0), passed as an integer so
 // that cgo does not check it as a Go pointer on every call.
@@ -136,7 +132,8 @@ typedef struct tg_go_header_result {
 tg_go_header_result tg_go_response_header(const tg_response *response, const char *name,
                                           size_t name_len);
 
-// Results with strings, cleaned (see clean_str in shim.c).
+// Results returned through an out-pointer, returned by value instead (a Go variable whose
+// address goes to C escapes to the heap).
 typedef struct tg_go_target_result {
   bool ok;
   tg_target target;
@@ -152,7 +149,5 @@ typedef struct tg_go_record_result {
 } tg_go_record_result;
 
 tg_go_record_result tg_go_response_history(const tg_response *response, size_t index);
-tg_str tg_go_response_body(const tg_response *response);
-tg_str tg_go_error_problem(const tg_error *err, size_t index);
 
 #endif

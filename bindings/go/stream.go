@@ -40,7 +40,7 @@ type streamState struct {
 func tgGoStreamEvent(h C.uintptr_t, ev *C.tg_event, end *C.tg_response, err *C.tg_error) {
 	s := cgo.Handle(h).Value().(*streamState)
 	if ev == nil {
-		s.final <- final{end, err}
+		s.final <- final{resp: end, err: err}
 		close(s.events)
 		return
 	}

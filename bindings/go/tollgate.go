@@ -97,8 +97,8 @@ func (e *Engine) lock() (*C.tg_engine, error) {
 
 func (e *Engine) unlock() { e.mu.RUnlock() }
 
-// Close frees the engine. Calls still running (Send, Stream) are cancelled: they return an
-// *Error of StatusCancelled. Close waits for the C calls in progress on other goroutines, then
+// Close frees the engine. Calls still running (Send, Stream, and Acquire / AcquireContext
+// waiting for admission) are cancelled: they return an *Error of StatusCancelled. Close waits for the C calls in progress on other goroutines, then
 // every later method returns ErrClosed. Permits outstanding stay valid for Free (settling needs
 // the engine, so it returns ErrClosed after freeing the permit). Close is idempotent and always
 // returns nil.
