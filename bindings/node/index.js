@@ -742,6 +742,11 @@ class Tollgate {
           ? native.settle(outcome.failure, flatHeaders(outcome.headers))
           : native.settleFast()
     } catch (e) {
+      // Refused before settling (an unknown failure code): the permit still holds its capacity.
+      if (this._native.permitInfo(permit._handle) !== null) {
+        permit._done = false
+        track(permit)
+      }
       throw toError(e)
     }
     if (r === 0) {

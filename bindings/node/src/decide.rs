@@ -25,7 +25,7 @@ use std::ptr;
 use napi::bindgen_prelude::{Either, External, PromiseRaw};
 use napi::{Env, Unknown, sys};
 use napi_derive::napi;
-use tollgate::retry::{ConnectKind, Failure, TimeoutKind};
+use tollgate::retry::Failure;
 use tollgate::{Attempt, Call, Decision, Engine, Outcome, Permit, Prompt, Verdict};
 
 use crate::engine::NativeEngine;
@@ -436,21 +436,18 @@ fn optional(v: f64) -> Option<u64> {
     (v >= 0.0 && v.is_finite()).then_some(v as u64)
 }
 
-/// A transport failure from its code (`connect_refused`, `timeout_first_byte`, `malformed`, ...).
-fn failure_of(code: &str) -> Option<Failure> {
-    Some(match code {
-        "connect_refused" => Failure::Connect(ConnectKind::Refused),
-        "connect_reset" => Failure::Connect(ConnectKind::Reset),
-        "connect_dns" => Failure::Connect(ConnectKind::Dns),
-        "connect_tls" => Failure::Connect(ConnectKind::Tls),
-        "connect" | "connect_other" => Failure::Connect(ConnectKind::Other),
-        "timeout_connect" => Failure::Timeout(TimeoutKind::Connect),
-        "timeout_first_byte" => Failure::Timeout(TimeoutKind::FirstByte),
-        "timeout_idle" => Failure::Timeout(TimeoutKind::Idle),
-        "timeout" | "timeout_total" => Failure::Timeout(TimeoutKind::Total),
-        "malformed" => Failure::Malformed,
-        "cut_stream" => Failure::CutStream,
-        _ => return None,
+/// The failure a host's `outcome.failure` names: one of tollgate's failure codes
+/// ([`Failure::code`]: `connect_refused`, `timeout_first_byte`, `status_503`, ...) or their short
+/// forms (`connect`, `reset`, `dns`, `tls`, `timeout`), as [`Failure::from_code`] reads them.
+fn failure_of(code: &str) -> napi::Result<Failure> {
+    Failure::from_code(code).ok_or_else(|| {
+        let codes: Vec<_> = Failure::TRANSPORT.iter().map(Failure::code).collect();
+        ErrorInfo::invalid_argument(format!(
+            "outcome.failure '{code}' is not a failure code: use one of {}, or status_NNN for \
+             a status that is not 2xx (status_503)",
+            codes.join(", ")
+        ))
+        .into_napi()
     })
 }
 
@@ -729,8 +726,9 @@ pub fn settle_fast() -> napi::Result<Either<u32, VerdictJs>> {
     settle_with(None, &[])
 }
 
-/// As [`settle_fast`], with a transport `failure` code and the response `headers` as
-/// `[name, value, name, value, ...]`.
+/// As [`settle_fast`], with a `failure` code (`connect_refused`, `status_503`, ...: what
+/// [`Failure::from_code`] reads) and the response `headers` as `[name, value, name, value, ...]`.
+/// An unknown code throws, and the permit stays unsettled.
 #[napi]
 pub fn settle(
     failure: Option<String>,
@@ -738,14 +736,7 @@ pub fn settle(
 ) -> napi::Result<Either<u32, VerdictJs>> {
     let failure = match failure.as_deref() {
         None | Some("") => None,
-        Some(code) => Some(failure_of(code).ok_or_else(|| {
-            ErrorInfo::invalid_argument(format!(
-                "outcome.failure '{code}' is not one of connect, connect_refused, \
-                 connect_reset, connect_dns, connect_tls, timeout, timeout_connect, \
-                 timeout_first_byte, timeout_idle, timeout_total, malformed, cut_stream"
-            ))
-            .into_napi()
-        })?),
+        Some(code) => Some(failure_of(code)?),
     };
     let pairs: Vec<(&str, &[u8])> = headers
         .as_deref()
