@@ -190,7 +190,22 @@ export class Attempt {
 
 export type Decision =
   | { kind: 'go'; permit: Permit }
-  | { kind: 'wait'; afterMs: number; budget: string; key: string; limit: string | null }
+  | {
+      kind: 'wait'
+      /** Ask again after this long. */
+      afterMs: number
+      /**
+       * The budget without room, or '' when no budget made the call wait: every target of its
+       * route is passed over for a known time (an open circuit breaker, a server's rate-limit
+       * reset) that fits the policy's retry.max_retry_after (longer, and admit denies with
+       * code 'unavailable').
+       */
+      budget: string
+      /** The budget's scope key ('' for an unscoped budget or no budget). */
+      key: string
+      /** The exhausted limit; null for concurrency, a queue, or no budget. */
+      limit: string | null
+    }
   | { kind: 'deny'; error: DeniedError | InvalidRequestError }
 
 /**

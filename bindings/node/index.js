@@ -621,7 +621,8 @@ class Tollgate {
 
   /**
    * Decides whether a call may go now: { kind: 'go', permit } | { kind: 'wait', afterMs,
-   * budget, key, limit } | { kind: 'deny', error: DeniedError }.
+   * budget, key, limit } | { kind: 'deny', error: DeniedError }. A wait with budget '' is for
+   * the call's route: every target is passed over (an open circuit) for afterMs.
    */
   admit(call) {
     io[ENGINE] = this._index

@@ -384,7 +384,8 @@ pub struct AdmitJs {
     pub kind: String,
     /// Wait: ask again after this long.
     pub after_ms: Option<f64>,
-    /// Wait: the budget without room.
+    /// Wait: the budget without room; empty when no budget made the call wait (every target of
+    /// its route is passed over for a known time, e.g. an open circuit).
     pub budget: Option<String>,
     /// Wait: its scope key.
     pub key: Option<String>,

@@ -14,6 +14,7 @@ import {
   PolicyError,
   Tollgate,
 } from '../index.js'
+import { oneTargetPolicy, openCircuit } from './helpers.mjs'
 
 const perTenant = (rpm, extra = '') => `version = 1
 [[budget]]
@@ -291,5 +292,31 @@ test('many names: past the interned table names go as arguments', () => {
     assert.equal(d.kind, 'go')
     assert.deepEqual(d.permit.info().budgets, [['per-tenant', `tenant=tenant-${i}`]])
     tg.settle(d.permit, { status: 200 })
+  }
+})
+
+test('admit says wait (no budget) while the only target is open, within max_retry_after', async () => {
+  const tg = new Tollgate(oneTargetPolicy({ maxRetryAfter: '60s' }))
+  openCircuit(tg)
+  const call = { model: 'gpt-4o', promptTokens: 10, maxTokens: 10 }
+  for (const d of [tg.admit(call), await tg.admitAsync(call)]) {
+    assert.equal(d.kind, 'wait', JSON.stringify(d))
+    // Until the circuit half-opens: its open time, and a nanosecond.
+    assert.ok(d.afterMs > 29_000 && d.afterMs <= 30_000.001, `afterMs ${d.afterMs}`)
+    assert.equal(d.budget, '', 'no budget made it wait')
+    assert.equal(d.key, '')
+    assert.equal(d.limit, null)
+  }
+})
+
+test('admit refuses with unavailable when the open circuit outlasts max_retry_after', async () => {
+  const tg = new Tollgate(oneTargetPolicy({ maxRetryAfter: '10s' }))
+  openCircuit(tg)
+  const call = { model: 'gpt-4o', promptTokens: 10, maxTokens: 10 }
+  for (const d of [tg.admit(call), await tg.admitAsync(call)]) {
+    assert.equal(d.kind, 'deny', JSON.stringify(d))
+    assert.ok(d.error instanceof DeniedError)
+    assert.equal(d.error.code, 'unavailable')
+    assert.ok(d.error.retryAfterMs > 29_000 && d.error.retryAfterMs <= 30_000.001, `${d.error.retryAfterMs}`)
   }
 })
