@@ -190,17 +190,57 @@ export class Attempt {
 
 export type Decision =
   | { kind: 'go'; permit: Permit }
-  | { kind: 'wait'; afterMs: number; budget: string; key: string; limit: string | null }
+  | {
+      kind: 'wait'
+      /** Ask again after this long. */
+      afterMs: number
+      /**
+       * The budget without room, or '' when no budget made the call wait: every target of its
+       * route is passed over for a known time (an open circuit breaker, a server's rate-limit
+       * reset) that fits the policy's retry.max_retry_after (longer, and admit denies with
+       * code 'unavailable').
+       */
+      budget: string
+      /** The budget's scope key ('' for an unscoped budget or no budget). */
+      key: string
+      /** The exhausted limit; null for concurrency, a queue, or no budget. */
+      limit: string | null
+    }
   | { kind: 'deny'; error: DeniedError | InvalidRequestError }
+
+/**
+ * What ended an attempt without a usable response: tollgate's failure codes (the Rust API's
+ * `Failure::code`, which attempt records' `outcome` also speaks). `status_NNN` is a status that
+ * is not 2xx (`status_503`).
+ */
+export type FailureCode =
+  | 'connect_refused'
+  | 'connect_reset'
+  | 'connect_dns'
+  | 'connect_tls'
+  | 'connect_other'
+  | 'timeout_connect'
+  | 'timeout_first_byte'
+  | 'timeout_idle'
+  | 'timeout_total'
+  | 'malformed'
+  | 'cut_stream'
+  | `status_${number}`
+
+/**
+ * Short forms `settle` accepts too: `connect` (connect_other), `reset` (connect_reset), `dns`
+ * (connect_dns), `tls` (connect_tls), `timeout` (timeout_total).
+ */
+export type FailureAlias = 'connect' | 'reset' | 'dns' | 'tls' | 'timeout'
 
 /** What happened to an admitted call. */
 export interface OutcomeInput {
   status?: number
   usage?: UsageInput
   latencyMs?: number
-  /** connect, connect_refused, connect_reset, connect_dns, connect_tls, timeout,
-   * timeout_connect, timeout_first_byte, timeout_idle, timeout_total, malformed, cut_stream */
-  failure?: string
+  /** The failure that ended the attempt, when one did (it wins over `status`); an unknown code
+   * throws InvalidRequestError and leaves the permit unsettled. */
+  failure?: FailureCode | FailureAlias
   headers?: Headers | Record<string, string | string[]> | [string, string][] | Map<string, string>
   contentDelivered?: boolean
   /** false: the request never left the host (everything is refunded). */

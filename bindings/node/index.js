@@ -2,44 +2,83 @@
 // tollgate for Node.js: the idiomatic layer over the native addon (native.js).
 //
 // The decide path (admit / settle) passes numbers through one shared Float64Array (`io`) and
-// names as interned ids, so a pair is two native calls without arguments; see src/decide.rs
-// for the slots. Everything else crosses as objects, and errors as a JSON payload that
-// `toError` turns into the TollgateError subclasses below.
+// names as interned ids, so a pair is two native calls without arguments; the slots are
+// src/decide.rs's, read from the addon when this file loads (`native.ioLayout()`). Everything
+// else crosses as objects, and errors as a JSON payload that `toError` turns into the
+// TollgateError subclasses below.
 
 const { EventEmitter } = require('node:events')
 const native = require('./native.js')
 
 const io = native.io()
-// Slots of `io`, mirrored from src/decide.rs.
-const ENGINE = 0
-const PROMPT_TOKENS = 1
-const MAX_TOKENS = 2
-const PRIORITY = 3
-const DEADLINE_MS = 4
-const MODEL = 5
-const TENANT = 6
-const UPSTREAM = 7
-const KEY = 8
-const ROUTE = 9
-const PERMIT = 10
-const STATUS = 11
-const USAGE_PROMPT = 12
-const USAGE_COMPLETION = 13
-const USAGE_TOTAL = 14
-const USAGE_CACHED = 15
-const USAGE_REASONING = 16
-const LATENCY_MS = 17
-const FLAGS = 18
-const OUT_RESERVED = 19
-const OUT_TOKENS = 20
-const OUT_SPEND = 21
-const OUT_COST_INPUT = 22
-const OUT_COST_CACHED = 23
-const OUT_COST_OUTPUT = 24
-const FLAG_SENT = 1
-const FLAG_CONTENT_DELIVERED = 2
+// The layout of `io` (its slots, the bits of its FLAGS slot, the NAMED id) comes from the addon
+// (src/decide.rs), read once here into constants: this file has no copy of the numbers. A layout
+// that lacks a name used here, or whose slots clash, means the addon and this file are from
+// different builds: loading fails rather than mixing up numbers.
+if (typeof native.ioLayout !== 'function') {
+  throw new Error('tollgate: the native addon has no ioLayout(): it is older than index.js; rebuild it (npm run build)')
+}
+const layout = native.ioLayout()
+const slotNames = new Map()
+
+function badLayout(what) {
+  return new Error(
+    `tollgate: the native addon's io layout ${what}; index.js and the addon come from different ` +
+      'builds: rebuild the addon (npm run build)',
+  )
+}
+
+/** The index of the slot `name`: an integer inside `io`, no other name's. */
+function slot(name) {
+  const i = layout.slots[name]
+  if (!Number.isInteger(i) || i < 0 || i >= io.length) {
+    throw badLayout(`has no slot ${name} inside io (got ${i}; io has ${io.length} slots)`)
+  }
+  if (slotNames.has(i)) throw badLayout(`puts ${name} and ${slotNames.get(i)} in the same slot ${i}`)
+  slotNames.set(i, name)
+  return i
+}
+
+/** The bit of the flag `name`. */
+function flag(name) {
+  const bit = layout.flags[name]
+  if (!Number.isInteger(bit) || bit <= 0 || (bit & (bit - 1)) !== 0) {
+    throw badLayout(`has no flag ${name} (got ${bit})`)
+  }
+  return bit
+}
+
+if (layout.len !== io.length) throw badLayout(`is for ${layout.len} slots, its io array has ${io.length}`)
+const ENGINE = slot('ENGINE')
+const PROMPT_TOKENS = slot('PROMPT_TOKENS')
+const MAX_TOKENS = slot('MAX_TOKENS')
+const PRIORITY = slot('PRIORITY')
+const DEADLINE_MS = slot('DEADLINE_MS')
+const MODEL = slot('MODEL')
+const TENANT = slot('TENANT')
+const UPSTREAM = slot('UPSTREAM')
+const KEY = slot('KEY')
+const ROUTE = slot('ROUTE')
+const PERMIT = slot('PERMIT')
+const STATUS = slot('STATUS')
+const USAGE_PROMPT = slot('USAGE_PROMPT')
+const USAGE_COMPLETION = slot('USAGE_COMPLETION')
+const USAGE_TOTAL = slot('USAGE_TOTAL')
+const USAGE_CACHED = slot('USAGE_CACHED')
+const USAGE_REASONING = slot('USAGE_REASONING')
+const LATENCY_MS = slot('LATENCY_MS')
+const FLAGS = slot('FLAGS')
+const OUT_RESERVED = slot('OUT_RESERVED')
+const OUT_TOKENS = slot('OUT_TOKENS')
+const OUT_SPEND = slot('OUT_SPEND')
+const OUT_COST_INPUT = slot('OUT_COST_INPUT')
+const OUT_COST_CACHED = slot('OUT_COST_CACHED')
+const OUT_COST_OUTPUT = slot('OUT_COST_OUTPUT')
+const FLAG_SENT = flag('FLAG_SENT')
+const FLAG_CONTENT_DELIVERED = flag('FLAG_CONTENT_DELIVERED')
 // A name not interned (the thread's table is full): passed as an argument instead.
-const NAMED = -2
+const NAMED = layout.named
+if (!Number.isInteger(NAMED) || NAMED >= -1) throw badLayout(`has no NAMED id below -1 (got ${NAMED})`)
 
 // ---------------------------------------------------------------------------------------------
 // Errors
@@ -582,7 +621,8 @@ class Tollgate {
 
   /**
    * Decides whether a call may go now: { kind: 'go', permit } | { kind: 'wait', afterMs,
-   * budget, key, limit } | { kind: 'deny', error: DeniedError }.
+   * budget, key, limit } | { kind: 'deny', error: DeniedError }. A wait with budget '' is for
+   * the call's route: every target is passed over (an open circuit) for afterMs.
    */
   admit(call) {
     io[ENGINE] = this._index
@@ -703,6 +743,11 @@ class Tollgate {
           ? native.settle(outcome.failure, flatHeaders(outcome.headers))
           : native.settleFast()
     } catch (e) {
+      // Refused before settling (an unknown failure code): the permit still holds its capacity.
+      if (this._native.permitInfo(permit._handle) !== null) {
+        permit._done = false
+        track(permit)
+      }
       throw toError(e)
     }
     if (r === 0) {

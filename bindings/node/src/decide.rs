@@ -19,73 +19,129 @@
 //! [`NativeEngine::release`]).
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::ptr;
 
 use napi::bindgen_prelude::{Either, External, PromiseRaw};
 use napi::{Env, Unknown, sys};
 use napi_derive::napi;
-use tollgate::retry::{ConnectKind, Failure, TimeoutKind};
+use tollgate::retry::Failure;
 use tollgate::{Attempt, Call, Decision, Engine, Outcome, Permit, Prompt, Verdict};
 
 use crate::engine::NativeEngine;
 use crate::error::{ErrorInfo, SettlementJs, TargetJs};
 
-/// Slots of the `io` array.
+/// Length of the `io` array (its slots are [`SLOTS`]).
 pub const IO_LEN: usize = 32;
-/// `io`: the engine's index in this thread's registry.
-pub const ENGINE: usize = 0;
-/// `io`, admit: prompt tokens counted by the host (negative: none).
-pub const PROMPT_TOKENS: usize = 1;
-/// `io`, admit: completion allowance (negative: the request's or the policy's).
-pub const MAX_TOKENS: usize = 2;
-/// `io`, admit: queue priority.
-pub const PRIORITY: usize = 3;
-/// `io`, admit: deadline of the whole call in ms (negative: none).
-pub const DEADLINE_MS: usize = 4;
-/// `io`, admit: interned model id (negative: given as an argument, or none).
-pub const MODEL: usize = 5;
-/// `io`, admit: interned tenant id.
-pub const TENANT: usize = 6;
-/// `io`, admit: interned upstream id.
-pub const UPSTREAM: usize = 7;
-/// `io`, admit: interned key id.
-pub const KEY: usize = 8;
-/// `io`, admit: interned route id.
-pub const ROUTE: usize = 9;
-/// `io`, settle: the permit handle.
-pub const PERMIT: usize = 10;
-/// `io`, settle: HTTP status (0: no response head).
-pub const STATUS: usize = 11;
-/// `io`, settle: usage prompt tokens (negative: no usage reported).
-pub const USAGE_PROMPT: usize = 12;
-/// `io`, settle: usage completion tokens.
-pub const USAGE_COMPLETION: usize = 13;
-/// `io`, settle: usage total tokens (negative: prompt + completion).
-pub const USAGE_TOTAL: usize = 14;
-/// `io`, settle: cached prompt tokens.
-pub const USAGE_CACHED: usize = 15;
-/// `io`, settle: reasoning tokens.
-pub const USAGE_REASONING: usize = 16;
-/// `io`, settle: latency in ms (negative: unknown).
-pub const LATENCY_MS: usize = 17;
-/// `io`, settle: flags, [`FLAG_SENT`] | [`FLAG_CONTENT_DELIVERED`].
-pub const FLAGS: usize = 18;
-/// `io`, settle out: tokens reserved at admission.
-pub const OUT_RESERVED: usize = 19;
-/// `io`, settle out: tokens charged.
-pub const OUT_TOKENS: usize = 20;
-/// `io`, settle out: money charged.
-pub const OUT_SPEND: usize = 21;
-/// `io`, settle out: cost of input tokens (NaN: no cost known).
-pub const OUT_COST_INPUT: usize = 22;
-/// `io`, settle out: cost of cached input tokens.
-pub const OUT_COST_CACHED: usize = 23;
-/// `io`, settle out: cost of output tokens.
-pub const OUT_COST_OUTPUT: usize = 24;
-/// Flag: the request left the host.
-pub const FLAG_SENT: u32 = 1;
-/// Flag: content already reached the caller (a stream).
-pub const FLAG_CONTENT_DELIVERED: u32 = 2;
+
+/// Declares named constants once: each a `pub const`, and an entry `(name, value)` of the table
+/// `$table`, which [`io_layout`] hands to `index.js` (it has no copy of the numbers).
+macro_rules! layout {
+    ($(#[doc = $table_doc:literal])* $table:ident: $ty:ty {
+        $($(#[doc = $doc:literal])* $name:ident = $value:literal,)*
+    }) => {
+        $($(#[doc = $doc])* pub const $name: $ty = $value;)*
+        $(#[doc = $table_doc])*
+        pub const $table: &[(&str, $ty)] = &[$((stringify!($name), $name)),*];
+    };
+}
+
+layout! {
+    /// Every slot of `io`, by name.
+    SLOTS: usize {
+        /// `io`: the engine's index in this thread's registry.
+        ENGINE = 0,
+        /// `io`, admit: prompt tokens counted by the host (negative: none).
+        PROMPT_TOKENS = 1,
+        /// `io`, admit: completion allowance (negative: the request's or the policy's).
+        MAX_TOKENS = 2,
+        /// `io`, admit: queue priority.
+        PRIORITY = 3,
+        /// `io`, admit: deadline of the whole call in ms (negative: none).
+        DEADLINE_MS = 4,
+        /// `io`, admit: interned model id (negative: given as an argument, or none).
+        MODEL = 5,
+        /// `io`, admit: interned tenant id.
+        TENANT = 6,
+        /// `io`, admit: interned upstream id.
+        UPSTREAM = 7,
+        /// `io`, admit: interned key id.
+        KEY = 8,
+        /// `io`, admit: interned route id.
+        ROUTE = 9,
+        /// `io`, settle: the permit handle.
+        PERMIT = 10,
+        /// `io`, settle: HTTP status (0: no response head).
+        STATUS = 11,
+        /// `io`, settle: usage prompt tokens (negative: no usage reported).
+        USAGE_PROMPT = 12,
+        /// `io`, settle: usage completion tokens.
+        USAGE_COMPLETION = 13,
+        /// `io`, settle: usage total tokens (negative: prompt + completion).
+        USAGE_TOTAL = 14,
+        /// `io`, settle: cached prompt tokens.
+        USAGE_CACHED = 15,
+        /// `io`, settle: reasoning tokens.
+        USAGE_REASONING = 16,
+        /// `io`, settle: latency in ms (negative: unknown).
+        LATENCY_MS = 17,
+        /// `io`, settle: flags, [`FLAG_SENT`] | [`FLAG_CONTENT_DELIVERED`].
+        FLAGS = 18,
+        /// `io`, settle out: tokens reserved at admission.
+        OUT_RESERVED = 19,
+        /// `io`, settle out: tokens charged.
+        OUT_TOKENS = 20,
+        /// `io`, settle out: money charged.
+        OUT_SPEND = 21,
+        /// `io`, settle out: cost of input tokens (NaN: no cost known).
+        OUT_COST_INPUT = 22,
+        /// `io`, settle out: cost of cached input tokens.
+        OUT_COST_CACHED = 23,
+        /// `io`, settle out: cost of output tokens.
+        OUT_COST_OUTPUT = 24,
+    }
+}
+
+layout! {
+    /// Every bit of `io[FLAGS]`, by name.
+    FLAG_BITS: u32 {
+        /// Flag: the request left the host.
+        FLAG_SENT = 1,
+        /// Flag: content already reached the caller (a stream).
+        FLAG_CONTENT_DELIVERED = 2,
+    }
+}
+
+/// The id `index.js` gives a name it passes as an argument (its table of interned names is
+/// full); -1 is no name. Any negative id names nothing here.
+pub const NAMED: i32 = -2;
+
+// Checked when the crate compiles: every slot is inside `io` and no two share one; the flags
+// are distinct single bits.
+const _: () = {
+    let mut i = 0;
+    while i < SLOTS.len() {
+        assert!(SLOTS[i].1 < IO_LEN, "an io slot is past IO_LEN");
+        let mut j = i + 1;
+        while j < SLOTS.len() {
+            assert!(SLOTS[i].1 != SLOTS[j].1, "two io slots share an index");
+            j += 1;
+        }
+        i += 1;
+    }
+    let mut seen = 0u32;
+    let mut k = 0;
+    while k < FLAG_BITS.len() {
+        let bit = FLAG_BITS[k].1;
+        assert!(
+            bit.is_power_of_two() && seen & bit == 0,
+            "flags must be distinct bits"
+        );
+        seen |= bit;
+        k += 1;
+    }
+    assert!(NAMED < -1, "NAMED must not be a name id or -1 (no name)");
+};
 
 /// Most names one thread interns; past it, names are passed as arguments.
 pub const MAX_NAMES: usize = 4096;
@@ -293,6 +349,34 @@ pub fn intern(name: String) -> i32 {
     })
 }
 
+/// The layout of `io`, as [`io_layout`] gives it.
+#[napi(object, object_from_js = false)]
+pub struct IoLayoutJs {
+    /// The array's length ([`IO_LEN`]).
+    pub len: u32,
+    /// Every slot's index, by name ([`SLOTS`]: `ENGINE`, `PROMPT_TOKENS`, ...).
+    #[napi(ts_type = "Record<string, number>")]
+    pub slots: BTreeMap<&'static str, u32>,
+    /// Every bit of the `FLAGS` slot, by name ([`FLAG_BITS`]: `FLAG_SENT`, ...).
+    #[napi(ts_type = "Record<string, number>")]
+    pub flags: BTreeMap<&'static str, u32>,
+    /// The id of a name passed as an argument ([`NAMED`]).
+    pub named: i32,
+}
+
+/// The layout of `io`: its length, its slots, the bits of its `FLAGS` slot and the [`NAMED`]
+/// id, from the constants above. `index.js` reads it once when it loads and keeps no copy of
+/// the numbers.
+#[napi]
+pub fn io_layout() -> IoLayoutJs {
+    IoLayoutJs {
+        len: IO_LEN as u32,
+        slots: SLOTS.iter().map(|&(name, i)| (name, i as u32)).collect(),
+        flags: FLAG_BITS.iter().copied().collect(),
+        named: NAMED,
+    }
+}
+
 /// `admit`'s answer when it is not `go` (a go is the permit external itself).
 #[napi(object, object_from_js = false)]
 pub struct AdmitJs {
@@ -300,7 +384,8 @@ pub struct AdmitJs {
     pub kind: String,
     /// Wait: ask again after this long.
     pub after_ms: Option<f64>,
-    /// Wait: the budget without room.
+    /// Wait: the budget without room; empty when no budget made the call wait (every target of
+    /// its route is passed over for a known time, e.g. an open circuit).
     pub budget: Option<String>,
     /// Wait: its scope key.
     pub key: Option<String>,
@@ -352,21 +437,18 @@ fn optional(v: f64) -> Option<u64> {
     (v >= 0.0 && v.is_finite()).then_some(v as u64)
 }
 
-/// A transport failure from its code (`connect_refused`, `timeout_first_byte`, `malformed`, ...).
-fn failure_of(code: &str) -> Option<Failure> {
-    Some(match code {
-        "connect_refused" => Failure::Connect(ConnectKind::Refused),
-        "connect_reset" => Failure::Connect(ConnectKind::Reset),
-        "connect_dns" => Failure::Connect(ConnectKind::Dns),
-        "connect_tls" => Failure::Connect(ConnectKind::Tls),
-        "connect" | "connect_other" => Failure::Connect(ConnectKind::Other),
-        "timeout_connect" => Failure::Timeout(TimeoutKind::Connect),
-        "timeout_first_byte" => Failure::Timeout(TimeoutKind::FirstByte),
-        "timeout_idle" => Failure::Timeout(TimeoutKind::Idle),
-        "timeout" | "timeout_total" => Failure::Timeout(TimeoutKind::Total),
-        "malformed" => Failure::Malformed,
-        "cut_stream" => Failure::CutStream,
-        _ => return None,
+/// The failure a host's `outcome.failure` names: one of tollgate's failure codes
+/// ([`Failure::code`]: `connect_refused`, `timeout_first_byte`, `status_503`, ...) or their short
+/// forms (`connect`, `reset`, `dns`, `tls`, `timeout`), as [`Failure::from_code`] reads them.
+fn failure_of(code: &str) -> napi::Result<Failure> {
+    Failure::from_code(code).ok_or_else(|| {
+        let codes: Vec<_> = Failure::TRANSPORT.iter().map(Failure::code).collect();
+        ErrorInfo::invalid_argument(format!(
+            "outcome.failure '{code}' is not a failure code: use one of {}, or status_NNN for \
+             a status that is not 2xx (status_503)",
+            codes.join(", ")
+        ))
+        .into_napi()
     })
 }
 
@@ -645,8 +727,9 @@ pub fn settle_fast() -> napi::Result<Either<u32, VerdictJs>> {
     settle_with(None, &[])
 }
 
-/// As [`settle_fast`], with a transport `failure` code and the response `headers` as
-/// `[name, value, name, value, ...]`.
+/// As [`settle_fast`], with a `failure` code (`connect_refused`, `status_503`, ...: what
+/// [`Failure::from_code`] reads) and the response `headers` as `[name, value, name, value, ...]`.
+/// An unknown code throws, and the permit stays unsettled.
 #[napi]
 pub fn settle(
     failure: Option<String>,
@@ -654,14 +737,7 @@ pub fn settle(
 ) -> napi::Result<Either<u32, VerdictJs>> {
     let failure = match failure.as_deref() {
         None | Some("") => None,
-        Some(code) => Some(failure_of(code).ok_or_else(|| {
-            ErrorInfo::invalid_argument(format!(
-                "outcome.failure '{code}' is not one of connect, connect_refused, \
-                 connect_reset, connect_dns, connect_tls, timeout, timeout_connect, \
-                 timeout_first_byte, timeout_idle, timeout_total, malformed, cut_stream"
-            ))
-            .into_napi()
-        })?),
+        Some(code) => Some(failure_of(code)?),
     };
     let pairs: Vec<(&str, &[u8])> = headers
         .as_deref()

@@ -3,8 +3,16 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 
-import { AbortError, DeadlineError, DeniedError, GaveUpError, InvalidRequestError, StreamCutError } from '../index.js'
-import { chat, engine, policy, upstream } from './helpers.mjs'
+import {
+  AbortError,
+  DeadlineError,
+  DeniedError,
+  GaveUpError,
+  InvalidRequestError,
+  StreamCutError,
+  Tollgate,
+} from '../index.js'
+import { chat, engine, oneTargetPolicy, openCircuit, policy, upstream } from './helpers.mjs'
 
 test('send returns the JSON answer with usage and the charge', async (t) => {
   const up = upstream(t)
@@ -190,4 +198,37 @@ test('reload while 1,000 calls are in flight: none dropped, the new limit applie
     assert.ok(d.reason instanceof DeniedError)
     assert.equal(d.reason.budget, 'rpm')
   }
+})
+
+test('send waits for the only target while its circuit is open, then goes', async (t) => {
+  const up = upstream(t)
+  const tg = new Tollgate(oneTargetPolicy({ baseUrl: up.baseUrl, openFor: '150ms', maxRetryAfter: '60s' }))
+  openCircuit(tg)
+  assert.equal(tg.admit({ model: 'gpt-4o', promptTokens: 10 }).kind, 'wait')
+  const r = await tg.send(chat())
+  assert.equal(r.status, 200)
+  assert.equal(r.attempts, 1)
+  assert.equal(r.target.upstream, 'only')
+  assert.ok(r.queuedMs > 0, `it waited for the circuit (queuedMs ${r.queuedMs})`)
+  assert.equal(up.requests, 1, 'only the probe reached the upstream')
+  // The probe succeeded: the circuit is closed again.
+  const d = tg.admit({ model: 'gpt-4o', promptTokens: 10 })
+  assert.equal(d.kind, 'go')
+  d.permit.release()
+})
+
+test('send does not wait for an open circuit past max_retry_after or its deadline', async (t) => {
+  const up = upstream(t)
+  const unavailable = (e) => {
+    assert.ok(e instanceof DeniedError, e.stack)
+    assert.equal(e.code, 'unavailable')
+    return true
+  }
+  const short = new Tollgate(oneTargetPolicy({ baseUrl: up.baseUrl, openFor: '30s', maxRetryAfter: '10s' }))
+  openCircuit(short)
+  await assert.rejects(short.send(chat()), unavailable)
+  const long = new Tollgate(oneTargetPolicy({ baseUrl: up.baseUrl, openFor: '30s', maxRetryAfter: '60s' }))
+  openCircuit(long)
+  await assert.rejects(long.send(chat(), { deadline: 1000 }), unavailable)
+  assert.equal(up.requests, 0)
 })

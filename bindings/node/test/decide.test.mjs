@@ -5,7 +5,16 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
 
-import { Attempt, DeniedError, GaveUpError, Permit, PolicyError, Tollgate } from '../index.js'
+import {
+  Attempt,
+  DeniedError,
+  GaveUpError,
+  InvalidRequestError,
+  Permit,
+  PolicyError,
+  Tollgate,
+} from '../index.js'
+import { oneTargetPolicy, openCircuit } from './helpers.mjs'
 
 const perTenant = (rpm, extra = '') => `version = 1
 [[budget]]
@@ -123,6 +132,74 @@ backoff = { base = "100ms", max = "200ms" }
   assert.throws(() => tg.settle(e.permit, { failure: 'bogus' }), /bogus/)
 })
 
+// tollgate's failure codes (Failure::code in the Rust API), as attempt records report them.
+const FAILURE_CODES = [
+  'connect_refused',
+  'connect_reset',
+  'connect_dns',
+  'connect_tls',
+  'connect_other',
+  'timeout_connect',
+  'timeout_first_byte',
+  'timeout_idle',
+  'timeout_total',
+  'malformed',
+  'cut_stream',
+  'status_429',
+  'status_503',
+]
+// Short forms settle also takes, with the code they stand for.
+const FAILURE_ALIASES = {
+  connect: 'connect_other',
+  reset: 'connect_reset',
+  dns: 'connect_dns',
+  tls: 'connect_tls',
+  timeout: 'timeout_total',
+}
+
+test('settle takes every failure code (and the short forms), and records the code', () => {
+  const tg = new Tollgate('version = 1\n[retry]\nmax_attempts = 1\n')
+  const cases = [...FAILURE_CODES.map((c) => [c, c]), ...Object.entries(FAILURE_ALIASES)]
+  for (const [failure, code] of cases) {
+    const { permit } = tg.admit({ model: 'gpt-4o', promptTokens: 10 })
+    const v = tg.settle(permit, { failure })
+    assert.equal(v.kind, 'give_up', failure)
+    assert.equal(v.error.history.length, 1, failure)
+    assert.equal(v.error.history[0].outcome, code, failure)
+  }
+})
+
+test('settle refuses an unknown failure code, naming the codes; the permit stays unsettled', () => {
+  const tg = new Tollgate(`version = 1
+[[budget]]
+name = "one-at-a-time"
+concurrency = 1
+`)
+  const { permit } = tg.admit({ model: 'gpt-4o', promptTokens: 1 })
+  for (const bad of ['bogus', 'Reset', 'status_200', 'status_5xx']) {
+    assert.throws(
+      () => tg.settle(permit, { failure: bad }),
+      (e) => {
+        assert.ok(e instanceof InvalidRequestError, e.stack)
+        assert.equal(e.code, 'invalid_argument')
+        assert.ok(e.message.includes(`'${bad}' is not a failure code`), e.message)
+        for (const code of ['connect_refused', 'timeout_first_byte', 'cut_stream', 'status_NNN']) {
+          assert.ok(e.message.includes(code), `${code} in: ${e.message}`)
+        }
+        return true
+      },
+    )
+  }
+  // The refused settle took nothing: the permit still holds the one slot, and settles.
+  assert.equal(permit.settled, false)
+  assert.equal(tg.admit({ model: 'gpt-4o', promptTokens: 1 }).kind, 'deny')
+  assert.equal(tg.settle(permit, { failure: 'timeout_first_byte' }).kind, 'retry')
+  assert.equal(permit.settled, true)
+  const next = tg.admit({ model: 'gpt-4o', promptTokens: 1 })
+  assert.equal(next.kind, 'go')
+  next.permit.release()
+})
+
 test('a released permit frees its concurrency slot', () => {
   const tg = new Tollgate(`version = 1
 [[budget]]
@@ -215,5 +292,31 @@ test('many names: past the interned table names go as arguments', () => {
     assert.equal(d.kind, 'go')
     assert.deepEqual(d.permit.info().budgets, [['per-tenant', `tenant=tenant-${i}`]])
     tg.settle(d.permit, { status: 200 })
+  }
+})
+
+test('admit says wait (no budget) while the only target is open, within max_retry_after', async () => {
+  const tg = new Tollgate(oneTargetPolicy({ maxRetryAfter: '60s' }))
+  openCircuit(tg)
+  const call = { model: 'gpt-4o', promptTokens: 10, maxTokens: 10 }
+  for (const d of [tg.admit(call), await tg.admitAsync(call)]) {
+    assert.equal(d.kind, 'wait', JSON.stringify(d))
+    // Until the circuit half-opens: its open time, and a nanosecond.
+    assert.ok(d.afterMs > 29_000 && d.afterMs <= 30_000.001, `afterMs ${d.afterMs}`)
+    assert.equal(d.budget, '', 'no budget made it wait')
+    assert.equal(d.key, '')
+    assert.equal(d.limit, null)
+  }
+})
+
+test('admit refuses with unavailable when the open circuit outlasts max_retry_after', async () => {
+  const tg = new Tollgate(oneTargetPolicy({ maxRetryAfter: '10s' }))
+  openCircuit(tg)
+  const call = { model: 'gpt-4o', promptTokens: 10, maxTokens: 10 }
+  for (const d of [tg.admit(call), await tg.admitAsync(call)]) {
+    assert.equal(d.kind, 'deny', JSON.stringify(d))
+    assert.ok(d.error instanceof DeniedError)
+    assert.equal(d.error.code, 'unavailable')
+    assert.ok(d.error.retryAfterMs > 29_000 && d.error.retryAfterMs <= 30_000.001, `${d.error.retryAfterMs}`)
   }
 })

@@ -27,3 +27,35 @@ export function upstream(t, options) {
   t.after(() => up.close())
   return up
 }
+
+/**
+ * A policy whose one route target's circuit opens for `openFor` after four failures, and whose
+ * calls may wait up to `maxRetryAfter` for a target (the Rust tests' `one_target_open`).
+ */
+export function oneTargetPolicy({ baseUrl = 'http://127.0.0.1:9/v1', openFor = '30s', maxRetryAfter = '60s' } = {}) {
+  return `version = 1
+[[upstream]]
+name = "only"
+base_url = "${baseUrl}"
+[[route]]
+model = "gpt-4o"
+targets = [{ upstream = "only", model = "gpt-4o" }]
+[retry]
+max_retry_after = "${maxRetryAfter}"
+[breaker]
+window = 4
+min_calls = 4
+failure_rate = 0.5
+open_for = "${openFor}"
+half_open_calls = 1
+`
+}
+
+/** Opens the circuit of `tg`'s one target: four calls that end in a 500. */
+export function openCircuit(tg) {
+  for (let i = 0; i < 4; i++) {
+    const d = tg.admit({ model: 'gpt-4o', promptTokens: 10, maxTokens: 10 })
+    if (d.kind !== 'go') throw new Error(`call ${i + 1} did not go while the circuit was closed: ${d.kind}`)
+    tg.settle(d.permit, { status: 500 })
+  }
+}

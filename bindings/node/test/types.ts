@@ -1,7 +1,7 @@
 // Compiled (not run) by `npm run typecheck`: the declarations in index.d.ts fit the way the
 // README and the examples use the API, and `tollgate.fetch` fits the openai package's `fetch`.
 import OpenAI from 'openai'
-import { DeniedError, PolicyError, Tollgate, createFetch, type Verdict } from '../index.js'
+import { DeniedError, PolicyError, Tollgate, createFetch, type FailureCode, type Verdict } from '../index.js'
 import { TestUpstream } from '../testkit/index.js'
 
 export async function use(): Promise<number> {
@@ -14,6 +14,11 @@ export async function use(): Promise<number> {
     const v: Verdict = tg.settle(d.permit, { status: 200, usage: { prompt_tokens: 10, completion_tokens: 2 } })
     if (v.kind === 'retry') tg.admit({ model: 'gpt-4o', attempt: v.attempt })
     total += v.settlement.tokens
+    const failures: FailureCode[] = ['timeout_first_byte', 'status_503', 'cut_stream']
+    for (const failure of failures) tg.settle(d.permit, { failure })
+    tg.settle(d.permit, { failure: 'reset' })
+    // @ts-expect-error: not a failure code
+    tg.settle(d.permit, { failure: 'bogus' })
   } else if (d.kind === 'wait') {
     total += d.afterMs
   } else {
