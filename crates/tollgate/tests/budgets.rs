@@ -609,7 +609,7 @@ fn a_waiter_stops_at_the_calls_deadline() {
         panic!("room for one")
     };
     let mut waiter = e
-        .waiter(&call.clone().deadline(Duration::from_millis(200)))
+        .waiter(&call.deadline(Duration::from_millis(200)))
         .expect("valid call");
     match waiter.poll() {
         WaitPoll::Pending { until } => assert_eq!(until, 200_000_000, "its deadline, not 30 s"),
