@@ -22,7 +22,10 @@ impl Rate {
     /// A rate of `amount` units per `window_ns`, bursting up to `burst` units.
     pub fn new(amount: f64, window_ns: Nanos, burst: f64) -> Rate {
         let ns_per_unit = window_ns as f64 / amount;
-        let tau = (burst * ns_per_unit).round();
+        // Rounded up like every increment, so a call of exactly the burst fits (rounded to
+        // nearest, 7 a minute with a burst of 1 refused every call: 8571428571 ns of tolerance
+        // for an increment of 8571428572).
+        let tau = (burst * ns_per_unit).ceil();
         Rate {
             ns_per_unit,
             tau: if tau >= u64::MAX as f64 {
@@ -251,6 +254,19 @@ mod tests {
         adjust(&slot, c, rate.increment(15), 0);
         assert_eq!(slot.load(Ordering::SeqCst), 1_500 * MS);
         assert_eq!(wait_for(&slot, &rate, rate.increment(1), 0), 600 * MS);
+    }
+
+    #[test]
+    fn a_call_of_exactly_the_burst_fits() {
+        for amount in [7.0, 3.0, 11.0, 13.0, 600.0] {
+            for burst in [1.0, 2.0, 5.0] {
+                let rate = Rate::new(amount, 60_000_000_000, burst);
+                assert!(
+                    rate.fits(rate.increment(burst as u64)),
+                    "{amount}/min, burst {burst}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -236,7 +236,8 @@ impl fmt::Display for DenyReason {
             }
             DenyReason::StoreUnavailable { store, detail } => write!(
                 f,
-                "the shared budget store ({store}) is unavailable and the policy says                  on_failure = \"fail_closed\": {detail}"
+                "the shared budget store ({store}) is unavailable and the policy says \
+                 on_failure = \"fail_closed\": {detail}"
             ),
         }
     }
