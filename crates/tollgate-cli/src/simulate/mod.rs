@@ -61,9 +61,11 @@ How the FIRST attempt ends:
                  not billed
   headers        response headers, an object of string values: Retry-After, retry-after-ms,
                  x-should-retry and x-ratelimit-* are read by the engine
-  failure        a transport failure instead of a response: connect (refused), reset, dns, tls,
-                 timeout (total), timeout_connect, timeout_first_byte, timeout_idle, malformed,
-                 cut_stream
+  failure        a transport failure instead of a response, by the code attempt records show:
+                 connect_refused, connect_reset, connect_dns, connect_tls, connect_other,
+                 timeout_connect, timeout_first_byte, timeout_idle, timeout_total, malformed,
+                 cut_stream; or a short form: connect (= connect_other), reset, dns, tls,
+                 timeout (= timeout_total)
   then           an array of outcome objects (status, headers, usage, latency_ms, failure) for
                  attempts 2, 3, ...; once it runs out, later attempts succeed (with the row's
                  usage, else status 200 with usage unknown)
@@ -203,4 +205,21 @@ pub(crate) fn run(args: &SimulateArgs) -> u8 {
 
 fn ms_to_ns(ms: u64) -> u64 {
     ms.saturating_mul(1_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use tollgate::retry::Failure;
+
+    use crate::trace::FAILURE_SHORT_FORMS;
+
+    #[test]
+    fn help_lists_every_failure_name() {
+        for f in Failure::TRANSPORT {
+            assert!(super::LONG_ABOUT.contains(&*f.code()), "{f:?}");
+        }
+        for short in FAILURE_SHORT_FORMS {
+            assert!(super::LONG_ABOUT.contains(&format!(" {short}")), "{short}");
+        }
+    }
 }
