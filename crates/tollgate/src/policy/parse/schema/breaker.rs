@@ -67,7 +67,9 @@ fn breaker_count(cx: &mut Cx, node: &Node, path: &str) -> Option<u32> {
 /// `window = 20` (the last 20 calls) or `window = "30s"` (the calls of the last 30 seconds).
 fn breaker_window(cx: &mut Cx, node: &Node, path: &str) -> Option<BreakerWindow> {
     match &node.kind {
-        Kind::Int(_) | Kind::Float(_) => breaker_count(cx, node, path).map(BreakerWindow::Calls),
+        Kind::Int(_) | Kind::Float(_) | Kind::BigInt(..) => {
+            breaker_count(cx, node, path).map(BreakerWindow::Calls)
+        }
         Kind::Str(s) => {
             let trimmed = s.trim();
             if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {

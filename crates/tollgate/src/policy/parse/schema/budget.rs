@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::defaults::key_capacity;
+use super::limits;
 use crate::policy::parse::read::{
     Cx, Table, choice, duration, index, name, positive, strings, whole,
 };
@@ -157,29 +158,43 @@ pub(super) fn budget(
         );
         return None;
     }
-    if !limits_ok || !lease_ok {
+    // Each limit's burst, and whether the budget's timeline can hold it.
+    let mut spans_ok = true;
+    let mut budget_burst_refused = false;
+    let budget_burst = t.get("burst").map(|n| (t.path("burst"), n));
+    let mut checked = Vec::with_capacity(limits.len());
+    for l in limits {
+        let (burst, from) = match (l.own, l.kind.unit(), &budget_burst) {
+            (Some((b, p, n)), _, _) => (b, limits::BurstFrom::Own(p, n)),
+            (None, Unit::Requests, Some((p, n))) => (
+                burst.unwrap_or(1.0),
+                limits::BurstFrom::Budget(p.clone(), n),
+            ),
+            (None, Unit::Requests, None) => (l.amount.max(1.0), limits::BurstFrom::Default),
+            (None, _, _) => (l.amount, limits::BurstFrom::Default),
+        };
+        // The budget's burst applies to each request limit: one error about it is enough.
+        let of_budget = matches!(from, limits::BurstFrom::Budget(..));
+        if !(of_budget && budget_burst_refused) {
+            let (path, node) = &l.amount_at;
+            let ok = limits::check_span(cx, l.kind, l.amount, burst, &from, (path, node));
+            budget_burst_refused |= of_budget && !ok;
+            spans_ok &= ok;
+        }
+        checked.push(Limit {
+            kind: l.kind,
+            amount: l.amount,
+            burst,
+        });
+    }
+    if !limits_ok || !lease_ok || !spans_ok {
         return None;
     }
-    let limits = limits
-        .into_iter()
-        .map(|(kind, amount, own)| {
-            let burst = match (own, kind.unit()) {
-                (Some(b), _) => b,
-                (None, Unit::Requests) => burst.unwrap_or(amount.max(1.0)),
-                (None, _) => amount,
-            };
-            Limit {
-                kind,
-                amount,
-                burst,
-            }
-        })
-        .collect();
     Some(Budget {
         name: budget_name?,
         scope: scope?,
         matcher: matcher?,
-        limits,
+        limits: checked,
         concurrency: concurrency?,
         when_exhausted: when_exhausted?,
         key_capacity: key_capacity?,
@@ -245,37 +260,44 @@ fn lease(cx: &mut Cx, node: &Node, path: &str) -> Option<Lease> {
     })
 }
 
-/// A limit: a number, or `{ limit = N, burst = B }`. Returns the kind, amount and own burst.
-fn limit(
-    cx: &mut Cx,
-    node: &Node,
-    path: &str,
+/// A limit as read, with where its amount and its own burst were written.
+struct ReadLimit<'n> {
     kind: LimitKind,
-) -> Option<(LimitKind, f64, Option<f64>)> {
+    amount: f64,
+    /// Path and node of the amount (the number, or `limit` of the table).
+    amount_at: (String, &'n Node),
+    /// `burst` of `{ limit, burst }`, with its path and node.
+    own: Option<(f64, String, &'n Node)>,
+}
+
+/// A limit: a number, or `{ limit = N, burst = B }`, each within what a budget can hold (see
+/// [`limits`](super::limits)).
+fn limit<'n>(cx: &mut Cx, node: &'n Node, path: &str, kind: LimitKind) -> Option<ReadLimit<'n>> {
     match &node.kind {
-        Kind::Int(_) | Kind::Float(_) => positive(cx, node, path).map(|a| (kind, a, None)),
+        Kind::Int(_) | Kind::Float(_) | Kind::BigInt(..) => limits::amount(cx, node, path, kind)
+            .map(|amount| ReadLimit {
+                kind,
+                amount,
+                amount_at: (path.to_owned(), node),
+                own: None,
+            }),
         Kind::Table(_) => {
             let t = Table::read(cx, node, path, "{ limit = 600, burst = 50 }")?;
             t.check_keys(cx, &["limit", "burst"]);
-            let amount = t.req(cx, "limit", "limit = 600", positive);
-            let burst = t.maybe(cx, "burst", |cx, n, p| {
-                let b = positive(cx, n, p)?;
-                if kind.unit() == Unit::Requests && b < 1.0 {
-                    cx.err(
-                        p,
-                        n.pos,
-                        format!(
-                            "must be at least 1 for {}, got {}; a burst below one request could \
-                             never admit a call",
-                            kind.as_str(),
-                            cx.show(n)
-                        ),
-                    );
-                    return None;
-                }
-                Some(b)
+            let amount = t.req(cx, "limit", "limit = 600", |cx, n, p| {
+                limits::amount(cx, n, p, kind)
             });
-            Some((kind, amount?, burst?))
+            let burst = t.maybe(cx, "burst", |cx, n, p| limits::own_burst(cx, n, p, kind));
+            let own = match (burst?, t.get("burst")) {
+                (Some(b), Some(n)) => Some((b, t.path("burst"), n)),
+                _ => None,
+            };
+            Some(ReadLimit {
+                kind,
+                amount: amount?,
+                amount_at: (t.path("limit"), t.get("limit")?),
+                own,
+            })
         }
         _ => {
             cx.err(

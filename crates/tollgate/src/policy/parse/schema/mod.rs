@@ -7,6 +7,7 @@ mod breaker;
 mod budget;
 mod cache;
 mod defaults;
+mod limits;
 mod prices;
 mod redis;
 mod retry;
@@ -85,7 +86,7 @@ fn version(cx: &mut Cx, node: &Node, path: &str) -> Option<u32> {
     match node.kind {
         Kind::Int(1) => Some(1),
         Kind::Float(1.0) => Some(1),
-        Kind::Int(_) | Kind::Float(_) => {
+        Kind::Int(_) | Kind::Float(_) | Kind::BigInt(..) => {
             cx.err(
                 path,
                 node.pos,

@@ -114,7 +114,7 @@ fn retry_on(cx: &mut Cx, node: &Node, path: &str) -> Option<Vec<RetryOn>> {
     for (i, item) in items.iter().enumerate() {
         let p = index(path, i);
         let value = match &item.kind {
-            Kind::Int(_) | Kind::Float(_) => whole(cx, item, &p, 100, 599)
+            Kind::Int(_) | Kind::Float(_) | Kind::BigInt(..) => whole(cx, item, &p, 100, 599)
                 .and_then(|v| u16::try_from(v).ok())
                 .map(RetryOn::Status),
             Kind::Str(s) if s.parse::<u16>().is_ok() => {
