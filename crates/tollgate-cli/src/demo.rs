@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 use tollgate::policy::{Auth, ScopeDim, Unit};
 use tollgate::rng::SplitMix64;
-use tollgate::{CallError, ChatRequest, Engine, Policy, Source};
+use tollgate::{CallError, ChatRequest, Denial, Engine, Policy, Source};
 use tollgate_testkit::{Arrival, FaultMix, TestUpstream};
 
 use crate::fmt::{Table, money};
@@ -255,7 +255,7 @@ async fn one_call(
         Ok(()) => row.ok = true,
         Err(CallError::Denied(d)) => {
             row.waited = row.latency > Duration::from_millis(5);
-            row.denied = Some(d.budget.as_deref().unwrap_or(d.code()).to_owned());
+            row.denied = Some(denied_as(&d));
         }
         Err(CallError::GaveUp { reason, .. }) => {
             row.failed = Some(format!("gave up ({})", reason.code));
@@ -379,23 +379,44 @@ fn print_tenants(rows: &[Row]) {
     add("all", &all, &mut table);
     println!("\nPer tenant (latency of answered calls, waiting included):");
     print!("{}", table.render(2));
-    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    for r in rows {
-        if let Some(d) = &r.denied {
-            *reasons
-                .entry(format!("denied by budget '{d}'"))
-                .or_default() += 1;
-        }
-        if let Some(f) = &r.failed {
-            *reasons.entry(format!("failed: {f}")).or_default() += 1;
-        }
-    }
+    let reasons = unanswered(rows);
     if !reasons.is_empty() {
         println!("\nWhy calls did not get an answer:");
         for (why, n) in reasons {
             println!("  {n:>5}  {why}");
         }
     }
+}
+
+/// How a denied call is counted in "why calls did not get an answer": by the deciding budget
+/// when a budget decided, else by what the denial's code means, with the code.
+fn denied_as(d: &Denial) -> String {
+    if let Some(budget) = &d.budget {
+        return format!("denied by budget '{budget}'");
+    }
+    let what = match d.code() {
+        "unavailable" => "no target available",
+        "store_unavailable" => "budget store unavailable",
+        "unknown_price" => "no price for the model",
+        "context_window" => "over the model's context window",
+        "invalid_request" => "invalid request",
+        _ => "denied",
+    };
+    format!("{what} ({})", d.code())
+}
+
+/// Why calls did not get an answer: each denial (see [`denied_as`]) and failure, with its count.
+fn unanswered(rows: &[Row]) -> BTreeMap<String, usize> {
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for r in rows {
+        if let Some(d) = &r.denied {
+            *reasons.entry(d.clone()).or_default() += 1;
+        }
+        if let Some(f) = &r.failed {
+            *reasons.entry(format!("failed: {f}")).or_default() += 1;
+        }
+    }
+    reasons
 }
 
 /// Time between admission and arrival that the self-check allows for (a new connection, a
@@ -521,4 +542,57 @@ fn pick<T: Copy>(items: &[(T, u32)], draw: u64) -> T {
         x -= u64::from(*w);
     }
     items[0].0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tollgate::DenyReason;
+    use tollgate::policy::LimitKind;
+
+    use super::*;
+
+    #[test]
+    fn a_denial_without_a_budget_is_shown_by_its_reason_not_as_a_budget() {
+        let unavailable = Denial {
+            budget: None,
+            key: None,
+            reason: DenyReason::Unavailable {
+                route: "gpt-4o".into(),
+                detail: "openai/gpt-4o: circuit open".into(),
+                retry_in: None,
+            },
+        };
+        let exhausted = Denial {
+            budget: Some(Arc::from("per-model")),
+            key: Some(Arc::from("model=gpt-4o")),
+            reason: DenyReason::Exhausted {
+                limit: LimitKind::RequestsPerSecond,
+                retry_after: Duration::from_millis(20),
+            },
+        };
+        let row = |denied: Option<String>, failed: Option<&str>| Row {
+            denied,
+            failed: failed.map(str::to_owned),
+            ..Row::default()
+        };
+        let rows = [
+            row(Some(denied_as(&unavailable)), None),
+            row(Some(denied_as(&unavailable)), None),
+            row(Some(denied_as(&exhausted)), None),
+            row(None, Some("gave up (attempts_exhausted)")),
+            row(None, None),
+        ];
+        let reasons: Vec<(String, usize)> = unanswered(&rows).into_iter().collect();
+        assert_eq!(
+            reasons,
+            [
+                ("denied by budget 'per-model'".to_owned(), 1),
+                ("failed: gave up (attempts_exhausted)".to_owned(), 1),
+                ("no target available (unavailable)".to_owned(), 2),
+            ]
+        );
+    }
 }

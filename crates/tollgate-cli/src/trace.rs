@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use tollgate::policy::Glob;
-use tollgate::retry::{ConnectKind, Failure, TimeoutKind};
+use tollgate::retry::Failure;
 use tollgate::tokens::Usage;
 use tollgate::{Call, Outcome, Prompt};
 
@@ -56,22 +56,29 @@ pub(crate) const INCIDENT_FIELDS: &[&str] = &[
     "note",
 ];
 
-/// The names `failure` accepts, with the failure each stands for.
-pub(crate) const FAILURES: &[(&str, Failure)] = &[
-    ("connect", Failure::Connect(ConnectKind::Refused)),
-    ("reset", Failure::Connect(ConnectKind::Reset)),
-    ("dns", Failure::Connect(ConnectKind::Dns)),
-    ("tls", Failure::Connect(ConnectKind::Tls)),
-    ("timeout", Failure::Timeout(TimeoutKind::Total)),
-    ("timeout_connect", Failure::Timeout(TimeoutKind::Connect)),
-    (
-        "timeout_first_byte",
-        Failure::Timeout(TimeoutKind::FirstByte),
-    ),
-    ("timeout_idle", Failure::Timeout(TimeoutKind::Idle)),
-    ("malformed", Failure::Malformed),
-    ("cut_stream", Failure::CutStream),
-];
+/// The short forms `failure` accepts besides the codes of [`Failure::TRANSPORT`]. They mean
+/// what [`Failure::from_code`] reads them as: `connect` is a connection failure of no known kind
+/// (`connect_other`), `reset`, `dns` and `tls` are `connect_reset`, `connect_dns` and
+/// `connect_tls`, and `timeout` is the total timeout (`timeout_total`).
+pub(crate) const FAILURE_SHORT_FORMS: [&str; 5] = ["connect", "reset", "dns", "tls", "timeout"];
+
+/// Reads a `failure` (`at` is its place, such as `then[0].`): a transport failure's code, the
+/// one the engine writes in attempt records (`connect_refused`, `timeout_first_byte`, ...), or
+/// one of [`FAILURE_SHORT_FORMS`]. A status code is refused: that is what `status` is for.
+pub(crate) fn parse_failure(name: &str, at: &str) -> Result<Failure, String> {
+    match Failure::from_code(name) {
+        Some(Failure::Status(s)) => Err(format!(
+            "\"{at}failure\" \"{name}\" is an HTTP status, not a transport failure; write \
+             \"{at}status\": {s} instead"
+        )),
+        Some(f) => Ok(f),
+        None => Err(format!(
+            "unknown \"{at}failure\" \"{name}\"; use one of {}, or the short forms {}",
+            Failure::TRANSPORT.map(|f| f.code()).join(", "),
+            FAILURE_SHORT_FORMS.join(", ")
+        )),
+    }
+}
 
 /// The prompt of a row, in whichever form the row gives it.
 #[derive(Debug, Clone)]
@@ -264,11 +271,7 @@ impl Incident {
         let o = &self.outcome;
         let mut effect: Vec<String> = vec![];
         if let Some(f) = o.failure {
-            let name = FAILURES
-                .iter()
-                .find(|(_, g)| *g == f)
-                .map_or("failure", |(n, _)| n);
-            effect.push(name.to_owned());
+            effect.push(f.code().into_owned());
         }
         if let Some(s) = o.status {
             effect.push(format!("status {s}"));
@@ -551,19 +554,7 @@ fn parse_outcome(obj: &Map<String, Value>, at: &str) -> Result<OutcomeSpec, Stri
     };
     let failure = match opt_str(obj, "failure")? {
         None => None,
-        Some(name) => Some(
-            FAILURES
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, f)| *f)
-                .ok_or_else(|| {
-                    let names: Vec<&str> = FAILURES.iter().map(|(n, _)| *n).collect();
-                    format!(
-                        "unknown \"{at}failure\" \"{name}\"; use one of {}",
-                        names.join(", ")
-                    )
-                })?,
-        ),
+        Some(name) => Some(parse_failure(&name, at)?),
     };
     Ok(OutcomeSpec {
         status,
@@ -624,6 +615,7 @@ fn show(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate::retry::{ConnectKind, TimeoutKind};
 
     fn parse(text: &str) -> Result<Row, String> {
         parse_call(1, text, &mut Vec::new())
@@ -739,5 +731,43 @@ mod tests {
         ] {
             assert!(parse_line(1, bad, &mut unknown).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn failure_takes_the_engine_codes_and_their_short_forms() {
+        for f in Failure::TRANSPORT {
+            assert_eq!(parse_failure(&f.code(), ""), Ok(f), "{f:?}");
+        }
+        // The short forms mean what Failure::from_code says: "connect" is a connection failure
+        // of no known kind (before the shared vocabulary the CLI read it as a refused one).
+        for (short, f) in [
+            ("connect", Failure::Connect(ConnectKind::Other)),
+            ("reset", Failure::Connect(ConnectKind::Reset)),
+            ("dns", Failure::Connect(ConnectKind::Dns)),
+            ("tls", Failure::Connect(ConnectKind::Tls)),
+            ("timeout", Failure::Timeout(TimeoutKind::Total)),
+        ] {
+            assert!(FAILURE_SHORT_FORMS.contains(&short), "{short}");
+            assert_eq!(parse_failure(short, ""), Ok(f), "{short}");
+        }
+        let e = parse_failure("status_503", "then[0].").unwrap_err();
+        assert!(e.contains("write \"then[0].status\": 503 instead"), "{e}");
+        let e = parse_failure("Reset", "").unwrap_err();
+        assert!(
+            e.contains("\"Reset\"")
+                && e.contains("connect_refused")
+                && e.contains("timeout_total")
+                && e.contains("the short forms connect, reset, dns, tls, timeout"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_incident_names_its_failure_by_its_code() {
+        let line = r#"{"incident": {"upstream": "openai", "from_ms": 10, "to_ms": 20, "failure": "reset"}}"#;
+        let Ok(Line::Incident(i)) = parse_line(1, line, &mut Vec::new()) else {
+            panic!("an incident");
+        };
+        assert_eq!(i.describe(), "openai/* 10..20 ms: connect_reset");
     }
 }

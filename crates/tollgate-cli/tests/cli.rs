@@ -619,6 +619,38 @@ fn simulate_names_a_bad_failure_and_skips_its_line() {
 }
 
 #[test]
+fn simulate_reads_failures_by_the_engines_codes() {
+    // The attempt records' codes are read back as they are written, and a short form means what
+    // Failure::from_code says: "connect" is a connection failure of no known kind.
+    let trace = "{\"at_ms\": 0, \"model\": \"gpt-4o\", \"failure\": \"connect_refused\"}\n\
+                 {\"at_ms\": 1, \"model\": \"gpt-4o\", \"failure\": \"connect\"}\n\
+                 {\"at_ms\": 2, \"model\": \"gpt-4o\", \"failure\": \"timeout\"}\n\
+                 {\"at_ms\": 3, \"model\": \"gpt-4o\", \"failure\": \"status_503\"}\n";
+    let r = simulate("sim-failure-codes", ROUTED, trace, &[]);
+    assert_eq!(r.code, 2, "stderr: {}", r.stderr);
+    let calls = json_lines(&r.stdout);
+    let outcomes: Vec<&str> = calls
+        .iter()
+        .map(|c| c["attempts"][0]["outcome"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["connect_refused", "connect_other", "timeout_total"]
+    );
+    assert!(
+        r.stderr
+            .contains("trace.jsonl:4: \"failure\" \"status_503\" is an HTTP status"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("write \"status\": 503 instead"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn simulate_replays_the_bundled_incident() {
     let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policy.toml");
     let trace = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/incident.jsonl");

@@ -622,6 +622,293 @@ fn every_problem_at_once_in_json() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Range of limits: what a budget's timeline (64-bit nanoseconds) and its counters can hold
+
+/// The one limit of budget "b" (for a limit written as `text`), or the only error.
+fn one_limit(text: &str) -> Result<tollgate::policy::Limit, PolicyError> {
+    match Policy::from_toml(&format!("{BUDGET}{text}\n")) {
+        Ok(p) => Ok(p.budgets[0].limits[0]),
+        Err(PolicyErrors { mut errors }) => {
+            assert_eq!(errors.len(), 1, "expected one error, got {errors:#?}");
+            Err(errors.remove(0))
+        }
+    }
+}
+
+#[test]
+fn every_limit_kind_is_accepted_at_its_largest_and_refused_just_beyond() {
+    // (field, largest accepted, the next value up, as written in TOML, and the reason shown)
+    let cases = [
+        (
+            "requests_per_second",
+            "1000000000",
+            "1000000001",
+            "one request per nanosecond",
+        ),
+        (
+            "requests_per_minute",
+            "60000000000",
+            "60000000001",
+            "one request per nanosecond",
+        ),
+        (
+            "requests_per_hour",
+            "3600000000000",
+            "3600000000001",
+            "one request per nanosecond",
+        ),
+        (
+            "requests_per_day",
+            "86400000000000",
+            "86400000000001",
+            "one request per nanosecond",
+        ),
+        (
+            "tokens_per_minute",
+            "1.844674407370955e19",
+            "1.8446744073709552e19",
+            "a budget counts tokens in 64-bit integers",
+        ),
+        (
+            "tokens_per_hour",
+            "1.844674407370955e19",
+            "1.8446744073709552e19",
+            "a budget counts tokens in 64-bit integers",
+        ),
+        (
+            "tokens_per_day",
+            "1.844674407370955e19",
+            "1.8446744073709552e19",
+            "a budget counts tokens in 64-bit integers",
+        ),
+        (
+            "spend_per_day",
+            "18446744073.70955",
+            "18446744073.709553",
+            "a budget counts money in billionths, in 64-bit integers",
+        ),
+        (
+            "spend_per_month",
+            "18446744073.70955",
+            "18446744073.709553",
+            "a budget counts money in billionths, in 64-bit integers",
+        ),
+    ];
+    for (field, largest, beyond, why) in cases {
+        let limit = one_limit(&format!("{field} = {largest}"))
+            .unwrap_or_else(|e| panic!("{field} = {largest}: {e}"));
+        assert_eq!(limit.amount, largest.parse::<f64>().expect("a number"));
+        let e = one_limit(&format!("{field} = {beyond}")).expect_err(beyond);
+        check(
+            &e,
+            &format!("budget[0].{field}"),
+            4,
+            u32::try_from(field.len()).expect("short") + 4,
+            &format!("must be at most {largest} ({why}"),
+        );
+        assert!(
+            e.message
+                .ends_with(&format!("got {beyond}; write {largest} or less")),
+            "{e}"
+        );
+        // The same bound for `{ limit, burst }`.
+        let e = one_limit(&format!("{field} = {{ limit = {beyond} }}")).expect_err(beyond);
+        assert_eq!(e.path, format!("budget[0].{field}.limit"));
+        assert!(
+            e.message.starts_with(&format!("must be at most {largest}")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn a_request_limit_finer_than_a_nanosecond_is_refused() {
+    // 2e9 a second would be charged 1 ns a request, half the limit; with burst = 1, nothing fits.
+    for text in [
+        "requests_per_second = 2000000000",
+        "requests_per_second = 3e9\nburst = 1",
+    ] {
+        let e = one_limit(text).expect_err(text);
+        check(
+            &e,
+            "budget[0].requests_per_second",
+            4,
+            23,
+            "must be at most 1000000000 (one request per nanosecond, the finest time a budget \
+             keeps)",
+        );
+    }
+    // Tokens are charged per call, so a token limit may be finer than one token per nanosecond.
+    assert_eq!(
+        one_limit("tokens_per_minute = 1e12").map(|l| l.amount),
+        Ok(1e12)
+    );
+}
+
+#[test]
+fn an_integer_beyond_toml_range_gets_a_clear_error() {
+    let beyond = "which is beyond TOML's 64-bit integers (-9223372036854775808 to \
+                  9223372036854775807)";
+    let e = one_limit("requests_per_second = 9223372036854775808").expect_err("too big");
+    check(
+        &e,
+        "budget[0].requests_per_second",
+        4,
+        23,
+        &format!(
+            "must be at most 1000000000 (one request per nanosecond, the finest time a budget \
+             keeps), got 9223372036854775808, {beyond}; write 1000000000 or less"
+        ),
+    );
+    // Far beyond 128 bits too: an integer, not a string.
+    let huge = "1".repeat(60);
+    let e = one_limit(&format!("requests_per_minute = {huge}")).expect_err("huge");
+    assert!(e.message.contains(&format!("got {huge}, {beyond}")), "{e}");
+    // A token count between 2^63 and 2^64 is fine, written as a float.
+    let e = one_limit("tokens_per_minute = 10000000000000000000").expect_err("integer");
+    check(
+        &e,
+        "budget[0].tokens_per_minute",
+        4,
+        21,
+        "10000000000000000000 is beyond TOML's 64-bit integers (at most 9223372036854775807); \
+         write it with an exponent, such as 1e19",
+    );
+    assert_eq!(
+        one_limit("tokens_per_minute = 1e19").map(|l| l.amount),
+        Ok(1e19)
+    );
+    assert_eq!(
+        one_limit("tokens_per_minute = 9223372036854775807").map(|l| l.amount),
+        Ok(9_223_372_036_854_775_807.0)
+    );
+    let e = one_limit("requests_per_second = -9223372036854775809").expect_err("negative");
+    assert!(
+        e.message.starts_with(&format!(
+            "must be a positive number, got -9223372036854775809, {beyond}"
+        )),
+        "{e}"
+    );
+    // Whole-number fields name their range.
+    let e = only(&format!("{BUDGET}concurrency = 99999999999999999999\n"));
+    check(
+        &e,
+        "budget[0].concurrency",
+        4,
+        15,
+        &format!("must be a whole number from 1 to 4294967295, got 99999999999999999999, {beyond}"),
+    );
+}
+
+#[test]
+fn a_burst_spans_between_a_nanosecond_and_2_to_the_63_nanoseconds() {
+    // 6e14 tokens a minute refill 10000 tokens a nanosecond: a smaller burst holds no call.
+    let limit = "tokens_per_minute = { limit = 600000000000000, burst";
+    assert_eq!(
+        one_limit(&format!("{limit} = 10000 }}")).map(|l| l.burst),
+        Ok(10000.0)
+    );
+    let e = one_limit(&format!("{limit} = 9999 }}")).expect_err("below a nanosecond");
+    check(
+        &e,
+        "budget[0].tokens_per_minute.burst",
+        4,
+        56,
+        "must be at least 10000 for tokens_per_minute = 600000000000000, got 9999: that is less \
+         than the limit refills in one nanosecond, the finest time a budget keeps, so no call \
+         could ever fit; raise the burst to 10000 or more, or lower the limit",
+    );
+    // One token a day refills 106751.99 tokens in 2^63 ns (about 292 years).
+    assert!(one_limit("tokens_per_day = { limit = 1, burst = 106751 }").is_ok());
+    let e = one_limit("tokens_per_day = { limit = 1, burst = 106752 }").expect_err("too long");
+    check(
+        &e,
+        "budget[0].tokens_per_day.burst",
+        4,
+        39,
+        "must be at most 106751.99116730064 for tokens_per_day = 1, got 106752: refilling a \
+         larger burst would take more than 2^63 ns (about 292 years), the longest a budget \
+         keeps; lower the burst or raise the limit",
+    );
+    // The budget's own burst, for its request limits.
+    assert!(one_limit("requests_per_day = 1\nburst = 106751").is_ok());
+    let e = one_limit("requests_per_day = 1\nburst = 106752").expect_err("too long");
+    check(
+        &e,
+        "budget[0].burst",
+        5,
+        9,
+        "must be at most 106751.99116730064 for requests_per_day = 1",
+    );
+    // A request limit below one bursts one request: one in 2^63 ns at the least.
+    let least = "9.367506770274758e-6";
+    assert_eq!(
+        one_limit(&format!("requests_per_day = {least}")).map(|l| (l.amount, l.burst)),
+        Ok((9.367506770274758e-6, 1.0))
+    );
+    let e = one_limit("requests_per_day = 9.367506770274757e-6").expect_err("too small");
+    check(
+        &e,
+        "budget[0].requests_per_day",
+        4,
+        20,
+        &format!(
+            "must be at least {least} (one request in 2^63 ns, about 292 years, the longest a \
+             budget keeps), got 9.367506770274757e-6; write {least} or more"
+        ),
+    );
+}
+
+#[test]
+fn concurrency_and_key_capacity_at_their_bounds() {
+    let p = Policy::from_toml(&format!(
+        "{BUDGET}concurrency = 4294967295\nkey_capacity = 10000000\n"
+    ))
+    .expect("valid");
+    assert_eq!(p.budgets[0].concurrency, Some(u32::MAX));
+    assert_eq!(p.budgets[0].key_capacity, 10_000_000);
+    let e = only(&format!("{BUDGET}concurrency = 4294967296\n"));
+    check(
+        &e,
+        "budget[0].concurrency",
+        4,
+        15,
+        "must be a whole number from 1 to 4294967295, got 4294967296",
+    );
+    let e = only(&format!(
+        "{BUDGET}concurrency = 1\nkey_capacity = 10000001\n"
+    ));
+    check(
+        &e,
+        "budget[0].key_capacity",
+        5,
+        16,
+        "must be a whole number from 1 to 10000000, got 10000001",
+    );
+}
+
+#[test]
+fn limits_in_json_are_checked_the_same_way() {
+    let errors = refused_json(
+        r#"{"version": 1, "budget": [{"name": "b", "requests_per_second": 18446744073709551615,
+            "tokens_per_minute": {"limit": 600000000000000, "burst": 9999}}]}"#,
+    );
+    let found: Vec<(&str, bool)> = errors
+        .iter()
+        .map(|e| (e.path.as_str(), e.line.is_none()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("budget[0].requests_per_second", true),
+            ("budget[0].tokens_per_minute.burst", true)
+        ]
+    );
+    assert!(errors[0].message.starts_with("must be at most 1000000000"));
+    assert!(errors[1].message.starts_with("must be at least 10000"));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Good input
 
 #[test]

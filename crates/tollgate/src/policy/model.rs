@@ -585,9 +585,11 @@ impl LimitKind {
 pub struct Limit {
     /// What and over which window.
     pub kind: LimitKind,
-    /// Amount per window: calls, tokens, or money (> 0, finite).
+    /// Amount per window: calls, tokens, or money (> 0, finite). A parsed policy holds at most
+    /// one request per nanosecond of the window, and tokens and money (in billionths) below 2^64.
     pub amount: f64,
-    /// Most that may be used at once; defaults to `amount` (at least 1 for request limits).
+    /// Most that may be used at once; defaults to `amount` (at least 1 for request limits). In a
+    /// parsed policy it refills in at least one nanosecond and at most 2^63 ns (about 292 years).
     pub burst: f64,
 }
 

@@ -57,6 +57,7 @@ impl<'s> Cx<'s> {
         match &node.kind {
             Kind::Str(s) if !self.redact => quote(s),
             Kind::Int(i) => i.to_string(),
+            Kind::BigInt(text, _) => text.clone(),
             Kind::Float(f) => show_float(*f),
             Kind::Bool(b) => b.to_string(),
             _ => node.type_name().to_owned(),
@@ -266,6 +267,11 @@ pub(crate) fn whole(cx: &mut Cx, node: &Node, path: &str, min: u64, max: u64) ->
     let value = match node.kind {
         Kind::Int(i) => Some(i),
         Kind::Float(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e30 => Some(f as i128),
+        // Only the sign matters beyond this: the value is out of range either way.
+        Kind::Float(f) if f.is_finite() && f.fract() == 0.0 => {
+            Some(if f > 0.0 { i128::MAX } else { i128::MIN })
+        }
+        Kind::BigInt(_, f) => Some(if f > 0.0 { i128::MAX } else { i128::MIN }),
         _ => None,
     };
     let expected = if min == 1 && max >= u64::from(u32::MAX) {
@@ -277,7 +283,20 @@ pub(crate) fn whole(cx: &mut Cx, node: &Node, path: &str, min: u64, max: u64) ->
     };
     match value {
         Some(v) if v >= i128::from(min) && v <= i128::from(max) => u64::try_from(v).ok(),
-        Some(_) if matches!(node.kind, Kind::Int(_) | Kind::Float(_)) => {
+        // Above the range: name the range, as "a positive whole number" would not say why.
+        Some(v) if v > i128::from(max) => {
+            cx.err(
+                path,
+                node.pos,
+                format!(
+                    "must be a whole number from {min} to {max}, got {}{}",
+                    cx.show(node),
+                    beyond_toml(node)
+                ),
+            );
+            None
+        }
+        Some(_) if matches!(node.kind, Kind::Int(_) | Kind::Float(_) | Kind::BigInt(..)) => {
             let fix = if min == 1 {
                 "; use a positive number or remove the line"
             } else {
@@ -286,7 +305,11 @@ pub(crate) fn whole(cx: &mut Cx, node: &Node, path: &str, min: u64, max: u64) ->
             cx.err(
                 path,
                 node.pos,
-                format!("must be {expected}, got {}{fix}", cx.show(node)),
+                format!(
+                    "must be {expected}, got {}{}{fix}",
+                    cx.show(node),
+                    beyond_toml(node)
+                ),
             );
             None
         }
@@ -301,11 +324,38 @@ pub(crate) fn whole(cx: &mut Cx, node: &Node, path: &str, min: u64, max: u64) ->
     }
 }
 
+/// Largest TOML integer (TOML's are 64-bit; JSON integers are read up to 2^64 - 1).
+pub(crate) const TOML_INT_MAX: i64 = i64::MAX;
+
+/// What to add after a value shown in a message when it is a TOML integer beyond 64 bits
+/// (`", which is beyond TOML's 64-bit integers (...)"`); else nothing.
+pub(crate) fn beyond_toml(node: &Node) -> String {
+    match node.kind {
+        Kind::BigInt(..) => format!(
+            ", which is beyond TOML's 64-bit integers (-{} to {TOML_INT_MAX})",
+            i128::from(TOML_INT_MAX) + 1
+        ),
+        _ => String::new(),
+    }
+}
+
 /// A finite number.
 pub(crate) fn number(cx: &mut Cx, node: &Node, path: &str, expected: &str) -> Option<f64> {
     let value = match node.kind {
         Kind::Int(i) => i as f64,
         Kind::Float(f) => f,
+        Kind::BigInt(..) => {
+            cx.err(
+                path,
+                node.pos,
+                format!(
+                    "must be {expected}, got {}{}",
+                    cx.show(node),
+                    beyond_toml(node)
+                ),
+            );
+            return None;
+        }
         _ => {
             cx.err(
                 path,

@@ -24,6 +24,9 @@ pub(crate) struct Key {
 pub(crate) enum Kind {
     Str(String),
     Int(i128),
+    /// A TOML integer outside TOML's 64-bit range, which TOML refuses: as written, and its value
+    /// (approximately). Every reader refuses it with a message saying so.
+    BigInt(String, f64),
     Float(f64),
     Bool(bool),
     Datetime,
@@ -37,7 +40,7 @@ impl Node {
     pub fn type_name(&self) -> &'static str {
         match self.kind {
             Kind::Str(_) => "a string",
-            Kind::Int(_) => "an integer",
+            Kind::Int(_) | Kind::BigInt(..) => "an integer",
             Kind::Float(_) => "a number",
             Kind::Bool(_) => "a boolean",
             Kind::Datetime => "a date-time",
@@ -91,10 +94,10 @@ fn toml_table(table: DeTable<'_>) -> Vec<(Key, Node)> {
 fn toml_value(value: DeValue<'_>, pos: Option<usize>) -> Node {
     let kind = match value {
         DeValue::String(s) => Kind::Str(s.into_owned()),
-        DeValue::Integer(i) => match i128::from_str_radix(i.as_str(), i.radix()) {
-            Ok(n) => Kind::Int(n),
-            // TOML integers are 64-bit, so this cannot happen; keep the value readable anyway.
-            Err(_) => Kind::Str(i.to_string()),
+        // The parser reads integers of any length; TOML's are 64-bit.
+        DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+            Ok(n) => Kind::Int(i128::from(n)),
+            Err(_) => Kind::BigInt(i.to_string(), approximate(i.as_str(), i.radix())),
         },
         DeValue::Float(f) => Kind::Float(f.as_str().parse().unwrap_or(f64::NAN)),
         DeValue::Boolean(b) => Kind::Bool(b),
@@ -111,6 +114,24 @@ fn toml_value(value: DeValue<'_>, pos: Option<usize>) -> Node {
         DeValue::Table(t) => Kind::Table(toml_table(t)),
     };
     Node { kind, pos }
+}
+
+/// The value of an integer's digits (`from_str_radix` form: an optional sign, then digits): the
+/// nearest `f64` for decimal digits, close to it otherwise. Only used to tell a huge value from a
+/// hugely negative one and to say how large it is.
+fn approximate(digits: &str, radix: u32) -> f64 {
+    if radix == 10 {
+        return digits.parse().unwrap_or(f64::NAN);
+    }
+    let (negative, digits) = match digits.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, digits.strip_prefix('+').unwrap_or(digits)),
+    };
+    let value = digits
+        .chars()
+        .filter_map(|c| c.to_digit(radix))
+        .fold(0.0, |v, d| v * f64::from(radix) + f64::from(d));
+    if negative { -value } else { value }
 }
 
 /// Reads a JSON document.
@@ -188,6 +209,33 @@ mod tests {
         assert_eq!(line_col(text, 6), (2, 1));
         // "bé = " is 5 characters and 6 bytes.
         assert_eq!(line_col(text, 12), (2, 6));
+    }
+
+    #[test]
+    fn toml_integers_beyond_64_bits_are_kept_as_written() {
+        let root = from_toml(
+            "a = 9223372036854775807\nb = 9223372036854775808\nc = -9223372036854775809\n\
+             d = 0x7fffffffffffffffff\ne = 1_000_000_000_000_000_000_000\n",
+        )
+        .ok()
+        .expect("valid toml");
+        let Kind::Table(entries) = &root.kind else {
+            panic!("root is a table")
+        };
+        let kinds: Vec<String> = entries
+            .iter()
+            .map(|(_, v)| format!("{:?}", v.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "Int(9223372036854775807)",
+                "BigInt(\"9223372036854775808\", 9.223372036854776e18)",
+                "BigInt(\"-9223372036854775809\", -9.223372036854776e18)",
+                "BigInt(\"0x7fffffffffffffffff\", 2.3611832414348226e21)",
+                "BigInt(\"1000000000000000000000\", 1e21)",
+            ]
+        );
     }
 
     #[test]
