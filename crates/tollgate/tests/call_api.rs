@@ -630,3 +630,45 @@ fn warm_up_opens_connections_before_the_first_call() {
     let (none, _) = rt.block_on(bare.warm_up());
     assert_eq!(none, 0);
 }
+
+/// Issue 16 item 2 through the call API: a call whose only target's circuit is open waits for it
+/// (within retry.max_retry_after) and is then sent; with the open time beyond max_retry_after
+/// it is refused as unavailable at once.
+#[test]
+fn send_waits_for_an_open_circuit_within_max_retry_after() {
+    let up = TestUpstream::start().unwrap();
+    let policy = |open_for: &str, cap: &str| {
+        format!(
+            "version = 1\n[[upstream]]\nname = \"test\"\nbase_url = \"{}\"\n\
+             [[route]]\nmodel = \"gpt-4o\"\ntargets = [{{ upstream = \"test\", model = \"gpt-4o\" }}]\n\
+             [retry]\nmax_attempts = 1\nmax_retry_after = \"{cap}\"\n\
+             [breaker]\nwindow = 2\nmin_calls = 2\nfailure_rate = 0.5\nopen_for = \"{open_for}\"\n\
+             half_open_calls = 1\n",
+            up.base_url()
+        )
+    };
+    rt().block_on(async {
+        for (open_for, cap, waits) in [("150ms", "60s", true), ("30s", "10s", false)] {
+            let e = engine(&policy(open_for, cap));
+            up.script(Match::any(), [Action::Status503, Action::Status503]);
+            for _ in 0..2 {
+                let r = e.send(chat("gpt-4o", "fail")).await;
+                assert!(matches!(r, Err(CallError::GaveUp { .. })), "{r:?}");
+            }
+            let before = up.request_count();
+            let r = e.send(chat("gpt-4o", "after the circuit opened")).await;
+            if waits {
+                let r = r.expect("sent once the circuit half-opened");
+                assert_eq!(r.status, 200);
+                assert!(r.queued > Duration::ZERO, "it waited");
+                assert_eq!(up.request_count(), before + 1);
+            } else {
+                match r {
+                    Err(CallError::Denied(d)) => assert_eq!(d.code(), "unavailable"),
+                    other => panic!("{other:?}"),
+                }
+                assert_eq!(up.request_count(), before, "nothing sent");
+            }
+        }
+    });
+}
