@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::runtime::Handle;
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 use super::cache::cache_mode;
 use super::decide::{
@@ -383,6 +383,16 @@ where
     let task = engine
         .handle()?
         .spawn(work(engine.engine.clone(), request, finish));
+    // SAFETY: forwarded to the caller.
+    unsafe { hand_out(out_task, &task, ended) };
+    Ok(())
+}
+
+/// Gives the caller a handle on a spawned task, when it asked for one (`out_task` not NULL).
+///
+/// # Safety
+/// `out_task` must be NULL or writable.
+unsafe fn hand_out(out_task: *mut *mut tg_task, task: &JoinHandle<()>, ended: Arc<AtomicBool>) {
     if !out_task.is_null() {
         let task = Box::new(tg_task {
             abort: task.abort_handle(),
@@ -391,7 +401,6 @@ where
         // SAFETY: non-NULL and writable per the caller's contract.
         unsafe { put(out_task, Box::into_raw(task)) };
     }
-    Ok(())
 }
 
 /// Starts a send on tollgate's worker threads and returns at once. `callback` fires exactly
@@ -474,14 +483,8 @@ pub unsafe extern "C" fn tg_engine_acquire_async(
             let result = waiter.wait().await;
             finish.fire_with(result.map(Done::Permit).map_err(|d| tg_error::denial(&d)));
         });
-        if !out_task.is_null() {
-            let task = Box::new(tg_task {
-                abort: task.abort_handle(),
-                ended,
-            });
-            // SAFETY: non-NULL and writable per the caller's contract.
-            unsafe { put(out_task, Box::into_raw(task)) };
-        }
+        // SAFETY: `out_task` is NULL or writable per the contract.
+        unsafe { hand_out(out_task, &task, ended) };
         Ok(())
     })
 }
