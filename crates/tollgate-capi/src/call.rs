@@ -215,9 +215,12 @@ pub unsafe extern "C" fn tg_engine_send(
         let request = unsafe { self::request(request, len, options)? };
         not_on_worker("tg_engine_send")?;
         let handle = engine.handle()?;
-        let response = handle
-            .block_on(engine.engine.send(request))
-            .map_err(|e| tg_error::call(&e))?;
+        // The call runs on this (the host's) thread; a thread the runtime starts from here for
+        // blocking work (a DNS lookup) inherits SIGPIPE blocked.
+        let response = tollgate::transport::with_sigpipe_blocked(|| {
+            handle.block_on(engine.engine.send(request))
+        })
+        .map_err(|e| tg_error::call(&e))?;
         // SAFETY: checked non-NULL; writable per the contract.
         unsafe {
             put(

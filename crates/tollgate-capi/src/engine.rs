@@ -62,18 +62,22 @@ impl tg_engine {
             return Ok(rt.handle().clone());
         }
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
-        let built = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("tollgate-worker")
-            .on_thread_start(tollgate::transport::block_sigpipe)
-            .enable_all()
-            .build()
-            .map_err(|e| {
-                tg_error::new(
-                    tg_status::Runtime,
-                    format!("cannot start tollgate's worker threads: {e}"),
-                )
-            })?;
+        // Workers start with SIGPIPE blocked: they inherit the mask of the thread that makes them
+        // (a host's, which may not block it) before their own start hook runs.
+        let built = tollgate::transport::with_sigpipe_blocked(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name("tollgate-worker")
+                .on_thread_start(tollgate::transport::block_sigpipe)
+                .enable_all()
+                .build()
+        })
+        .map_err(|e| {
+            tg_error::new(
+                tg_status::Runtime,
+                format!("cannot start tollgate's worker threads: {e}"),
+            )
+        })?;
         let handle = built.handle().clone();
         *rt = Some(built);
         Ok(handle)

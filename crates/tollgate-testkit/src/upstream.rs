@@ -221,28 +221,34 @@ impl Builder {
         let for_server = shared.clone();
         let runner = match mode {
             Mode::OwnRuntime => {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(self.worker_threads)
-                    .thread_name("tollgate-testkit")
-                    .on_thread_start(tollgate::transport::block_sigpipe)
-                    .enable_all()
-                    .build()
-                    .map_err(Error::Runtime)?;
+                let rt = tollgate::transport::with_sigpipe_blocked(|| {
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(self.worker_threads)
+                        .thread_name("tollgate-testkit")
+                        .on_thread_start(tollgate::transport::block_sigpipe)
+                        .enable_all()
+                        .build()
+                })
+                .map_err(Error::Runtime)?;
                 let (done_tx, done_rx) = mpsc::channel();
-                let thread = std::thread::Builder::new()
-                    .name("tollgate-testkit".into())
-                    .spawn(move || {
-                        tollgate::transport::block_sigpipe();
-                        rt.block_on(async move {
-                            match tokio::net::TcpListener::from_std(std_listener) {
-                                Ok(listener) => server::serve(listener, acceptor, for_server).await,
-                                Err(_) => drop(for_server),
-                            }
-                        });
-                        rt.shutdown_timeout(Duration::from_millis(100));
-                        let _ = done_tx.send(());
-                    })
-                    .map_err(Error::Runtime)?;
+                let thread = tollgate::transport::with_sigpipe_blocked(|| {
+                    std::thread::Builder::new()
+                        .name("tollgate-testkit".into())
+                        .spawn(move || {
+                            tollgate::transport::block_sigpipe();
+                            rt.block_on(async move {
+                                match tokio::net::TcpListener::from_std(std_listener) {
+                                    Ok(listener) => {
+                                        server::serve(listener, acceptor, for_server).await
+                                    }
+                                    Err(_) => drop(for_server),
+                                }
+                            });
+                            rt.shutdown_timeout(Duration::from_millis(100));
+                            let _ = done_tx.send(());
+                        })
+                })
+                .map_err(Error::Runtime)?;
                 Runner::Thread {
                     thread: Some(thread),
                     done: Mutex::new(done_rx),

@@ -26,3 +26,37 @@ pub fn block_sigpipe() {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
+
+/// Runs `f` with SIGPIPE blocked on the calling thread, then restores the thread's mask. Threads
+/// started inside `f` (a runtime's workers) inherit the blocked mask from their first
+/// instruction, so there is no moment in which they could take SIGPIPE before
+/// [`block_sigpipe`] runs in them. No-op off Unix.
+///
+/// ```
+/// let threads = tollgate::transport::with_sigpipe_blocked(|| {
+///     tokio::runtime::Builder::new_multi_thread().worker_threads(1).build()
+/// });
+/// assert!(threads.is_ok());
+/// ```
+pub fn with_sigpipe_blocked<T>(f: impl FnOnce() -> T) -> T {
+    #[cfg(unix)]
+    {
+        // SAFETY: sigemptyset / sigaddset fill local sets; pthread_sigmask changes only this
+        // thread's mask and is restored below.
+        let old = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGPIPE);
+            (libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) == 0).then_some(old)
+        };
+        let out = f();
+        if let Some(old) = old {
+            // SAFETY: restores the mask saved above on the same thread.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        }
+        out
+    }
+    #[cfg(not(unix))]
+    f()
+}
