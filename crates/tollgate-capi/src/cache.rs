@@ -238,7 +238,7 @@ pub unsafe extern "C" fn tg_cache_wait_join(
         // SAFETY: NULL or live, per the contract.
         let wait = unsafe { arg(wait, "wait")? };
         let out_cached = out(out_cached, "out_cached")?;
-        super::call::not_on_worker("tg_cache_wait_join")?;
+        super::engine::not_on_worker("tg_cache_wait_join")?;
         let timeout = if timeout_ms == 0 {
             Duration::MAX
         } else {

@@ -8,16 +8,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::runtime::Handle;
 use tokio::task::{AbortHandle, JoinHandle};
 
 use super::cache::cache_mode;
 use super::decide::{
-    nanos, tg_call, tg_permit, tg_settlement, tg_target, tg_usage, with_call, write_target,
+    tg_call, tg_permit, tg_settlement, tg_target, tg_usage, with_call, write_target,
 };
-use super::engine::tg_engine;
+use super::engine::{not_on_worker, tg_engine};
 use super::error::{boundary, quietly, value};
-use super::{arg, bytes_arg, json_arg, out, put, put_some, text_arg, tg_error, tg_status, tg_str};
+use super::{
+    arg, bytes_arg, json_arg, nanos, out, put, put_some, text_arg, tg_error, tg_status, tg_str,
+};
 use tollgate::{ChatRequest, ChatResponse, ChatStream, Engine, Permit, Source};
 
 /// Who makes a request and how: all optional. A zero-initialised struct (or a NULL pointer where
@@ -138,21 +139,6 @@ pub struct tg_task {
     abort: AbortHandle,
     /// Set when the final callback starts (shared with the task's `Finish`).
     ended: Arc<AtomicBool>,
-}
-
-/// Returns `TG_STATUS_WRONG_THREAD` on a tokio worker thread (a tollgate callback), where a
-/// blocking function would stall the runtime it waits on.
-pub(crate) fn not_on_worker(what: &str) -> Result<(), Box<tg_error>> {
-    if Handle::try_current().is_ok() {
-        return Err(tg_error::new(
-            tg_status::WrongThread,
-            format!(
-                "{what} blocks and was called on a tollgate worker thread (inside a callback); \
-                 use the asynchronous form there"
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Builds a request from its JSON body and options.

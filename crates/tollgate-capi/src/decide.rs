@@ -8,7 +8,7 @@ use smallvec::SmallVec;
 
 use super::engine::tg_engine;
 use super::error::{boundary, quietly, value};
-use super::{arg, out, put, put_some, tg_error, tg_status, tg_str};
+use super::{arg, nanos, out, put, put_some, tg_error, tg_status, tg_str};
 use tollgate::policy::LimitKind;
 use tollgate::retry::Failure;
 use tollgate::tokens::Usage;
@@ -541,7 +541,7 @@ pub unsafe extern "C" fn tg_engine_acquire(
         // SAFETY: NULL or a valid struct, per the contract.
         let call = unsafe { arg(call, "call")? };
         let out_permit = out(out_permit, "out_permit")?;
-        super::call::not_on_worker("tg_engine_acquire")?;
+        super::engine::not_on_worker("tg_engine_acquire")?;
         // SAFETY: the struct's pointers follow the contract.
         let permit = unsafe { with_call(call, |c| engine.engine.acquire(c))? }
             .map_err(|d| tg_error::denial(&d))?;
@@ -653,11 +653,6 @@ pub unsafe extern "C" fn tg_engine_settle(
         unsafe { put(out_verdict, answer) };
         Ok(())
     })
-}
-
-/// Nanoseconds in `d`, saturating.
-pub(crate) fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Frees a permit without settling it: its concurrency slot is released and its reservations

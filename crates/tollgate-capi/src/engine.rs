@@ -455,3 +455,18 @@ pub extern "C" fn tg_version() -> *const c_char {
     };
     value(c"unknown".as_ptr(), || VERSION.as_ptr())
 }
+
+/// Returns `TG_STATUS_WRONG_THREAD` on a tokio worker thread (a tollgate callback), where a
+/// blocking function would stall the runtime it waits on.
+pub(crate) fn not_on_worker(what: &str) -> Result<(), Box<tg_error>> {
+    if Handle::try_current().is_ok() {
+        return Err(tg_error::new(
+            tg_status::WrongThread,
+            format!(
+                "{what} blocks and was called on a tollgate worker thread (inside a callback); \
+                 use the asynchronous form there"
+            ),
+        ));
+    }
+    Ok(())
+}

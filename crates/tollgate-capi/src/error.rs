@@ -363,7 +363,7 @@ pub unsafe extern "C" fn tg_error_retry_after(err: *const tg_error, out_ns: *mut
         let Some(e) = (unsafe { err.as_ref() }) else {
             return false;
         };
-        let nanos = e.retry_after.map(super::decide::nanos);
+        let nanos = e.retry_after.map(super::nanos);
         super::put_some(nanos, out_ns)
     })
 }

@@ -259,6 +259,11 @@ pub(crate) fn put_some<T>(value: Option<T>, ptr: *mut T) -> bool {
     }
 }
 
+/// Nanoseconds in `d`, saturating.
+pub(crate) fn nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Writes an output checked by `out`.
 ///
 /// # Safety

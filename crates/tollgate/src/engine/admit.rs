@@ -6,7 +6,7 @@
 //! 1. **The request** ([`spec`]): the prompt is counted (exactly for o200k/cl100k models,
 //!    estimated otherwise); a body that cannot be read is refused (`invalid_request`).
 //! 2. **The route** ([`try_admit_once`]): a call whose model has a `[[route]]` walks the route's
-//!    targets in its strategy's order ([`super::route::Routing::choices`]), passing over a target
+//!    targets in its strategy's order ([`super::route::Routing::candidates`]), passing over a target
 //!    whose circuit breaker is open (or, with synthetic probes, half-open), whose every pool key
 //!    is quarantined (a 401) or held by the server's rate-limit headers until their reset, and a
 //!    target or key a Redis budget already refused for this call. A call without a route is
@@ -48,30 +48,18 @@ use crate::clock::{Nanos, duration_nanos};
 use crate::money::Money;
 use crate::policy::{Exhausted, LimitKind, Policy, Unit};
 
+use super::budgets::{self, CompiledBudget, CompiledLimit};
 use super::call::{self, Call, CallView, Counted, Demand};
-use super::compile::{Compiled, CompiledBudget, CompiledLimit};
-use super::decision::{Decision, Denial, DenyReason, WaitHint};
-use super::permit::{self, Hold, Journey, Permit, TargetCtx};
-use super::remote::{self, Excluded, Finished};
+use super::compile::Compiled;
+use super::decision::{Decision, WaitHint};
+use super::deny::{Denial, DenyReason};
+use super::hold::Hold;
+use super::pending::{Blocked, Finished, Pending, Try};
+use super::permit::{self, Journey, Permit};
+use super::remote::{self, Excluded};
+use super::route::TargetCtx;
 use super::route::{self, Skip};
 use crate::store::{AdmitReply, AdmitRequest, RedisStore, StoreError};
-
-/// Why an admission attempt could not take capacity now.
-pub(crate) struct Blocked {
-    pub budget: usize,
-    pub cell: Arc<Cell>,
-    /// Time until the limit has room; `None` when a concurrency slot or earlier waiters block.
-    pub wait: Option<Nanos>,
-    pub limit: Option<LimitKind>,
-}
-
-pub(crate) enum Try {
-    Go(Permit),
-    Blocked(Blocked),
-    Deny(Denial),
-    /// Local budgets are held; Redis budgets need one round trip ([`remote::resolve`]).
-    Remote(Box<remote::Pending>),
-}
 
 /// A route resolved ahead (by the call API, which needs to know it before admission): the
 /// route of policy `generation`, or `None` for a call without one. Admission uses it while that
@@ -357,7 +345,7 @@ pub(crate) fn attempt(
     let undo = |holds: &mut SmallVec<[Hold; 3]>| {
         for h in holds.drain(..) {
             if h.remote.is_some() {
-                remote::return_leased(compiled, &h);
+                budgets::return_leased(&compiled.budgets, &h);
             } else {
                 h.undo(now);
             }
@@ -470,9 +458,7 @@ pub(crate) fn attempt(
         holds.push(hold);
     }
     if !asks.is_empty() {
-        return Try::Remote(Box::new(remote::Pending::new(
-            compiled, holds, asks, *demand,
-        )));
+        return Try::Remote(Box::new(Pending::new(compiled, holds, asks, *demand)));
     }
     Try::Go(Permit::new(permit::Held {
         holds,

@@ -8,7 +8,7 @@ use crate::tokens::{self, ModelInfo, ModelTable, Price};
 
 use std::time::Duration;
 
-use super::decision::{Denial, DenyReason};
+use super::deny::{Denial, DenyReason};
 use super::route::Attempt;
 
 /// The prompt of a call, in whichever form the host has it.

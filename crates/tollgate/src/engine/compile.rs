@@ -7,98 +7,17 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use crate::budget::gcra::Rate;
-use crate::budget::{BudgetState, CapacityFull, Cell, Cells, SLOTS, key_hash};
+use crate::budget::{BudgetState, Cells, SLOTS};
 use crate::clock::{Clock, Nanos, duration_nanos};
 use crate::money::Money;
-use crate::policy::{Budget, Exhausted, LimitKind, Match, Policy, ScopeDim, Store, Unit};
+use crate::policy::{Budget, Policy, ScopeDim, Store, Unit};
 use crate::tokens::ModelTable;
 
-use super::ReloadReport;
-use super::call::{self, CallView, Demand};
+use super::budgets::{self, CompiledBudget, CompiledLimit};
+use super::call::{self};
 use super::health::HealthRegistry;
-use super::remote;
 use super::route::Routing;
 use super::wire::WireSlot;
-
-/// One limit of a budget, compiled.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct CompiledLimit {
-    pub kind: LimitKind,
-    pub slot: usize,
-    pub unit: Unit,
-    pub rate: Rate,
-    /// Burst in the limit's unit (money in nano-units), for messages.
-    pub burst_units: f64,
-}
-
-/// A budget, compiled against its state.
-#[derive(Debug)]
-pub(crate) struct CompiledBudget {
-    pub state: Arc<BudgetState>,
-    pub scope: SmallVec<[ScopeDim; 5]>,
-    pub matcher: Match,
-    pub match_all: bool,
-    pub limits: SmallVec<[CompiledLimit; 4]>,
-    pub concurrency: Option<u32>,
-    pub exhausted: Exhausted,
-    pub spends: bool,
-    /// Scoped or matched by upstream or key: its refusal is about one target, so a routed call
-    /// may try the next target instead.
-    pub target_specific: bool,
-    /// Kept in Redis (`store = "redis"`); `limits` and `concurrency` above are then this
-    /// process's share for when Redis is down and the policy fails open.
-    pub remote: Option<Box<remote::RemoteSpec>>,
-}
-
-impl CompiledBudget {
-    #[inline]
-    pub(crate) fn matches(&self, call: &CallView<'_>) -> bool {
-        self.match_all
-            || ScopeDim::ALL.iter().all(|d| {
-                let globs = self.matcher.globs(*d);
-                globs.is_empty() || globs.iter().any(|g| g.matches(call.field(*d)))
-            })
-    }
-
-    /// The cell this call maps to.
-    #[inline]
-    pub(crate) fn cell(&self, call: &CallView<'_>, now: Nanos) -> Result<Arc<Cell>, CapacityFull> {
-        match &self.state.cells {
-            Cells::Global(cell) => Ok(Arc::clone(cell)),
-            Cells::Keyed(keyed) => {
-                let parts = self.scope.iter().map(|d| call.field(*d));
-                let hash = key_hash(parts);
-                keyed.get_or_insert(
-                    hash,
-                    || Arc::from(self.key_text(call)),
-                    &self.state.shared,
-                    now,
-                )
-            }
-        }
-    }
-
-    pub(crate) fn key_text(&self, call: &CallView<'_>) -> String {
-        let mut s = String::new();
-        for (i, d) in self.scope.iter().enumerate() {
-            if i > 0 {
-                s.push(',');
-            }
-            s.push_str(d.as_str());
-            s.push('=');
-            s.push_str(call.field(*d));
-        }
-        s
-    }
-
-    pub(crate) fn units(&self, unit: Unit, demand: &Demand) -> u64 {
-        match unit {
-            Unit::Requests => 1,
-            Unit::Tokens => demand.tokens,
-            Unit::Spend => demand.spend.nanos(),
-        }
-    }
-}
 
 /// A policy compiled for the hot path, with the state it acts on.
 #[derive(Debug)]
@@ -297,7 +216,7 @@ fn compile_budget(
     };
     let limits = compile_limits(share);
     let remote = remote_store.map(|store| {
-        Box::new(remote::RemoteSpec::new(
+        Box::new(budgets::RemoteSpec::new(
             Arc::clone(store),
             &spec.name,
             compile_limits(1.0),
@@ -328,4 +247,19 @@ fn compile_budget(
         exhausted: spec.when_exhausted,
         remote,
     }
+}
+
+/// What a successful reload changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Increases by one per accepted policy.
+    pub generation: u64,
+    /// Budgets that are new (fresh state).
+    pub added: Vec<String>,
+    /// Budgets that kept their state.
+    pub kept: Vec<String>,
+    /// Budgets that are gone.
+    pub removed: Vec<String>,
+    /// Budgets whose scope changed, so their state started afresh.
+    pub rescoped: Vec<String>,
 }

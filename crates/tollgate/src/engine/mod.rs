@@ -2,12 +2,17 @@
 //! reloads, and the decide API.
 
 mod admit;
+mod budgets;
 mod cache;
 mod call;
 mod compile;
 mod decision;
+mod deny;
 mod health;
+mod hold;
 mod metrics;
+mod outcome;
+mod pending;
 mod permit;
 mod probe;
 mod remote;
@@ -36,7 +41,10 @@ use crate::policy::{LimitKind, Policy, PolicyErrors, Unit};
 
 pub use cache::{CacheFill, CacheLookup, FlightResult};
 pub use call::{Call, Prompt};
-pub use decision::{Decision, Denial, DenyReason, GiveUp, Outcome, Settlement, Verdict, WaitHint};
+pub use compile::ReloadReport;
+pub use decision::{Decision, WaitHint};
+pub use deny::{Denial, DenyReason};
+pub use outcome::{GiveUp, Outcome, Settlement, Verdict};
 pub use permit::Permit;
 pub use probe::Probe;
 pub use request::{CallError, ChatRequest, ChatResponse, Source};
@@ -97,21 +105,6 @@ impl std::fmt::Debug for Engine {
             .field("generation", &self.generation())
             .finish()
     }
-}
-
-/// What a successful reload changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReloadReport {
-    /// Increases by one per accepted policy.
-    pub generation: u64,
-    /// Budgets that are new (fresh state).
-    pub added: Vec<String>,
-    /// Budgets that kept their state.
-    pub kept: Vec<String>,
-    /// Budgets that are gone.
-    pub removed: Vec<String>,
-    /// Budgets whose scope changed, so their state started afresh.
-    pub rescoped: Vec<String>,
 }
 
 /// Health of one (upstream, model) target, from [`Engine::targets`].

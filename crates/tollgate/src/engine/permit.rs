@@ -1,41 +1,20 @@
 //! Permits: what an admitted call holds until it is settled or dropped.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use smallvec::SmallVec;
 
-use crate::budget::Cell;
-use crate::budget::gcra::{self, Charge};
+use crate::budget::gcra::{self};
 use crate::clock::Nanos;
 use crate::money::Money;
 use crate::policy::{LimitKind, Unit};
-use crate::retry::BreakerPermit;
 use crate::tokens::{self, Cost, Usage};
 
 use super::call::Demand;
-use super::decision::{Outcome, Settlement};
-use super::health::{KeyState, TargetHealth, UpstreamHealth};
-use super::route::{Attempt, TargetRef};
-
-/// Where a routed call went, and what it holds there. Everything is held by reference count, not
-/// by index, so a reload between admission and settlement cannot confuse it.
-pub(crate) struct TargetCtx {
-    pub target: TargetRef,
-    /// The policy generation the indices below belong to.
-    pub generation: u64,
-    /// The target's route and place in it, in that policy's routing.
-    pub candidate: (usize, usize),
-    /// The upstream's index in that policy (its wire, its key pool).
-    pub upstream_index: usize,
-    pub health: Arc<TargetHealth>,
-    pub breaker: Option<BreakerPermit>,
-    pub key: Arc<KeyState>,
-    pub upstream: Arc<UpstreamHealth>,
-    pub quarantine: Duration,
-}
+use super::hold::Hold;
+use super::outcome::{Outcome, Settlement};
+use super::route::{Attempt, TargetCtx, TargetRef};
 
 /// Which attempt of its call a permit is.
 #[derive(Default)]
@@ -45,41 +24,6 @@ pub(crate) struct Journey {
     pub deadline: Option<Nanos>,
     /// The state this attempt was admitted with (retries only).
     pub prior: Option<Box<Attempt>>,
-}
-
-/// One budget's share of a permit: the cell, which limit slots were charged (a bit per slot) and
-/// the charges, in slot order.
-pub(crate) struct Hold {
-    pub cell: Arc<Cell>,
-    pub slots: u16,
-    pub charges: SmallVec<[Charge; 4]>,
-    pub concurrency: bool,
-    /// What a Redis budget holds in Redis (its local slots and charges are then empty).
-    pub remote: Option<Box<super::remote::RemoteHold>>,
-}
-
-impl Hold {
-    /// Gives back what an unfinished hold took (same `now`, so every charge returns whole).
-    pub(crate) fn undo(&self, now: Nanos) {
-        for (slot, c) in self.charged() {
-            if c.increment > 0 {
-                gcra::refund(&self.cell.tat[slot], c.increment, c.end, now);
-            }
-        }
-        if self.concurrency {
-            self.cell.release();
-        }
-    }
-
-    /// (slot, charge) pairs, walking only the set bits of the slot mask.
-    pub(crate) fn charged(&self) -> impl Iterator<Item = (usize, Charge)> + '_ {
-        let mut mask = self.slots;
-        self.charges.iter().map(move |c| {
-            let slot = mask.trailing_zeros() as usize;
-            mask &= mask.wrapping_sub(1);
-            (slot, *c)
-        })
-    }
 }
 
 /// Capacity held by an admitted call: reserved requests, tokens and money in every matching

@@ -13,7 +13,8 @@ use crate::cache::{CacheMode, CachedResponse};
 use crate::tokens::Usage;
 use crate::transport::TransportError;
 
-use super::decision::{Denial, GiveUp, Settlement};
+use super::deny::Denial;
+use super::outcome::{GiveUp, Settlement};
 use super::route::{AttemptRecord, TargetRef};
 
 /// One chat-completions request for [`crate::Engine::send`] or [`crate::Engine::stream`]: the OpenAI request

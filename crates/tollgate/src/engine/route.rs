@@ -20,9 +20,8 @@ use crate::rng::SharedSplitMix64;
 
 use crate::retry::{BreakerPermit, BreakerState, Failure};
 
-use super::decision::DenyReason;
+use super::deny::DenyReason;
 use super::health::{HealthRegistry, KeyState, TargetHealth, UpstreamHealth, key_id};
-use super::permit::TargetCtx;
 
 /// A concrete place an attempt goes: route, upstream, model and pool key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -559,4 +558,21 @@ impl Routing {
             key: Arc::clone(&key.id),
         }
     }
+}
+
+/// Where a routed call went, and what it holds there. Everything is held by reference count, not
+/// by index, so a reload between admission and settlement cannot confuse it.
+pub(crate) struct TargetCtx {
+    pub target: TargetRef,
+    /// The policy generation the indices below belong to.
+    pub generation: u64,
+    /// The target's route and place in it, in that policy's routing.
+    pub candidate: (usize, usize),
+    /// The upstream's index in that policy (its wire, its key pool).
+    pub upstream_index: usize,
+    pub health: Arc<TargetHealth>,
+    pub breaker: Option<BreakerPermit>,
+    pub key: Arc<KeyState>,
+    pub upstream: Arc<UpstreamHealth>,
+    pub quarantine: Duration,
 }

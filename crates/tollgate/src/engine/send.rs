@@ -16,7 +16,9 @@ use crate::retry::Failure;
 
 use super::admit::RouteHint;
 use super::cache::{CacheFill, CacheLookup};
-use super::decision::{Decision, Denial, GiveUp, Outcome, Settlement, Verdict};
+use super::decision::Decision;
+use super::deny::Denial;
+use super::outcome::{GiveUp, Outcome, Settlement, Verdict};
 use super::permit::Permit;
 use super::request::{CallError, ChatRequest, ChatResponse, Source, UsageOnly, model_of};
 use super::route::{Attempt, TargetRef};
@@ -338,7 +340,7 @@ impl Engine {
 
     /// Admission that waits asynchronously in the budgets' priority queues, and for targets
     /// passed over for a known time (open circuits, a server's rate-limit reset) as the
-    /// [`Waiter`] does: up to the policy's `retry.max_retry_after`, as for a `Retry-After`.
+    /// [`super::Waiter`] does: up to the policy's `retry.max_retry_after`, as for a `Retry-After`.
     pub(crate) async fn admit_waiting(
         &self,
         call: &Call<'_>,

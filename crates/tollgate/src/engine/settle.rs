@@ -8,7 +8,7 @@
 //!    server-side limits from `x-ratelimit-*` headers, and a 401's key quarantine.
 //! 4. **Retry budget** of the upstream: a success earns, a failure that `retry_on` retries
 //!    spends.
-//! 5. **The decision** ([`crate::retry::decide`], which lists its checks): retry after a delay,
+//! 5. **The decision** ([`crate::retry::decide()`], which lists its checks): retry after a delay,
 //!    or give up; a 401 with another usable key in the pool moves to it at once, through the
 //!    same checks.
 //! 6. **The verdict** ([`verdict`]): for a retry, where it goes
@@ -23,9 +23,10 @@ use crate::retry::{
 };
 
 use super::compile::Compiled;
-use super::decision::{GiveUp, Outcome, Verdict};
 use super::metrics::EngineMetrics;
-use super::permit::{Permit, TargetCtx};
+use super::outcome::{GiveUp, Outcome, Verdict};
+use super::permit::Permit;
+use super::route::TargetCtx;
 use super::route::{Attempt, AttemptRecord, TargetRef};
 
 /// Appends the decimal digits of `n` (the retry path builds its records without the formatting

@@ -24,7 +24,7 @@ use crate::transport::{StreamResponse, TransportError};
 
 use super::Engine;
 use super::cache::CacheFill;
-use super::decision::{Outcome, Settlement};
+use super::outcome::{Outcome, Settlement};
 use super::permit::Permit;
 use super::request::{CallError, ChatRequest, Source, model_of};
 use super::route::{Attempt, AttemptRecord, TargetRef};

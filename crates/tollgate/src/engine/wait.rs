@@ -11,12 +11,13 @@ use crate::policy::Exhausted;
 
 use super::Inner;
 use super::admit::{
-    RouteHint, Spec, Try, blocked_verdict, count_admitted, count_denied, try_admit,
-    try_admit_async, unavailable_wait,
+    RouteHint, Spec, blocked_verdict, count_admitted, count_denied, try_admit, try_admit_async,
+    unavailable_wait,
 };
 use super::call::{Call, Counted, OwnedCall};
 use super::compile::Compiled;
-use super::decision::{Denial, DenyReason};
+use super::deny::{Denial, DenyReason};
+use super::pending::Try;
 use super::permit::Permit;
 use super::route::Attempt;
 

@@ -23,14 +23,14 @@ pub const IMAGE_TOKENS_DEFAULT: u64 = 765;
 pub struct TokenCount {
     /// The count.
     pub tokens: u64,
-    /// True when counted with the model's exact vocabulary; false for an [`estimate`].
+    /// True when counted with the model's exact vocabulary; false for an [`estimate()`].
     pub exact: bool,
     /// The vocabulary used, when exact.
     pub encoding: Option<Encoding>,
 }
 
 /// Counts `text` for `model`: exactly when the table (or tiktoken's name rules) knows the
-/// model's encoding, else with [`estimate`].
+/// model's encoding, else with [`estimate()`].
 ///
 /// ```
 /// use tollgate::tokens::{count_text, Encoding, ModelTable};

@@ -2,10 +2,10 @@
 //! and cost.
 //!
 //! Before a call, [`count_chat`] turns a chat-completions body into a [`PromptEstimate`]
-//! (exact BPE counts for OpenAI models via [`count`], a bounded [`estimate`] for the rest, plus
+//! (exact BPE counts for OpenAI models via [`count`], a bounded [`estimate()`] for the rest, plus
 //! per-message overhead and the completion allowance). After it, [`Usage::from_response`] (or
 //! [`Usage::from_streamed`] when a stream brought no usage) gives what was really consumed, and
-//! [`cost`] prices it with the [`ModelTable`]'s [`Price`].
+//! [`cost()`] prices it with the [`ModelTable`]'s [`Price`].
 //!
 //! ```
 //! use serde_json::json;

@@ -271,7 +271,7 @@ struct ReadLimit<'n> {
 }
 
 /// A limit: a number, or `{ limit = N, burst = B }`, each within what a budget can hold (see
-/// [`limits`](super::limits)).
+/// [`super::limits`]).
 fn limit<'n>(cx: &mut Cx, node: &'n Node, path: &str, kind: LimitKind) -> Option<ReadLimit<'n>> {
     match &node.kind {
         Kind::Int(_) | Kind::Float(_) | Kind::BigInt(..) => limits::amount(cx, node, path, kind)

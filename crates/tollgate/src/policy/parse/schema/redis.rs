@@ -289,7 +289,7 @@ fn key_prefix(cx: &mut Cx, node: &Node, path: &str) -> Option<String> {
 
 /// Reports what uses Redis when the policy has no `[redis]` section: budgets with
 /// `store = "redis"` and the cache's `l2`. Runs once every section is read; a `[redis]` section
-/// that is present but invalid is reported by [`redis`], not here.
+/// that is present but invalid is reported by [`redis()`], not here.
 pub(super) fn needs_redis(cx: &mut Cx, t: &Table<'_>) {
     if t.get("redis").is_some() {
         return;
