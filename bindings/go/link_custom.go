@@ -10,7 +10,9 @@ package tollgate
 //	CGO_LDFLAGS=/src/tollgate/target/release/libtollgate.a go build -tags tollgate_custom_lib ./...
 //
 // cmd/go puts CGO_LDFLAGS before the flags below, so the archive precedes the system libraries
-// it needs, as a static link requires.
+// it needs, as a static link requires. Inside a checkout of the repository the header is found
+// without CGO_CFLAGS (a -I given there comes first and wins).
 
+// #cgo CFLAGS: -I${SRCDIR}/../../crates/tollgate-capi/include
 // #cgo LDFLAGS: -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 import "C"
