@@ -20,6 +20,9 @@ fn tokenizer(encoding: Encoding) -> &'static bpe_openai::Tokenizer {
 /// The text is encoded as ordinary text: special-token strings such as `<|endoftext|>` are
 /// counted as the characters they are, which is what the API does with user content.
 ///
+/// Texts counted before are remembered (bounded; see the memo's module docs), so the system
+/// prompt and history sent again with every call are not counted again.
+///
 /// ```
 /// use tollgate::tokens::{count, Encoding};
 /// assert_eq!(count(Encoding::O200kBase, "hello world"), 2);
@@ -30,7 +33,7 @@ pub fn count(encoding: Encoding, text: &str) -> usize {
     if text.is_empty() {
         return 0;
     }
-    tokenizer(encoding).count(text)
+    super::memo::count(encoding, text, |t| tokenizer(encoding).count(t))
 }
 
 /// Loads the vocabulary of `encoding` now instead of on the first [`count`].

@@ -30,6 +30,7 @@ mod chat;
 mod cost;
 mod error;
 mod estimate;
+mod memo;
 mod models;
 mod types;
 mod usage;
