@@ -63,8 +63,8 @@ impl Next {
     }
 }
 
-/// Response headers as the engine reads them.
-pub(crate) fn header_pairs(headers: &HeaderMap) -> Vec<(&str, &[u8])> {
+/// Response headers as the engine reads them (on the stack for the usual dozen or so).
+pub(crate) fn header_pairs(headers: &HeaderMap) -> smallvec::SmallVec<[(&str, &[u8]); 16]> {
     headers
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_bytes()))
@@ -167,24 +167,25 @@ impl Engine {
             let next = match result {
                 Ok(response) => {
                     let status = response.status.as_u16();
-                    let headers = header_pairs(&response.headers);
-                    let mut outcome = Outcome::status(status)
-                        .with_headers(&headers)
-                        .with_latency(latency);
-                    if response.status.is_success() {
-                        match serde_json::from_slice::<UsageOnly>(&response.body) {
-                            Ok(body) => outcome.usage = body.usage(),
-                            Err(_) => outcome.failure = Some(Failure::Malformed),
+                    let (next, usage) = {
+                        let headers = header_pairs(&response.headers);
+                        let mut outcome = Outcome::status(status)
+                            .with_headers(&headers)
+                            .with_latency(latency);
+                        if response.status.is_success() {
+                            match serde_json::from_slice::<UsageOnly>(&response.body) {
+                                Ok(body) => outcome.usage = body.usage(),
+                                Err(_) => outcome.failure = Some(Failure::Malformed),
+                            }
                         }
-                    }
-                    let usage = outcome.usage;
-                    let next = Next::of(self.settle(permit, &outcome));
+                        (Next::of(self.settle(permit, &outcome)), outcome.usage)
+                    };
                     if let Next::Done(settlement) = next {
                         let history = attempt.map(|a| a.history.clone()).unwrap_or_default();
                         return Ok(ChatResponse {
                             status,
-                            headers: response.headers.clone(),
-                            body: response.body.clone(),
+                            headers: response.headers,
+                            body: response.body,
                             usage,
                             settlement: Some(settlement),
                             attempts: history.len() as u32 + 1,
@@ -194,7 +195,7 @@ impl Engine {
                             queued,
                         });
                     }
-                    last = Some((status, response.body.clone()));
+                    last = Some((status, response.body));
                     next
                 }
                 Err(e) => match e.failure() {
