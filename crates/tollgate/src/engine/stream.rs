@@ -62,7 +62,9 @@ pub struct ChatStream {
     recorded: Vec<SseEvent>,
     recorded_bytes: u64,
     delivered: bool,
-    text: String,
+    /// What the answer's text needs: the events' data kept as they came (read only when the
+    /// stream brings no usage, or for the cache), or the text itself past [`MAX_KEPT`].
+    text: Text,
     usage: Option<Usage>,
     finished: bool,
     seen_finish_reason: bool,
@@ -128,7 +130,7 @@ impl Engine {
             recorded: vec![],
             recorded_bytes: 0,
             delivered: false,
-            text: String::new(),
+            text: Text::default(),
             usage: None,
             finished: false,
             seen_finish_reason: false,
@@ -462,10 +464,18 @@ impl ChatStream {
             return;
         }
         self.delivered = true;
-        if let Ok(chunk) = serde_json::from_str::<Chunk<'_>>(&event.data) {
-            for c in &chunk.choices {
-                if let Some(t) = c.delta.as_ref().and_then(|d| d.content.as_deref()) {
-                    if !t.is_empty() && !live.first_token {
+        // Only the events that can change something are parsed: until the first content (the
+        // time to first token), a finish reason, the usage chunk. The text is read from the
+        // kept data at the end, and only when it is needed.
+        let data = event.data.as_bytes();
+        let first = !live.first_token;
+        let finish = !self.seen_finish_reason && has_value(data, FINISH_REASON);
+        let usage = has_object(data, USAGE);
+        if first || finish || usage {
+            if let Ok(chunk) = serde_json::from_str::<Chunk<'_>>(&event.data) {
+                for c in &chunk.choices {
+                    let content = c.delta.as_ref().and_then(|d| d.content.as_deref());
+                    if first && !live.first_token && content.is_some_and(|t| !t.is_empty()) {
                         live.first_token = true;
                         if let Some(target) = &live.target {
                             self.engine.record_ttft(
@@ -475,18 +485,18 @@ impl ChatStream {
                             );
                         }
                     }
-                    self.text.push_str(t);
+                    if c.finish_reason.is_some() {
+                        self.seen_finish_reason = true;
+                    }
                 }
-                if c.finish_reason.is_some() {
-                    self.seen_finish_reason = true;
+                if let Some(u) = &chunk.usage
+                    && let Ok(Some(u)) = Usage::from_response(u)
+                {
+                    self.usage = Some(u);
                 }
-            }
-            if let Some(u) = &chunk.usage
-                && let Ok(Some(u)) = Usage::from_response(u)
-            {
-                self.usage = Some(u);
             }
         }
+        self.text.keep(&event.data);
         self.record(event);
     }
 
@@ -531,7 +541,7 @@ impl ChatStream {
                     model,
                     &compiled.models,
                     live.permit.prompt_tokens(),
-                    &self.text,
+                    self.text.text(),
                 )
             }
         };
@@ -550,7 +560,7 @@ impl ChatStream {
             if without_done {
                 events.push(SseEvent::data("[DONE]"));
             }
-            let body = assembled_body(&self.model, &self.text, usage);
+            let body = assembled_body(&self.model, self.text.text(), usage);
             let cached = CachedResponse::new(self.status, body.into_bytes())
                 .with_events(events)
                 .with_usage(usage);
@@ -697,6 +707,86 @@ fn events_from_body(body: &[u8]) -> VecDeque<Event> {
     out
 }
 
+/// Kept event data beyond this many bytes is read into text at once (and no longer kept).
+const MAX_KEPT: usize = 1 << 20;
+
+/// `"finish_reason"`, as a chunk's key.
+const FINISH_REASON: &[u8] = b"\"finish_reason\"";
+/// `"usage"`, as a chunk's key.
+const USAGE: &[u8] = b"\"usage\"";
+
+/// The answer's text of a stream, read lazily: the events' data is kept as it came and parsed
+/// only when the text is asked for (most streams end with a usage chunk and never need it).
+#[derive(Default)]
+struct Text {
+    /// Data of the events not read yet, one after another.
+    kept: String,
+    /// Where each kept event's data ends in `kept`.
+    ends: Vec<usize>,
+    /// The text read so far.
+    text: String,
+}
+
+impl Text {
+    fn keep(&mut self, data: &str) {
+        self.kept.push_str(data);
+        self.ends.push(self.kept.len());
+        if self.kept.len() > MAX_KEPT {
+            self.read();
+        }
+    }
+
+    /// Reads the kept events into the text.
+    fn read(&mut self) {
+        let mut start = 0;
+        for &end in &self.ends {
+            if let Ok(chunk) = serde_json::from_str::<Chunk<'_>>(&self.kept[start..end]) {
+                for c in &chunk.choices {
+                    if let Some(t) = c.delta.as_ref().and_then(|d| d.content.as_deref()) {
+                        self.text.push_str(t);
+                    }
+                }
+            }
+            start = end;
+        }
+        self.kept.clear();
+        self.ends.clear();
+    }
+
+    /// The streamed text so far.
+    fn text(&mut self) -> &str {
+        if !self.ends.is_empty() {
+            self.read();
+        }
+        &self.text
+    }
+}
+
+/// Whether `data` has `key` followed by a value other than `null` (a quote inside a JSON string
+/// is escaped, so the key's bytes cannot come from content). A false hit only costs a parse.
+fn has_value(data: &[u8], key: &[u8]) -> bool {
+    value_after(data, key).is_some_and(|b| b != b'n')
+}
+
+/// Whether `data` has `key` followed by an object.
+fn has_object(data: &[u8], key: &[u8]) -> bool {
+    value_after(data, key) == Some(b'{')
+}
+
+/// The first byte of the value after the first `key` in `data` that is followed by a colon.
+fn value_after(data: &[u8], key: &[u8]) -> Option<u8> {
+    let mut from = 0;
+    while let Some(at) = memchr::memmem::find(&data[from..], key) {
+        let rest = &data[from + at + key.len()..];
+        let mut bytes = rest.iter().copied().skip_while(u8::is_ascii_whitespace);
+        if bytes.next() == Some(b':') {
+            return bytes.find(|b| !b.is_ascii_whitespace());
+        }
+        from += at + key.len();
+    }
+    None
+}
+
 /// The parts of a `chat.completion.chunk` the stream reads; everything else is skipped without
 /// building a `Value` (the hot path of a stream).
 #[derive(serde::Deserialize)]
@@ -719,4 +809,57 @@ struct ChunkChoice<'a> {
 struct Delta<'a> {
     #[serde(default, borrow)]
     content: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_values_only_after_the_key() {
+        let stop = br#"{"choices":[{"delta":{},"finish_reason" : "stop"}]}"#;
+        let none =
+            br#"{"choices":[{"delta":{"content":"\"finish_reason\": 1"},"finish_reason":null}]}"#;
+        assert!(has_value(stop, FINISH_REASON));
+        assert!(
+            !has_value(none, FINISH_REASON),
+            "a key inside content is escaped"
+        );
+        assert!(!has_value(br#"{"finish_reason"}"#, FINISH_REASON));
+        let usage = br#"{"choices":[],"usage":{"prompt_tokens":1}}"#;
+        assert!(has_object(usage, USAGE));
+        assert!(!has_object(br#"{"choices":[],"usage":null}"#, USAGE));
+        assert!(!has_object(br#"{"choices":[]}"#, USAGE));
+        // A first occurrence without a colon does not hide a later key.
+        assert!(has_object(br#"["\"usage\"", {"usage": {}}]"#, USAGE));
+    }
+
+    #[test]
+    fn text_is_read_from_kept_events_when_asked() {
+        let mut t = Text::default();
+        for part in ["Hel", "lo", ""] {
+            t.keep(&format!(
+                r#"{{"choices":[{{"delta":{{"content":"{part}"}}}}]}}"#
+            ));
+        }
+        t.keep("not json");
+        t.keep(r#"{"choices":[],"usage":{"prompt_tokens":1}}"#);
+        assert_eq!(t.text(), "Hello");
+        t.keep(r#"{"choices":[{"delta":{"content":" world"}}]}"#);
+        assert_eq!(t.text(), "Hello world");
+    }
+
+    #[test]
+    fn kept_data_stays_bounded() {
+        let mut t = Text::default();
+        let event = format!(
+            r#"{{"choices":[{{"delta":{{"content":"{}"}}}}]}}"#,
+            "x".repeat(1000)
+        );
+        for _ in 0..(MAX_KEPT / 1000 + 10) {
+            t.keep(&event);
+            assert!(t.kept.len() <= MAX_KEPT + event.len());
+        }
+        assert_eq!(t.text().len(), (MAX_KEPT / 1000 + 10) * 1000);
+    }
 }
