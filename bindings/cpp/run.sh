@@ -31,7 +31,7 @@ cmake --build "$build" -j2
 
 step "static link check"
 for exe in "$build/tollgate_test" "$build/chat_service"; do
-  if ldd "$exe" | grep -q 'libtollgate'; then
+  if ldd "$exe" | grep 'libtollgate' >/dev/null; then
     echo "$exe links libtollgate dynamically" >&2
     exit 1
   fi

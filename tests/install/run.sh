@@ -94,7 +94,7 @@ isolated sh -c 'command -v cargo || command -v rustc' >/dev/null && die "cargo i
 
 # Nothing the install produced may point into the repository or its target directory.
 no_repo_paths() {
-  if grep -rIl -- "$repo" "$@" 2>/dev/null | grep -q .; then
+  if [ -n "$(grep -rIl -- "$repo" "$@" 2>/dev/null)" ]; then
     grep -rIl -- "$repo" "$@" >&2
     die "these files name the repository ($repo)"
   fi
@@ -124,8 +124,8 @@ run_c() {
     -DCMAKE_BUILD_TYPE=Release >"$work/cmake.log" 2>&1 || { cat "$work/cmake.log"; die "cmake configure"; }
   grep "tollgate .* from" "$work/cmake.log"
   isolated cmake --build "$work/c-build" -j2 >>"$work/cmake.log" 2>&1 || { cat "$work/cmake.log"; die "cmake build"; }
-  ldd "$work/c-build/app_c" | grep -q libtollgate && die "app_c (tollgate::tollgate) links libtollgate dynamically"
-  ldd "$work/c-build/app_c_shared" | grep -q "libtollgate.so" || die "app_c_shared does not link libtollgate.so"
+  ldd "$work/c-build/app_c" | grep libtollgate >/dev/null && die "app_c (tollgate::tollgate) links libtollgate dynamically"
+  ldd "$work/c-build/app_c_shared" | grep "libtollgate.so" >/dev/null || die "app_c_shared does not link libtollgate.so"
   isolated "$work/c-build/app_c" "$base" || die "the C program (CMake, static)"
   isolated "$work/c-build/app_cpp" "$base" || die "the C++ program (CMake, tollgate::tollgate_cpp)"
   isolated LD_LIBRARY_PATH="$prefix/lib" "$work/c-build/app_c_shared" "$base" || die "the C program (CMake, shared)"
@@ -140,7 +140,7 @@ run_c() {
   (cd "$work/c-src" && isolated PKG_CONFIG_PATH="$pc" sh -c \
     'cc -std=c11 -Wall -Wextra -Werror -o app_pc_static main.c $(pkg-config --cflags --libs tollgate-static)') ||
     die "cc with pkg-config tollgate-static"
-  ldd "$work/c-src/app_pc_static" | grep -q libtollgate && die "app_pc_static links libtollgate dynamically"
+  ldd "$work/c-src/app_pc_static" | grep libtollgate >/dev/null && die "app_pc_static links libtollgate dynamically"
   isolated "$work/c-src/app_pc_static" "$base" || die "the C program (pkg-config tollgate-static)"
 }
 
@@ -153,7 +153,7 @@ run_go() {
   cp "$here/go/main.go" "$work/go-src/"
   (cd "$work/go-src" && isolated GOPROXY="file://$out/goproxy" GONOSUMDB=tollgate.dev GOSUMDB=off \
     PKG_CONFIG_PATH="$prefix/lib/pkgconfig" CGO_ENABLED=1 go build -o app_go .) || die "go build"
-  ldd "$work/go-src/app_go" | grep -q libtollgate && die "the Go program links libtollgate dynamically"
+  ldd "$work/go-src/app_go" | grep libtollgate >/dev/null && die "the Go program links libtollgate dynamically"
   no_repo_paths "$work/go-src" "$work/home/go/pkg/mod/tollgate.dev"
   isolated "$work/go-src/app_go" "$base" || die "the Go program"
 }
