@@ -7,9 +7,9 @@
 //! one uncontended lock, a few percent of counting them.
 //!
 //! Bounded: [`SHARDS`] least-recently-used maps of [`PER_SHARD`] entries each (about 1.5 MiB in
-//! all), chosen by the hash so threads counting different texts rarely meet. Texts shorter than
-//! [`MIN_BYTES`] are counted every time (counting them is as cheap as the lookup). The count is
-//! the vocabulary's own answer either way: the memo changes when it is computed, never what it is.
+//! all), chosen by the hash so threads counting different texts rarely meet; the maps index by the
+//! hash itself (it is one already). Single bytes are counted every time. The count is the
+//! vocabulary's own answer either way: the memo changes when it is computed, never what it is.
 
 use std::num::NonZeroUsize;
 use std::sync::LazyLock;
@@ -25,7 +25,7 @@ pub(crate) const SHARDS: usize = 16;
 /// Entries per map.
 pub(crate) const PER_SHARD: usize = 1024;
 /// Shorter texts are not remembered.
-pub(crate) const MIN_BYTES: usize = 24;
+pub(crate) const MIN_BYTES: usize = 2;
 
 /// (hash of vocabulary and text, text length in bytes).
 type Key = (u128, u64);
@@ -84,7 +84,7 @@ mod tests {
     fn short_texts_are_counted_every_time() {
         let mut calls = 0;
         for _ in 0..3 {
-            count(Encoding::O200kBase, "short", |_| {
+            count(Encoding::O200kBase, "s", |_| {
                 calls += 1;
                 1
             });
