@@ -214,8 +214,8 @@ pub(crate) struct DemoArgs {
 /// Arguments of `tollgate bench`.
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
-    /// Base URL of an OpenAI-compatible API (`http://host:port/v1`); default: the built-in test
-    /// upstream on 127.0.0.1 (no latency, no faults).
+    /// Base URL of an OpenAI-compatible API (`http://host:port/v1`); default: an upstream this
+    /// command starts on 127.0.0.1 in another process (see --upstream).
     #[arg(long)]
     pub url: Option<String>,
     /// Requests per measured run (each side runs twice, after a warm-up of a tenth).
@@ -236,6 +236,11 @@ pub(crate) struct BenchArgs {
     /// Runtime worker threads of the client side.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// The upstream: nginx with canned answers (auto picks it when installed), `tollgate
+    /// upstream` in its own process, or the test upstream inside this process (which counts its
+    /// work as the client's). Ignored with --url.
+    #[arg(long, value_enum, default_value_t = bench::upstream::Kind::Auto)]
+    pub upstream: bench::upstream::Kind,
     /// Measure `tollgate serve` instead: the same bare client through the proxy (with a virtual
     /// key) against straight to the upstream, at concurrency C and then at a fixed --rate.
     #[arg(long, conflicts_with = "stream")]

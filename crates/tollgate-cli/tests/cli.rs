@@ -1048,3 +1048,59 @@ fn upstream_names_a_port_it_cannot_take() {
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains("cannot start"), "{}", run.stderr);
 }
+
+#[test]
+fn bench_measures_against_an_upstream_in_another_process_and_reports_cpu() {
+    for (kind, says) in [
+        (
+            "process",
+            "upstream: `tollgate upstream` in its own process",
+        ),
+        ("inline", "includes the upstream's work"),
+    ] {
+        let run = tollgate(&["bench", "-n", "200", "-c", "8", "--upstream", kind], "");
+        assert_eq!(run.code, 0, "{kind}: {}{}", run.stdout, run.stderr);
+        assert!(run.stdout.contains(says), "{kind}: {}", run.stdout);
+        for row in ["bare hyper", "tollgate  "] {
+            let line = run
+                .stdout
+                .lines()
+                .find(|l| l.trim_start().starts_with(row.trim_end()) && l.contains("req/s"))
+                .unwrap_or_else(|| panic!("{kind}: no {row} row in {}", run.stdout));
+            assert!(line.contains("µs/req"), "{line}");
+        }
+        assert!(
+            run.stdout.contains("client CPU per request"),
+            "{}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
+fn bench_streams_against_nginx_when_it_is_installed() {
+    let nginx = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("nginx").is_file()));
+    let run = tollgate(
+        &[
+            "bench",
+            "-n",
+            "100",
+            "-c",
+            "4",
+            "--stream",
+            "--upstream",
+            "nginx",
+        ],
+        "",
+    );
+    if nginx {
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        assert!(run.stdout.contains("upstream: nginx"), "{}", run.stdout);
+        assert!(run.stdout.contains("/sse/v1"), "{}", run.stdout);
+    } else {
+        // Without nginx the command says why it cannot run, and fails.
+        assert_ne!(run.code, 0);
+        assert!(run.stderr.contains("cannot start nginx"), "{}", run.stderr);
+    }
+}

@@ -1,5 +1,10 @@
 //! `tollgate bench`: the call API against a bare hyper-util client, same upstream, same run.
 //!
+//! The upstream runs in another process and is never the bottleneck (nginx with canned answers
+//! when installed, else `tollgate upstream`; see [`upstream`]), so the throughput ratio and the
+//! client CPU per request (this process's user + system time over the run, divided by the
+//! requests) show what the client costs.
+//!
 //! N requests at concurrency C go through `Engine::send` (or `Engine::stream`) with a policy that
 //! has one upstream and one budget (so admission, accounting and settlement all run), and
 //! through hyper-util's pooled client with nothing around it. Each side runs twice, alternating,
@@ -22,9 +27,22 @@ use serde_json::json;
 use tollgate::policy::{Policy, Serve, VirtualKey};
 use tollgate::{ChatRequest, Engine};
 use tollgate_serve::Proxy;
-use tollgate_testkit::TestUpstream;
 
 use crate::{BenchArgs, exit};
+
+pub(crate) mod upstream;
+
+/// This process's CPU time so far (user + system, every thread).
+fn cpu_now() -> Duration {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF and a valid pointer.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
 
 /// One measured run.
 #[derive(Debug, Clone)]
@@ -33,9 +51,18 @@ struct Run {
     latency: Vec<Duration>,
     ttft: Vec<Duration>,
     errors: usize,
+    /// This process's CPU time over the run.
+    cpu: Duration,
+    /// Requests made.
+    n: usize,
 }
 
 impl Run {
+    /// CPU per request in µs.
+    fn cpu_per_request(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.n.max(1) as f64
+    }
+
     fn quantile(v: &[Duration], p: f64) -> Duration {
         if v.is_empty() {
             return Duration::ZERO;
@@ -58,19 +85,36 @@ pub(crate) fn run(args: &BenchArgs) -> u8 {
             return exit::FAILED;
         }
     };
-    let (_upstream, base_url) = match &args.url {
-        Some(url) => (None, url.trim_end_matches('/').to_owned()),
-        None => match TestUpstream::builder().default_words(args.words).start() {
+    let (_upstream, base_url, what, separate) = match &args.url {
+        Some(url) => (
+            None,
+            url.trim_end_matches('/').to_owned(),
+            "the upstream at --url".to_owned(),
+            true,
+        ),
+        None => match upstream::start(args.upstream, args.words) {
             Ok(up) => {
-                let url = up.base_url();
-                (Some(up), url)
+                let base = if args.stream {
+                    up.sse_base.clone()
+                } else {
+                    up.json_base.clone()
+                };
+                let (what, separate) = (up.what.clone(), up.separate);
+                (Some(up), base, what, separate)
             }
             Err(e) => {
-                eprintln!("error: cannot start the test upstream: {e}");
+                eprintln!("error: cannot start the upstream: {e}");
                 return exit::FAILED;
             }
         },
     };
+    println!("upstream: {what}");
+    if !separate {
+        println!(
+            "  (CPU per request below includes the upstream's work; --upstream nginx or process \
+             keeps it out)"
+        );
+    }
     let policy = format!(
         r#"version = 1
 [[upstream]]
@@ -168,8 +212,9 @@ fn report(bare: &Run, ours: &Run, stream: bool) {
     let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1000.0);
     let row = |name: &str, r: &Run| {
         let mut line = format!(
-            "  {name:<10} {:>10.0} req/s   p50 {:>8} ms   p99 {:>8} ms",
+            "  {name:<10} {:>10.0} req/s   cpu {:>6.1} µs/req   p50 {:>8} ms   p99 {:>8} ms",
             r.per_second,
+            r.cpu_per_request(),
             ms(Run::quantile(&r.latency, 0.5)),
             ms(Run::quantile(&r.latency, 0.99)),
         );
@@ -192,6 +237,10 @@ fn report(bare: &Run, ours: &Run, stream: bool) {
         ours.per_second / bare.per_second.max(f64::MIN_POSITIVE),
         added(&bare.latency, &ours.latency)
     );
+    println!(
+        "             client CPU per request {:.2}x bare hyper's",
+        ours.cpu_per_request() / bare.cpu_per_request().max(f64::MIN_POSITIVE)
+    );
     if stream {
         println!(
             "             added median time to first token {}",
@@ -208,6 +257,7 @@ where
 {
     let call = Arc::new(call);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cpu = cpu_now();
     let started = Instant::now();
     let mut workers = Vec::with_capacity(c);
     for _ in 0..c.min(n) {
@@ -235,6 +285,7 @@ where
         }
     }
     let elapsed = started.elapsed();
+    let cpu = cpu_now().saturating_sub(cpu);
     latency.sort();
     ttft.sort();
     Run {
@@ -242,6 +293,8 @@ where
         latency,
         ttft,
         errors,
+        cpu,
+        n,
     }
 }
 
@@ -341,6 +394,7 @@ where
     Fut: Future<Output = (Duration, Option<Duration>, bool)> + Send + 'static,
 {
     let n = (u64::from(rate.max(1)) * secs) as usize;
+    let cpu = cpu_now();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let started = Instant::now();
@@ -358,12 +412,15 @@ where
         }
     }
     let elapsed = started.elapsed();
+    let cpu = cpu_now().saturating_sub(cpu);
     latency.sort();
     Run {
         per_second: n as f64 / elapsed.as_secs_f64(),
         latency,
         ttft: vec![],
         errors,
+        cpu,
+        n,
     }
 }
 
@@ -431,8 +488,9 @@ fn run_serve(
     };
     let row = |name: &str, r: &Run| {
         println!(
-            "  {name:<28} {:>9.0} req/s   p50 {:>8.0} µs   p99 {:>8.0} µs",
+            "  {name:<28} {:>9.0} req/s   cpu {:>6.1} µs/req   p50 {:>8.0} µs   p99 {:>8.0} µs",
             r.per_second,
+            r.cpu_per_request(),
             us(Run::quantile(&r.latency, 0.5)),
             us(Run::quantile(&r.latency, 0.99)),
         );
@@ -445,6 +503,11 @@ fn run_serve(
         p.per_second / d.per_second.max(f64::MIN_POSITIVE),
         added(&d, &p, 0.5),
         added(&d, &p, 0.99)
+    );
+    println!(
+        "  the proxy's own CPU per request {:.1} µs (this process's CPU through the proxy, less \
+         the client's straight to the upstream)",
+        p.cpu_per_request() - d.cpu_per_request()
     );
     println!("open loop, {} requests/s for 3 s:", args.rate);
     row("straight to the upstream", &rd);
