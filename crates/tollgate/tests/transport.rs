@@ -435,3 +435,79 @@ async fn caller_errors_have_no_failure_class() {
     .unwrap_err();
     assert!(matches!(err, TransportError::Config(_)), "{err}");
 }
+
+/// A server that answers one request per connection and then closes it, without saying so
+/// (no `Connection: close`): the client pools each connection and finds it dead on the next
+/// call, either before sending (the pool drops it) or as hyper hands the unsent request back;
+/// either way the request goes out on a new connection, with its headers and body intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_closed_by_the_server_is_replaced_and_the_request_resent() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    const CALLS: usize = 40;
+    let server = std::thread::spawn(move || {
+        let mut bodies = Vec::new();
+        for _ in 0..CALLS {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read the head and the body (Content-Length) of one request.
+            loop {
+                let n = conn.read(&mut buf).unwrap();
+                assert!(n > 0, "the client closed before a whole request");
+                seen.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&seen).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (name, value) = l.split_once(':')?;
+                            name.eq_ignore_ascii_case("content-length")
+                                .then(|| value.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    if seen.len() >= end + 4 + length {
+                        bodies.push(text[end + 4..end + 4 + length].to_owned());
+                        assert!(text.to_ascii_lowercase().contains("\r\nhost: 127.0.0.1:"));
+                        break;
+                    }
+                }
+            }
+            let answer = r#"{"ok":true}"#;
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                answer.len()
+            );
+            // Closed at once: the client learns it only when it tries the connection again.
+        }
+        bodies
+    });
+    bounded(async {
+        let client = client(ClientConfig::default());
+        let url = format!("http://{addr}/v1/chat/completions");
+        for i in 0..CALLS {
+            let request = Request::post(&url)
+                .header("content-type", "application/json")
+                .body(Bytes::from(format!(r#"{{"n":{i}}}"#)))
+                .unwrap();
+            let response = client
+                .send(request)
+                .await
+                .unwrap_or_else(|e| panic!("call {i}: {e}"));
+            assert_eq!(response.status, StatusCode::OK);
+            assert_eq!(&response.body[..], br#"{"ok":true}"#);
+        }
+        assert_eq!(client.connections_opened(), CALLS as u64);
+    })
+    .await;
+    let bodies = server.join().expect("the server thread ran");
+    let expected: Vec<String> = (0..CALLS).map(|i| format!(r#"{{"n":{i}}}"#)).collect();
+    assert_eq!(
+        bodies, expected,
+        "each request arrived once, whole, in order"
+    );
+}

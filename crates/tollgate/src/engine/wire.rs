@@ -30,6 +30,10 @@ pub(crate) struct Wire {
     creds: Credentials,
     /// `<base_url>/chat/completions`.
     chat_url: String,
+    /// The same, parsed once (`None` when it does not parse: each request then reports it).
+    chat_uri: Option<http::Uri>,
+    /// `Authorization` values of a bearer pool, by pool index, made on first use.
+    bearers: OnceLock<Vec<Option<HeaderValue>>>,
     /// Pool key ids (as in [`super::TargetRef::key`]) by pool index.
     key_ids: Vec<String>,
     /// Round robin for calls that name no key (no route chose one).
@@ -59,8 +63,11 @@ impl Wire {
             crate::policy::Auth::Bearer { keys } => keys.iter().map(key_id).collect(),
             _ => vec![],
         };
+        let chat_url = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
         Ok(Wire {
-            chat_url: format!("{}/chat/completions", config.base_url.trim_end_matches('/')),
+            chat_uri: http::Uri::try_from(chat_url.as_str()).ok(),
+            bearers: OnceLock::new(),
+            chat_url,
             creds: Credentials::new(&config.auth),
             client,
             key_ids,
@@ -79,10 +86,12 @@ impl Wire {
         key: &str,
         last_event_id: Option<&str>,
     ) -> Result<(Request<Bytes>, Authorised), AuthError> {
-        let mut url = self.chat_url.clone();
+        // The common case (a bearer pool, a JWT, no credentials) builds no string: the URL is
+        // parsed once per wire and a pool's header values are made once.
+        let mut url: Option<String> = None;
         let mut extra: Vec<(String, String)> = Vec::new();
         let mut authorised = Authorised::default();
-        let mut bearer: Option<String> = None;
+        let mut bearer: Option<HeaderValue> = None;
         match self.creds.resolve()? {
             Resolved::None => {}
             Resolved::Bearer(keys) => {
@@ -91,12 +100,18 @@ impl Wire {
                     .iter()
                     .position(|id| id == key)
                     .unwrap_or_else(|| self.next_key.fetch_add(1, Ordering::Relaxed));
-                if let Some(secret) = keys.get(i % keys.len().max(1)) {
-                    bearer = Some(format!("Bearer {}", secret.expose()));
+                let values = self.bearers.get_or_init(|| {
+                    keys.iter()
+                        .map(|secret| sensitive(&format!("Bearer {}", secret.expose())))
+                        .collect()
+                });
+                if !values.is_empty() {
+                    bearer = Some(values[i % values.len()].clone().ok_or_else(not_a_header)?);
                 }
             }
             Resolved::Jwt(minter) => {
-                bearer = Some(format!("Bearer {}", minter.token(SystemTime::now())));
+                let value = format!("Bearer {}", minter.token(SystemTime::now()));
+                bearer = Some(sensitive(&value).ok_or_else(not_a_header)?);
             }
             Resolved::OAuth2(client) => {
                 let now = SystemTime::now();
@@ -105,43 +120,48 @@ impl Wire {
                         fetch_token(&self.client, url.expose().to_owned(), now)
                     })
                     .await?;
-                client.apply(&token, &mut url, &mut extra);
+                let url = url.get_or_insert_with(|| self.chat_url.clone());
+                client.apply(&token, url, &mut extra);
                 authorised.token = Some(token);
             }
         }
         for (name, value) in extra {
             if name.eq_ignore_ascii_case("authorization") {
-                bearer = Some(value);
+                bearer = Some(sensitive(&value).ok_or_else(not_a_header)?);
             }
         }
-        let mut builder = Request::builder()
-            .method(Method::POST)
-            .uri(url.as_str())
-            .header(CONTENT_TYPE, "application/json")
-            .header(USER_AGENT, AGENT)
-            .header(
-                ACCEPT,
-                if stream {
-                    "text/event-stream"
-                } else {
-                    "application/json"
-                },
-            );
+        let uri = match (url, &self.chat_uri) {
+            (None, Some(uri)) => uri.clone(),
+            (url, _) => {
+                let url = url.unwrap_or_else(|| self.chat_url.clone());
+                http::Uri::try_from(url).map_err(|e| AuthError::TokenFetch {
+                    message: format!("cannot build the request: {e}"),
+                })?
+            }
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        headers.reserve(6);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
+        headers.insert(
+            ACCEPT,
+            HeaderValue::from_static(if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            }),
+        );
         if let Some(value) = bearer {
-            let mut value = HeaderValue::from_str(&value).map_err(|_| AuthError::TokenFetch {
-                message: "the credential holds characters not allowed in a header".into(),
-            })?;
-            value.set_sensitive(true);
-            builder = builder.header(AUTHORIZATION, value);
+            headers.insert(AUTHORIZATION, value);
         }
         if let Some(id) = last_event_id
             && let Ok(v) = HeaderValue::from_str(id)
         {
-            builder = builder.header(HeaderName::from_static("last-event-id"), v);
+            headers.insert(HeaderName::from_static("last-event-id"), v);
         }
-        let request = builder.body(body).map_err(|e| AuthError::TokenFetch {
-            message: format!("cannot build the request: {e}"),
-        })?;
         Ok((request, authorised))
     }
 
@@ -200,6 +220,19 @@ async fn fetch_token(client: &Client, url: String, now: SystemTime) -> Result<To
             message: e.to_string(),
         })?;
     parse_token_response(response.status.as_u16(), &response.body, now)
+}
+
+/// A header value that is never logged, or `None` when `text` cannot be one.
+fn sensitive(text: &str) -> Option<HeaderValue> {
+    let mut value = HeaderValue::from_str(text).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+fn not_a_header() -> AuthError {
+    AuthError::TokenFetch {
+        message: "the credential holds characters not allowed in a header".into(),
+    }
 }
 
 /// The request body sent to a target: the caller's body with the target's model and the stream

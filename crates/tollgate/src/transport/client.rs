@@ -51,6 +51,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, HOST, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Request, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -224,7 +225,7 @@ pub struct StreamResponse {
     idle: Duration,
     deadline: Instant,
     total: Duration,
-    target: String,
+    target: Key,
     done: bool,
     release: Option<Release>,
 }
@@ -234,7 +235,7 @@ impl fmt::Debug for StreamResponse {
         f.debug_struct("StreamResponse")
             .field("status", &self.status)
             .field("version", &self.version)
-            .field("target", &self.target)
+            .field("target", &self.target.target())
             .field("done", &self.done)
             .finish_non_exhaustive()
     }
@@ -312,21 +313,33 @@ struct Inner {
     opened: AtomicU64,
 }
 
+/// A pool key: an origin. It shares the request URL's bytes (no copy per request); an origin
+/// written with and without its default port gets two pools.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     https: bool,
-    host: String,
+    authority: Authority,
     port: u16,
     /// True when connections to this origin go through the proxy.
     proxied: bool,
 }
 
 impl Key {
+    /// The host, without the brackets of an IPv6 address.
+    fn host(&self) -> &str {
+        self.authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+    }
+
+    /// `host:port`, for messages (made only when one is needed).
     fn target(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
+        let host = self.host();
+        if host.contains(':') {
+            format!("[{host}]:{}", self.port)
         } else {
-            format!("{}:{}", self.host, self.port)
+            format!("{host}:{}", self.port)
         }
     }
 }
@@ -442,7 +455,7 @@ impl Client {
         let limit = self.inner.config.max_response_bytes;
         let too_large = || TransportError::TooLarge {
             limit,
-            target: target.clone(),
+            target: target.target(),
         };
         let announced = parts
             .headers
@@ -591,23 +604,24 @@ impl Client {
         &self,
         request: Request<Bytes>,
         deadline: Instant,
-    ) -> Result<(http::Response<Incoming>, Option<Release>, String), TransportError> {
+    ) -> Result<(http::Response<Incoming>, Option<Release>, Key), TransportError> {
         let key = self.key_of(request.uri())?;
-        let target = key.target();
         let t = self.inner.config.timeouts;
         let fut = async {
+            let mut request = request;
             if let Some(sender) = self.checkout(&key) {
-                match self.send_on(sender, &key, clone_request(&request)).await {
+                match self.send_on(sender, &key, request).await {
                     Ok(done) => return Ok(done),
-                    // The pooled connection died before the request went out: use a new one.
-                    Err(SendError::NotSent) => {}
+                    // The pooled connection died before the request went out (hyper gives it
+                    // back unsent): use a new one.
+                    Err(SendError::NotSent(back)) => request = *back,
                     Err(SendError::Failed(e)) => return Err(e),
                 }
             }
             let sender = self.connect(&key).await?;
             match self.send_on(sender, &key, request).await {
                 Ok(done) => Ok(done),
-                Err(SendError::NotSent) => Err(TransportError::Connect {
+                Err(SendError::NotSent(_)) => Err(TransportError::Connect {
                     kind: ConnectKind::Reset,
                     target: key.target(),
                     message: "the connection closed before the request was sent".into(),
@@ -621,10 +635,10 @@ impl Client {
             TimeoutKind::FirstByte,
             deadline,
             t.total,
-            &target,
+            &key,
         )
         .await??;
-        Ok((response, release, target))
+        Ok((response, release, key))
     }
 
     /// The pool key of `uri`: its origin, and whether the proxy is used for it.
@@ -634,7 +648,7 @@ impl Client {
             .inner
             .proxy
             .as_ref()
-            .is_some_and(|p| p.applies_to(&key.host));
+            .is_some_and(|p| p.applies_to(key.host()));
         Ok(key)
     }
 
@@ -684,46 +698,83 @@ impl Client {
         key: &Key,
         request: Request<Bytes>,
     ) -> Result<(http::Response<Incoming>, Option<Release>), SendError> {
-        let failed = |e: hyper::Error| {
-            if e.is_canceled() {
-                SendError::NotSent
-            } else {
-                SendError::Failed(send_error(key, &e))
-            }
-        };
+        // hyper gives an unsent request back (try_send_request); what it does not give back
+        // may have been written, so it is not sent again.
+        let failed = |e: hyper::Error| SendError::Failed(send_error(key, &e));
         match sender {
             Sender::H2(mut sender) => {
-                sender.ready().await.map_err(|_| SendError::NotSent)?;
-                let request = request.map(Full::new);
-                let response = sender.send_request(request).await.map_err(failed)?;
-                Ok((response, None))
+                if sender.ready().await.is_err() {
+                    return Err(SendError::NotSent(Box::new(request)));
+                }
+                let (parts, body) = request.into_parts();
+                let kept = body.clone();
+                match sender
+                    .try_send_request(Request::from_parts(parts, Full::new(body)))
+                    .await
+                {
+                    Ok(response) => Ok((response, None)),
+                    Err(mut e) => match e.take_message() {
+                        Some(back) => Err(SendError::NotSent(Box::new(Request::from_parts(
+                            back.into_parts().0,
+                            kept,
+                        )))),
+                        None => Err(failed(e.into_error())),
+                    },
+                }
             }
             Sender::H1(mut sender) => {
-                sender.ready().await.map_err(|_| SendError::NotSent)?;
+                if sender.ready().await.is_err() {
+                    return Err(SendError::NotSent(Box::new(request)));
+                }
                 let (mut parts, body) = request.into_parts();
-                if !parts.headers.contains_key(HOST) {
+                let kept = body.clone();
+                let absolute = parts.uri.clone();
+                let host_added = !parts.headers.contains_key(HOST);
+                if host_added {
                     let authority = parts.uri.authority().map(|a| a.as_str()).unwrap_or("");
                     if let Ok(value) = HeaderValue::from_str(authority) {
                         parts.headers.insert(HOST, value);
                     }
                 }
-                let path = parts
-                    .uri
-                    .path_and_query()
-                    .map(|p| p.as_str())
-                    .unwrap_or("/");
-                parts.uri = Uri::try_from(path).map_err(|e| {
+                // Origin form (`/path?query`), sharing the URL's bytes.
+                let mut origin = http::uri::Parts::default();
+                origin.path_and_query = Some(
+                    parts
+                        .uri
+                        .path_and_query()
+                        .cloned()
+                        .unwrap_or_else(|| PathAndQuery::from_static("/")),
+                );
+                parts.uri = Uri::from_parts(origin).map_err(|e| {
                     SendError::Failed(TransportError::InvalidRequest(format!("bad path: {e}")))
                 })?;
                 parts.version = Version::HTTP_11;
-                let request = Request::from_parts(parts, Full::new(body));
-                let response = sender.send_request(request).await.map_err(failed)?;
-                let release = Release {
-                    inner: self.inner.clone(),
-                    key: key.clone(),
-                    sender,
-                };
-                Ok((response, Some(release)))
+                match sender
+                    .try_send_request(Request::from_parts(parts, Full::new(body)))
+                    .await
+                {
+                    Ok(response) => {
+                        let release = Release {
+                            inner: self.inner.clone(),
+                            key: key.clone(),
+                            sender,
+                        };
+                        Ok((response, Some(release)))
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(back) => {
+                            let (mut parts, _) = back.into_parts();
+                            parts.uri = absolute;
+                            if host_added {
+                                parts.headers.remove(HOST);
+                            }
+                            Err(SendError::NotSent(Box::new(Request::from_parts(
+                                parts, kept,
+                            ))))
+                        }
+                        None => Err(failed(e.into_error())),
+                    },
+                }
             }
         }
     }
@@ -762,7 +813,7 @@ impl Client {
                 tcp
             }
             _ => {
-                let tcp = dial(&key.host, key.port)
+                let tcp = dial(key.host(), key.port)
                     .await
                     .map_err(|(kind, m)| fail(kind, m))?;
                 self.inner.opened.fetch_add(1, Ordering::Relaxed);
@@ -770,8 +821,7 @@ impl Client {
             }
         };
         if key.https {
-            let host = key.host.trim_start_matches('[').trim_end_matches(']');
-            let name = ServerName::try_from(host.to_owned())
+            let name = ServerName::try_from(key.host().to_owned())
                 .map_err(|e| fail(ConnectKind::Tls, format!("invalid TLS server name: {e}")))?;
             let tls = self
                 .inner
@@ -824,8 +874,8 @@ impl Client {
 }
 
 enum SendError {
-    /// The connection was gone before the request was written; safe to send again.
-    NotSent,
+    /// The connection was gone before the request was written; safe to send again: here it is.
+    NotSent(Box<Request<Bytes>>),
     Failed(TransportError),
 }
 
@@ -877,30 +927,18 @@ fn origin_of(uri: &Uri) -> Result<Key, TransportError> {
             ));
         }
     };
-    let host = uri
-        .host()
-        .filter(|h| !h.is_empty())
+    let authority = uri
+        .authority()
+        .filter(|a| !a.host().is_empty())
+        .cloned()
         .ok_or_else(|| TransportError::InvalidRequest("the URL has no host".into()))?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     Ok(Key {
         https,
-        host,
+        authority,
         port,
         proxied: false,
     })
-}
-
-fn clone_request(request: &Request<Bytes>) -> Request<Bytes> {
-    let mut copy = Request::new(request.body().clone());
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    copy
 }
 
 /// Runs `fut` within `stage` (reported as `kind`) and the overall `deadline` (reported as
@@ -911,7 +949,7 @@ async fn within<F: Future>(
     kind: TimeoutKind,
     deadline: Instant,
     total: Duration,
-    target: &str,
+    key: &Key,
 ) -> Result<F::Output, TransportError> {
     let remaining = deadline.saturating_duration_since(Instant::now());
     let (limit, kind, after) = if stage < remaining {
@@ -924,7 +962,7 @@ async fn within<F: Future>(
         .map_err(|_| TransportError::Timeout {
             kind,
             after,
-            target: target.to_owned(),
+            target: key.target(),
         })
 }
 
@@ -999,9 +1037,9 @@ fn send_error(key: &Key, e: &hyper::Error) -> TransportError {
 }
 
 /// A failure while reading the body after the head.
-fn body_error(target: &str, e: &hyper::Error) -> TransportError {
+fn body_error(key: &Key, e: &hyper::Error) -> TransportError {
     TransportError::Body {
-        target: target.to_owned(),
+        target: key.target(),
         message: chain(e),
     }
 }
