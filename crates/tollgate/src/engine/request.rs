@@ -293,18 +293,3 @@ pub(crate) fn model_of(request: &ChatRequest) -> Result<&str, CallError> {
         )),
     }
 }
-
-/// A response body read only for its `usage`: the rest is checked to be JSON and skipped, which
-/// is several times cheaper than building a `Value` of the whole body.
-#[derive(serde::Deserialize)]
-pub(crate) struct UsageOnly {
-    #[serde(default)]
-    usage: Option<Value>,
-}
-
-impl UsageOnly {
-    pub(crate) fn usage(&self) -> Option<Usage> {
-        let u = self.usage.as_ref()?;
-        Usage::from_response(u).ok().flatten()
-    }
-}

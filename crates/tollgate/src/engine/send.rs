@@ -13,6 +13,7 @@ use http::HeaderMap;
 
 use crate::cache::{CachedResponse, FlightError};
 use crate::retry::Failure;
+use crate::tokens::Usage;
 
 use super::admit::RouteHint;
 use super::cache::{CacheFill, CacheLookup};
@@ -20,7 +21,7 @@ use super::decision::Decision;
 use super::deny::Denial;
 use super::outcome::{GiveUp, Outcome, Settlement, Verdict};
 use super::permit::Permit;
-use super::request::{CallError, ChatRequest, ChatResponse, Source, UsageOnly, model_of};
+use super::request::{CallError, ChatRequest, ChatResponse, Source, model_of};
 use super::route::{Attempt, TargetRef};
 use super::wire::{Wire, body_for, exchange};
 use super::{Call, Engine, Prompt};
@@ -173,8 +174,8 @@ impl Engine {
                             .with_headers(&headers)
                             .with_latency(latency);
                         if response.status.is_success() {
-                            match serde_json::from_slice::<UsageOnly>(&response.body) {
-                                Ok(body) => outcome.usage = body.usage(),
+                            match Usage::from_response_bytes(&response.body) {
+                                Ok(usage) => outcome.usage = usage,
                                 Err(_) => outcome.failure = Some(Failure::Malformed),
                             }
                         }

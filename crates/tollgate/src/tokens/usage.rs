@@ -63,64 +63,81 @@ impl Usage {
         let u = usage.as_object().ok_or(TokenError::UsageNotObject {
             found: json_type(usage),
         })?;
-
-        let (prompt_tokens, prompt_field) = match field(u, "prompt_tokens")? {
-            Some(v) => (v, "prompt_tokens"),
-            None => (field(u, "input_tokens")?.unwrap_or(0), "input_tokens"),
+        // Read in the order the names take precedence: a name that another one shadows is not
+        // looked at (so a malformed value there is no error).
+        let details = |outer: &str, inner: &str, path: &'static str| {
+            nested(u, outer, inner, path).map(|v| Some(Details::of(v, inner)))
         };
-        let (completion_tokens, completion_field) = match field(u, "completion_tokens")? {
-            Some(v) => (v, "completion_tokens"),
-            None => (field(u, "output_tokens")?.unwrap_or(0), "output_tokens"),
+        let mut f = Fields {
+            prompt_tokens: field(u, "prompt_tokens")?,
+            ..Fields::default()
         };
-
-        let mut cached = (0, "prompt_tokens_details.cached_tokens");
-        if let Some(v) = nested(
-            u,
+        if f.prompt_tokens.is_none() {
+            f.input_tokens = field(u, "input_tokens")?;
+        }
+        f.completion_tokens = field(u, "completion_tokens")?;
+        if f.completion_tokens.is_none() {
+            f.output_tokens = field(u, "output_tokens")?;
+        }
+        f.prompt_tokens_details = details(
             "prompt_tokens_details",
             "cached_tokens",
             "prompt_tokens_details.cached_tokens",
-        )? {
-            cached.0 = v;
-        } else if let Some(v) = nested(
-            u,
-            "input_tokens_details",
-            "cached_tokens",
-            "input_tokens_details.cached_tokens",
-        )? {
-            cached = (v, "input_tokens_details.cached_tokens");
-        } else if let Some(v) = field(u, "prompt_cache_hit_tokens")? {
-            cached = (v, "prompt_cache_hit_tokens");
+        )?;
+        if f.cached().is_none() {
+            f.input_tokens_details = details(
+                "input_tokens_details",
+                "cached_tokens",
+                "input_tokens_details.cached_tokens",
+            )?;
         }
-        let mut reasoning = (0, "completion_tokens_details.reasoning_tokens");
-        if let Some(v) = nested(
-            u,
+        if f.cached().is_none() {
+            f.prompt_cache_hit_tokens = field(u, "prompt_cache_hit_tokens")?;
+        }
+        f.completion_tokens_details = details(
             "completion_tokens_details",
             "reasoning_tokens",
             "completion_tokens_details.reasoning_tokens",
-        )? {
-            reasoning.0 = v;
-        } else if let Some(v) = nested(
-            u,
-            "output_tokens_details",
-            "reasoning_tokens",
-            "output_tokens_details.reasoning_tokens",
-        )? {
-            reasoning = (v, "output_tokens_details.reasoning_tokens");
+        )?;
+        if f.reasoning().is_none() {
+            f.output_tokens_details = details(
+                "output_tokens_details",
+                "reasoning_tokens",
+                "output_tokens_details.reasoning_tokens",
+            )?;
         }
+        f.usage(|| field(u, "total_tokens"))
+    }
 
-        check_part(cached, (prompt_tokens, prompt_field))?;
-        check_part(reasoning, (completion_tokens, completion_field))?;
-        let total_tokens = match field(u, "total_tokens")? {
-            Some(t) => t,
-            None => prompt_tokens.saturating_add(completion_tokens),
-        };
-        Ok(Some(Usage {
-            prompt_tokens,
-            completion_tokens,
-            total_tokens,
-            cached_prompt_tokens: cached.0,
-            reasoning_tokens: reasoning.0,
-        }))
+    /// Reads the `usage` of a response body given as bytes, as [`Usage::from_response`] reads
+    /// it from the parsed body, without building the body or the usage as a [`Value`]: the
+    /// counts go straight into integers. A usage it cannot read that way (a count of the wrong
+    /// type, for one) is read again through [`Usage::from_response`], so the answer and the
+    /// error are the same. `Err` only when the body is not JSON.
+    pub fn from_response_bytes(body: &[u8]) -> Result<Option<Usage>, serde_json::Error> {
+        #[derive(serde::Deserialize)]
+        struct Fast {
+            #[serde(default, deserialize_with = "object_or_null")]
+            usage: Option<Fields>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Slow {
+            #[serde(default)]
+            usage: Option<Value>,
+        }
+        match serde_json::from_slice::<Fast>(body) {
+            Ok(Fast { usage: None }) => Ok(None),
+            Ok(Fast { usage: Some(f) }) if f.names_a_count() => {
+                Ok(f.usage(|| Ok(f.total_tokens)).ok().flatten())
+            }
+            // No count under any name (or only nulls): the slow path tells which.
+            Ok(Fast { usage: Some(_) }) | Err(_) => {
+                let slow: Slow = serde_json::from_slice(body)?;
+                Ok(slow
+                    .usage
+                    .and_then(|u| Usage::from_response(&u).ok().flatten()))
+            }
+        }
     }
 
     /// Usage of a streamed response that ended without a usage chunk: the prompt as estimated
@@ -152,6 +169,149 @@ impl Usage {
     pub fn uncached_prompt_tokens(&self) -> u64 {
         self.prompt_tokens.saturating_sub(self.cached_prompt_tokens)
     }
+}
+
+/// The counts a usage object may hold, under every provider's names (`None`: absent or null).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct Fields {
+    prompt_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+    prompt_cache_hit_tokens: Option<u64>,
+    #[serde(deserialize_with = "object_or_null")]
+    prompt_tokens_details: Option<Details>,
+    #[serde(deserialize_with = "object_or_null")]
+    input_tokens_details: Option<Details>,
+    #[serde(deserialize_with = "object_or_null")]
+    completion_tokens_details: Option<Details>,
+    #[serde(deserialize_with = "object_or_null")]
+    output_tokens_details: Option<Details>,
+}
+
+/// A `*_tokens_details` object: the part it names.
+#[derive(Debug, Default, Clone, Copy, serde::Deserialize)]
+#[serde(default)]
+struct Details {
+    cached_tokens: Option<u64>,
+    reasoning_tokens: Option<u64>,
+}
+
+impl Details {
+    /// Details holding `inner` = `v`.
+    fn of(v: Option<u64>, inner: &str) -> Details {
+        match inner {
+            "cached_tokens" => Details {
+                cached_tokens: v,
+                ..Details::default()
+            },
+            _ => Details {
+                reasoning_tokens: v,
+                ..Details::default()
+            },
+        }
+    }
+}
+
+impl Fields {
+    /// Whether it names a count at all (else it is not a usage object).
+    fn names_a_count(&self) -> bool {
+        [
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.input_tokens,
+            self.output_tokens,
+            self.total_tokens,
+        ]
+        .iter()
+        .any(Option::is_some)
+    }
+
+    /// The cached part of the prompt and the name it came under, in precedence order.
+    fn cached(&self) -> Option<(u64, &'static str)> {
+        let part = |d: Option<Details>| d.and_then(|d| d.cached_tokens);
+        if let Some(v) = part(self.prompt_tokens_details) {
+            Some((v, "prompt_tokens_details.cached_tokens"))
+        } else if let Some(v) = part(self.input_tokens_details) {
+            Some((v, "input_tokens_details.cached_tokens"))
+        } else {
+            self.prompt_cache_hit_tokens
+                .map(|v| (v, "prompt_cache_hit_tokens"))
+        }
+    }
+
+    /// The reasoning part of the completion and the name it came under.
+    fn reasoning(&self) -> Option<(u64, &'static str)> {
+        let part = |d: Option<Details>| d.and_then(|d| d.reasoning_tokens);
+        if let Some(v) = part(self.completion_tokens_details) {
+            Some((v, "completion_tokens_details.reasoning_tokens"))
+        } else {
+            part(self.output_tokens_details).map(|v| (v, "output_tokens_details.reasoning_tokens"))
+        }
+    }
+
+    /// The usage these counts say, checked (a part never exceeds its whole); `total` reads the
+    /// reported total, after the parts are checked.
+    fn usage(
+        &self,
+        total: impl FnOnce() -> Result<Option<u64>, TokenError>,
+    ) -> Result<Option<Usage>, TokenError> {
+        let (prompt_tokens, prompt_field) = match self.prompt_tokens {
+            Some(v) => (v, "prompt_tokens"),
+            None => (self.input_tokens.unwrap_or(0), "input_tokens"),
+        };
+        let (completion_tokens, completion_field) = match self.completion_tokens {
+            Some(v) => (v, "completion_tokens"),
+            None => (self.output_tokens.unwrap_or(0), "output_tokens"),
+        };
+        let cached = self
+            .cached()
+            .unwrap_or((0, "prompt_tokens_details.cached_tokens"));
+        let reasoning = self
+            .reasoning()
+            .unwrap_or((0, "completion_tokens_details.reasoning_tokens"));
+        check_part(cached, (prompt_tokens, prompt_field))?;
+        check_part(reasoning, (completion_tokens, completion_field))?;
+        Ok(Some(Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: total()?.unwrap_or(prompt_tokens.saturating_add(completion_tokens)),
+            cached_prompt_tokens: cached.0,
+            reasoning_tokens: reasoning.0,
+        }))
+    }
+}
+
+/// A struct from an object only (derived struct deserializers also take arrays), `None` for
+/// null.
+fn object_or_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    use serde::de::value::MapAccessDeserializer;
+    struct Visit<T>(std::marker::PhantomData<T>);
+    impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object or null")
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            T::deserialize(MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    d.deserialize_option(Visit(std::marker::PhantomData))
 }
 
 fn is_usage_object(obj: &Map<String, Value>) -> bool {
@@ -215,6 +375,56 @@ fn check_part(part: (u64, &'static str), whole: (u64, &'static str)) -> Result<(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The byte path answers what `from_response` answers for the body's `usage`, case by case.
+    #[test]
+    fn bytes_read_the_same_usage_as_values() {
+        let usages = [
+            r#"{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29}"#,
+            r#"{"prompt_tokens":1200,"completion_tokens":300,"total_tokens":1500,
+                "prompt_tokens_details":{"cached_tokens":1024,"audio_tokens":0},
+                "completion_tokens_details":{"reasoning_tokens":256}}"#,
+            r#"{"input_tokens":5,"output_tokens":7,"input_tokens_details":{"cached_tokens":2},
+                "output_tokens_details":{"reasoning_tokens":3}}"#,
+            r#"{"prompt_tokens":50,"completion_tokens":5,"prompt_cache_hit_tokens":40}"#,
+            r#"{"prompt_tokens":50,"completion_tokens":5,"prompt_tokens_details":{}}"#,
+            r#"{"prompt_tokens":50,"completion_tokens":5,"prompt_tokens_details":null}"#,
+            r#"{"completion_tokens":5}"#,
+            r#"{"total_tokens":5}"#,
+            "{}",
+            "null",
+            r#"{"prompt_tokens":null}"#,
+            r#"{"prompt_tokens":"19","completion_tokens":1}"#,
+            r#"{"prompt_tokens":-1,"completion_tokens":1}"#,
+            r#"{"prompt_tokens":1.5,"completion_tokens":1}"#,
+            r#"{"prompt_tokens":10,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":11}}"#,
+            r#"{"prompt_tokens":10,"completion_tokens":1,"completion_tokens_details":{"reasoning_tokens":2}}"#,
+            r#"{"prompt_tokens":10,"completion_tokens":1,"prompt_tokens_details":7}"#,
+            r#"{"prompt_tokens":10,"completion_tokens":1,"prompt_tokens_details":[5]}"#,
+            // A shadowed name holding nonsense is not read (prompt_tokens wins).
+            r#"{"prompt_tokens":10,"input_tokens":"x","completion_tokens":1}"#,
+            r#"{"prompt_tokens":10,"completion_tokens":1,"total_tokens":"many"}"#,
+            "[1,2]",
+            r#""text""#,
+        ];
+        for usage in usages {
+            let body = format!(
+                r#"{{"id":"x","choices":[{{"message":{{"content":"hi"}}}}],"usage":{usage}}}"#
+            );
+            let value: Value = serde_json::from_str(usage).unwrap();
+            let expected = match value {
+                Value::Null => None,
+                v => Usage::from_response(&v).ok().flatten(),
+            };
+            let got = Usage::from_response_bytes(body.as_bytes()).expect("the body is JSON");
+            assert_eq!(got, expected, "usage {usage}");
+        }
+        assert_eq!(
+            Usage::from_response_bytes(br#"{"choices":[]}"#).unwrap(),
+            None
+        );
+        assert!(Usage::from_response_bytes(b"{not json").is_err());
+    }
 
     #[test]
     fn openai_full_response() {
