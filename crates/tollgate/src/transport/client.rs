@@ -951,13 +951,14 @@ async fn within<F: Future>(
     total: Duration,
     key: &Key,
 ) -> Result<F::Output, TransportError> {
-    let remaining = deadline.saturating_duration_since(Instant::now());
+    let now = Instant::now();
+    let remaining = deadline.saturating_duration_since(now);
     let (limit, kind, after) = if stage < remaining {
         (stage, kind, stage)
     } else {
         (remaining, TimeoutKind::Total, total)
     };
-    tokio::time::timeout(limit, fut)
+    super::deadline::until((now + limit).into_std(), fut)
         .await
         .map_err(|_| TransportError::Timeout {
             kind,

@@ -2,6 +2,7 @@
 //! HTTP proxies through `CONNECT`, and the server-sent-events decoder. The call API (`send` / `stream` through the whole policy
 //! pipeline) builds on these.
 pub mod client;
+mod deadline;
 mod percent;
 pub mod proxy;
 pub mod sse;
