@@ -251,14 +251,24 @@ impl Engine {
         call: &Call<'_>,
         route: Option<admit::RouteHint>,
     ) -> Decision {
-        let compiled = self.inner.current.load_full();
+        self.admit_on(&self.inner.current.load_full(), call, route)
+            .await
+    }
+
+    /// [`Engine::admit_async`] against `compiled`, a policy the caller already holds.
+    pub(crate) async fn admit_on(
+        &self,
+        compiled: &Compiled,
+        call: &Call<'_>,
+        route: Option<admit::RouteHint>,
+    ) -> Decision {
         let metrics = &self.inner.metrics;
-        let (spec, now) = match admit::spec(&compiled, metrics, call, route) {
+        let (spec, now) = match admit::spec(compiled, metrics, call, route) {
             Ok(s) => s,
             Err(d) => return d,
         };
-        let result = admit::try_admit_async(&compiled, &spec, None, now).await;
-        admit::decision(&compiled, metrics, result)
+        let result = admit::try_admit_async(compiled, &spec, None, now).await;
+        admit::decision(compiled, metrics, result)
     }
 
     /// Admits a call, waiting in the budgets' priority queues as long as the policy allows.

@@ -100,7 +100,7 @@ impl Engine {
     /// [`PROBE_EVERY`]) as tasks on the current runtime, so a half-open target is tested without
     /// users' calls and closes again when it has recovered.
     pub(crate) fn drive_probes(&self) {
-        let compiled = self.inner.current();
+        let compiled = self.inner.current.load();
         if compiled.policy.breaker.probe.is_none() {
             return;
         }

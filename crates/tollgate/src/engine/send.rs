@@ -16,6 +16,7 @@ use crate::retry::Failure;
 use crate::tokens::Usage;
 
 use super::admit::RouteHint;
+use super::compile::Compiled;
 use super::cache::{CacheFill, CacheLookup};
 use super::decision::Decision;
 use super::deny::Denial;
@@ -280,7 +281,7 @@ impl Engine {
             route,
         };
         let (permit, queued) = self
-            .admit_waiting(&call, Some(hint))
+            .admit_waiting(&compiled, &call, Some(hint))
             .await
             .map_err(CallError::Denied)?;
         // The policy running now (a reload may have come while the call waited): the permit's
@@ -345,11 +346,12 @@ impl Engine {
     /// [`super::Waiter`] does: up to the policy's `retry.max_retry_after`, as for a `Retry-After`.
     pub(crate) async fn admit_waiting(
         &self,
+        compiled: &Compiled,
         call: &Call<'_>,
         route: Option<RouteHint>,
     ) -> Result<(Permit, Duration), Denial> {
         let started = Instant::now();
-        match self.admit_routed(call, route).await {
+        match self.admit_on(compiled, call, route).await {
             Decision::Go(permit) => return Ok((permit, Duration::ZERO)),
             Decision::Deny(denial) => return Err(denial),
             Decision::Wait(_) => {}
