@@ -40,7 +40,10 @@ lib="$(cd "$(dirname "$lib")" && pwd)/$(basename "$lib")"
 
 # The headers and the library come from CGO_CFLAGS and CGO_LDFLAGS (tag tollgate_custom_lib);
 # tollgate_testkit adds the test upstream the tests and benchmarks use.
-export CGO_CFLAGS="-I$root/crates/tollgate-capi/include"
+# Go's build cache keys on these flags, not on the library's bytes: the stamp (a hash of the
+# library and the headers) makes a new build of either get compiled and linked, not a cached one.
+stamp="$(cat "$lib" "$root"/crates/tollgate-capi/include/*.h | sha256sum | cut -c1-16)"
+export CGO_CFLAGS="-I$root/crates/tollgate-capi/include -DTOLLGATE_BUILD_STAMP=$stamp"
 export CGO_LDFLAGS="$lib"
 tags="tollgate_custom_lib tollgate_testkit"
 out="$target/go"
