@@ -104,7 +104,7 @@ pub struct StatsJs {
 
 impl Drop for NativeEngine {
     fn drop(&mut self) {
-        crate::decide::unregister(self.index);
+        crate::registry::unregister(self.index);
     }
 }
 
@@ -121,7 +121,7 @@ impl NativeEngine {
         }
         .map_err(|e| ErrorInfo::policy(&e).into_napi())?;
         Ok(NativeEngine {
-            index: crate::decide::register(engine.clone()),
+            index: crate::registry::register(engine.clone()),
             engine,
             cancels: Arc::default(),
         })

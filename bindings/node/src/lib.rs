@@ -19,6 +19,7 @@ pub mod call;
 pub mod decide;
 pub mod engine;
 pub mod error;
+mod registry;
 pub mod watch;
 
 /// Installs the module's tokio runtime (napi-rs runs every async function on it; tollgate's
