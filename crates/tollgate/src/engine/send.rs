@@ -16,8 +16,8 @@ use crate::retry::Failure;
 use crate::tokens::Usage;
 
 use super::admit::RouteHint;
-use super::compile::Compiled;
 use super::cache::{CacheFill, CacheLookup};
+use super::compile::Compiled;
 use super::decision::Decision;
 use super::deny::Denial;
 use super::outcome::{GiveUp, Outcome, Settlement, Verdict};
