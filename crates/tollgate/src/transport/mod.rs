@@ -3,6 +3,7 @@
 //! pipeline) builds on these.
 pub mod client;
 mod deadline;
+mod error;
 mod percent;
 pub mod proxy;
 pub mod sse;
