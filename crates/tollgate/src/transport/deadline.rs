@@ -10,7 +10,8 @@
 //! in flight.
 //!
 //! A deadline therefore fires up to one [`TICK`] late: fine for limits of seconds, and for the
-//! hundreds of milliseconds tests use.
+//! hundreds of milliseconds tests use. The thread lives as long as the process and is stopped
+//! and joined at exit (`atexit`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -55,7 +56,13 @@ struct Table {
     wake: Condvar,
     /// Round robin of shards for the next filing.
     next: AtomicUsize,
+    /// Set at process exit: the thread ends.
+    stop: AtomicBool,
 }
+
+/// The deadline thread, joined at process exit (so it does not run on while the process's
+/// memory is torn down, and leak checkers see a finished thread).
+static THREAD: Mutex<Option<std::thread::JoinHandle<()>>> = Mutex::new(None);
 
 static TABLE: LazyLock<Table> = LazyLock::new(|| {
     let table = Table {
@@ -65,21 +72,43 @@ static TABLE: LazyLock<Table> = LazyLock::new(|| {
         sleep: Mutex::new(false),
         wake: Condvar::new(),
         next: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
     };
-    super::with_sigpipe_blocked(|| {
+    let thread = super::with_sigpipe_blocked(|| {
         std::thread::Builder::new()
             .name("tollgate-deadline".into())
             .spawn(watch)
             .expect("the deadline thread starts")
     });
+    *THREAD.lock() = Some(thread);
+    #[cfg(unix)]
+    // SAFETY: registers a function with no arguments that only touches this module's statics.
+    unsafe {
+        libc::atexit(stop_at_exit);
+    }
     table
 });
+
+/// Ends the deadline thread and waits for it (a tick at most): registered with `atexit`.
+#[cfg(unix)]
+extern "C" fn stop_at_exit() {
+    let table = &*TABLE;
+    table.stop.store(true, Ordering::SeqCst);
+    {
+        let mut asleep = table.sleep.lock();
+        *asleep = false;
+        table.wake.notify_one();
+    }
+    if let Some(thread) = THREAD.lock().take() {
+        let _ = thread.join();
+    }
+}
 
 /// The deadline thread: wakes what is due every tick while anything is in flight.
 fn watch() {
     let table = &*TABLE;
     let mut empty_since: Option<Instant> = None;
-    loop {
+    while !table.stop.load(Ordering::SeqCst) {
         std::thread::sleep(TICK);
         let now = Instant::now();
         for shard in &table.shards {
@@ -111,7 +140,7 @@ fn watch() {
         // Nothing in flight for a while: sleep until a deadline is filed.
         let mut asleep = table.sleep.lock();
         table.sleeping.store(true, Ordering::SeqCst);
-        if table.live.load(Ordering::SeqCst) == 0 {
+        if table.live.load(Ordering::SeqCst) == 0 && !table.stop.load(Ordering::SeqCst) {
             *asleep = true;
             while *asleep {
                 table.wake.wait(&mut asleep);
