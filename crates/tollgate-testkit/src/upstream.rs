@@ -244,10 +244,7 @@ impl Builder {
                                     Err(_) => drop(for_server),
                                 }
                             });
-                            // Returns once the workers stopped; the bound is for a worker
-                            // stuck in a task. Generous: under valgrind a thread's exit takes
-                            // far longer than 100 ms, and one left behind shows as a leak.
-                            rt.shutdown_timeout(Duration::from_secs(2));
+                            rt.shutdown_timeout(Duration::from_millis(100));
                             let _ = done_tx.send(());
                         })
                 })
@@ -296,7 +293,7 @@ enum Runner {
 ///
 /// It serves `POST /v1/chat/completions` (JSON or SSE), `GET /v1/models` and
 /// `GET /v1/models/{id}`, applies scripted or drawn faults, and logs every arrival. Dropping it
-/// shuts it down (bounded by [`Builder::shutdown_timeout`] plus three seconds).
+/// shuts it down (bounded by [`Builder::shutdown_timeout`] plus a second).
 pub struct TestUpstream {
     addr: SocketAddr,
     ca: Option<TestCa>,
@@ -444,7 +441,7 @@ impl TestUpstream {
     }
 
     /// Stops accepting, cuts pending delays short, lets open connections finish within the
-    /// shutdown timeout, and (own runtime) waits for that, three seconds longer at most.
+    /// shutdown timeout, and (own runtime) waits for that, a second longer at most.
     pub fn shutdown(mut self) {
         self.stop_and_wait();
     }
@@ -452,7 +449,7 @@ impl TestUpstream {
     /// As [`TestUpstream::shutdown`], awaiting the end without blocking the caller's runtime.
     pub async fn shutdown_async(mut self) {
         let _ = self.stop.send(true);
-        let limit = self.shared.config.grace + Duration::from_secs(3);
+        let limit = self.shared.config.grace + Duration::from_secs(1);
         match &mut self.runner {
             Runner::Task(handle) => {
                 if let Some(h) = handle.take() {
@@ -481,7 +478,7 @@ impl TestUpstream {
     fn stop_and_wait(&mut self) {
         let _ = self.stop.send(true);
         if let Runner::Thread { thread, done } = &mut self.runner {
-            let limit = self.shared.config.grace + Duration::from_secs(3);
+            let limit = self.shared.config.grace + Duration::from_secs(1);
             if let Some(t) = thread.take() {
                 match done.get_mut().recv_timeout(limit) {
                     Err(mpsc::RecvTimeoutError::Timeout) => {} // leave it behind
