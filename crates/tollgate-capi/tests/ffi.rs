@@ -337,11 +337,15 @@ fn every_exported_function_is_declared_and_documented_in_the_header() {
         !header.contains("tg_test_"),
         "include/tollgate.h declares a test hook"
     );
-    // Nothing outside this crate is exported to C.
+    // Nothing outside this crate is exported to C: an exported function needs an unmangled
+    // name (a C-ABI callback such as the core's `atexit` hook does not, and is not exported).
     let all = std::process::Command::new("grep")
         .args([
             "-rln",
-            "extern \"C\"",
+            "-e",
+            "no_mangle",
+            "-e",
+            "export_name",
             "../tollgate/src",
             "../tollgate-serve/src",
         ])
@@ -350,7 +354,7 @@ fn every_exported_function_is_declared_and_documented_in_the_header() {
     let found = String::from_utf8(all.stdout).unwrap();
     assert!(
         found.is_empty(),
-        "extern \"C\" outside tollgate-capi: {found}"
+        "a function exported to C outside tollgate-capi: {found}"
     );
 }
 
