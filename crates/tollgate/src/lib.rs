@@ -42,6 +42,7 @@
 
 pub mod auth;
 pub mod budget;
+mod bytes_eq;
 pub mod cache;
 pub mod clock;
 mod engine;

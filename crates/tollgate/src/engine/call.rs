@@ -1,5 +1,6 @@
 //! What a host tells the engine about a call, and what the engine estimates it will cost.
 
+use crate::bytes_eq::bytes_eq;
 use crate::money::Money;
 use crate::policy::{Policy, ScopeDim};
 use std::collections::HashMap;
@@ -293,7 +294,12 @@ impl ModelMemo {
     pub(crate) fn get(&self, models: &ModelTable, model: &str) -> Option<ModelInfo> {
         let bytes = model.as_bytes();
         let last = LAST.with(|l| l.get());
-        if last.memo == self.id && last.name.get(..last.len) == Some(bytes) {
+        if last.memo == self.id
+            && last
+                .name
+                .get(..last.len)
+                .is_some_and(|name| bytes_eq(name, bytes))
+        {
             return last.info;
         }
         let info = self.lookup(models, model);

@@ -1,6 +1,7 @@
 //! A Prometheus registry: counters, gauges and histograms, alone or in families by label values
 //! (bounded by [`MAX_SERIES`]), lock-free to update.
 
+use crate::bytes_eq::bytes_eq;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
@@ -288,7 +289,11 @@ fn label_hash(values: &[&str]) -> u64 {
 
 fn find<'t, T>(table: &'t Table<T>, hash: u64, values: &[&str]) -> Option<&'t Arc<Series<T>>> {
     table.get(&hash)?.iter().find(|s| {
-        s.labels.len() == values.len() && s.labels.iter().zip(values).all(|(a, b)| &**a == *b)
+        s.labels.len() == values.len()
+            && s.labels
+                .iter()
+                .zip(values)
+                .all(|(a, b)| bytes_eq(a.as_bytes(), b.as_bytes()))
     })
 }
 
