@@ -29,15 +29,7 @@ pub mod watch;
 fn init() {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
     // If the runtime cannot be built napi-rs falls back to its default one on first use.
-    let built = tollgate::transport::with_sigpipe_blocked(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("tollgate-worker")
-            .on_thread_start(tollgate::transport::block_sigpipe)
-            .enable_all()
-            .build()
-    });
-    if let Ok(rt) = built {
+    if let Ok(rt) = tollgate::transport::runtime("tollgate-worker", threads) {
         napi::bindgen_prelude::create_custom_tokio_runtime(rt);
     }
 }

@@ -64,15 +64,7 @@ impl tg_engine {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
         // Workers start with SIGPIPE blocked: they inherit the mask of the thread that makes them
         // (a host's, which may not block it) before their own start hook runs.
-        let built = tollgate::transport::with_sigpipe_blocked(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(threads)
-                .thread_name("tollgate-worker")
-                .on_thread_start(tollgate::transport::block_sigpipe)
-                .enable_all()
-                .build()
-        })
-        .map_err(|e| {
+        let built = tollgate::transport::runtime("tollgate-worker", threads).map_err(|e| {
             tg_error::new(
                 tg_status::Runtime,
                 format!("cannot start tollgate's worker threads: {e}"),

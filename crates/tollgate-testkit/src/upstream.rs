@@ -221,15 +221,8 @@ impl Builder {
         let for_server = shared.clone();
         let runner = match mode {
             Mode::OwnRuntime => {
-                let rt = tollgate::transport::with_sigpipe_blocked(|| {
-                    tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(self.worker_threads)
-                        .thread_name("tollgate-testkit")
-                        .on_thread_start(tollgate::transport::block_sigpipe)
-                        .enable_all()
-                        .build()
-                })
-                .map_err(Error::Runtime)?;
+                let rt = tollgate::transport::runtime("tollgate-testkit", self.worker_threads)
+                    .map_err(Error::Runtime)?;
                 let (done_tx, done_rx) = mpsc::channel();
                 let thread = tollgate::transport::with_sigpipe_blocked(|| {
                     std::thread::Builder::new()

@@ -166,15 +166,8 @@ impl RedisStore {
     /// that stays down with that reason, so `on_failure` decides and the denials say why.
     pub(crate) fn connect(config: &Redis) -> Result<Arc<RedisStore>, StoreError> {
         let client = client(config);
-        let runtime = crate::transport::with_sigpipe_blocked(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("tollgate-redis")
-                .on_thread_start(crate::transport::block_sigpipe)
-                .enable_all()
-                .build()
-        })
-        .map_err(|e| StoreError::Config(format!("cannot start the redis thread: {e}")))?;
+        let runtime = crate::transport::runtime("tollgate-redis", 1)
+            .map_err(|e| StoreError::Config(format!("cannot start the redis thread: {e}")))?;
         let shared = Arc::new(Shared {
             config: config.clone(),
             conn: ArcSwapOption::empty(),

@@ -62,3 +62,22 @@ pub fn with_sigpipe_blocked<T>(f: impl FnOnce() -> T) -> T {
     #[cfg(not(unix))]
     f()
 }
+
+/// A multi-thread tokio runtime for threads tollgate starts (the call API's workers of the C
+/// ABI and the Node addon, the Redis store's thread, the test upstream's): `threads` workers
+/// named `name`, every one started with SIGPIPE blocked (see [`with_sigpipe_blocked`]).
+///
+/// ```
+/// let rt = tollgate::transport::runtime("tollgate-worker", 1).expect("a runtime");
+/// assert_eq!(rt.block_on(async { 1 + 1 }), 2);
+/// ```
+pub fn runtime(name: &str, threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    with_sigpipe_blocked(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name(name)
+            .on_thread_start(block_sigpipe)
+            .enable_all()
+            .build()
+    })
+}
