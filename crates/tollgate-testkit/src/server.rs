@@ -64,6 +64,8 @@ pub(crate) struct Shared {
     pub tokens: Tokens,
     fault_draws: AtomicU64,
     latency_draws: AtomicU64,
+    /// TCP connections accepted since the start.
+    pub connections: AtomicU64,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -88,6 +90,7 @@ impl Shared {
             tokens: Tokens::default(),
             fault_draws: AtomicU64::new(0),
             latency_draws: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
             shutdown,
         }
     }
@@ -102,6 +105,7 @@ pub(crate) async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, share
             _ = stopped(&mut stop) => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _peer)) => {
+                    shared.connections.fetch_add(1, Ordering::Relaxed);
                     let _ = tcp.set_nodelay(true);
                     conns.spawn(connection(tcp, tls.clone(), shared.clone()));
                 }

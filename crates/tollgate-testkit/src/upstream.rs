@@ -3,6 +3,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -400,6 +401,11 @@ impl TestUpstream {
     /// Empties the log (arrival numbers keep counting).
     pub fn clear_log(&self) {
         self.shared.log.clear();
+    }
+
+    /// TCP connections accepted since the start (not reset by `clear_log`).
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
     }
 
     /// Requests in the log.

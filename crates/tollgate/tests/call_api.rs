@@ -631,6 +631,50 @@ fn warm_up_opens_connections_before_the_first_call() {
     assert_eq!(none, 0);
 }
 
+/// `max_idle`: calls in flight at once reuse their connections when the pool has room for them
+/// all (the default, 256); with `max_idle = 2` the connections beyond two are closed after their
+/// call and the next wave opens new ones; with 0 every call opens one.
+#[test]
+fn max_idle_bounds_the_connections_kept_for_the_next_calls() {
+    const AT_ONCE: usize = 8;
+    const WAVES: usize = 3;
+    let rt = rt();
+    let opened = |rest: &str| {
+        // Each answer takes 30 ms, so the calls of a wave are in flight at once.
+        let up = TestUpstream::builder()
+            .latency(Duration::from_millis(30))
+            .start()
+            .unwrap();
+        let e = one_upstream(&up, rest);
+        rt.block_on(async {
+            for _ in 0..WAVES {
+                let calls: Vec<_> = (0..AT_ONCE)
+                    .map(|i| {
+                        let e = e.clone();
+                        tokio::spawn(async move { e.send(chat("gpt-4o", &format!("{i}"))).await })
+                    })
+                    .collect();
+                for c in calls {
+                    c.await.unwrap().unwrap();
+                }
+            }
+        });
+        assert_eq!(up.request_count(), AT_ONCE * WAVES);
+        up.connections() as usize
+    };
+    let kept = opened("");
+    assert!(
+        kept <= AT_ONCE,
+        "the default pool keeps them all: {kept} opened"
+    );
+    let two = opened("max_idle = 2\n");
+    assert!(
+        two > AT_ONCE && two <= AT_ONCE + (WAVES - 1) * (AT_ONCE - 2),
+        "two kept: {two} opened"
+    );
+    assert_eq!(opened("max_idle = 0\n"), AT_ONCE * WAVES);
+}
+
 /// Issue 16 item 2 through the call API: a call whose only target's circuit is open waits for it
 /// (within retry.max_retry_after) and is then sent; with the open time beyond max_retry_after
 /// it is refused as unavailable at once.

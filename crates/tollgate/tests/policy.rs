@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tollgate::policy::{
-    Auth, BreakerWindow, Cache, CacheL2, Cidr, DEFAULT_KEY_QUARANTINE, Exhausted, Format, Lease,
-    LimitKind, OnFailure, Policy, PolicyError, PolicyErrors, Probe, Redis, RedisUrl, ScopeDim,
-    SecretRef, Serve, Store, Strategy, VirtualKey,
+    Auth, BreakerWindow, Cache, CacheL2, Cidr, DEFAULT_KEY_QUARANTINE, DEFAULT_MAX_IDLE, Exhausted,
+    Format, Lease, LimitKind, OnFailure, Policy, PolicyError, PolicyErrors, Probe, Redis, RedisUrl,
+    ScopeDim, SecretRef, Serve, Store, Strategy, VirtualKey,
 };
 
 fn example_path() -> PathBuf {
@@ -1129,6 +1129,21 @@ fn key_quarantine_is_read_and_defaults_to_five_minutes() {
     );
     let e = only(&format!("{UPSTREAM}key_quarantine = 300\n"));
     check(&e, "upstream[0].key_quarantine", 5, 18, "write \"300s\"");
+}
+
+#[test]
+fn max_idle_is_read_and_defaults_to_256() {
+    let p = Policy::from_toml(&format!("{UPSTREAM}max_idle = 0\n")).expect("valid");
+    assert_eq!(p.upstreams[0].max_idle, 0);
+    let p = Policy::from_toml(&format!("{UPSTREAM}max_idle = 1024\n")).expect("valid");
+    assert_eq!(p.upstreams[0].max_idle, 1024);
+    let p = Policy::from_toml(UPSTREAM).expect("valid");
+    assert_eq!(p.upstreams[0].max_idle, DEFAULT_MAX_IDLE);
+    assert_eq!(DEFAULT_MAX_IDLE, 256);
+    let e = only(&format!("{UPSTREAM}max_idle = 70000\n"));
+    check(&e, "upstream[0].max_idle", 5, 12, "from 0 to 65536");
+    let e = only(&format!("{UPSTREAM}max_idle = -1\n"));
+    check(&e, "upstream[0].max_idle", 5, 12, "from 0 to 65536");
 }
 
 #[test]

@@ -199,6 +199,7 @@ fn client_config(config: &Upstream) -> ClientConfig {
             None => ProxyConfig::from_env(),
         },
         http2_keep_alive: config.http2_keep_alive,
+        pool_max_idle_per_host: config.max_idle as usize,
         ..ClientConfig::default()
     }
 }

@@ -276,10 +276,19 @@ pub struct Upstream {
     /// Connections opened to this upstream when the engine starts its transport, so the first
     /// calls do not pay the TCP and TLS handshakes (`warm_up`, 0 to 64, default 0).
     pub warm_up: u32,
+    /// Idle HTTP/1.1 connections kept open to this upstream for the next calls (`max_idle`,
+    /// 0 to 65,536, default [`DEFAULT_MAX_IDLE`]; 0 closes each connection after its call). Set
+    /// it at or above the calls in flight at once: a connection finished while the pool is full
+    /// is closed, and the next call pays a new TCP (and TLS) handshake.
+    pub max_idle: u32,
     /// Interval of HTTP/2 keep-alive pings on idle connections (`http2_keep_alive`, default
     /// off), so a pooled connection survives idle periods behind NAT and load balancers.
     pub http2_keep_alive: Option<Duration>,
 }
+
+/// Default for [`Upstream::max_idle`]: enough for 256 calls in flight at once without opening
+/// a connection per call.
+pub const DEFAULT_MAX_IDLE: u32 = 256;
 
 /// Default for [`Upstream::key_quarantine`].
 pub const DEFAULT_KEY_QUARANTINE: Duration = Duration::from_secs(300);

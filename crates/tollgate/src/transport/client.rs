@@ -77,8 +77,10 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// Default for [`ClientConfig::pool_idle_timeout`]: 90 s.
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Default for [`ClientConfig::pool_max_idle_per_host`].
-pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 32;
+/// Default for [`ClientConfig::pool_max_idle_per_host`]: 256, so up to 256 calls in flight at
+/// once reuse their connections (a smaller pool closes the surplus after each call and pays a
+/// handshake per call; idle ones are closed after [`DEFAULT_POOL_IDLE_TIMEOUT`]).
+pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 256;
 
 /// The longest wait for the answer to an HTTP/2 keep-alive ping (shorter when the ping
 /// interval is shorter); see [`ClientConfig::http2_keep_alive`].

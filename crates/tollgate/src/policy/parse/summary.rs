@@ -434,6 +434,9 @@ fn upstream_line(u: &Upstream) -> String {
     if u.warm_up > 0 {
         let _ = write!(line, "; {} connection(s) warmed up at start", u.warm_up);
     }
+    if u.max_idle != crate::policy::DEFAULT_MAX_IDLE {
+        let _ = write!(line, "; {} idle connection(s) kept", u.max_idle);
+    }
     if let Some(k) = u.http2_keep_alive {
         let _ = write!(
             line,

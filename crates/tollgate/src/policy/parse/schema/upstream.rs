@@ -8,7 +8,9 @@ use crate::policy::parse::read::{
 };
 use crate::policy::parse::tree::Node;
 use crate::policy::parse::units::format_duration;
-use crate::policy::{Auth, DEFAULT_KEY_QUARANTINE, SecretRef, Timeouts, TokenPlacement, Upstream};
+use crate::policy::{
+    Auth, DEFAULT_KEY_QUARANTINE, DEFAULT_MAX_IDLE, SecretRef, Timeouts, TokenPlacement, Upstream,
+};
 
 /// Reads one `[[upstream]]`.
 pub(super) fn upstream(cx: &mut Cx, node: &Node, path: &str) -> Option<Upstream> {
@@ -31,6 +33,7 @@ pub(super) fn upstream(cx: &mut Cx, node: &Node, path: &str) -> Option<Upstream>
             "stream_usage",
             "resume_streams",
             "warm_up",
+            "max_idle",
             "http2_keep_alive",
         ],
     );
@@ -57,6 +60,9 @@ pub(super) fn upstream(cx: &mut Cx, node: &Node, path: &str) -> Option<Upstream>
     let warm_up = t.opt(cx, "warm_up", 0, |cx, n, p| {
         whole(cx, n, p, 0, 64).map(|v| v as u32)
     });
+    let max_idle = t.opt(cx, "max_idle", DEFAULT_MAX_IDLE, |cx, n, p| {
+        whole(cx, n, p, 0, 65_536).map(|v| v as u32)
+    });
     let http2_keep_alive = t.maybe(cx, "http2_keep_alive", duration);
     Some(Upstream {
         name: up_name?,
@@ -69,6 +75,7 @@ pub(super) fn upstream(cx: &mut Cx, node: &Node, path: &str) -> Option<Upstream>
         stream_usage: stream_usage?,
         resume_streams: resume_streams?,
         warm_up: warm_up?,
+        max_idle: max_idle?,
         http2_keep_alive: http2_keep_alive?,
     })
 }
