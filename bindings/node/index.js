@@ -584,6 +584,20 @@ class Tollgate {
     }
     this._index = this._native.index
     this._fetch = null
+    // Calls of send waiting for their answer, by id. The native side hands every answer to one
+    // function (no promise and no threadsafe function per call); it closes over this map only,
+    // so an engine nobody holds can still be collected.
+    const waiting = new Map()
+    const engine = this._native
+    this._waiting = waiting
+    engine.listenAnswers((id, error, response) => {
+      const w = waiting.get(id)
+      if (w === undefined) return
+      waiting.delete(id)
+      if (waiting.size === 0) engine.refAnswers(false)
+      if (error !== null) w.reject(JSON.parse(error))
+      else w.resolve(response)
+    })
   }
 
   /** Number of accepted policies so far (1 for the first). */
@@ -792,7 +806,11 @@ class Tollgate {
     const id = callId()
     let promise
     try {
-      promise = this._native.send(id, bodyText(request), callOptions(options))
+      this._native.sendQueued(id, bodyText(request), callOptions(options), signal != null)
+      promise = new Promise((resolve, reject) => {
+        if (this._waiting.size === 0) this._native.refAnswers(true)
+        this._waiting.set(id, { resolve, reject })
+      })
     } catch (e) {
       throw toError(e)
     }

@@ -5,12 +5,19 @@
 //! future races against, which drops tollgate's future — that closes the upstream connection
 //! and drops the permit, freeing its concurrency slot at once. An open stream is cancelled
 //! through its [`NativeStream::cancel`] (or when the stream object is garbage-collected).
+//!
+//! Answers of `send` (`sendQueued`) come back through one threadsafe function per engine
+//! ([`Answers`]), not one promise and one threadsafe function per call: creating and closing a
+//! threadsafe function (a libuv async handle) per call cost more main-thread time than the
+//! call's own work, and one queue lets the main thread take every answer that arrived in one
+//! wake-up.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use napi::bindgen_prelude::PromiseRaw;
+use napi::bindgen_prelude::{FnArgs, Function, PromiseRaw};
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, Status};
 use napi_derive::napi;
 use parking_lot::Mutex;
@@ -220,6 +227,22 @@ fn request_of(body: &str, options: Option<CallOptionsJs>) -> napi::Result<ChatRe
     Ok(request)
 }
 
+/// The answer of one `sendQueued` call, for the engine's answer function: the call's id and
+/// its response or its error payload (JSON).
+pub(crate) struct Answer {
+    id: u32,
+    result: Result<ResponseJs, String>,
+}
+
+/// The engine's answer function, called on the main thread as `(id, errorJson, response)`
+/// (exactly one of the last two is `null`). Weak: it keeps the event loop alive only while
+/// `refAnswers` says calls are in flight.
+pub(crate) type Answers =
+    Arc<ThreadsafeFunction<Answer, (), FnArgs<AnswerArgs>, Status, false, true>>;
+
+/// The arguments the answer function gets.
+type AnswerArgs = (u32, Option<String>, Option<ResponseJs>);
+
 /// Removes a call's cancel entry when its future ends (or is dropped).
 struct Registered {
     cancels: Arc<Mutex<HashMap<u32, oneshot::Sender<()>>>>,
@@ -249,30 +272,101 @@ impl NativeEngine {
 
 #[napi]
 impl NativeEngine {
-    /// Sends a chat request (`body` is its JSON) through the whole pipeline; `id` is what
-    /// `cancel` names it by. Resolves to the answer, rejects with an error payload.
-    #[napi(ts_return_type = "Promise<ResponseJs>")]
-    pub fn send<'env>(
+    /// Sets the function the answers of `sendQueued` are given to, as `(id, errorJson,
+    /// response)` on the main thread. Set once, before the first `sendQueued`.
+    #[napi(
+        ts_args_type = "callback: (id: number, error: string | null, response: ResponseJs | null) => void"
+    )]
+    pub fn listen_answers(
+        &mut self,
+        callback: Function<'_, FnArgs<AnswerArgs>, ()>,
+    ) -> napi::Result<()> {
+        let tsfn = callback
+            .build_threadsafe_function::<Answer>()
+            .callee_handled::<false>()
+            .weak::<true>()
+            .build_callback(
+                |ctx: napi::threadsafe_function::ThreadsafeCallContext<Answer>| {
+                    let Answer { id, result } = ctx.value;
+                    Ok(FnArgs::from(match result {
+                        Ok(r) => (id, None, Some(r)),
+                        Err(e) => (id, Some(e), None),
+                    }))
+                },
+            )?;
+        self.answers = Some(Arc::new(tsfn));
+        Ok(())
+    }
+
+    /// Keeps the event loop alive (`true`) while calls of `sendQueued` are in flight, or lets
+    /// it end (`false`) once none is. Called by `index.js` when the count of calls waiting for
+    /// their answer leaves or reaches zero.
+    #[napi]
+    pub fn ref_answers(&self, env: Env, on: bool) -> napi::Result<()> {
+        let Some(a) = &self.answers else {
+            return Ok(());
+        };
+        // SAFETY: called on the main thread with its env; the function is alive (held here).
+        let status = unsafe {
+            if on {
+                napi::sys::napi_ref_threadsafe_function(env.raw(), a.raw())
+            } else {
+                napi::sys::napi_unref_threadsafe_function(env.raw(), a.raw())
+            }
+        };
+        if status == napi::sys::Status::napi_ok {
+            Ok(())
+        } else {
+            Err(napi::Error::from_reason(
+                "napi_ref_threadsafe_function failed",
+            ))
+        }
+    }
+
+    /// Sends a chat request (`body` is its JSON) through the whole pipeline; the answer (or
+    /// the error payload) goes to the `listenAnswers` function under `id`, which is also what
+    /// `cancel` names the call by. `cancellable`: register `id` for `cancel` (only calls with
+    /// an `AbortSignal` need it).
+    #[napi]
+    pub fn send_queued(
         &self,
-        env: &'env Env,
         id: u32,
         body: String,
         options: Option<CallOptionsJs>,
-    ) -> napi::Result<PromiseRaw<'env, ResponseJs>> {
+        cancellable: bool,
+    ) -> napi::Result<()> {
+        let Some(answers) = self.answers.clone() else {
+            return Err(ErrorInfo::invalid_argument("listenAnswers was not called").into_napi());
+        };
         let engine = self.engine.clone();
-        let (registered, cancelled) = self.register(id);
-        env.spawn_future(async move {
-            let _registered = registered;
-            let request = request_of(&body, options)?;
-            tokio::select! {
-                biased;
-                _ = cancelled => Err(ErrorInfo::aborted().into_napi()),
-                r = engine.send(request) => match r {
-                    Ok(response) => Ok(ResponseJs::from(response)),
-                    Err(e) => Err(ErrorInfo::call(&e).into_napi()),
+        let registered = cancellable.then(|| self.register(id));
+        napi::bindgen_prelude::spawn(async move {
+            let (keep, cancelled) = match registered {
+                Some((r, c)) => (Some(r), Some(c)),
+                None => (None, None),
+            };
+            let result = match request_of(&body, options) {
+                Err(e) => Err(e),
+                Ok(request) => match cancelled {
+                    Some(cancelled) => tokio::select! {
+                        biased;
+                        _ = cancelled => Err(ErrorInfo::aborted().into_napi()),
+                        r = engine.send(request) => r.map_err(|e| ErrorInfo::call(&e).into_napi()),
+                    },
+                    None => engine
+                        .send(request)
+                        .await
+                        .map_err(|e| ErrorInfo::call(&e).into_napi()),
                 },
-            }
-        })
+            };
+            drop(keep);
+            let result = result.map(ResponseJs::from).map_err(|e| e.reason.clone());
+            answers.call(
+                Answer { id, result },
+                ThreadsafeFunctionCallMode::NonBlocking,
+            );
+        });
+        Ok(())
     }
 
     /// Starts a streamed chat request; resolves once an upstream accepted it (or the cache

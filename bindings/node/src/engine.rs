@@ -20,6 +20,9 @@ pub struct NativeEngine {
     pub(crate) index: u32,
     /// Calls in flight that an `AbortSignal` may cancel, by the id `index.js` gave them.
     pub(crate) cancels: Arc<Mutex<HashMap<u32, oneshot::Sender<()>>>>,
+    /// Where the answers of `sendQueued` go: the one JavaScript function `listenDone` gave
+    /// (see `crate::call::Answers`).
+    pub(crate) answers: Option<crate::call::Answers>,
 }
 
 /// What a reload changed.
@@ -124,6 +127,7 @@ impl NativeEngine {
             index: crate::registry::register(engine.clone()),
             engine,
             cancels: Arc::default(),
+            answers: None,
         })
     }
 

@@ -1,6 +1,7 @@
 // The call API against the test upstream: send, stream, abort, deadlines, denials, and a
 // reload while 1,000 calls are in flight.
 import assert from 'node:assert/strict'
+import { spawnSync } from 'node:child_process'
 import { test } from 'node:test'
 
 import {
@@ -231,4 +232,25 @@ test('send does not wait for an open circuit past max_retry_after or its deadlin
   openCircuit(long)
   await assert.rejects(long.send(chat(), { deadline: 1000 }), unavailable)
   assert.equal(up.requests, 0)
+})
+
+// The answers of send come through one function per engine that keeps the event loop alive only
+// while calls are in flight: a script whose only pending work is a slow call waits for it (rather
+// than exiting with an unsettled top-level await), and exits once the engine is idle.
+test('a call in flight keeps the process alive, an idle engine does not', () => {
+  const script = `
+    import { Tollgate } from ${JSON.stringify(new URL('../index.js', import.meta.url).href)}
+    import { TestUpstream } from ${JSON.stringify(new URL('../testkit/index.js', import.meta.url).href)}
+    const up = TestUpstream.start({ latencyMs: 300 })
+    const tg = new Tollgate('version = 1\\n[[upstream]]\\nname = "t"\\nbase_url = "' + up.baseUrl + '"\\n')
+    const answers = await Promise.all([1, 2, 3].map(() => tg.send({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }], max_tokens: 8 })))
+    console.log(answers.map((r) => r.status).join(','))
+    up.close()
+  `
+  const child = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  })
+  assert.equal(child.status, 0, child.stderr)
+  assert.equal(child.stdout.trim(), '200,200,200')
 })
