@@ -390,16 +390,17 @@ function bodyText(request) {
 /** The answer of `send`. */
 class ChatResponse {
   constructor(r) {
+    const m = JSON.parse(r.meta)
     this.status = r.status
-    this.headers = r.headers
+    this.headers = m.headers
     this.bodyText = r.body
-    this.usage = r.usage ?? null
-    this.settlement = r.settlement ?? null
-    this.target = r.target ?? null
-    this.attempts = r.attempts
-    this.history = r.history
-    this.source = r.source
-    this.queuedMs = r.queuedMs
+    this.usage = m.usage ?? null
+    this.settlement = m.settlement ?? null
+    this.target = m.target ?? null
+    this.attempts = m.attempts
+    this.history = m.history
+    this.source = m.source
+    this.queuedMs = m.queuedMs
     this._body = undefined
   }
 

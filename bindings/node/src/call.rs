@@ -21,6 +21,7 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, Status};
 use napi_derive::napi;
 use parking_lot::Mutex;
+use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tollgate::cache::CacheMode;
 use tollgate::transport::sse::Event;
@@ -53,29 +54,42 @@ pub struct CallOptionsJs {
     pub cache: Option<String>,
 }
 
-/// The answer of `send`.
+/// The answer of `send`: the status and the body, and everything else as one JSON text
+/// (`index.js` parses it): one string crosses into JavaScript instead of an object built
+/// property by property through N-API, which cost more than parsing the same fields.
 #[napi(object, object_from_js = false)]
 pub struct ResponseJs {
     /// HTTP status (2xx).
     pub status: u32,
-    /// Response headers (several values of one name joined with `, `).
-    pub headers: HashMap<String, String>,
     /// The JSON body as received.
     pub body: String,
+    /// [`ResponseMeta`] as JSON.
+    pub meta: String,
+}
+
+/// What `send` answers besides the status and the body.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseMeta {
+    /// Response headers (several values of one name joined with `, `).
+    headers: HashMap<String, String>,
     /// Usage the upstream reported.
-    pub usage: Option<UsageJs>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<UsageJs>,
     /// What the call was charged (none for cache hits and shared answers).
-    pub settlement: Option<SettlementJs>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    settlement: Option<SettlementJs>,
     /// Where the answering attempt went, when routed.
-    pub target: Option<TargetJs>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<TargetJs>,
     /// Attempts made (0 for cache hits and shared answers).
-    pub attempts: u32,
+    attempts: u32,
     /// Earlier attempts that failed, oldest first.
-    pub history: Vec<AttemptRecordJs>,
+    history: Vec<AttemptRecordJs>,
     /// `upstream`, `cache`, `shared` or `stale`.
-    pub source: String,
+    source: &'static str,
     /// Time spent waiting for budget room, in ms.
-    pub queued_ms: f64,
+    queued_ms: f64,
 }
 
 /// What is known of a stream once its head arrived.
@@ -159,17 +173,21 @@ impl From<ChatResponse> for ResponseJs {
             Ok(s) => s,
             Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
         };
-        ResponseJs {
-            status: u32::from(r.status),
+        let meta = ResponseMeta {
             headers: headers_of(&r.headers),
-            body,
             usage: r.usage.as_ref().map(UsageJs::from),
             settlement: r.settlement.as_ref().map(SettlementJs::from),
             target: r.target.as_ref().map(TargetJs::from),
             attempts: r.attempts,
             history: r.history.iter().map(AttemptRecordJs::from).collect(),
-            source: r.source.as_str().to_owned(),
+            source: r.source.as_str(),
             queued_ms: ms(r.queued),
+        };
+        ResponseJs {
+            status: u32::from(r.status),
+            body,
+            // Serialising plain strings and numbers cannot fail.
+            meta: serde_json::to_string(&meta).unwrap_or_else(|_| "{}".to_owned()),
         }
     }
 }

@@ -222,8 +222,10 @@ pub struct SettlementJs {
     /// Money charged against spend budgets.
     pub spend: f64,
     /// Reported usage.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageJs>,
     /// Cost split by kind, when usage and price are known.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<CostJs>,
 }
 
@@ -271,6 +273,7 @@ pub struct AttemptRecordJs {
     /// 1 for the first attempt.
     pub number: u32,
     /// Where it went, when routed.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<TargetJs>,
     /// How it ended (`status_503`, `timeout_first_byte`, ...).
     pub outcome: String,
