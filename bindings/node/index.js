@@ -428,6 +428,7 @@ class ChatStream {
     this._signal = signal
     this._raw = raw
     this._events = []
+    this._named = null
     this._at = 0
     this._done = false
     this._aborted = false
@@ -467,15 +468,23 @@ class ChatStream {
     if (this._onAbort) this._signal.removeEventListener('abort', this._onAbort)
   }
 
+  /** The raw event at index i of the current batch: { event, data, id } as the upstream framed it. */
+  _event(i, data) {
+    const n = this._named?.get(i)
+    const e = { data }
+    if (n?.[1] != null) e.event = n[1]
+    if (n?.[2] != null) e.id = n[2]
+    return e
+  }
+
   async next() {
     for (;;) {
       if (this._at < this._events.length) {
-        const e = this._events[this._at++]
-        if (e.data === '[DONE]') {
-          if (this._raw) return { value: e, done: false }
-          continue
-        }
-        return { value: this._raw ? e : JSON.parse(e.data), done: false }
+        const i = this._at++
+        const data = this._events[i]
+        if (this._raw) return { value: this._event(i, data), done: false }
+        if (data === '[DONE]') continue
+        return { value: JSON.parse(data), done: false }
       }
       if (this._done) return { value: undefined, done: true }
       let batch
@@ -492,7 +501,8 @@ class ChatStream {
         await this._cancel()
         throw abortError(this._signal)
       }
-      this._events = batch.events
+      this._events = batch.data
+      this._named = batch.named ? new Map(JSON.parse(batch.named).map((n) => [n[0], n])) : null
       this._at = 0
       if (batch.done) {
         if (batch.end) {

@@ -126,23 +126,15 @@ pub struct StreamEndJs {
     pub attempts: u32,
 }
 
-/// One server-sent event.
-#[napi(object, object_from_js = false)]
-#[derive(Debug, Clone)]
-pub struct EventJs {
-    /// The event type, when the upstream named one.
-    pub event: Option<String>,
-    /// The data (a JSON chunk, or `[DONE]`).
-    pub data: String,
-    /// The event id, when the upstream numbers its events.
-    pub id: Option<String>,
-}
-
 /// What one `next()` of a stream hands over.
 #[napi(object, object_from_js = false)]
 pub struct StreamBatchJs {
-    /// Events in arrival order (`[DONE]` included, last).
-    pub events: Vec<EventJs>,
+    /// The data of the events, in arrival order (`[DONE]` included, last): an array of strings
+    /// crosses into JavaScript without an object per event.
+    pub data: Vec<String>,
+    /// The events that carry a type or an id, as JSON `[[index, event, id], ...]` (`null`
+    /// where absent); `None` when no event does (OpenAI-style streams).
+    pub named: Option<String>,
     /// True when the stream is over: no event will follow these.
     pub done: bool,
     /// Once the stream completed: usage and settlement.
@@ -505,10 +497,12 @@ impl NativeStream {
         env.spawn_future(async move {
             let mut r = reader.lock().await;
             let mut batch = StreamBatchJs {
-                events: Vec::new(),
+                data: Vec::new(),
+                named: None,
                 done: false,
                 end: None,
             };
+            let mut named: Vec<(usize, Option<String>, Option<String>)> = Vec::new();
             if r.over {
                 batch.done = true;
                 return Ok(batch);
@@ -526,11 +520,12 @@ impl NativeStream {
                         batch.done = true;
                         break;
                     }
-                    Some(Item::Event(e)) => batch.events.push(EventJs {
-                        event: e.event,
-                        data: e.data,
-                        id: e.id,
-                    }),
+                    Some(Item::Event(e)) => {
+                        if e.event.is_some() || e.id.is_some() {
+                            named.push((batch.data.len(), e.event, e.id));
+                        }
+                        batch.data.push(e.data);
+                    }
                     Some(Item::End(end)) => {
                         r.over = true;
                         batch.done = true;
@@ -538,7 +533,7 @@ impl NativeStream {
                         break;
                     }
                     Some(Item::Fail(e)) => {
-                        if batch.events.is_empty() {
+                        if batch.data.is_empty() {
                             r.over = true;
                             return Err(e.into_napi());
                         }
@@ -546,7 +541,7 @@ impl NativeStream {
                         break;
                     }
                 }
-                if batch.events.len() >= BATCH {
+                if batch.data.len() >= BATCH {
                     break;
                 }
                 item = match r.rx.try_recv() {
@@ -554,6 +549,9 @@ impl NativeStream {
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => None,
                 };
+            }
+            if !named.is_empty() {
+                batch.named = serde_json::to_string(&named).ok();
             }
             Ok::<_, napi::Error<Status>>(batch)
         })

@@ -254,3 +254,24 @@ test('a call in flight keeps the process alive, an idle engine does not', () => 
   assert.equal(child.status, 0, child.stderr)
   assert.equal(child.stdout.trim(), '200,200,200')
 })
+
+test('a raw stream yields the events as framed: data, ids where the upstream numbers them, [DONE] last', async (t) => {
+  for (const eventIds of [false, true]) {
+    const up = upstream(t, { eventIds })
+    const tg = engine(up)
+    const s = await tg.stream(chat(), { raw: true })
+    const events = []
+    for await (const e of s) events.push(e)
+    assert.equal(events.at(-1).data, '[DONE]')
+    const chunks = events.slice(0, -1)
+    assert.ok(chunks.length >= 3, `${chunks.length} events`)
+    for (const [i, e] of chunks.entries()) {
+      assert.equal(typeof JSON.parse(e.data).object, 'string')
+      assert.equal(e.event, undefined)
+      if (eventIds) assert.equal(typeof e.id, 'string', `event ${i} has an id`)
+      else assert.equal(e.id, undefined)
+    }
+    if (eventIds) assert.equal(new Set(chunks.map((e) => e.id)).size, chunks.length)
+    assert.equal(s.usage.completionTokens, 8)
+  }
+})
