@@ -596,16 +596,17 @@ class Tollgate {
     this._index = this._native.index
     this._fetch = null
     // Calls of send waiting for their answer, by id. The native side hands every answer to one
-    // function (no promise and no threadsafe function per call); it closes over this map only,
-    // so an engine nobody holds can still be collected.
+    // function (no promise and no threadsafe function per call). The native engine holds that
+    // function, so it reaches the engine only through a WeakRef: an engine nobody holds can
+    // still be collected (a call in flight holds it through its own frame).
     const waiting = new Map()
-    const engine = this._native
+    const engine = new WeakRef(this._native)
     this._waiting = waiting
-    engine.listenAnswers((id, error, response) => {
+    this._native.listenAnswers((id, error, response) => {
       const w = waiting.get(id)
       if (w === undefined) return
       waiting.delete(id)
-      if (waiting.size === 0) engine.refAnswers(false)
+      if (waiting.size === 0) engine.deref()?.refAnswers(false)
       if (error !== null) w.reject(JSON.parse(error))
       else w.resolve(response)
     })

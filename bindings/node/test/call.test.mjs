@@ -275,3 +275,35 @@ test('a raw stream yields the events as framed: data, ids where the upstream num
     assert.equal(s.usage.completionTokens, 8)
   }
 })
+
+// The answer function lives as long as its native engine and must not hold the engine itself:
+// engines that made calls and are no longer referenced are collected (none were while it did).
+test('engines that made calls are garbage-collected once unreferenced', () => {
+  const script = `
+    import { Tollgate } from ${JSON.stringify(new URL('../index.js', import.meta.url).href)}
+    import { TestUpstream } from ${JSON.stringify(new URL('../testkit/index.js', import.meta.url).href)}
+    const up = TestUpstream.start()
+    const finalized = { engine: 0, native: 0 }
+    const registry = new FinalizationRegistry((what) => { finalized[what]++ })
+    async function one() {
+      const tg = new Tollgate('version = 1\\n[[upstream]]\\nname = "t"\\nbase_url = "' + up.baseUrl + '"\\n')
+      registry.register(tg, 'engine')
+      registry.register(tg._native, 'native')
+      await tg.send({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }], max_tokens: 8 })
+    }
+    for (let i = 0; i < 20; i++) await one()
+    for (let i = 0; i < 20 && finalized.native < 20; i++) {
+      globalThis.gc()
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
+    console.log(JSON.stringify(finalized))
+    up.close()
+  `
+  const child = spawnSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', script], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  })
+  assert.equal(child.status, 0, child.stderr)
+  const finalized = JSON.parse(child.stdout)
+  assert.ok(finalized.engine > 0 && finalized.native > 0, child.stdout)
+})
