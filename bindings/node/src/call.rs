@@ -7,7 +7,7 @@
 //! through its [`NativeStream::cancel`] (or when the stream object is garbage-collected).
 //!
 //! Answers of `send` (`sendQueued`) come back through one threadsafe function per engine
-//! ([`Answers`]), not one promise and one threadsafe function per call: creating and closing a
+//! (`Answers`), not one promise and one threadsafe function per call: creating and closing a
 //! threadsafe function (a libuv async handle) per call cost more main-thread time than the
 //! call's own work, and one queue lets the main thread take every answer that arrived in one
 //! wake-up.
@@ -63,7 +63,7 @@ pub struct ResponseJs {
     pub status: u32,
     /// The JSON body as received.
     pub body: String,
-    /// [`ResponseMeta`] as JSON.
+    /// `ResponseMeta` as JSON.
     pub meta: String,
 }
 
