@@ -351,26 +351,28 @@ impl NativeEngine {
         let engine = self.engine.clone();
         let registered = cancellable.then(|| self.register(id));
         napi::bindgen_prelude::spawn(async move {
-            let (keep, cancelled) = match registered {
-                Some((r, c)) => (Some(r), Some(c)),
-                None => (None, None),
-            };
+            let (registered, cancelled) = registered.unzip();
             let result = match request_of(&body, options) {
                 Err(e) => Err(e),
-                Ok(request) => match cancelled {
-                    Some(cancelled) => tokio::select! {
-                        biased;
-                        _ = cancelled => Err(ErrorInfo::aborted().into_napi()),
-                        r = engine.send(request) => r.map_err(|e| ErrorInfo::call(&e).into_napi()),
-                    },
-                    None => engine
-                        .send(request)
-                        .await
-                        .map_err(|e| ErrorInfo::call(&e).into_napi()),
-                },
+                Ok(request) => {
+                    let send = async {
+                        let r = engine.send(request).await;
+                        r.map_err(|e| ErrorInfo::call(&e).into_napi())
+                    };
+                    match cancelled {
+                        Some(cancelled) => tokio::select! {
+                            biased;
+                            _ = cancelled => Err(ErrorInfo::aborted().into_napi()),
+                            r = send => r,
+                        },
+                        None => send.await,
+                    }
+                }
             };
-            drop(keep);
-            let result = result.map(ResponseJs::from).map_err(|e| e.reason.clone());
+            drop(registered);
+            let result = result
+                .map(ResponseJs::from)
+                .map_err(|mut e| std::mem::take(&mut e.reason));
             answers.call(
                 Answer { id, result },
                 ThreadsafeFunctionCallMode::NonBlocking,

@@ -100,16 +100,8 @@ pub(crate) fn run(args: &DemoArgs) -> u8 {
         upstreams.push((u.name.clone(), up));
     }
     let engine = Engine::new(policy.clone());
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the tokio runtime: {e}");
-            return exit::FAILED;
-        }
+    let Some(runtime) = crate::runtime("tollgate-demo", 2) else {
+        return exit::FAILED;
     };
 
     let n = args.calls.max(1);

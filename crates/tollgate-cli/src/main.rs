@@ -33,6 +33,18 @@ pub(crate) mod exit {
     pub const PARTIAL: u8 = 2;
 }
 
+/// The runtime a command runs on: `threads` workers named `name`, SIGPIPE blocked
+/// ([`tollgate::transport::runtime`]); `None` after saying on stderr why it could not start.
+pub(crate) fn runtime(name: &str, threads: usize) -> Option<tokio::runtime::Runtime> {
+    match tollgate::transport::runtime(name, threads) {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            None
+        }
+    }
+}
+
 const EXIT_CODES: &str = "\
 Exit status:
   0  success

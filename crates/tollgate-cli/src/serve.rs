@@ -24,16 +24,9 @@ pub(crate) fn run(a: &ServeArgs) -> u8 {
             return exit::FAILED;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("tollgate-serve")
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tollgate serve: cannot start the runtime: {e}");
-            return exit::FAILED;
-        }
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let Some(runtime) = crate::runtime("tollgate-serve", threads) else {
+        return exit::FAILED;
     };
     runtime.block_on(async {
         let proxy = match Proxy::start(engine.clone(), Some(path.clone()), a.listen).await {

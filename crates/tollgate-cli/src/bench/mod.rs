@@ -74,16 +74,8 @@ impl Run {
 
 /// Runs `tollgate bench`.
 pub(crate) fn run(args: &BenchArgs) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the tokio runtime: {e}");
-            return exit::FAILED;
-        }
+    let Some(runtime) = crate::runtime("tollgate-bench", args.threads) else {
+        return exit::FAILED;
     };
     let (_upstream, base_url, what, separate) = match &args.url {
         Some(url) => (
