@@ -116,8 +116,11 @@ impl Wire {
             Resolved::OAuth2(client) => {
                 let now = SystemTime::now();
                 let token = client
+                    // Boxed: the fetch (an HTTP exchange of its own, ~18 KB of future) runs
+                    // only when the cached token is missing or expiring; inline, every call's
+                    // future carried its size.
                     .token(now, |url| {
-                        fetch_token(&self.client, url.expose().to_owned(), now)
+                        Box::pin(fetch_token(&self.client, url.expose().to_owned(), now))
                     })
                     .await?;
                 let url = url.get_or_insert_with(|| self.chat_url.clone());

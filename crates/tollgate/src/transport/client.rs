@@ -556,7 +556,10 @@ impl Client {
                     Err(SendError::Failed(e)) => return Err(e),
                 }
             }
-            let sender = self.connect(&key).await?;
+            // Boxed: connecting (TCP, proxy tunnel, TLS and HTTP/2 handshakes) is a future of
+            // ~8 KB that a call on a pooled connection never runs; inline, it made every call's
+            // future (Engine::send's was 20 KB) that much larger to create, move and spawn.
+            let sender = Box::pin(self.connect(&key)).await?;
             match self.send_on(sender, &key, request).await {
                 Ok(done) => Ok(done),
                 Err(SendError::NotSent(_)) => Err(TransportError::Connect {
