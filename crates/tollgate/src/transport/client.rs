@@ -44,8 +44,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -884,14 +886,18 @@ fn origin_of(uri: &Uri) -> Result<Key, TransportError> {
 
 /// Runs `fut` within `stage` (reported as `kind`) and the overall `deadline` (reported as
 /// [`TimeoutKind::Total`]), whichever is sooner.
-async fn within<F: Future>(
+///
+/// A plain function returning a named future, not an `async fn`: an `async fn` keeps its
+/// argument `fut` in its state beside the `Until` it is moved into, doubling the size of every
+/// future that awaits it (the response head's was 3.5 KB instead of 1.7 KB).
+fn within<F: Future>(
     fut: F,
     stage: Duration,
     kind: TimeoutKind,
     deadline: Instant,
     total: Duration,
     key: &Key,
-) -> Result<F::Output, TransportError> {
+) -> Within<'_, F> {
     let now = Instant::now();
     let remaining = deadline.saturating_duration_since(now);
     let (limit, kind, after) = if stage < remaining {
@@ -899,13 +905,38 @@ async fn within<F: Future>(
     } else {
         (remaining, TimeoutKind::Total, total)
     };
-    super::deadline::until((now + limit).into_std(), fut)
-        .await
-        .map_err(|_| TransportError::Timeout {
-            kind,
-            after,
-            target: key.target(),
+    Within {
+        until: super::deadline::until((now + limit).into_std(), fut),
+        kind,
+        after,
+        key,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`within`].
+    struct Within<'a, F> {
+        #[pin]
+        until: super::deadline::Until<F>,
+        kind: TimeoutKind,
+        after: Duration,
+        key: &'a Key,
+    }
+}
+
+impl<F: Future> Future for Within<'_, F> {
+    type Output = Result<F::Output, TransportError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        this.until.poll(cx).map(|r| {
+            r.map_err(|_| TransportError::Timeout {
+                kind: *this.kind,
+                after: *this.after,
+                target: this.key.target(),
+            })
         })
+    }
 }
 
 /// A failure while sending the request or waiting for the response head.
