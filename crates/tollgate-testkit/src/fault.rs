@@ -195,7 +195,8 @@ impl Canned {
     ///
     /// ```
     /// use tollgate_testkit::Canned;
-    /// let c = Canned::openai_error(400, "invalid_request_error", Some("context_length_exceeded"), "too long");
+    /// let code = Some("context_length_exceeded");
+    /// let c = Canned::openai_error(400, "invalid_request_error", code, "too long");
     /// let v: serde_json::Value = serde_json::from_slice(&c.body).unwrap();
     /// assert_eq!(v["error"]["code"], "context_length_exceeded");
     /// assert!(v["error"]["param"].is_null());
@@ -230,7 +231,8 @@ impl Canned {
     /// use tollgate_testkit::Canned;
     /// let c = Canned::siliconflow_error(400, 20015, "length exceeds");
     /// let v: serde_json::Value = serde_json::from_slice(&c.body).unwrap();
-    /// assert_eq!(v, serde_json::json!({"code": 20015, "message": "length exceeds", "data": null}));
+    /// let want = serde_json::json!({"code": 20015, "message": "length exceeds", "data": null});
+    /// assert_eq!(v, want);
     /// ```
     pub fn siliconflow_error(status: u16, code: i64, message: &str) -> Canned {
         Canned::json(
@@ -304,7 +306,8 @@ pub enum Action {
         message: String,
     },
     /// Any path: the error in Qianfan's gateway style, as the headers `X-Bce-Error-Code` and
-    /// `X-Bce-Error-Message` (sent as UTF-8) with this HTTP status and an empty body.
+    /// `X-Bce-Error-Message` (sent as UTF-8) with this HTTP status, an empty body and no
+    /// `content-type`.
     BaiduErrorHeader {
         /// The HTTP status (an invalid one is sent as 500).
         status: u16,

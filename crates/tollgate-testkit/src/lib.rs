@@ -69,6 +69,32 @@
 //! assert!(post("gpt-4o").starts_with("HTTP/1.1 200"));
 //! assert_eq!(upstream.count_status(503), 1);
 //! ```
+//!
+//! The Baidu endpoint, scripted by endpoint name:
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use tollgate_testkit::{Action, BAIDU_CHAT_PATH, Match, TestUpstream};
+//!
+//! let upstream = TestUpstream::start().unwrap();
+//! let busy = Action::BaiduError { code: 336100, message: "try again".into() };
+//! upstream.script(Match::model("completions_pro"), [busy]);
+//!
+//! let post = |body: &str| {
+//!     let mut tcp = std::net::TcpStream::connect(upstream.addr()).unwrap();
+//!     write!(tcp, "POST {BAIDU_CHAT_PATH}/completions_pro HTTP/1.1\r\nhost: x\r\n\
+//!                  connection: close\r\ncontent-length: {}\r\n\r\n{body}", body.len()).unwrap();
+//!     let mut reply = String::new();
+//!     tcp.read_to_string(&mut reply).unwrap();
+//!     reply
+//! };
+//! let hi = r#"{"messages":[{"role":"user","content":"hi"}],"max_output_tokens":3}"#;
+//! assert!(post(hi).ends_with(r#"{"error_code":336100,"error_msg":"try again"}"#));
+//! assert!(post(hi).contains(r#""result":"lorem ipsum dolor""#));
+//! let openai_field = r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":3}"#;
+//! assert!(post(openai_field).contains(r#""error_code":336003"#));
+//! assert_eq!(upstream.log()[1].json().unwrap()["max_output_tokens"], 3);
+//! ```
 #![warn(missing_docs)]
 
 mod auth;

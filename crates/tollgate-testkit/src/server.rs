@@ -433,6 +433,7 @@ fn respond(
     last_event_id: Option<usize>,
 ) -> Response<ReplyBody> {
     let stop = &shared.shutdown;
+    let baidu_json = matches!(&route, Route::Baidu(req) if !req.stream);
     let error = |code: u16, message: &str, kind: &str, err_code: &str| {
         let body = openai::error_body(message, kind, None, Some(err_code));
         json_response(status(code), ReplyBody::full(body, stop))
@@ -496,7 +497,7 @@ fn respond(
             r
         }
         Action::BaiduError { code, message } => baidu_error(*code, message, stop),
-        Action::BaiduStreamErrorAfter { code, message, .. } if matches!(&route, Route::Baidu(req) if !req.stream) => {
+        Action::BaiduStreamErrorAfter { code, message, .. } if baidu_json => {
             baidu_error(*code, message, stop)
         }
         Action::BaiduErrorHeader {
@@ -504,8 +505,10 @@ fn respond(
             code: error_code,
             message,
         } => {
-            let mut r = json_response(status(*code), ReplyBody::full(Bytes::new(), stop));
+            let mut r = Response::new(ReplyBody::full(Bytes::new(), stop));
+            *r.status_mut() = status(*code);
             header(&mut r, "x-bce-error-code", error_code);
+            // Sent as UTF-8 (obs-text), as Qianfan sends Chinese messages.
             if let Ok(v) = HeaderValue::from_bytes(message.as_bytes()) {
                 r.headers_mut().insert("x-bce-error-message", v);
             }

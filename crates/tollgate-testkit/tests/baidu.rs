@@ -517,6 +517,7 @@ async fn scripted_error_headers() {
         "Rpm limit reached 每分钟"
     );
     assert!(reply.body.is_empty());
+    assert!(reply.headers.get("content-type").is_none());
 }
 
 #[tokio::test]
@@ -587,6 +588,24 @@ async fn http_faults_apply_to_the_baidu_path() {
     let reply = ernie(&up, "completions", &with(hello(), json!({"stream": true}))).await;
     assert!(reply.error.is_some(), "the connection was dropped");
     assert_eq!(events(&reply.text()).len(), 1);
+}
+
+#[tokio::test]
+async fn malformed_stream_keeps_the_end_event() {
+    let up = TestUpstream::start().unwrap();
+    up.script(Match::any(), [Action::MalformedJson]);
+    let body = with(hello(), json!({"stream": true, "max_output_tokens": 9}));
+    let reply = ernie(&up, "completions", &body).await;
+    assert!(reply.error.is_none());
+    let data = events(&reply.text());
+    assert_eq!(data.len(), 3);
+    assert!(
+        serde_json::from_str::<Value>(&data[1]).is_err(),
+        "{}",
+        data[1]
+    );
+    let end: Value = serde_json::from_str(&data[2]).unwrap();
+    assert_eq!(end["is_end"], true);
 }
 
 #[tokio::test]
