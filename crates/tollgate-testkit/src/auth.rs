@@ -17,6 +17,8 @@ use parking_lot::Mutex;
 use ring::hmac;
 use serde_json::{Value, json};
 
+use super::baidu;
+
 /// The path of the token endpoint a [`TestAuth::OAuth2`] upstream serves (as Baidu Qianfan).
 pub const TOKEN_PATH: &str = "/oauth/2.0/token";
 
@@ -64,7 +66,10 @@ pub enum TestAuth {
     /// OAuth2 client credentials, Baidu Qianfan style: `POST` (or `GET`)
     /// [`TOKEN_PATH`]`?grant_type=client_credentials&client_id=..&client_secret=..` issues
     /// `tk-<n>` tokens living `expires_in`; `/v1/*` requests carry one as
-    /// `Authorization: Bearer <token>` or as the query parameter `access_token=<token>`.
+    /// `Authorization: Bearer <token>` or as the query parameter `access_token=<token>`, Baidu
+    /// chat requests ([`crate::BAIDU_CHAT_PATH`]) as the query parameter only, and are refused
+    /// as ERNIE does (HTTP 200, `error_code` 110 for a missing or unknown token, 111 for an
+    /// expired or revoked one).
     /// See [`super::TestUpstream::revoke_tokens`].
     OAuth2 {
         /// The one client id the token endpoint knows.
@@ -130,6 +135,17 @@ impl Refusal {
     }
 }
 
+/// What the token endpoint knows of a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenState {
+    /// Issued here, not expired, not revoked.
+    Valid,
+    /// Never issued here.
+    Unknown,
+    /// Issued here, then expired or revoked.
+    Expired,
+}
+
 /// The OAuth2 tokens issued so far: token `tk-<n>` is entry `n - 1`.
 #[derive(Debug, Default)]
 pub(crate) struct Tokens {
@@ -153,20 +169,31 @@ impl Tokens {
     }
 
     fn valid(&self, token: &str, now: Instant) -> bool {
+        self.state(token, now) == TokenState::Valid
+    }
+
+    /// Whether `token` was issued here, and if so whether it still lives.
+    fn state(&self, token: &str, now: Instant) -> TokenState {
         let Some(n) = token
             .strip_prefix("tk-")
             .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|d| d.parse::<usize>().ok())
         else {
-            return false;
+            return TokenState::Unknown;
         };
         let inner = self.inner.lock();
         let Some(index) = n.checked_sub(1) else {
-            return false;
+            return TokenState::Unknown;
         };
         match inner.expires.get(index) {
-            Some(expires) => index >= inner.revoked_below && expires.is_none_or(|at| now < at),
-            None => false,
+            Some(expires) => {
+                if index >= inner.revoked_below && expires.is_none_or(|at| now < at) {
+                    TokenState::Valid
+                } else {
+                    TokenState::Expired
+                }
+            }
+            None => TokenState::Unknown,
         }
     }
 
@@ -224,6 +251,35 @@ impl TestAuth {
                     Err(Refusal::UnknownToken)
                 }
             }
+        }
+    }
+
+    /// Checks a Baidu-path request's credentials; a refusal is Baidu's error code and message.
+    /// OAuth2 reads the token from the query (`?access_token=`) only: a missing or unknown one
+    /// is 110, an expired or revoked one 111. Other kinds check as on `/v1/*` and refuse
+    /// with 110.
+    pub(crate) fn check_baidu(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        tokens: &Tokens,
+    ) -> Result<(), (u32, &'static str)> {
+        const INVALID: (u32, &str) = (
+            baidu::TOKEN_INVALID,
+            "Access token invalid or no longer valid",
+        );
+        match self {
+            TestAuth::OAuth2 { .. } => {
+                let token = query
+                    .and_then(|q| query_param(q, "access_token"))
+                    .ok_or(INVALID)?;
+                match tokens.state(&token, Instant::now()) {
+                    TokenState::Valid => Ok(()),
+                    TokenState::Unknown => Err(INVALID),
+                    TokenState::Expired => Err((baidu::TOKEN_EXPIRED, "Access token expired")),
+                }
+            }
+            _ => self.check(headers, query, tokens).map_err(|_| INVALID),
         }
     }
 
@@ -366,8 +422,10 @@ mod tests {
         assert!(!tokens.valid(&a, now + Duration::from_secs(60)));
         assert!(!tokens.valid("tk-2", now) && !tokens.valid("tk-0", now));
         assert!(!tokens.valid("tk-+1", now) && !tokens.valid("tk-", now));
+        assert_eq!(tokens.state("tk-2", now), TokenState::Unknown);
         tokens.revoke_all();
         assert!(!tokens.valid(&a, now));
+        assert_eq!(tokens.state(&a, now), TokenState::Expired);
         let b = tokens.issue(now, Duration::MAX);
         assert!(tokens.valid(&b, now));
         assert_eq!(tokens.issued(), 2);

@@ -174,10 +174,86 @@ pub struct Canned {
     pub body: Bytes,
 }
 
+impl Canned {
+    /// A response with `status`, `content-type: application/json` and `body`.
+    ///
+    /// ```
+    /// use tollgate_testkit::Canned;
+    /// let c = Canned::json(418, &serde_json::json!({"teapot": true}));
+    /// assert_eq!(c.body, r#"{"teapot":true}"#);
+    /// ```
+    pub fn json(status: u16, body: &serde_json::Value) -> Canned {
+        Canned {
+            status,
+            headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    /// An OpenAI error: `{"error": {"message", "type", "param": null, "code"}}` (`code` null
+    /// when `None`).
+    ///
+    /// ```
+    /// use tollgate_testkit::Canned;
+    /// let code = Some("context_length_exceeded");
+    /// let c = Canned::openai_error(400, "invalid_request_error", code, "too long");
+    /// let v: serde_json::Value = serde_json::from_slice(&c.body).unwrap();
+    /// assert_eq!(v["error"]["code"], "context_length_exceeded");
+    /// assert!(v["error"]["param"].is_null());
+    /// ```
+    pub fn openai_error(status: u16, kind: &str, code: Option<&str>, message: &str) -> Canned {
+        Canned::json(
+            status,
+            &serde_json::json!({"error": {
+                "message": message, "type": kind, "param": null, "code": code,
+            }}),
+        )
+    }
+
+    /// A Zhipu (BigModel) error: `{"error": {"code": "1113", "message": ...}}`, the code a
+    /// string as Zhipu sends it.
+    ///
+    /// ```
+    /// use tollgate_testkit::Canned;
+    /// let c = Canned::zhipu_error(429, "1113", "account in arrears");
+    /// assert_eq!(c.body, r#"{"error":{"code":"1113","message":"account in arrears"}}"#);
+    /// ```
+    pub fn zhipu_error(status: u16, code: &str, message: &str) -> Canned {
+        Canned::json(
+            status,
+            &serde_json::json!({"error": {"code": code, "message": message}}),
+        )
+    }
+
+    /// A SiliconFlow error: `{"code": 20015, "message": ..., "data": null}`, the code a number.
+    ///
+    /// ```
+    /// use tollgate_testkit::Canned;
+    /// let c = Canned::siliconflow_error(400, 20015, "length exceeds");
+    /// let v: serde_json::Value = serde_json::from_slice(&c.body).unwrap();
+    /// let want = serde_json::json!({"code": 20015, "message": "length exceeds", "data": null});
+    /// assert_eq!(v, want);
+    /// ```
+    pub fn siliconflow_error(status: u16, code: i64, message: &str) -> Canned {
+        Canned::json(
+            status,
+            &serde_json::json!({"code": code, "message": message, "data": null}),
+        )
+    }
+
+    /// Adds a header (e.g. `retry-after`).
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Canned {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
 /// What the upstream does with one request: a normal response, or a fault.
 ///
 /// Streaming-only faults applied to a JSON response (and the reverse) are translated: see each
-/// variant.
+/// variant. Unless a variant says otherwise it applies to the OpenAI and the Baidu chat paths
+/// alike (the HTTP-status faults send an OpenAI error body on either); the `Baidu*` variants
+/// speak ERNIE's formats.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Action {
@@ -220,6 +296,46 @@ pub enum Action {
     RateLimitHeaders(RateLimitHeaders),
     /// This exact response.
     Respond(Canned),
+    /// Any path, JSON or stream request: HTTP 200, `content-type: application/json` and ERNIE's
+    /// error body `{"error_code": code, "error_msg": message}` (ERNIE answers a stream request
+    /// that fails at once the same way).
+    BaiduError {
+        /// `error_code`, e.g. 18 (QPS limit), 336100 (overloaded), 110 (token invalid).
+        code: u32,
+        /// `error_msg`.
+        message: String,
+    },
+    /// Any path: the error in Qianfan's gateway style, as the headers `X-Bce-Error-Code` and
+    /// `X-Bce-Error-Message` (sent as UTF-8) with this HTTP status, an empty body and no
+    /// `content-type`.
+    BaiduErrorHeader {
+        /// The HTTP status (an invalid one is sent as 500).
+        status: u16,
+        /// `X-Bce-Error-Code`.
+        code: u32,
+        /// `X-Bce-Error-Message`.
+        message: String,
+    },
+    /// Baidu path, stream request: the first `n` events of the stream (all if it has fewer),
+    /// none with `"is_end": true`, then the body ends cleanly. A JSON request gets the normal
+    /// answer; the OpenAI path a normal response.
+    BaiduStreamWithoutEnd(usize),
+    /// Baidu path, stream request: the first `events` events (none with `"is_end": true`),
+    /// then the event `data: {"error_code": code, "error_msg": message}`, then the body ends
+    /// cleanly. A JSON request gets [`Action::BaiduError`]'s answer; the OpenAI path a normal
+    /// response.
+    BaiduStreamErrorAfter {
+        /// Events before the error.
+        events: usize,
+        /// `error_code`.
+        code: u32,
+        /// `error_msg`.
+        message: String,
+    },
+    /// A stream request (`"stream": true`) answered as if it were not one: the complete JSON
+    /// answer with `content-type: application/json` (a provider ignoring `stream`): OpenAI's
+    /// `chat.completion` or ERNIE's answer. A JSON request gets the normal response.
+    JsonForStream,
 }
 
 /// Probabilities of faults drawn per request with the upstream's seeded RNG, and the

@@ -29,9 +29,10 @@ pub struct Arrival {
     pub headers: HeaderMap,
     /// The request body.
     pub body: Bytes,
-    /// The body's `model`, when it is a JSON object with a string `model`.
+    /// The body's `model`, when it is a JSON object with a string `model`; on the Baidu chat
+    /// path, the endpoint name (`completions_pro` of `.../wenxinworkshop/chat/completions_pro`).
     pub model: Option<String>,
-    /// The `x-testkit-tenant` header, else the body's `user`.
+    /// The `x-testkit-tenant` header, else the body's `user` (Baidu chat path: `user_id`).
     pub tenant: Option<String>,
     /// True when the body asked for a stream (`"stream": true`).
     pub stream: bool,
@@ -43,6 +44,20 @@ pub struct Arrival {
     pub delay: Duration,
     /// The status sent; `None` while the response head is still being delayed.
     pub status: Option<u16>,
+}
+
+impl Arrival {
+    /// The body parsed as JSON (`None` when it is not JSON): what tests assert a client's
+    /// mapping on.
+    ///
+    /// ```
+    /// use tollgate_testkit::TestUpstream;
+    /// let upstream = TestUpstream::start().unwrap();
+    /// assert!(upstream.log().iter().all(|a| a.json().is_none()));
+    /// ```
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
 }
 
 /// The shared log, with a condition variable for bounded waits.

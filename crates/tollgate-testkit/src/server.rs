@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use super::auth::{self, TOKEN_PATH, TestAuth, Tokens};
+use super::baidu::{self, Answer, BaiduError, BaiduRequest, StreamShape};
 use super::body::{Ending, ReplyBody, delay, stopped};
 use super::fault::{RequestFacts, Scripts, draw};
 use super::log::{Arrival, Log};
@@ -158,6 +159,7 @@ where
 /// What a valid request asks for.
 enum Route {
     Chat(ChatRequest),
+    Baidu(BaiduRequest),
     Models,
     Model(String),
 }
@@ -271,13 +273,22 @@ async fn handle(
     };
     let json: Option<Value> = serde_json::from_slice(&body).ok();
     let field = |name: &str| json.as_ref()?.get(name)?.as_str().map(str::to_owned);
-    arrival.model = field("model");
+    let baidu_endpoint = baidu::endpoint(&arrival.path).map(str::to_owned);
+    arrival.model = match &baidu_endpoint {
+        Some(endpoint) => Some(endpoint.clone()),
+        None => field("model"),
+    };
+    let user = if baidu_endpoint.is_some() {
+        "user_id"
+    } else {
+        "user"
+    };
     arrival.tenant = parts
         .headers
         .get(TENANT_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-        .or_else(|| field("user"));
+        .or_else(|| field(user));
     arrival.stream = json
         .as_ref()
         .and_then(|j| j.get("stream"))
@@ -291,7 +302,25 @@ async fn handle(
         let (code, body) = auth::token_endpoint(required, &shared.tokens, &parts.method, query);
         return Ok(answer(&shared, arrival, code, body));
     }
-    if arrival.path == "/v1" || arrival.path.starts_with("/v1/") {
+    if baidu_endpoint.is_some() {
+        // ERNIE answers every refusal with HTTP 200 and an error body.
+        let refused = required
+            .check_baidu(&parts.headers, query, &shared.tokens)
+            .map_err(|(code, message)| BaiduError {
+                code,
+                message: message.to_owned(),
+            })
+            .and_then(|()| {
+                if parts.method == Method::POST {
+                    Ok(())
+                } else {
+                    Err(BaiduError::method())
+                }
+            });
+        if let Err(err) = refused {
+            return Ok(answer(&shared, arrival, 200, err.body()));
+        }
+    } else if arrival.path == "/v1" || arrival.path.starts_with("/v1/") {
         if let Err(refusal) = required.check(&parts.headers, query, &shared.tokens) {
             let err = ApiError {
                 status: 401,
@@ -304,9 +333,16 @@ async fn handle(
         }
     }
 
-    let route = match route(&parts.method, &arrival.path, json.as_ref(), &shared) {
-        Ok(r) => r,
-        Err(err) => return Ok(reject(&shared, arrival, &err)),
+    let route = if baidu_endpoint.is_some() {
+        match baidu::parse_chat(json.as_ref(), shared.config.lengths) {
+            Ok(r) => Route::Baidu(r),
+            Err(err) => return Ok(answer(&shared, arrival, 200, err.body())),
+        }
+    } else {
+        match route(&parts.method, &arrival.path, json.as_ref(), &shared) {
+            Ok(r) => r,
+            Err(err) => return Ok(reject(&shared, arrival, &err)),
+        }
     };
 
     let facts = RequestFacts {
@@ -397,6 +433,7 @@ fn respond(
     last_event_id: Option<usize>,
 ) -> Response<ReplyBody> {
     let stop = &shared.shutdown;
+    let baidu_json = matches!(&route, Route::Baidu(req) if !req.stream);
     let error = |code: u16, message: &str, kind: &str, err_code: &str| {
         let body = openai::error_body(message, kind, None, Some(err_code));
         json_response(status(code), ReplyBody::full(body, stop))
@@ -459,10 +496,36 @@ fn respond(
             }
             r
         }
+        Action::BaiduError { code, message } => baidu_error(*code, message, stop),
+        Action::BaiduStreamErrorAfter { code, message, .. } if baidu_json => {
+            baidu_error(*code, message, stop)
+        }
+        Action::BaiduErrorHeader {
+            status: code,
+            code: error_code,
+            message,
+        } => {
+            let mut r = Response::new(ReplyBody::full(Bytes::new(), stop));
+            *r.status_mut() = status(*code);
+            header(&mut r, "x-bce-error-code", error_code);
+            // Sent as UTF-8 (obs-text), as Qianfan sends Chinese messages.
+            if let Ok(v) = HeaderValue::from_bytes(message.as_bytes()) {
+                r.headers_mut().insert("x-bce-error-message", v);
+            }
+            r
+        }
         _ => success(shared, seq, route, action, last_event_id),
     };
     request_id(&mut resp, seq);
     resp
+}
+
+/// HTTP 200 with ERNIE's error body.
+fn baidu_error(code: u32, message: &str, stop: &watch::Receiver<bool>) -> Response<ReplyBody> {
+    json_response(
+        StatusCode::OK,
+        ReplyBody::full(baidu::error_body(code, message), stop),
+    )
 }
 
 /// A 200 (possibly slow, cut or malformed).
@@ -483,10 +546,38 @@ fn success(
                 created: shared.created,
                 req: &req,
             };
-            if req.stream {
-                return sse(shared, &completion, action, last_event_id);
+            if req.stream && *action != Action::JsonForStream {
+                let mut data = completion.events();
+                if *action == Action::MalformedJson {
+                    malform(&mut data, "{\"choices\": [");
+                }
+                return sse(shared, data, action, last_event_id);
             }
             completion.json()
+        }
+        Route::Baidu(req) => {
+            let answer = Answer {
+                id: format!("as-testkit-{seq}"),
+                created: shared.created,
+                req: &req,
+            };
+            if req.stream && *action != Action::JsonForStream {
+                let shape = match action {
+                    Action::BaiduStreamWithoutEnd(n) => StreamShape::WithoutEnd(*n),
+                    Action::BaiduStreamErrorAfter {
+                        events,
+                        code,
+                        message,
+                    } => StreamShape::ErrorAfter(*events, *code, message.clone()),
+                    _ => StreamShape::Complete,
+                };
+                let mut data = answer.events(&shape);
+                if *action == Action::MalformedJson {
+                    malform(&mut data, "{\"result\": \"");
+                }
+                return sse(shared, data, action, last_event_id);
+            }
+            answer.json()
         }
     };
     let len = json.len();
@@ -524,26 +615,26 @@ fn rate_limit_headers(shared: &Shared, action: &Action, resp: &mut Response<Repl
     }
 }
 
-/// The SSE response: events numbered from 1, resumed after `last_event_id`.
+/// [`Action::MalformedJson`] on a stream: the first event, the second cut in half (`fallback`
+/// when there is none), and the last.
+fn malform(data: &mut Vec<String>, fallback: &str) {
+    let last = data.pop().unwrap_or_default();
+    let broken = data.get(1).map_or(fallback, |d| half(d)).to_owned();
+    data.truncate(1);
+    data.push(broken);
+    data.push(last);
+}
+
+/// The SSE response of the events' `data`: events numbered from 1, resumed after
+/// `last_event_id`.
 fn sse(
     shared: &Shared,
-    completion: &Completion<'_>,
+    data: Vec<String>,
     action: &Action,
     last_event_id: Option<usize>,
 ) -> Response<ReplyBody> {
     let stop = &shared.shutdown;
     let ids = shared.config.event_ids;
-    let mut data = completion.events();
-    if *action == Action::MalformedJson {
-        let done = data.pop().unwrap_or_default();
-        let broken = data
-            .get(1)
-            .map_or("{\"choices\": [", |d| half(d))
-            .to_owned();
-        data.truncate(1);
-        data.push(broken);
-        data.push(done);
-    }
     let skip = last_event_id.unwrap_or(0);
     let events: Vec<Bytes> = data
         .iter()

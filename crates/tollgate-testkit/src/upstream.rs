@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::auth::{TOKEN_PATH, TestAuth};
+use super::baidu::BAIDU_CHAT_PATH;
 use super::fault::Match;
 use super::log::Arrival;
 use super::openai::Lengths;
@@ -285,8 +286,8 @@ enum Runner {
 
 /// A running fault-injecting OpenAI-compatible upstream on loopback.
 ///
-/// It serves `POST /v1/chat/completions` (JSON or SSE), `GET /v1/models` and
-/// `GET /v1/models/{id}`, applies scripted or drawn faults, and logs every arrival. Dropping it
+/// It serves `POST /v1/chat/completions` (JSON or SSE), `GET /v1/models`,
+/// `GET /v1/models/{id}` and Baidu's ERNIE v1 chat (`POST` under [`BAIDU_CHAT_PATH`]), applies scripted or drawn faults, and logs every arrival. Dropping it
 /// shuts it down (bounded by [`Builder::shutdown_timeout`] plus a second).
 pub struct TestUpstream {
     addr: SocketAddr,
@@ -337,6 +338,21 @@ impl TestUpstream {
         format!("{}/v1", self.origin())
     }
 
+    /// The Baidu ERNIE v1 chat base URL:
+    /// `http://127.0.0.1:PORT/rpc/2.0/ai_custom/v1/wenxinworkshop/chat` (or `https://`); a chat
+    /// request goes to it followed by `/{endpoint}`, e.g. `/completions_pro`.
+    ///
+    /// ```
+    /// let upstream = tollgate_testkit::TestUpstream::start().unwrap();
+    /// assert_eq!(
+    ///     upstream.baidu_base_url(),
+    ///     format!("http://{}/rpc/2.0/ai_custom/v1/wenxinworkshop/chat", upstream.addr()),
+    /// );
+    /// ```
+    pub fn baidu_base_url(&self) -> String {
+        self.url(BAIDU_CHAT_PATH)
+    }
+
     /// The origin followed by `path`, e.g. `url("/v1/chat/completions")`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.origin())
@@ -353,8 +369,9 @@ impl TestUpstream {
         self.shared.tokens.issued()
     }
 
-    /// Revokes every OAuth2 token issued so far: requests carrying one get a 401 from now on,
-    /// and a client has to fetch a new token.
+    /// Revokes every OAuth2 token issued so far: requests carrying one get a 401 from now on
+    /// (on the Baidu chat path: HTTP 200 with `error_code` 111, "Access token expired"), and a
+    /// client has to fetch a new token.
     pub fn revoke_tokens(&self) {
         self.shared.tokens.revoke_all();
     }
