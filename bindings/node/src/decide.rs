@@ -562,6 +562,7 @@ fn settle_with(
         failure,
         headers,
         content_delivered: flags & FLAG_CONTENT_DELIVERED != 0,
+        error: None,
     };
     let verdict = engine.settle(permit, &outcome);
     Ok(match verdict {

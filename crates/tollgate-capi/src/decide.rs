@@ -610,6 +610,7 @@ pub unsafe extern "C" fn tg_engine_settle(
             failure: failure(o.failure)?,
             headers: &pairs,
             content_delivered: o.content_delivered,
+            error: None,
         };
         let verdict = engine.engine.settle(permit, &outcome);
         let answer = match verdict {

@@ -6,8 +6,11 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tollgate::{CallError, ChatRequest, ChatStream, Engine, Source};
+use tollgate::{CallError, ChatRequest, Engine, Source};
 use tollgate_testkit::{Action, Match, TestUpstream};
+
+mod common;
+use common::{collect, content, rt};
 
 fn engine(text: &str) -> Engine {
     Engine::from_text(text).expect("valid policy")
@@ -26,43 +29,6 @@ fn chat(model: &str, text: &str) -> ChatRequest {
         "messages": [{"role": "user", "content": text}],
         "max_tokens": 8,
     }))
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-async fn collect(mut s: ChatStream) -> (Vec<String>, Option<CallError>) {
-    let mut data = vec![];
-    let mut err = None;
-    let mut n = 0;
-    while let Some(item) = s.next().await {
-        n += 1;
-        assert!(n < 10_000, "bounded");
-        match item {
-            Ok(e) => data.push(e.data),
-            Err(e) => err = Some(e),
-        }
-    }
-    (data, err)
-}
-
-fn content(events: &[String]) -> String {
-    let mut out = String::new();
-    for d in events {
-        if let Ok(v) = serde_json::from_str::<Value>(d)
-            && let Some(t) = v
-                .pointer("/choices/0/delta/content")
-                .and_then(Value::as_str)
-        {
-            out.push_str(t);
-        }
-    }
-    out
 }
 
 #[test]

@@ -173,6 +173,15 @@ impl JwtMinter {
         }
     }
 
+    /// Forgets `token` if it is the cached one (the upstream said it expired), so the next call
+    /// mints a new one.
+    pub fn forget(&self, token: &str) {
+        let current = self.current.load();
+        if current.as_deref().is_some_and(|m| &*m.token == token) {
+            self.current.store(None);
+        }
+    }
+
     /// Mints a fresh token for `now`, bypassing (and not touching) the cache.
     pub fn mint(&self, now: SystemTime) -> String {
         let claims = zhipu_claims(self.id.expose(), now, self.ttl);

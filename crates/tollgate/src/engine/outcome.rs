@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::dialect::ProviderError;
 use crate::retry::Failure;
 use crate::tokens::{Cost, Usage};
 
@@ -27,6 +28,10 @@ pub struct Outcome<'a> {
     pub headers: &'a [(&'a str, &'a [u8])],
     /// Whether any content already reached the caller (a stream): then the call is never retried.
     pub content_delivered: bool,
+    /// What the upstream's error body or headers said, read by its dialect
+    /// ([`crate::dialect`]): its class decides what a retry can achieve (a quota error is not
+    /// retried on that key, an invalid request never). `None`: the status alone decides.
+    pub error: Option<&'a ProviderError>,
 }
 
 impl<'a> Outcome<'a> {
@@ -82,6 +87,12 @@ impl<'a> Outcome<'a> {
     /// Sets the response headers.
     pub fn with_headers(mut self, headers: &'a [(&'a str, &'a [u8])]) -> Outcome<'a> {
         self.headers = headers;
+        self
+    }
+
+    /// Sets the upstream's error as its dialect read it.
+    pub fn with_error(mut self, error: &'a ProviderError) -> Outcome<'a> {
+        self.error = Some(error);
         self
     }
 

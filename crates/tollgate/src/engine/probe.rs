@@ -11,7 +11,8 @@ use std::time::Instant;
 use super::Engine;
 use super::health::TargetHealth;
 use super::route::TargetRef;
-use super::wire::{body_for, exchange};
+use super::wire::exchange;
+use crate::retry::is_success;
 
 /// A probe request the engine wants sent to a half-open target. Send `request` to `target`, then
 /// report with [`Engine::settle_probe`]; dropping it unsent frees its probe slot.
@@ -136,7 +137,11 @@ impl Engine {
             let Ok(wire) = compiled.wires[i].get(&compiled.policy.upstreams[i]) else {
                 continue;
             };
-            let Ok(body) = body_for(&probe.request, None, false, false) else {
+            let model = probe.target.model.to_string();
+            let (Ok(body), Ok(url)) = (
+                wire.speaker.body(&probe.request, None, false, false),
+                wire.speaker.url(&wire.config.base_url, &model),
+            ) else {
                 continue;
             };
             let engine = self.clone();
@@ -149,12 +154,25 @@ impl Engine {
                     body,
                     &key,
                     None,
+                    url.as_deref(),
                     false,
                     |req| client.send(req),
-                    |r| r.status.as_u16(),
+                    |r, wire| {
+                        wire.speaker
+                            .auth_expired(r.status.as_u16(), &r.headers, &r.body)
+                    },
                 )
                 .await;
-                let ok = matches!(&result, Ok(Ok(r)) if r.status.is_success());
+                // A probe succeeds on a 2xx that its dialect reads as a completion.
+                let ok = match result {
+                    Ok(Ok(r)) if r.status.is_success() => {
+                        let a = wire
+                            .speaker
+                            .answer(r.status.as_u16(), &r.headers, r.body, &model);
+                        a.error.is_none() && a.malformed.is_none() && is_success(a.status)
+                    }
+                    _ => false,
+                };
                 engine.settle_probe(probe, ok, started.elapsed());
             });
         }

@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderMap;
+use http::header::CONTENT_LENGTH;
 
 use crate::cache::{CachedResponse, FlightError};
-use crate::retry::Failure;
+use crate::dialect::{Dialect, ErrorClass, ProviderError};
+use crate::retry::{Failure, is_success};
 use crate::tokens::Usage;
 
 use super::admit::RouteHint;
@@ -24,7 +26,7 @@ use super::outcome::{GiveUp, Outcome, Settlement, Verdict};
 use super::permit::Permit;
 use super::request::{CallError, ChatRequest, ChatResponse, Source, model_of};
 use super::route::{Attempt, TargetRef};
-use super::wire::{Wire, body_for, exchange};
+use super::wire::{Wire, exchange};
 use super::{Call, Engine, Prompt};
 
 /// The body sent to the last attempt's target, kept for the next attempt.
@@ -33,6 +35,8 @@ pub(crate) struct SentBody {
     model: Option<Arc<str>>,
     /// Whether it asks for the usage chunk of a stream.
     stream_usage: bool,
+    /// The dialect it is written in.
+    dialect: Dialect,
     bytes: Bytes,
 }
 
@@ -46,6 +50,8 @@ pub(crate) struct Ready {
     pub target: Option<TargetRef>,
     /// Time this admission waited for room.
     pub queued: Duration,
+    /// The dialect's URL for this call (`None`: `<base_url>/chat/completions`).
+    pub url: Option<Arc<str>>,
 }
 
 /// What to do after a settled attempt.
@@ -144,8 +150,10 @@ impl Engine {
                 key,
                 target,
                 queued: waited,
+                url,
             } = ready;
             queued += waited;
+            let sent_model = target.as_ref().map_or(model, |t| &*t.model);
             let started = Instant::now();
             let client = &wire.client;
             let exchanged = exchange(
@@ -153,9 +161,13 @@ impl Engine {
                 body,
                 &key,
                 None,
+                url.as_deref(),
                 false,
                 |req| client.send(req),
-                |r| r.status.as_u16(),
+                |r, wire| {
+                    wire.speaker
+                        .auth_expired(r.status.as_u16(), &r.headers, &r.body)
+                },
             )
             .await;
             let result = match exchanged {
@@ -167,18 +179,47 @@ impl Engine {
             };
             let latency = started.elapsed();
             let next = match result {
-                Ok(response) => {
-                    let status = response.status.as_u16();
+                Ok(mut response) => {
+                    let mut status = response.status.as_u16();
+                    // An OpenAI-dialect success goes as it came; anything else is read by the
+                    // upstream's dialect (translated, its error classified).
+                    let mut error = None;
+                    if !(wire.speaker.is_openai() && response.status.is_success()) {
+                        let body = std::mem::take(&mut response.body);
+                        let answer =
+                            wire.speaker
+                                .answer(status, &response.headers, body, sent_model);
+                        status = answer.status;
+                        response.body = answer.body;
+                        if answer.translated {
+                            response.headers.remove(CONTENT_LENGTH);
+                        }
+                        error = match answer.malformed {
+                            Some(m) => Some((
+                                true,
+                                ProviderError::new(ErrorClass::ByStatus, status, "", m),
+                            )),
+                            None => answer.error.map(|e| (false, e)),
+                        };
+                    }
                     let (next, usage) = {
                         let headers = header_pairs(&response.headers);
                         let mut outcome = Outcome::status(status)
                             .with_headers(&headers)
                             .with_latency(latency);
-                        if response.status.is_success() {
-                            match Usage::from_response_bytes(&response.body) {
-                                Ok(usage) => outcome.usage = usage,
-                                Err(_) => outcome.failure = Some(Failure::Malformed),
+                        match &error {
+                            Some((true, e)) => {
+                                outcome.failure = Some(Failure::Malformed);
+                                outcome.error = Some(e);
                             }
+                            Some((false, e)) => outcome.error = Some(e),
+                            None if is_success(status) => {
+                                match Usage::from_response_bytes(&response.body) {
+                                    Ok(usage) => outcome.usage = usage,
+                                    Err(_) => outcome.failure = Some(Failure::Malformed),
+                                }
+                            }
+                            None => {}
                         }
                         (Next::of(self.settle(permit, &outcome)), outcome.usage)
                     };
@@ -310,20 +351,36 @@ impl Engine {
         let wire = now.wires[index].get(config).map_err(CallError::Transport)?;
         let target = permit.target().cloned();
         let target_model = target.as_ref().map(|t| &t.model);
+        let unspeakable = |e: crate::dialect::Unspeakable| {
+            CallError::InvalidRequest(format!(
+                "upstream '{}' (dialect {}): {e}",
+                config.name, config.dialect
+            ))
+        };
+        let url = wire
+            .speaker
+            .url(&config.base_url, target_model.map_or(model, |m| &**m))
+            .map_err(unspeakable)?
+            .map(Arc::from);
         let reuse = body.as_ref().is_some_and(|b| {
-            b.model.as_ref() == target_model && b.stream_usage == config.stream_usage
+            b.model.as_ref() == target_model
+                && b.stream_usage == config.stream_usage
+                && b.dialect == config.dialect
         });
         if !reuse {
-            let bytes = body_for(
-                &request.body,
-                target_model.map(|m| &**m),
-                stream,
-                config.stream_usage,
-            )
-            .map_err(|e| CallError::InvalidRequest(format!("cannot serialise the body: {e}")))?;
+            let bytes = wire
+                .speaker
+                .body(
+                    &request.body,
+                    target_model.map(|m| &**m),
+                    stream,
+                    config.stream_usage,
+                )
+                .map_err(unspeakable)?;
             *body = Some(SentBody {
                 model: target_model.cloned(),
                 stream_usage: config.stream_usage,
+                dialect: config.dialect,
                 bytes,
             });
         }
@@ -338,6 +395,7 @@ impl Engine {
             key,
             target,
             queued,
+            url,
         })
     }
 

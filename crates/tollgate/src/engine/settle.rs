@@ -18,6 +18,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::clock::duration_nanos;
+use crate::dialect::{ErrorClass, ProviderError};
 use crate::retry::{
     self, BreakerState, Failure, Headers, RetryDecision, RetryInput, Rng, ServerLimits,
 };
@@ -119,7 +120,8 @@ pub(crate) fn settle(
         return Verdict::Done(settlement);
     };
     let policy = &compiled.policy;
-    if retry::is_retryable(&failure, &policy.retry.retry_on, &headers) {
+    let class = outcome.error.map(|e| e.class);
+    if retry::is_retryable_with(&failure, class, &policy.retry.retry_on, &headers) {
         budget.on_failure();
     }
     // 5. The decision.
@@ -140,6 +142,7 @@ pub(crate) fn settle(
                 .routing
                 .other_key(t, t.generation == compiled.generation, now)
         }),
+        class,
     };
     let mut rng = Rng::new(compiled.routing.random());
     let decision = retry::decide(&input, &policy.retry, budget, &mut rng);
@@ -151,7 +154,7 @@ pub(crate) fn settle(
         target.as_deref(),
         prior,
         (number, journey.deadline),
-        failure,
+        (failure, outcome.error),
         settlement,
         now,
     )
@@ -190,6 +193,29 @@ fn feed_health(
         t.key
             .quarantine(now.saturating_add(duration_nanos(t.quarantine)));
     }
+    if let Some(ErrorClass::QuotaExhausted { daily }) = outcome.error.map(|e| e.class) {
+        // A key without quota is held: until the provider's next day for a daily limit,
+        // else as a refused key is.
+        let hold = if daily {
+            until_next_day(SystemTime::now())
+        } else {
+            t.quarantine
+        };
+        t.key.quarantine(now.saturating_add(duration_nanos(hold)));
+    }
+}
+
+/// Time from `now` to the next midnight in China (UTC+8), where the providers that send daily
+/// quota errors (Baidu, Zhipu) start their day.
+pub(crate) fn until_next_day(now: SystemTime) -> Duration {
+    const DAY: u64 = 86_400;
+    const OFFSET: u64 = 8 * 3_600;
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let local = secs + Duration::from_secs(OFFSET);
+    let next = (local.as_secs() / DAY + 1) * DAY;
+    Duration::from_secs(next) - local
 }
 
 /// Step 6: the verdict for `decision`, with the attempt's record added to the history.
@@ -201,7 +227,7 @@ fn verdict(
     target: Option<&TargetCtx>,
     prior: Attempt,
     (number, deadline): (u32, Option<crate::clock::Nanos>),
-    failure: Failure,
+    (failure, error): (Failure, Option<&ProviderError>),
     settlement: crate::Settlement,
     now: crate::clock::Nanos,
 ) -> Verdict {
@@ -243,17 +269,21 @@ fn verdict(
         }
         RetryDecision::GiveUp(reason) => {
             metrics.gave_up(reason.code());
+            let message = match error {
+                Some(e) => format!("{reason}; the upstream said: {e}"),
+                None => reason.to_string(),
+            };
             history.push(AttemptRecord {
                 number,
                 at: now,
                 target: this_target,
                 outcome: outcome_text,
-                decision: format!("gave up: {reason}"),
+                decision: format!("gave up: {message}"),
             });
             Verdict::GiveUp {
                 reason: GiveUp {
                     code: reason.code(),
-                    message: reason.to_string(),
+                    message,
                     history,
                 },
                 settlement,
@@ -267,6 +297,15 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    #[test]
+    fn the_next_day_starts_at_midnight_in_china() {
+        let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        // 1970-01-01 16:00 UTC is midnight in UTC+8.
+        assert_eq!(until_next_day(at(16 * 3600 - 1)), Duration::from_secs(1));
+        assert_eq!(until_next_day(at(16 * 3600)), Duration::from_secs(86_400));
+        assert_eq!(until_next_day(at(0)), Duration::from_secs(16 * 3600));
+    }
 
     #[test]
     fn records_read_as_before() {

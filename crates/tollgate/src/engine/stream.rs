@@ -17,10 +17,12 @@ use http::HeaderMap;
 use serde_json::Value;
 
 use crate::cache::{CachedResponse, SseEvent};
+use crate::dialect::{ErrorClass, EventMap, ProviderError};
 use crate::retry::Failure;
+use crate::retry::is_success;
 use crate::tokens::Usage;
 use crate::transport::sse::{Decoder, Event};
-use crate::transport::{StreamResponse, TransportError};
+use crate::transport::{Response, StreamResponse, TransportError};
 
 use super::Engine;
 use super::cache::CacheFill;
@@ -81,7 +83,11 @@ struct Live {
     body: Bytes,
     key: Arc<str>,
     target: Option<TargetRef>,
-    response: StreamResponse,
+    /// The body being read; `None` once a whole (JSON) answer was turned into events.
+    response: Option<StreamResponse>,
+    /// The dialect's translator of events (`None`: OpenAI's events go as they are).
+    mapper: Option<Box<dyn EventMap>>,
+    url: Option<Arc<str>>,
     decoder: Decoder,
     pending: VecDeque<Event>,
     sent_at: Instant,
@@ -284,6 +290,7 @@ impl ChatStream {
                 key,
                 target,
                 queued,
+                url,
             } = self
                 .engine
                 .ready(
@@ -297,7 +304,7 @@ impl ChatStream {
             self.attempts += 1;
             self.queued += queued;
             let sent_at = Instant::now();
-            let result = match send_stream(&wire, body.clone(), &key, None).await {
+            let result = match send_stream(&wire, body.clone(), &key, None, url.as_deref()).await {
                 Ok(result) => result,
                 Err(e) => {
                     self.engine.settle(permit, &Outcome::not_sent());
@@ -305,49 +312,82 @@ impl ChatStream {
                 }
             };
             let latency = sent_at.elapsed();
-            match result {
-                Ok(response) if response.status.is_success() => {
+            let mut live = Live {
+                permit,
+                wire,
+                body,
+                key,
+                target,
+                response: None,
+                mapper: None,
+                url,
+                decoder: Decoder::new(),
+                pending: VecDeque::new(),
+                sent_at,
+                first_token: false,
+                last_id: None,
+                resumes: 0,
+            };
+            let sent_model = live
+                .target
+                .as_ref()
+                .map_or(self.model.as_str(), |t| &*t.model);
+            let whole = match result {
+                Ok(Opened::Events(response)) => {
                     self.status = response.status.as_u16();
                     self.headers = response.headers.clone();
-                    self.live = Some(Live {
-                        permit,
-                        wire,
-                        body,
-                        key,
-                        target,
-                        response,
-                        decoder: Decoder::new(),
-                        pending: VecDeque::new(),
-                        sent_at,
-                        first_token: false,
-                        last_id: None,
-                        resumes: 0,
-                    });
+                    live.mapper = live.wire.speaker.events(sent_model);
+                    live.response = Some(response);
+                    self.live = Some(live);
                     return Ok(());
                 }
-                Ok(mut response) => {
-                    // Read the (small) error body so the caller can see the upstream's message.
-                    let mut error_body = Vec::new();
-                    while let Some(Ok(chunk)) = response.next_chunk().await {
-                        if error_body.len() + chunk.len() > 64 * 1024 {
-                            break;
-                        }
-                        error_body.extend_from_slice(&chunk);
-                    }
-                    let status = response.status.as_u16();
-                    let headers = header_pairs(&response.headers);
-                    let outcome = Outcome::status(status)
-                        .with_headers(&headers)
-                        .with_latency(latency);
-                    let next = Next::of(self.engine.settle(permit, &outcome));
-                    self.after(next, Some((status, Bytes::from(error_body))))
-                        .await?;
-                }
+                Ok(Opened::Whole(response)) => response,
                 Err(e) => {
-                    let next = self.failed_attempt(permit, &e, latency)?;
+                    let next = self.failed_attempt(live.permit, &e, latency)?;
                     self.after(next, None).await?;
+                    continue;
                 }
+            };
+            // An error, or a whole answer where events were asked for: the dialect reads it.
+            let mut headers = whole.headers;
+            let answer =
+                live.wire
+                    .speaker
+                    .answer(whole.status.as_u16(), &headers, whole.body, sent_model);
+            if answer.translated {
+                headers.remove(http::header::CONTENT_LENGTH);
             }
+            if answer.error.is_none()
+                && answer.malformed.is_none()
+                && is_success(answer.status)
+                && Usage::from_response_bytes(&answer.body).is_ok()
+            {
+                // A completion: delivered as the events of a stream.
+                self.status = answer.status;
+                self.headers = headers;
+                live.pending = events_from_body(&answer.body);
+                self.live = Some(live);
+                return Ok(());
+            }
+            let error = match answer.malformed {
+                Some(m) => Some(ProviderError::new(
+                    ErrorClass::ByStatus,
+                    answer.status,
+                    "",
+                    m,
+                )),
+                None => answer.error,
+            };
+            let pairs = header_pairs(&headers);
+            let mut outcome = Outcome::status(answer.status)
+                .with_headers(&pairs)
+                .with_latency(latency);
+            outcome.error = error.as_ref();
+            if is_success(answer.status) {
+                outcome.failure = Some(Failure::Malformed);
+            }
+            let next = Next::of(self.engine.settle(live.permit, &outcome));
+            self.after(next, Some((answer.status, answer.body))).await?;
         }
     }
 
@@ -399,8 +439,11 @@ impl ChatStream {
                     // Read the end of the body so an HTTP/1.1 connection goes back to the pool;
                     // bounded, for servers that keep the response open after [DONE].
                     let drain = async {
+                        let Some(response) = live.response.as_mut() else {
+                            return;
+                        };
                         for _ in 0..16 {
-                            if !matches!(live.response.next_chunk().await, Some(Ok(_))) {
+                            if !matches!(response.next_chunk().await, Some(Ok(_))) {
                                 break;
                             }
                         }
@@ -413,7 +456,11 @@ impl ChatStream {
             if self.finished {
                 return Ok(None);
             }
-            match live.response.next_chunk().await {
+            let chunk = match live.response.as_mut() {
+                Some(response) => response.next_chunk().await,
+                None => None,
+            };
+            match chunk {
                 Some(Ok(chunk)) => {
                     let mut out = Vec::new();
                     if live.decoder.push(&chunk, &mut out).is_err() {
@@ -421,27 +468,49 @@ impl ChatStream {
                             target: String::new(),
                             message: "a stream event exceeded the size limit".into(),
                         };
-                        return self.cut(e, Failure::Malformed).await.map(|()| None);
+                        // Retried when nothing was delivered yet, else the stream ends.
+                        self.cut(e, Failure::Malformed, None).await?;
+                        continue;
                     }
-                    live.pending.extend(out);
+                    let Some(mapper) = live.mapper.as_mut() else {
+                        live.pending.extend(out);
+                        continue;
+                    };
+                    let error = out
+                        .into_iter()
+                        .find_map(|event| mapper.event(event, &mut live.pending).err());
+                    if let Some(error) = error {
+                        let e = TransportError::Body {
+                            target: String::new(),
+                            message: format!("the upstream's stream carried an error: {error}"),
+                        };
+                        self.cut(e, Failure::Status(error.status), Some(&error))
+                            .await?;
+                    }
                 }
                 None => {
                     // A clean end of the body. Complete only after [DONE], or after a finish
                     // reason when the upstream does not send [DONE].
                     let decoder = std::mem::take(&mut live.decoder);
+                    let mapped = live.mapper.is_some();
                     if decoder.finish().is_ok() && self.finished_by_reason() {
                         self.finish(true);
                         return Ok(None);
                     }
+                    let message = if mapped {
+                        "the stream ended before its last event (is_end)"
+                    } else {
+                        "the stream ended before [DONE]"
+                    };
                     let e = TransportError::Body {
                         target: String::new(),
-                        message: "the stream ended before [DONE]".into(),
+                        message: message.into(),
                     };
-                    self.cut(e, Failure::CutStream).await?;
+                    self.cut(e, Failure::CutStream, None).await?;
                 }
                 Some(Err(e)) => {
                     let failure = e.failure().unwrap_or(Failure::CutStream);
-                    self.cut(e, failure).await?;
+                    self.cut(e, failure, None).await?;
                 }
             }
         }
@@ -572,7 +641,12 @@ impl ChatStream {
 
     /// A failure while reading: retry (nothing delivered yet), resume (`Last-Event-ID`), or end
     /// the stream with an error.
-    async fn cut(&mut self, e: TransportError, failure: Failure) -> Result<(), CallError> {
+    async fn cut(
+        &mut self,
+        e: TransportError,
+        failure: Failure,
+        error: Option<&ProviderError>,
+    ) -> Result<(), CallError> {
         let Some(mut live) = self.live.take() else {
             return Err(CallError::StreamCut {
                 message: e.to_string(),
@@ -580,31 +654,39 @@ impl ChatStream {
             });
         };
         let latency = live.sent_at.elapsed();
+        let outcome = match error {
+            // An error event: the upstream answered, with that error.
+            Some(error) => Outcome::status(error.status).with_error(error),
+            None => Outcome::failed(failure),
+        }
+        .with_latency(latency);
         if !self.delivered {
-            let next = Next::of(
-                self.engine
-                    .settle(live.permit, &Outcome::failed(failure).with_latency(latency)),
-            );
-            return self.after(next, None).await;
+            let next = Next::of(self.engine.settle(live.permit, &outcome));
+            let last = error.map(|e| (e.status, e.openai_body()));
+            return self.after(next, last).await;
         }
         if live.wire.config.resume_streams
             && live.resumes < MAX_RESUMES
             && let Some(id) = live.last_id.clone()
         {
             live.resumes += 1;
-            match send_stream(&live.wire, live.body.clone(), &live.key, Some(&id)).await {
-                Ok(Ok(response)) if response.status.is_success() => {
-                    live.response = response;
-                    live.decoder = Decoder::new();
-                    self.live = Some(live);
-                    return Ok(());
-                }
-                _ => {}
+            let url = live.url.clone();
+            let resumed = send_stream(
+                &live.wire,
+                live.body.clone(),
+                &live.key,
+                Some(&id),
+                url.as_deref(),
+            )
+            .await;
+            if let Ok(Ok(Opened::Events(response))) = resumed {
+                live.response = Some(response);
+                live.decoder = Decoder::new();
+                self.live = Some(live);
+                return Ok(());
             }
         }
-        let outcome = Outcome::failed(failure)
-            .with_latency(latency)
-            .with_content_delivered();
+        let outcome = outcome.with_content_delivered();
         let verdict = self.engine.settle(live.permit, &outcome);
         Err(CallError::StreamCut {
             message: e.to_string(),
@@ -613,23 +695,75 @@ impl ChatStream {
     }
 }
 
-/// Sends one streaming request with its credentials (one replay after a 401 with an OAuth2
-/// token).
+/// What a streaming request got back.
+enum Opened {
+    /// A 2xx answer of events, to read as they come.
+    Events(StreamResponse),
+    /// Anything else, read whole: an error status, or a JSON body (an error in a 200 answer,
+    /// or an upstream that ignored `stream: true`).
+    Whole(Response),
+}
+
+/// Largest whole body read in answer to a streaming request.
+const MAX_WHOLE: usize = 4 << 20;
+
+impl Opened {
+    /// Reads the body of `response` when it is not a stream of events.
+    async fn of(mut response: StreamResponse) -> Result<Opened, TransportError> {
+        let events = response.status.is_success()
+            && response
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_none_or(|t| !t.to_ascii_lowercase().contains("json"));
+        if events {
+            return Ok(Opened::Events(response));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.next_chunk().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                // An error body cut short is still worth showing; a completion is not whole.
+                Err(e) if response.status.is_success() => return Err(e),
+                Err(_) => break,
+            };
+            if body.len() + chunk.len() > MAX_WHOLE {
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Opened::Whole(Response {
+            status: response.status,
+            headers: std::mem::take(&mut response.headers),
+            body: Bytes::from(body),
+            version: response.version,
+        }))
+    }
+}
+
+/// Sends one streaming request with its credentials (one replay when the credential expired).
 async fn send_stream(
     wire: &Wire,
     body: Bytes,
     key: &str,
     last_event_id: Option<&str>,
-) -> Result<Result<StreamResponse, TransportError>, CallError> {
+    url: Option<&str>,
+) -> Result<Result<Opened, TransportError>, CallError> {
     let client = &wire.client;
     exchange(
         wire,
         body,
         key,
         last_event_id,
+        url,
         true,
-        |req| client.stream(req),
-        |r| r.status.as_u16(),
+        |req| async move { Opened::of(client.stream(req).await?).await },
+        |r, wire| match r {
+            Opened::Events(r) => r.status.as_u16() == 401,
+            Opened::Whole(r) => wire
+                .speaker
+                .auth_expired(r.status.as_u16(), &r.headers, &r.body),
+        },
     )
     .await
     .map_err(CallError::Auth)

@@ -11,9 +11,9 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
 use http::{Method, Request};
-use serde_json::Value;
 
 use crate::auth::{AuthError, Credentials, Resolved, Token, parse_token_response};
+use crate::dialect::Speaker;
 use crate::policy::Upstream;
 use crate::transport::{Client, ClientConfig, ExtraCa, ProxyConfig, TransportError};
 
@@ -27,6 +27,8 @@ const AGENT: &str = concat!("tollgate/", env!("CARGO_PKG_VERSION"));
 pub(crate) struct Wire {
     pub config: Upstream,
     pub client: Client,
+    /// The upstream's dialect.
+    pub speaker: Speaker,
     creds: Credentials,
     /// `<base_url>/chat/completions`.
     chat_url: String,
@@ -54,6 +56,8 @@ impl std::fmt::Debug for Wire {
 pub(crate) struct Authorised {
     /// The OAuth2 token used, if any.
     pub token: Option<Arc<Token>>,
+    /// The JWT used, if any.
+    pub jwt: Option<Arc<str>>,
 }
 
 impl Wire {
@@ -69,6 +73,7 @@ impl Wire {
             bearers: OnceLock::new(),
             chat_url,
             creds: Credentials::new(&config.auth),
+            speaker: Speaker::new(config),
             client,
             key_ids,
             next_key: AtomicUsize::new(0),
@@ -78,17 +83,19 @@ impl Wire {
 
     /// Builds the HTTP request for `body` with its credentials: the key named `key` of a bearer
     /// pool (round robin when empty or unknown), a fresh JWT, or an OAuth2 token fetched once for
-    /// all concurrent callers.
+    /// all concurrent callers. `url`: the dialect's URL for the call, `None` for
+    /// `<base_url>/chat/completions`.
     pub(crate) async fn request(
         &self,
         body: Bytes,
         stream: bool,
         key: &str,
         last_event_id: Option<&str>,
+        url: Option<&str>,
     ) -> Result<(Request<Bytes>, Authorised), AuthError> {
         // The common case (a bearer pool, a JWT, no credentials) builds no string: the URL is
         // parsed once per wire and a pool's header values are made once.
-        let mut url: Option<String> = None;
+        let mut url: Option<String> = url.map(str::to_owned);
         let mut extra: Vec<(String, String)> = Vec::new();
         let mut authorised = Authorised::default();
         let mut bearer: Option<HeaderValue> = None;
@@ -110,8 +117,10 @@ impl Wire {
                 }
             }
             Resolved::Jwt(minter) => {
-                let value = format!("Bearer {}", minter.token(SystemTime::now()));
+                let token = minter.token(SystemTime::now());
+                let value = format!("Bearer {token}");
                 bearer = Some(sensitive(&value).ok_or_else(not_a_header)?);
+                authorised.jwt = Some(token);
             }
             Resolved::OAuth2(client) => {
                 let now = SystemTime::now();
@@ -168,12 +177,17 @@ impl Wire {
         Ok((request, authorised))
     }
 
-    /// After a 401: forget the OAuth2 token the request carried, so the replay fetches a new one.
-    /// Returns whether a replay can help (only OAuth2 tokens are renewed this way).
+    /// After a 401 or an expired-token error: forget the OAuth2 token or the JWT the request
+    /// carried, so the replay fetches or mints a new one. Returns whether a replay can help (a
+    /// static key is not renewed this way).
     pub(crate) fn refused(&self, authorised: &Authorised) -> bool {
-        match (self.creds.resolve(), &authorised.token) {
-            (Ok(Resolved::OAuth2(client)), Some(token)) => {
+        match (self.creds.resolve(), &authorised.token, &authorised.jwt) {
+            (Ok(Resolved::OAuth2(client)), Some(token), _) => {
                 client.cache.invalidate(token);
+                true
+            }
+            (Ok(Resolved::Jwt(minter)), _, Some(token)) => {
+                minter.forget(token);
                 true
             }
             _ => false,
@@ -239,99 +253,6 @@ fn not_a_header() -> AuthError {
     }
 }
 
-/// The request body sent to a target: the caller's body with the target's model and the stream
-/// fields this call needs.
-///
-/// Written straight from the caller's body with the changes applied on the way (no copy of the
-/// body is made): fields keep their place, `model` is replaced where it stands, `stream` and
-/// `stream_options` are set or left out, and fields the body lacks come last.
-pub(crate) fn body_for(
-    body: &Value,
-    model: Option<&str>,
-    stream: bool,
-    stream_usage: bool,
-) -> Result<Bytes, serde_json::Error> {
-    let mut out = Vec::with_capacity(512);
-    match body {
-        Value::Object(map) => serde_json::to_writer(
-            &mut out,
-            &Patched {
-                map,
-                model,
-                stream,
-                stream_usage,
-            },
-        )?,
-        other => serde_json::to_writer(&mut out, other)?,
-    }
-    Ok(Bytes::from(out))
-}
-
-/// A request body with the call's changes, serialised without copying it.
-struct Patched<'a> {
-    map: &'a serde_json::Map<String, Value>,
-    model: Option<&'a str>,
-    stream: bool,
-    stream_usage: bool,
-}
-
-/// `stream_options` with `include_usage: true` merged in.
-struct WithUsage<'a>(Option<&'a Value>);
-
-impl serde::Serialize for WithUsage<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(None)?;
-        if let Some(Value::Object(o)) = self.0 {
-            for (k, v) in o {
-                if k != "include_usage" {
-                    m.serialize_entry(k, v)?;
-                } else {
-                    m.serialize_entry(k, &true)?;
-                }
-            }
-            if !o.contains_key("include_usage") {
-                m.serialize_entry("include_usage", &true)?;
-            }
-        } else {
-            m.serialize_entry("include_usage", &true)?;
-        }
-        m.end()
-    }
-}
-
-impl serde::Serialize for Patched<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(None)?;
-        for (k, v) in self.map {
-            match k.as_str() {
-                "model" if self.model.is_some() => m.serialize_entry(k, &self.model)?,
-                "stream" if self.stream => m.serialize_entry(k, &true)?,
-                "stream_options" if self.stream && self.stream_usage => {
-                    m.serialize_entry(k, &WithUsage(Some(v)))?
-                }
-                "stream" | "stream_options" if !self.stream => {}
-                _ => m.serialize_entry(k, v)?,
-            }
-        }
-        if let Some(model) = self.model
-            && !self.map.contains_key("model")
-        {
-            m.serialize_entry("model", model)?;
-        }
-        if self.stream {
-            if !self.map.contains_key("stream") {
-                m.serialize_entry("stream", &true)?;
-            }
-            if self.stream_usage && !self.map.contains_key("stream_options") {
-                m.serialize_entry("stream_options", &WithUsage(None))?;
-            }
-        }
-        m.end()
-    }
-}
-
 /// The wire of one upstream of a compiled policy: made on first use (no global lock on the
 /// call path: a policy's slots are its own), or carried over from the previous policy when the
 /// upstream's settings did not change (compared once, at reload).
@@ -361,30 +282,34 @@ impl WireSlot {
     }
 }
 
-/// Authorises and sends one request with `send`; on a 401 with an OAuth2 token, forgets the token
-/// and replays once with a new one. The outer error is a credential failure (nothing was sent).
+/// Authorises and sends one request with `send`; when the answer says the credential expired
+/// (`expired`: a 401, or a dialect's expired-token error) and it was an OAuth2 token or a JWT,
+/// forgets it and replays once with a new one. The outer error is a credential failure (nothing
+/// was sent).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn exchange<R, F, Fut>(
     wire: &Wire,
     body: Bytes,
     key: &str,
     last_event_id: Option<&str>,
+    url: Option<&str>,
     stream: bool,
     send: F,
-    status: fn(&R) -> u16,
+    expired: fn(&R, &Wire) -> bool,
 ) -> Result<Result<R, TransportError>, AuthError>
 where
     F: Fn(Request<Bytes>) -> Fut,
     Fut: Future<Output = Result<R, TransportError>>,
 {
     let (request, authorised) = wire
-        .request(body.clone(), stream, key, last_event_id)
+        .request(body.clone(), stream, key, last_event_id, url)
         .await?;
     let result = send(request).await;
     if let Ok(r) = &result
-        && status(r) == 401
+        && expired(r, wire)
         && wire.refused(&authorised)
     {
-        let (request, _) = wire.request(body, stream, key, last_event_id).await?;
+        let (request, _) = wire.request(body, stream, key, last_event_id, url).await?;
         return Ok(send(request).await);
     }
     Ok(result)
@@ -414,84 +339,5 @@ impl Engine {
             }
         }
         (opened, failed)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::body_for;
-    use serde_json::{Value, json};
-
-    fn sent(body: &Value, model: Option<&str>, stream: bool, usage: bool) -> Value {
-        serde_json::from_slice(&body_for(body, model, stream, usage).expect("serialises"))
-            .expect("the body sent is JSON")
-    }
-
-    #[test]
-    fn plain_calls_drop_the_stream_fields_and_keep_the_rest() {
-        let body = json!({"model": "a", "messages": [{"role": "user", "content": "hi"}],
-                          "stream": true, "stream_options": {"include_usage": true},
-                          "temperature": 0.2});
-        assert_eq!(
-            sent(&body, None, false, true),
-            json!({"model": "a", "messages": [{"role": "user", "content": "hi"}],
-                   "temperature": 0.2})
-        );
-    }
-
-    #[test]
-    fn the_target_model_replaces_the_callers_or_is_added() {
-        let body = json!({"model": "a", "messages": []});
-        assert_eq!(
-            sent(&body, Some("b"), false, false),
-            json!({"model": "b", "messages": []})
-        );
-        let body = json!({"messages": []});
-        assert_eq!(
-            sent(&body, Some("b"), false, false),
-            json!({"model": "b", "messages": []})
-        );
-    }
-
-    #[test]
-    fn streams_ask_for_usage_merging_the_callers_options() {
-        let body = json!({"messages": []});
-        assert_eq!(
-            sent(&body, None, true, true),
-            json!({"messages": [], "stream": true, "stream_options": {"include_usage": true}})
-        );
-        let body = json!({"messages": [], "stream": false,
-                          "stream_options": {"include_usage": false, "other": 1}});
-        assert_eq!(
-            sent(&body, None, true, true),
-            json!({"messages": [], "stream": true,
-                   "stream_options": {"include_usage": true, "other": 1}})
-        );
-        let body = json!({"messages": [], "stream_options": "odd"});
-        assert_eq!(
-            sent(&body, None, true, true)["stream_options"],
-            json!({"include_usage": true})
-        );
-        // An upstream with stream_usage = false: the caller's options are left as they are.
-        let body = json!({"messages": [], "stream_options": {"x": 1}});
-        assert_eq!(
-            sent(&body, None, true, false),
-            json!({"messages": [], "stream": true, "stream_options": {"x": 1}})
-        );
-    }
-
-    #[test]
-    fn each_field_once() {
-        let body = json!({"model": "a", "stream": false, "messages": []});
-        let text =
-            String::from_utf8(body_for(&body, Some("b"), true, true).unwrap().to_vec()).unwrap();
-        assert_eq!(text.matches("\"model\"").count(), 1);
-        assert_eq!(text.matches("\"stream\"").count(), 1);
-        assert!(text.contains("\"model\":\"b\""), "{text}");
-    }
-
-    #[test]
-    fn a_body_that_is_not_an_object_is_sent_as_it_is() {
-        assert_eq!(sent(&json!([1, 2]), Some("b"), true, true), json!([1, 2]));
     }
 }

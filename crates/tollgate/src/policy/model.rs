@@ -284,6 +284,13 @@ pub struct Upstream {
     /// Interval of HTTP/2 keep-alive pings on idle connections (`http2_keep_alive`, default
     /// off), so a pooled connection survives idle periods behind NAT and load balancers.
     pub http2_keep_alive: Option<Duration>,
+    /// What the upstream speaks (`dialect`, default `openai`); callers always speak OpenAI chat
+    /// completions and the dialect translates ([`crate::dialect`]).
+    pub dialect: crate::dialect::Dialect,
+    /// Model → endpoint path entries added to (or replacing) the built-in table of the
+    /// `baidu_v1` dialect ([`crate::dialect::baidu::ENDPOINTS`]), model names in lower case
+    /// (`endpoints = { "ernie-4.0-8k" = "completions_pro" }`).
+    pub endpoints: Vec<(String, String)>,
 }
 
 /// Default for [`Upstream::max_idle`]: enough for 256 calls in flight at once without opening

@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use super::headers::{Headers, X_SHOULD_RETRY, trim_ows};
+use crate::dialect::ErrorClass;
 use crate::policy::RetryOn;
 
 /// Why a connection could not be used.
@@ -226,6 +227,20 @@ pub fn is_retryable(failure: &Failure, retry_on: &[RetryOn], headers: &Headers<'
         }
     }
     should_retry_header(headers).unwrap_or_else(|| failure.matches(retry_on))
+}
+
+/// [`is_retryable`] with what the upstream's error said: a class that says no retry can
+/// succeed ([`ErrorClass::retryable`]) wins over `x-should-retry` and `retry_on`.
+pub fn is_retryable_with(
+    failure: &Failure,
+    class: Option<ErrorClass>,
+    retry_on: &[RetryOn],
+    headers: &Headers<'_>,
+) -> bool {
+    if class.and_then(ErrorClass::retryable) == Some(false) {
+        return false;
+    }
+    is_retryable(failure, retry_on, headers)
 }
 
 #[cfg(test)]

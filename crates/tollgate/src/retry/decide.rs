@@ -25,6 +25,7 @@ use super::backoff::backoff;
 use super::budget::RetryBudget;
 use super::classify::{Failure, is_retryable, should_retry_header};
 use super::headers::{DelaySource, Headers, server_delay_with_source};
+use crate::dialect::ErrorClass;
 use crate::policy::Retry;
 use crate::rng::SplitMix64 as Rng;
 
@@ -49,6 +50,10 @@ pub struct RetryInput<'a> {
     /// Whether another key of the target's key pool is usable now (not quarantined), so a 401
     /// can move to it.
     pub other_key: bool,
+    /// What the upstream's error body or headers said ([`crate::dialect::ProviderError`]):
+    /// a class that says no retry can succeed ends the call (or moves a key pool to its next
+    /// key when the key is at fault); `None`: the status alone decides.
+    pub class: Option<ErrorClass>,
 }
 
 impl<'a> RetryInput<'a> {
@@ -64,6 +69,7 @@ impl<'a> RetryInput<'a> {
             time_left: None,
             content_delivered: false,
             other_key: false,
+            class: None,
         }
     }
 }
@@ -164,6 +170,15 @@ pub enum GiveUpReason {
     RetryBudgetExhausted,
     /// Part of the response already reached the caller; replaying would duplicate it.
     ContentDelivered,
+    /// The upstream's error says no retry can succeed: its quota or credit is exhausted (and no
+    /// other key of the pool is usable), the request is invalid, the renewed credential was
+    /// refused, or the error is one tollgate does not know.
+    Upstream {
+        /// The failure (the status the error stands for).
+        failure: Failure,
+        /// What the upstream's error means.
+        class: ErrorClass,
+    },
 }
 
 impl GiveUpReason {
@@ -176,6 +191,11 @@ impl GiveUpReason {
             GiveUpReason::DeadlineTooClose { .. } => "deadline_too_close",
             GiveUpReason::RetryBudgetExhausted => "retry_budget_exhausted",
             GiveUpReason::ContentDelivered => "content_delivered",
+            GiveUpReason::Upstream {
+                class: ErrorClass::QuotaExhausted { .. },
+                ..
+            } => "quota_exhausted",
+            GiveUpReason::Upstream { .. } => "not_retryable",
         }
     }
 }
@@ -221,6 +241,22 @@ impl fmt::Display for GiveUpReason {
             }
             GiveUpReason::ContentDelivered => {
                 f.write_str("part of the response already reached the caller; not replayed")
+            }
+            GiveUpReason::Upstream { failure, class } => {
+                let why = match class {
+                    ErrorClass::QuotaExhausted { .. } => {
+                        "the upstream says the quota or credit is exhausted; not retried on \
+                         this key, and no other key of its pool is usable"
+                    }
+                    ErrorClass::InvalidRequest => {
+                        "the upstream says the request is invalid; a retry cannot succeed"
+                    }
+                    ErrorClass::AuthExpired | ErrorClass::Refused => {
+                        "the upstream refused the credentials"
+                    }
+                    _ => "an upstream error tollgate does not know; not retried",
+                };
+                write!(f, "{failure}: {why}")
             }
         }
     }
@@ -290,7 +326,18 @@ pub fn decide(
     if input.content_delivered {
         return GiveUp(GiveUpReason::ContentDelivered);
     }
-    let other_key = input.other_key && input.failure == Failure::Status(401);
+    let key_at_fault =
+        input.failure == Failure::Status(401) || input.class.is_some_and(ErrorClass::key_at_fault);
+    let other_key = input.other_key && key_at_fault;
+    if !other_key
+        && let Some(class) = input.class
+        && class.retryable() == Some(false)
+    {
+        return GiveUp(GiveUpReason::Upstream {
+            failure: input.failure,
+            class,
+        });
+    }
     if !other_key && !is_retryable(&input.failure, &policy.retry_on, &input.headers) {
         return GiveUp(GiveUpReason::NotRetryable {
             failure: input.failure,

@@ -52,7 +52,8 @@ pub use breaker::{
 };
 pub use budget::RetryBudget;
 pub use classify::{
-    ConnectKind, Failure, TimeoutKind, is_retryable, is_success, should_retry_header,
+    ConnectKind, Failure, TimeoutKind, is_retryable, is_retryable_with, is_success,
+    should_retry_header,
 };
 pub use decide::{GiveUpReason, RetryDecision, RetryInput, RetryReason, decide};
 pub use headers::{

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::dialect::Dialect;
 use crate::policy::parse::read::{
-    Cx, Table, array, boolean, choice, duration, http_url, index, name, secret, whole,
+    Cx, Table, array, boolean, choice, duration, http_url, index, name, secret, string, whole,
 };
 use crate::policy::parse::tree::Node;
 use crate::policy::parse::units::format_duration;
@@ -35,6 +36,8 @@ pub(super) fn upstream(cx: &mut Cx, node: &Node, path: &str) -> Option<Upstream>
             "warm_up",
             "max_idle",
             "http2_keep_alive",
+            "dialect",
+            "endpoints",
         ],
     );
     let up_name = t.req(cx, "name", "name = \"openai\"", name);
@@ -64,6 +67,24 @@ pub(super) fn upstream(cx: &mut Cx, node: &Node, path: &str) -> Option<Upstream>
         whole(cx, n, p, 0, 65_536).map(|v| v as u32)
     });
     let http2_keep_alive = t.maybe(cx, "http2_keep_alive", duration);
+    let dialect = t.opt(cx, "dialect", Dialect::OpenAi, |cx, n, p| {
+        choice(cx, n, p, &Dialect::ALL)
+    });
+    let endpoints = t.opt(cx, "endpoints", vec![], endpoints);
+    if let (Some(d), Some(e)) = (dialect, &endpoints)
+        && d != Dialect::BaiduV1
+        && !e.is_empty()
+    {
+        let pos = t.get("endpoints").and_then(|n| n.pos);
+        cx.err(
+            &t.path("endpoints"),
+            pos,
+            format!(
+                "endpoints apply to dialect = \"baidu_v1\" only (this upstream speaks \"{d}\"); \
+                 add dialect = \"baidu_v1\" or remove endpoints"
+            ),
+        );
+    }
     Some(Upstream {
         name: up_name?,
         base_url: base_url?,
@@ -77,7 +98,41 @@ pub(super) fn upstream(cx: &mut Cx, node: &Node, path: &str) -> Option<Upstream>
         warm_up: warm_up?,
         max_idle: max_idle?,
         http2_keep_alive: http2_keep_alive?,
+        dialect: dialect?,
+        endpoints: endpoints?,
     })
+}
+
+/// `endpoints = { "ernie-4.0-8k" = "completions_pro", ... }`: model → endpoint path segment.
+fn endpoints(cx: &mut Cx, node: &Node, path: &str) -> Option<Vec<(String, String)>> {
+    let t = Table::read(cx, node, path, "{ \"ernie-4.0-8k\" = \"completions_pro\" }")?;
+    let mut out = vec![];
+    let mut ok = true;
+    for (key, value) in t.entries {
+        let p = t.path(&key.name);
+        let Some(v) = string(cx, value, &p) else {
+            ok = false;
+            continue;
+        };
+        let v = v.trim_matches('/');
+        let valid = !v.is_empty()
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
+        if !valid {
+            cx.err(
+                &p,
+                value.pos,
+                format!(
+                    "\"{v}\" is not an endpoint path; give the part after .../wenxinworkshop/chat/, \
+                     such as \"completions_pro\" (letters, digits, - _ . /)"
+                ),
+            );
+            ok = false;
+            continue;
+        }
+        out.push((key.name.to_ascii_lowercase(), v.to_string()));
+    }
+    ok.then_some(out)
 }
 
 const AUTH_KINDS: [(&str, &[&str]); 4] = [
