@@ -593,3 +593,28 @@ fn dialect_settings_are_checked() {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }
+
+#[test]
+fn a_route_to_an_ernie_model_without_an_endpoint_is_refused() {
+    let policy = |model: &str, endpoints: &str| {
+        format!(
+            "version = 1\n[[upstream]]\nname = \"ernie\"\ndialect = \"baidu_v1\"\n\
+             base_url = \"http://127.0.0.1:9/chat\"\n{endpoints}\n[[route]]\nmodel = \"chat\"\n\
+             targets = [{{ upstream = \"ernie\", model = \"{model}\" }}]\n"
+        )
+    };
+    let err = Engine::from_text(&policy("ernie-5-ultra", ""))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("route[0].targets[0].model: upstream \"ernie\" speaks baidu_v1 and has no endpoint for model \"ernie-5-ultra\""),
+        "{err}"
+    );
+    assert!(err.contains("line 9"), "located: {err}");
+    Engine::from_text(&policy(
+        "ernie-5-ultra",
+        "endpoints = { \"ernie-5-ultra\" = \"e5u\" }",
+    ))
+    .expect("with its endpoint the policy is valid");
+    Engine::from_text(&policy("ERNIE-Speed-8K", "")).expect("the built-in table");
+}

@@ -18,7 +18,7 @@
 //! - **Errors**: `error_code` in a 200 body (or in the JSON answer to a stream request, or in an
 //!   event) and `X-Bce-Error-Code` headers, classified by [`classify`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -53,27 +53,22 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("ernie-speed", "ernie_speed"),
 ];
 
-/// The dialect's settings for one upstream: its endpoint table.
+/// The dialect's settings for one upstream: its `endpoints` entries.
 #[derive(Debug, Clone)]
 pub(crate) struct Baidu {
-    endpoints: HashMap<String, String>,
+    endpoints: Vec<(String, String)>,
 }
 
 impl Baidu {
-    pub(crate) fn new(extra: &[(String, String)]) -> Baidu {
-        let mut endpoints: HashMap<String, String> = ENDPOINTS
-            .iter()
-            .map(|(m, e)| (m.to_string(), e.to_string()))
-            .collect();
-        for (m, e) in extra {
-            endpoints.insert(m.to_ascii_lowercase(), e.clone());
+    pub(crate) fn new(endpoints: &[(String, String)]) -> Baidu {
+        Baidu {
+            endpoints: endpoints.to_vec(),
         }
-        Baidu { endpoints }
     }
 
     /// `<base_url>/<endpoint>` for `model`.
     pub(crate) fn url(&self, base_url: &str, model: &str) -> Result<String, Unspeakable> {
-        let endpoint = endpoint(&self.endpoints, model).ok_or_else(|| {
+        let endpoint = endpoint_of(&self.endpoints, model).ok_or_else(|| {
             Unspeakable(format!(
                 "model '{model}' has no ERNIE v1 endpoint: add it to the upstream's endpoints, \
                  e.g. endpoints = {{ \"{model}\" = \"completions_pro\" }} (the path after \
@@ -84,12 +79,27 @@ impl Baidu {
     }
 }
 
-/// The endpoint of `model` in `table` (keys lower case).
-fn endpoint<'a>(table: &'a HashMap<String, String>, model: &str) -> Option<&'a str> {
-    table
-        .get(model)
-        .or_else(|| table.get(&model.to_ascii_lowercase()))
-        .map(String::as_str)
+/// The endpoint path of `model` with an upstream's `endpoints` entries (model names in lower
+/// case) over the built-in table, if it has one.
+///
+/// ```
+/// use tollgate::dialect::baidu::endpoint_of;
+/// assert_eq!(endpoint_of(&[], "ERNIE-4.0-8K").as_deref(), Some("completions_pro"));
+/// assert_eq!(endpoint_of(&[("mine".into(), "abc".into())], "Mine").as_deref(), Some("abc"));
+/// assert_eq!(endpoint_of(&[], "gpt-4o"), None);
+/// ```
+pub fn endpoint_of(extra: &[(String, String)], model: &str) -> Option<String> {
+    let lower = model.to_ascii_lowercase();
+    extra
+        .iter()
+        .find(|(m, _)| *m == lower)
+        .map(|(_, e)| e.clone())
+        .or_else(|| {
+            ENDPOINTS
+                .iter()
+                .find(|(m, _)| *m == lower)
+                .map(|(_, e)| (*e).to_owned())
+        })
 }
 
 /// OpenAI request fields ERNIE v1 has no use for (dropped unless mapped).
@@ -534,7 +544,7 @@ mod tests {
     #[test]
     fn endpoints_come_from_the_table_and_the_policy() {
         let b = Baidu::new(&[
-            ("My-Model".into(), "abc123".into()),
+            ("my-model".into(), "abc123".into()),
             ("ernie-4.0-8k".into(), "custom".into()),
         ]);
         let base = "https://aip.baidubce.com/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/";

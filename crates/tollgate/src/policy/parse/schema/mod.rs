@@ -56,6 +56,9 @@ pub(crate) fn policy(cx: &mut Cx, root: &Node) -> Option<Policy> {
     let routes = list(cx, &t, "route", "[[route]]", |cx, n, p| {
         route(cx, n, p, &upstream_names)
     });
+    if let (Some(us), Some(rs)) = (&upstreams, &routes) {
+        upstream::endpoints_known(cx, &t, us, rs);
+    }
     let route_names = names(cx, &t, "route", "route", route_default_name);
     fallbacks(cx, &t, &route_names);
     let retry = t.opt(cx, "retry", Retry::default(), retry);

@@ -7,10 +7,11 @@ use crate::dialect::Dialect;
 use crate::policy::parse::read::{
     Cx, Table, array, boolean, choice, duration, http_url, index, name, secret, string, whole,
 };
-use crate::policy::parse::tree::Node;
+use crate::policy::parse::tree::{Kind, Node};
 use crate::policy::parse::units::format_duration;
 use crate::policy::{
-    Auth, DEFAULT_KEY_QUARANTINE, DEFAULT_MAX_IDLE, SecretRef, Timeouts, TokenPlacement, Upstream,
+    Auth, DEFAULT_KEY_QUARANTINE, DEFAULT_MAX_IDLE, Route, SecretRef, Timeouts, TokenPlacement,
+    Upstream,
 };
 
 /// Reads one `[[upstream]]`.
@@ -329,4 +330,50 @@ fn timeouts(cx: &mut Cx, node: &Node, path: &str) -> Option<Timeouts> {
         idle: idle?,
         total: total?,
     })
+}
+
+/// Every route target on a `baidu_v1` upstream names a model with an endpoint (a call for it
+/// could never be sent otherwise).
+pub(super) fn endpoints_known(
+    cx: &mut Cx,
+    t: &Table<'_>,
+    upstreams: &[Upstream],
+    routes: &[Route],
+) {
+    let node_of = |i: usize, j: usize| -> Option<&Node> {
+        let Kind::Array(routes) = &t.get("route")?.kind else {
+            return None;
+        };
+        let Kind::Table(entries) = &routes.get(i)?.kind else {
+            return None;
+        };
+        let (_, targets) = entries.iter().find(|(k, _)| k.name == "targets")?;
+        let Kind::Array(targets) = &targets.kind else {
+            return None;
+        };
+        targets.get(j)
+    };
+    for (i, route) in routes.iter().enumerate() {
+        for (j, target) in route.targets.iter().enumerate() {
+            let Some(up) = upstreams.iter().find(|u| u.name == target.upstream) else {
+                continue;
+            };
+            if up.dialect != Dialect::BaiduV1
+                || crate::dialect::baidu::endpoint_of(&up.endpoints, &target.model).is_some()
+            {
+                continue;
+            }
+            let path = format!("route[{i}].targets[{j}].model");
+            cx.err(
+                &path,
+                node_of(i, j).and_then(|n| n.pos),
+                format!(
+                    "upstream \"{}\" speaks baidu_v1 and has no endpoint for model \"{}\"; add \
+                     endpoints = {{ \"{}\" = \"...\" }} to it (the path after \
+                     .../wenxinworkshop/chat/)",
+                    up.name, target.model, target.model
+                ),
+            );
+        }
+    }
 }
