@@ -145,6 +145,29 @@ fn benches(c: &mut Criterion) {
         });
     });
 
+    // The retry budget's updates: a success (one atomic update, no clock), a failure in plain
+    // A6, and a failure that first credits the refill (the time moves 1 ms a failure, so every
+    // call credits something).
+    let a6 = RetryBudget::new(1e9, 1.0);
+    g.bench_function("budget_on_success", |b| {
+        b.iter(|| black_box(&a6).on_success())
+    });
+    g.bench_function("budget_on_failure_a6", |b| {
+        b.iter(|| {
+            a6.on_failure();
+            a6.on_success();
+        })
+    });
+    let refilled = RetryBudget::new(1e9, 1.0).with_refill(0.5);
+    g.bench_function("budget_on_failure_at_refill", |b| {
+        let mut now = 0u64;
+        b.iter(|| {
+            now += 1_000_000;
+            refilled.on_failure_at(black_box(now));
+            refilled.on_success();
+        })
+    });
+
     let policy = Retry::default();
     let budget = RetryBudget::from_policy(&policy);
     let now_wall = UNIX_EPOCH + Duration::from_secs(1_748_736_000);

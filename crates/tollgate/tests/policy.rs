@@ -554,6 +554,64 @@ fn cross_field_checks() {
 }
 
 #[test]
+fn retry_budget_settings_are_range_checked_and_all_listed() {
+    let p = Policy::from_toml(
+        "version = 1\n[retry]\nbudget = { refill_per_second = 0, retry_after_cost = 1 }\n",
+    )
+    .expect("0 and 1 are valid");
+    assert_eq!(p.retry.budget_refill_per_second, 0.0);
+    assert_eq!(p.retry.budget_retry_after_cost, 1.0);
+    assert_eq!(
+        p.retry.budget_ratio, 0.1,
+        "unset fields keep their defaults"
+    );
+    let d = Policy::from_toml("version = 1\n").expect("valid").retry;
+    assert_eq!(
+        (d.budget_refill_per_second, d.budget_retry_after_cost),
+        (0.5, 0.5)
+    );
+    let errors = refused(
+        "version = 1\n[retry]\nbudget = { ratio = 0, refill_per_second = -1, \
+         retry_after_cost = 1.5, refil = 2 }\n",
+    );
+    assert_eq!(errors.len(), 4, "{errors:#?}");
+    let by_path = |path: &str| {
+        errors
+            .iter()
+            .find(|e| e.path == path)
+            .unwrap_or_else(|| panic!("no error at {path}: {errors:#?}"))
+    };
+    check(
+        by_path("retry.budget.refil"),
+        "retry.budget.refil",
+        3,
+        71,
+        "refill_per_second",
+    );
+    check(
+        by_path("retry.budget.ratio"),
+        "retry.budget.ratio",
+        3,
+        20,
+        "above 0",
+    );
+    check(
+        by_path("retry.budget.refill_per_second"),
+        "retry.budget.refill_per_second",
+        3,
+        43,
+        "0 or more",
+    );
+    check(
+        by_path("retry.budget.retry_after_cost"),
+        "retry.budget.retry_after_cost",
+        3,
+        66,
+        "from 0 to 1",
+    );
+}
+
+#[test]
 fn route_target_model_required_for_glob_routes() {
     let text = "version = 1\n[[upstream]]\nname = \"z\"\nbase_url = \"https://z.example\"\n\
                 [[route]]\nmodel = \"glm-*\"\ntargets = [{ upstream = \"z\" }]\n";
@@ -966,6 +1024,8 @@ fn example_policy_parses() {
     assert_eq!(p.upstreams[0].key_quarantine, Duration::from_secs(600));
     assert_eq!(p.upstreams[1].key_quarantine, DEFAULT_KEY_QUARANTINE);
     assert!(p.retry.honor_server_limits);
+    assert_eq!(p.retry.budget_refill_per_second, 0.5);
+    assert_eq!(p.retry.budget_retry_after_cost, 0.5);
     assert_eq!(p.breaker.window, BreakerWindow::Calls(20));
     assert_eq!(
         p.breaker.probe,

@@ -342,6 +342,36 @@ fn retry_budget_stops_a_storm() {
 }
 
 #[test]
+fn retry_budget_refills_with_time_and_a_paced_429_costs_half() {
+    let (e, clock) = engine(
+        &POLICY
+            .replace(
+                "budget = { ratio = 0.1, max_tokens = 100 }",
+                "budget = { ratio = 0.1, max_tokens = 4, refill_per_second = 0.5, \
+                 retry_after_cost = 0.5 }",
+            )
+            .replace("window = 4\nmin_calls = 4", "window = 100\nmin_calls = 100"),
+    );
+    let paced: &[(&str, &[u8])] = &[("retry-after", b"1")];
+    let settle = |outcome: &Outcome<'_>| {
+        let p = go(&e, &call());
+        e.settle(p, outcome).kind()
+    };
+    // 4 -> 3 (retry), 3 -> 2 (not above half: refused).
+    assert_eq!(settle(&Outcome::status(503)), "retry");
+    assert_eq!(settle(&Outcome::status(503)), "give_up");
+    // 3 s at 0.5 token/s: 3.5; two 429s with Retry-After cost 0.5 each (3, 2.5): retried after
+    // the server's delay; a 503 then costs 1 (1.5): refused.
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(settle(&Outcome::status(429).with_headers(paced)), "retry");
+    assert_eq!(settle(&Outcome::status(429).with_headers(paced)), "retry");
+    assert_eq!(settle(&Outcome::status(503)), "give_up");
+    // A 429 without a server delay costs a whole token.
+    clock.advance(Duration::from_secs(2)); // 2.5
+    assert_eq!(settle(&Outcome::status(429)), "give_up"); // 1.5
+}
+
+#[test]
 fn breaker_state_survives_reload() {
     let (e, _clock) = engine(POLICY);
     for _ in 0..4 {

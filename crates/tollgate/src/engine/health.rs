@@ -149,7 +149,7 @@ impl KeyState {
 #[derive(Debug)]
 pub(crate) struct UpstreamHealth {
     pub retry_budget: RetryBudget,
-    settings: (u64, u64),
+    settings: [u64; 4],
 }
 
 /// Every piece of health state, by name.
@@ -180,15 +180,17 @@ impl HealthRegistry {
     }
 
     pub(crate) fn upstream(&mut self, name: &str, retry: &Retry) -> Arc<UpstreamHealth> {
-        let settings = (
+        let settings = [
             retry.budget_max_tokens.to_bits(),
             retry.budget_ratio.to_bits(),
-        );
+            retry.budget_refill_per_second.to_bits(),
+            retry.budget_retry_after_cost.to_bits(),
+        ];
         match self.upstreams.get(name) {
             Some(h) if h.settings == settings => Arc::clone(h),
             _ => {
                 let h = Arc::new(UpstreamHealth {
-                    retry_budget: RetryBudget::new(retry.budget_max_tokens, retry.budget_ratio),
+                    retry_budget: RetryBudget::from_policy(retry),
                     settings,
                 });
                 self.upstreams.insert(name.to_owned(), Arc::clone(&h));

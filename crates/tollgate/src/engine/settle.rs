@@ -7,7 +7,8 @@
 //!    breaker decides which failures count, [`crate::retry::counts_against_breaker`]), the key's
 //!    server-side limits from `x-ratelimit-*` headers, and a 401's key quarantine.
 //! 4. **Retry budget** of the upstream: a success earns, a failure that `retry_on` retries
-//!    spends.
+//!    spends (a 429 that says when to retry spends `retry.budget.retry_after_cost`), and the
+//!    time since the last failure refills it (`refill_per_second`).
 //! 5. **The decision** ([`crate::retry::decide()`], which lists its checks): retry after a delay,
 //!    or give up; a 401 with another usable key in the pool moves to it at once, through the
 //!    same checks.
@@ -121,8 +122,13 @@ pub(crate) fn settle(
     };
     let policy = &compiled.policy;
     let class = outcome.error.map(|e| e.class);
-    if retry::is_retryable_with(&failure, class, &policy.retry.retry_on, &headers) {
-        budget.on_failure();
+    let now_wall = SystemTime::now();
+    if !retry::is_retryable_with(&failure, class, &policy.retry.retry_on, &headers) {
+        budget.refill(now);
+    } else if failure == Failure::Status(429) && retry::server_delay(&headers, now_wall).is_some() {
+        budget.on_rate_limited_at(now);
+    } else {
+        budget.on_failure_at(now);
     }
     // 5. The decision.
     let prior = journey.prior.map(|b| *b).unwrap_or_default();
@@ -131,7 +137,7 @@ pub(crate) fn settle(
         attempt: number,
         failure,
         headers,
-        now_wall: SystemTime::now(),
+        now_wall,
         prev_backoff: prior.prev_backoff,
         time_left: journey
             .deadline

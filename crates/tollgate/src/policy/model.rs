@@ -812,6 +812,13 @@ pub struct Retry {
     pub budget_ratio: f64,
     /// Retry budget: bucket size (default 10).
     pub budget_max_tokens: f64,
+    /// Retry budget: tokens refilled per second of time, besides the successes' (default 0.5;
+    /// 0 turns it off, which is plain gRPC A6).
+    pub budget_refill_per_second: f64,
+    /// Retry budget: tokens a 429 that says when to retry (`retry-after-ms`, `Retry-After`, or
+    /// an exhausted `x-ratelimit-*` limit's reset) costs, 0 to 1
+    /// (default 0.5; 1 charges it as any failure, as A6 does).
+    pub budget_retry_after_cost: f64,
     /// Let `x-ratelimit-remaining-*` / `x-ratelimit-reset-*` response headers tighten the local
     /// budgets of that upstream and key until the reset (`honor_server_limits`, default true).
     pub honor_server_limits: bool,
@@ -835,6 +842,8 @@ impl Default for Retry {
             ],
             budget_ratio: 0.1,
             budget_max_tokens: 10.0,
+            budget_refill_per_second: 0.5,
+            budget_retry_after_cost: 0.5,
             honor_server_limits: true,
         }
     }

@@ -10,7 +10,8 @@
 //!   `retry-after-ms`, `Retry-After` (all RFC 9110 date forms) and OpenAI's `x-ratelimit-*`;
 //!   [`server_delay`] and [`ServerLimits`].
 //! - [`backoff`](mod@backoff): exponential backoff with none / full / equal / decorrelated jitter.
-//! - [`budget`]: [`RetryBudget`], gRPC A6 retry throttling.
+//! - [`budget`]: [`RetryBudget`], gRPC A6 retry throttling, also refilled with time, with a
+//!   cheaper 429 when the server said when to retry.
 //! - [`breaker`]: [`CircuitBreaker`], resilience4j semantics, lock-free check.
 //! - [`decide`](mod@decide): [`decide()`], the verdict on one failed attempt.
 //!

@@ -69,7 +69,7 @@ impl Policy {
             out,
             "retry: up to {} attempts in all; backoff from {} doubling up to {} with {jitter}; \
              retries on {}; server-directed delays honoured up to {}; retry budget earns {} per \
-             success, holds at most {}; {}",
+             success and {} per second, holds at most {}, charges {} for a 429 with Retry-After; {}",
             r.max_attempts,
             format_duration(r.base),
             format_duration(r.max_backoff),
@@ -80,7 +80,9 @@ impl Policy {
             },
             format_duration(r.max_retry_after),
             num(r.budget_ratio),
+            num(r.budget_refill_per_second),
             num(r.budget_max_tokens),
+            num(r.budget_retry_after_cost),
             if r.honor_server_limits {
                 "x-ratelimit-* response headers tighten local budgets until their reset"
             } else {

@@ -1,7 +1,7 @@
 //! `[retry]`: how many attempts a call gets, the backoff between them, and what is retried.
 
 use crate::policy::parse::read::{
-    Cx, Table, array, boolean, choice, duration, fraction, index, positive, whole,
+    Cx, Table, array, boolean, choice, duration, fraction, index, non_negative, positive, whole,
 };
 use crate::policy::parse::tree::{Kind, Node};
 use crate::policy::parse::units::format_duration;
@@ -74,18 +74,64 @@ pub(super) fn retry(cx: &mut Cx, node: &Node, path: &str) -> Option<Retry> {
     let budget = t.opt(
         cx,
         "budget",
-        (d.budget_ratio, d.budget_max_tokens),
+        (
+            d.budget_ratio,
+            d.budget_max_tokens,
+            d.budget_refill_per_second,
+            d.budget_retry_after_cost,
+        ),
         |cx, n, p| {
-            let b = Table::read(cx, n, p, "{ ratio = 0.1, max_tokens = 10 }")?;
-            b.check_keys(cx, &["ratio", "max_tokens"]);
+            let b = Table::read(
+                cx,
+                n,
+                p,
+                "{ ratio = 0.1, max_tokens = 10, refill_per_second = 0.5, retry_after_cost = 0.5 }",
+            )?;
+            b.check_keys(
+                cx,
+                &[
+                    "ratio",
+                    "max_tokens",
+                    "refill_per_second",
+                    "retry_after_cost",
+                ],
+            );
             let ratio = b.opt(cx, "ratio", d.budget_ratio, fraction);
             let max_tokens = b.opt(cx, "max_tokens", d.budget_max_tokens, positive);
-            Some((ratio?, max_tokens?))
+            let refill = b.opt(
+                cx,
+                "refill_per_second",
+                d.budget_refill_per_second,
+                non_negative,
+            );
+            let cost = b.opt(
+                cx,
+                "retry_after_cost",
+                d.budget_retry_after_cost,
+                |cx, n, p| {
+                    let v = non_negative(cx, n, p)?;
+                    if v > 1.0 {
+                        cx.err(
+                            p,
+                            n.pos,
+                            format!(
+                                "must be from 0 to 1, got {}; 1 charges a 429 with Retry-After \
+                                 as any failure, 0 not at all",
+                                cx.show(n)
+                            ),
+                        );
+                        return None;
+                    }
+                    Some(v)
+                },
+            );
+            Some((ratio?, max_tokens?, refill?, cost?))
         },
     );
     let honor_server_limits = t.opt(cx, "honor_server_limits", d.honor_server_limits, boolean);
     let (base, max_backoff, jitter) = backoff?;
-    let (budget_ratio, budget_max_tokens) = budget?;
+    let (budget_ratio, budget_max_tokens, budget_refill_per_second, budget_retry_after_cost) =
+        budget?;
     Some(Retry {
         max_attempts: max_attempts?,
         base,
@@ -95,6 +141,8 @@ pub(super) fn retry(cx: &mut Cx, node: &Node, path: &str) -> Option<Retry> {
         retry_on: retry_on?,
         budget_ratio,
         budget_max_tokens,
+        budget_refill_per_second,
+        budget_retry_after_cost,
         honor_server_limits: honor_server_limits?,
     })
 }
