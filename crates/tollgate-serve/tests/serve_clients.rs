@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tollgate::Engine;
 use tollgate::policy::{Policy, Serve, VirtualKey};
 use tollgate_serve::Proxy;
-use tollgate_testkit::{Action, Match, TestUpstream};
+use tollgate_testkit::{Action, Canned, Match, TestUpstream};
 
 /// Virtual key of the tenant with a roomy budget.
 const KEY: &str = "vk-clients-main-0123456789abcdef";
@@ -30,15 +30,19 @@ const RAISED_LIMIT: u32 = 50;
 /// The body's `user` for which the upstream answers 503 once (the testkit reads the tenant from
 /// it; the proxy passes the body through).
 const RETRY_USER: &str = "sdk-retry-probe";
+/// The body's `user` for which the upstream answers 429 `insufficient_quota` (three times
+/// scripted: a retry by the proxy or the SDK would take a second one).
+const QUOTA_USER: &str = "sdk-quota-probe";
 /// Longest a client script may run before it is killed.
 const DEADLINE: Duration = Duration::from_secs(90);
 /// The checks each script must report `ok`.
-const CHECKS: [&str; 7] = [
+const CHECKS: [&str; 8] = [
     "plain completion",
     "streamed completion",
     "budget denial is a RateLimitError",
     "reload raised the limit",
     "503 retried by the proxy, invisible to the client",
+    "insufficient_quota is not retried, by the proxy or the SDK",
     "cache hit",
     "invalid virtual key is an AuthenticationError",
 ];
@@ -148,6 +152,15 @@ fn wait_until(child: &mut Child, deadline: Instant) -> (Option<ExitStatus>, bool
 fn run_client(lang: &str, mut cmd: Command) {
     let up = TestUpstream::start().expect("test upstream");
     up.script(Match::tenant(RETRY_USER), [Action::Status503]);
+    let quota = || {
+        Action::Respond(Canned::openai_error(
+            429,
+            "insufficient_quota",
+            Some("insufficient_quota"),
+            "You exceeded your current quota, please check your plan and billing details.",
+        ))
+    };
+    up.script(Match::tenant(QUOTA_USER), [quota(), quota(), quota()]);
     let engine = Engine::new(policy(&up, TINY_LIMIT));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -164,6 +177,7 @@ fn run_client(lang: &str, mut cmd: Command) {
         .env("TOLLGATE_TINY_KEY", TINY_KEY)
         .env("TOLLGATE_TINY_BUDGET", TINY_BUDGET)
         .env("TOLLGATE_RETRY_USER", RETRY_USER)
+        .env("TOLLGATE_QUOTA_USER", QUOTA_USER)
         .env("TOLLGATE_MODEL", "gpt-4o")
         // The SDKs read these; none must point them elsewhere.
         .env_remove("OPENAI_BASE_URL")
@@ -271,8 +285,13 @@ fn run_client(lang: &str, mut cmd: Command) {
     // What the upstream saw: the scripted 503 went out and was retried; the cache hit did not.
     assert_eq!(
         up.script_remaining(),
-        0,
-        "{lang}: the 503 was never sent\n{transcript}"
+        2,
+        "{lang}: the 503 was sent and one of the three quota answers, no more\n{transcript}"
+    );
+    let quota = up.count(|a| a.tenant.as_deref() == Some(QUOTA_USER));
+    assert_eq!(
+        quota, 1,
+        "{lang}: the quota error was sent once\n{transcript}"
     );
     assert_eq!(up.count_status(503), 1, "{lang}: one 503\n{transcript}");
     let retried = up.count(|a| a.tenant.as_deref() == Some(RETRY_USER));

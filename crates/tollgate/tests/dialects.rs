@@ -618,3 +618,59 @@ fn a_route_to_an_ernie_model_without_an_endpoint_is_refused() {
     .expect("with its endpoint the policy is valid");
     Engine::from_text(&policy("ERNIE-Speed-8K", "")).expect("the built-in table");
 }
+
+/// Nothing is charged twice: a replay after an expired token is one admission, and an error in a
+/// 200 body (which providers do not bill) refunds its tokens.
+#[test]
+fn ernie_errors_and_replays_are_charged_once() {
+    let up = TestUpstream::builder()
+        .auth(TestAuth::OAuth2 {
+            client_id: "ak-2".into(),
+            client_secret: "sk-charge-secret".into(),
+            expires_in: Duration::from_secs(3600),
+        })
+        .start()
+        .unwrap();
+    // SAFETY: set before any thread of this test reads the environment; names are unique.
+    unsafe {
+        std::env::set_var("TOLLGATE_DIALECT_CHARGE_AK", "ak-2");
+        std::env::set_var("TOLLGATE_DIALECT_CHARGE_SK", "sk-charge-secret");
+    }
+    let e = baidu(
+        &up,
+        &format!(
+            "auth = {{ kind = \"oauth2\", token_url = \"{}\", client_id = \"env:TOLLGATE_DIALECT_CHARGE_AK\", client_secret = \"env:TOLLGATE_DIALECT_CHARGE_SK\", placement = \"query\" }}\n\
+             [[budget]]\nname = \"tokens\"\ntokens_per_minute = 100000\n{FAST_RETRY}",
+            up.token_url()
+        ),
+    );
+    let rt = rt();
+    let r = rt.block_on(e.send(chat("ernie-4.0-8k", "one"))).unwrap();
+    let first = r.usage.unwrap().total_tokens;
+    up.revoke_tokens();
+    let r = rt.block_on(e.send(chat("ernie-4.0-8k", "two"))).unwrap();
+    let second = r.usage.unwrap().total_tokens;
+    let stats = &e.stats()[0];
+    assert_eq!(stats.admitted, 2, "the replay is not a second admission");
+    assert_eq!(
+        stats.tokens,
+        first + second,
+        "each call charged its usage once"
+    );
+    up.script(
+        Match::any(),
+        [Action::BaiduError {
+            code: 336_003,
+            message: "invalid".into(),
+        }],
+    );
+    rt.block_on(e.send(chat("ernie-4.0-8k", "three")))
+        .unwrap_err();
+    let stats = &e.stats()[0];
+    assert_eq!(stats.admitted, 3);
+    assert_eq!(
+        stats.tokens,
+        first + second,
+        "the error's reservation was refunded"
+    );
+}

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use tollgate::policy::{
     Auth, BreakerWindow, Cache, CacheL2, Cidr, DEFAULT_KEY_QUARANTINE, DEFAULT_MAX_IDLE, Exhausted,
     Format, Lease, LimitKind, OnFailure, Policy, PolicyError, PolicyErrors, Probe, Redis, RedisUrl,
-    ScopeDim, SecretRef, Serve, Store, Strategy, VirtualKey,
+    ScopeDim, SecretRef, Serve, Store, Strategy, TokenPlacement, VirtualKey,
 };
 
 fn example_path() -> PathBuf {
@@ -974,7 +974,23 @@ fn example_policy_parses() {
     let p = Policy::from_file(&example_path()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(p.version, 1);
     let names: Vec<&str> = p.upstreams.iter().map(|u| u.name.as_str()).collect();
-    assert_eq!(names, ["openai", "deepseek", "zhipu"]);
+    assert_eq!(names, ["openai", "deepseek", "zhipu", "ernie"]);
+    assert_eq!(p.upstreams[0].dialect, tollgate::dialect::Dialect::OpenAi);
+    assert_eq!(p.upstreams[3].dialect, tollgate::dialect::Dialect::BaiduV1);
+    assert_eq!(
+        p.upstreams[3].endpoints,
+        [
+            ("ernie-4.0-8k".to_owned(), "completions_pro".to_owned()),
+            ("my-tuned-model".to_owned(), "abc123xy".to_owned())
+        ]
+    );
+    assert!(matches!(
+        &p.upstreams[3].auth,
+        Auth::OAuth2 {
+            placement: TokenPlacement::Query,
+            ..
+        }
+    ));
     assert_eq!(
         p.upstreams[0].auth,
         Auth::Bearer {

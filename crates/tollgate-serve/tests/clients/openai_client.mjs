@@ -10,6 +10,7 @@
 //   TOLLGATE_TINY_KEY     virtual key of a tenant whose budget allows only a few calls
 //   TOLLGATE_TINY_BUDGET  the name of that budget, as the 429 must name it
 //   TOLLGATE_RETRY_USER   the `user` for which the upstream answers 503 once
+//   TOLLGATE_QUOTA_USER   the `user` for which the upstream answers 429 insufficient_quota
 //   TOLLGATE_MODEL        the model to ask for
 //
 // Reload handshake: once the tiny tenant is refused, the script prints WAITING_FOR_RELOAD and
@@ -32,6 +33,7 @@ const KEY = env('TOLLGATE_KEY');
 const TINY_KEY = env('TOLLGATE_TINY_KEY');
 const TINY_BUDGET = env('TOLLGATE_TINY_BUDGET');
 const RETRY_USER = env('TOLLGATE_RETRY_USER');
+const QUOTA_USER = env('TOLLGATE_QUOTA_USER');
 const MODEL = process.env.TOLLGATE_MODEL || 'gpt-4o';
 
 const failures = [];
@@ -173,6 +175,25 @@ async function retried503() {
   expect(data.choices[0].message.content, 'empty content');
 }
 
+async function quotaNotRetried() {
+  // Default SDK retries (2): the upstream's 429 insufficient_quota is one no retry can fix;
+  // the proxy sends it once and tells the SDK not to retry it either.
+  const started = Date.now();
+  try {
+    await client(KEY, 2).chat.completions.create(ask('node: quota', { user: QUOTA_USER }));
+  } catch (e) {
+    if (!(e instanceof OpenAI.RateLimitError)) throw e;
+    const took = (Date.now() - started) / 1000;
+    expect(e.status === 429, `status ${e.status}`);
+    expect(e.code === 'insufficient_quota', `code ${e.code}`);
+    expect(e.headers?.get?.('x-should-retry') === 'false' || e.headers?.['x-should-retry'] === 'false',
+      'no x-should-retry: false');
+    expect(took < 5, `the SDK took ${took}s: it retried`);
+    return;
+  }
+  throw new Error('the call went through');
+}
+
 async function cacheHit() {
   const c = client();
   const req = ask('node: cache me', { temperature: 0 });
@@ -216,6 +237,8 @@ async function main() {
   await check('503 retried by the proxy, invisible to the client', retried503);
   await check('cache hit', cacheHit);
   await check('invalid virtual key is an AuthenticationError', invalidKey);
+  // Last: the quota error holds the upstream's only key, so later calls would be refused.
+  await check('insufficient_quota is not retried, by the proxy or the SDK', quotaNotRetried);
   console.log(failures.length ? `${failures.length} failed` : 'all passed');
   return failures.length ? 1 : 0;
 }

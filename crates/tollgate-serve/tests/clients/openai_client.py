@@ -10,6 +10,7 @@ Environment (set by the harness):
   TOLLGATE_TINY_KEY     virtual key of a tenant whose budget allows only a few calls
   TOLLGATE_TINY_BUDGET  the name of that budget, as the 429 must name it
   TOLLGATE_RETRY_USER   the `user` for which the upstream answers 503 once
+  TOLLGATE_QUOTA_USER   the `user` for which the upstream answers 429 insufficient_quota
   TOLLGATE_MODEL        the model to ask for
 
 Reload handshake: once the tiny tenant is refused, the script prints WAITING_FOR_RELOAD and
@@ -31,6 +32,7 @@ KEY = os.environ["TOLLGATE_KEY"]
 TINY_KEY = os.environ["TOLLGATE_TINY_KEY"]
 TINY_BUDGET = os.environ["TOLLGATE_TINY_BUDGET"]
 RETRY_USER = os.environ["TOLLGATE_RETRY_USER"]
+QUOTA_USER = os.environ["TOLLGATE_QUOTA_USER"]
 MODEL = os.environ.get("TOLLGATE_MODEL", "gpt-4o")
 
 failures = []
@@ -159,6 +161,22 @@ def retried_503():
     expect(c.choices[0].message.content, "empty content")
 
 
+def quota_not_retried():
+    # Default SDK retries (2): the upstream's 429 insufficient_quota is one no retry can fix;
+    # the proxy sends it once and tells the SDK not to retry it either.
+    started = time.monotonic()
+    try:
+        client(max_retries=2).chat.completions.create(**ask("python: quota", user=QUOTA_USER))
+    except openai.RateLimitError as e:
+        took = time.monotonic() - started
+        expect(e.status_code == 429, f"status {e.status_code}")
+        expect(e.code == "insufficient_quota", f"code {e.code!r}, body {e.body!r}")
+        expect(e.response.headers.get("x-should-retry") == "false", "no x-should-retry: false")
+        expect(took < 5.0, f"the SDK took {took:.1f}s: it retried")
+        return
+    raise AssertionError("the call went through")
+
+
 def cache_hit():
     cl = client()
     req = ask("python: cache me", temperature=0)
@@ -196,6 +214,8 @@ def main():
     check("503 retried by the proxy, invisible to the client", retried_503)
     check("cache hit", cache_hit)
     check("invalid virtual key is an AuthenticationError", invalid_key)
+    # Last: the quota error holds the upstream's only key, so later calls would be refused.
+    check("insufficient_quota is not retried, by the proxy or the SDK", quota_not_retried)
     say(f"{len(failures)} failed" if failures else "all passed")
     return 1 if failures else 0
 

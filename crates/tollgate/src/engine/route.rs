@@ -168,7 +168,10 @@ impl fmt::Display for Skip {
                 )
             }
             Skip::NoKey { upstream } => {
-                write!(f, "{upstream}: every key is quarantined after a 401")
+                write!(
+                    f,
+                    "{upstream}: every key is held after a 401 or an exhausted quota"
+                )
             }
             Skip::ServerLimited { upstream, key, .. } => {
                 write!(
