@@ -45,6 +45,7 @@ pub mod budget;
 mod bytes_eq;
 pub mod cache;
 pub mod clock;
+pub mod conversation;
 pub mod dialect;
 mod engine;
 pub mod metrics;

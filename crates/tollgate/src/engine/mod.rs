@@ -475,6 +475,11 @@ impl Engine {
 }
 
 impl Inner {
+    /// The `[redis]` store of the running policy, if it has one.
+    pub(crate) fn redis_store(&self) -> Option<Arc<crate::store::RedisStore>> {
+        self.store.lock().clone()
+    }
+
     pub(crate) fn current(&self) -> Arc<Compiled> {
         self.current.load_full()
     }

@@ -18,6 +18,7 @@
 
 mod budget;
 mod cache;
+mod kv;
 pub(crate) mod scripts;
 
 use std::collections::HashMap;

@@ -1,4 +1,6 @@
-//! Helpers shared by the call-API test binaries (`call_api`, `dialects`).
+//! Helpers shared by the call-API test binaries (`call_api`, `dialects`, `conversation`).
+// Each test binary uses a part of these.
+#![allow(dead_code)]
 
 use serde_json::Value;
 use tollgate::{CallError, ChatStream};
