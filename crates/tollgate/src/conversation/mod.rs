@@ -280,11 +280,10 @@ impl Conversation {
             return Err(ConversationError::Empty);
         }
         let o = &self.options;
-        let compiled = self.engine.inner().current();
         let window = match o.max_model_tokens {
             Some(w) => w,
-            None => compiled
-                .models
+            None => self
+                .engine
                 .context_window(&o.model)
                 .ok_or_else(|| ConversationError::UnknownWindow(o.model.clone()))?,
         };
@@ -300,8 +299,7 @@ impl Conversation {
             .system_message
             .as_deref()
             .or(o.system_message.as_deref());
-        let trimmed = trim(
-            &compiled.models,
+        let trimmed = self.engine.trim_conversation(
             &o.model,
             system,
             &turns,
@@ -464,6 +462,35 @@ impl Conversation {
 }
 
 impl Engine {
+    /// The context window of `model` in the running policy's model table (the bundled table
+    /// with the policy's `[models]`), `None` when unknown.
+    pub fn context_window(&self, model: &str) -> Option<u64> {
+        self.inner().current().models.context_window(model)
+    }
+
+    /// [`trim`] with the running policy's model table: the messages of a request that fits
+    /// `window - reserved` prompt tokens as admission counts them.
+    pub fn trim_conversation(
+        &self,
+        model: &str,
+        system: Option<&str>,
+        history: &[Turn<'_>],
+        user: &str,
+        window: u64,
+        reserved: u64,
+    ) -> Result<Trimmed, TrimError> {
+        let compiled = self.inner().current();
+        trim(
+            &compiled.models,
+            model,
+            system,
+            history,
+            user,
+            window,
+            reserved,
+        )
+    }
+
     /// A [`MessageStore`] in the policy's `[redis]` server, each message kept for `ttl`, so
     /// several processes (and hosts) continue the same conversations. `None` when the policy
     /// has no `[redis]` section.
