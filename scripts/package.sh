@@ -143,7 +143,7 @@ node_cpu="$(node -p process.arch)"
 node_triple="$(node -p "require('./bindings/node/platform.js').platformTriple()")"
 stage="$work/node"
 mkdir -p "$stage"
-cp bindings/node/{index.js,index.d.ts,native.js,platform.js,README.md} LICENSE "$stage/"
+cp bindings/node/{index.js,index.d.ts,chatgpt.js,native.js,platform.js,README.md} LICENSE "$stage/"
 cp "$target_dir/release/libtollgate_node.so" "$stage/tollgate.$node_triple.node"
 python3 - bindings/node/package.json "$stage/package.json" "$node_os" "$node_cpu" "$triple" <<'PY'
 import json, sys

@@ -138,6 +138,23 @@ export class PolicyError extends TollgateError {
 }
 /** The call was cancelled through its AbortSignal (`name` is 'AbortError'; `cause` the reason). */
 export class AbortError extends TollgateError {}
+/**
+ * A conversation does not fit its window (code 'too_long'): the system message and the new user
+ * message alone need `needed` prompt tokens, more than the `budget` (`window - reserved`).
+ * Nothing was sent.
+ */
+export class TooLongError extends TollgateError {
+  readonly needed: number
+  readonly budget: number
+  readonly window: number
+  readonly reserved: number
+}
+/** A parent message id not in the message store (code 'unknown_parent'); nothing was sent. */
+export class UnknownParentError extends TollgateError {
+  readonly parentMessageId: string
+}
+/** A message store failed (code 'message_store'); `cause` is the store's own error. */
+export class MessageStoreError extends TollgateError {}
 
 // ----------------------------------------------------------------------------------------------
 // Decide API
@@ -345,6 +362,182 @@ export interface FetchOptions {
   fetch?: Fetch
 }
 
+// ----------------------------------------------------------------------------------------------
+// Conversations
+
+/** One history message, oldest first. */
+export interface Turn {
+  role: 'user' | 'assistant' | 'system' | string
+  text: string
+}
+
+/** What `trimConversation` is given. */
+export interface TrimInput {
+  model: string
+  system?: string | null
+  /** Oldest first. */
+  history?: Turn[]
+  /** The new user message. */
+  user: string
+  /** The context window (maxModelTokens). */
+  window: number
+  /** Tokens kept for the answer (maxResponseTokens). */
+  reserved: number
+}
+
+/** The messages of a request that fits, and what was left out. */
+export interface Trimmed {
+  /** The system message (if any), the newest history that fits, the new user message. */
+  messages: { role: string; content: string }[]
+  /** Their prompt count, as admission counts the request. */
+  promptTokens: number
+  kept: number
+  dropped: number
+  /** false: the model has no BPE vocabulary and the count is an estimate. */
+  exact: boolean
+}
+
+/** A stored conversation message, in the chatgpt package's shape. */
+export interface ChatMessage {
+  id: string
+  role: 'user' | 'assistant' | 'system' | string
+  text: string
+  parentMessageId?: string
+  conversationId?: string
+  [extra: string]: unknown
+}
+
+/** Anything Keyv-like that keeps messages: the chatgpt package calls get(id) and set(id, message). */
+export interface MessageStoreLike {
+  get(id: string): Promise<ChatMessage | undefined | null> | ChatMessage | undefined | null
+  set(id: string, message: ChatMessage, ttl?: number): Promise<unknown> | unknown
+}
+
+/** Messages in the policy's Redis ([redis]), from `tollgate.redisMessageStore()`. */
+export class RedisMessageStore implements MessageStoreLike {
+  private constructor()
+  /** The message, or undefined when there is none (or it expired). MessageStoreError when Redis fails. */
+  get(id: string): Promise<ChatMessage | undefined>
+  /** Stores the message under its own id (`id` must be it); the store's TTL applies. */
+  set(id: string, message: ChatMessage): Promise<true>
+}
+
+/** Messages in memory, least recently used dropped first past `maxSize` (default 10,000). */
+export class MemoryMessageStore implements MessageStoreLike {
+  constructor(options?: { maxSize?: number })
+  readonly size: number
+  get(id: string): Promise<ChatMessage | undefined>
+  set(id: string, message: ChatMessage): Promise<true>
+  delete(id: string): Promise<boolean>
+  clear(): Promise<void>
+}
+
+/** Options of `new ChatGPTAPI(...)` (the chatgpt package's, for a policy). */
+export interface ChatGPTAPIOptions {
+  /** The engine the calls go through (or `policy`). */
+  tollgate?: Tollgate
+  /** Policy text, { text } or { path }: the class makes its own Tollgate. */
+  policy?: PolicySource
+  /** Default: completionParams.model. */
+  model?: string
+  /** Request fields sent with every message (temperature, top_p, ...). */
+  completionParams?: Record<string, unknown>
+  /** Sent first in every request (none by default). */
+  systemMessage?: string
+  /** Default: the model's context window from the policy's model table. */
+  maxModelTokens?: number
+  /** Tokens kept for the answer, sent as max_tokens (default 1000). */
+  maxResponseTokens?: number
+  /** Default: a MemoryMessageStore of 10,000 messages. */
+  messageStore?: MessageStoreLike
+  getMessageById?: (id: string) => Promise<ChatMessage | undefined | null> | ChatMessage | undefined | null
+  upsertMessage?: (message: ChatMessage) => Promise<unknown> | unknown
+  /** The tenant every call is made for. */
+  tenant?: string
+  /** Most history messages read back through parent links (default 1000). */
+  maxHistory?: number
+  /** Logs every request's count and trimming (console.debug). */
+  debug?: boolean
+  /** Not used with tollgate (the policy has them): passing one throws. */
+  apiKey?: never
+  apiBaseUrl?: never
+  apiOrg?: never
+  fetch?: never
+}
+
+/** Options of `sendMessage`. */
+export interface SendMessageOptions {
+  /** The answer this message follows; an id not in the store rejects with UnknownParentError. */
+  parentMessageId?: string
+  /** Default: the parent's conversation, else a new id. */
+  conversationId?: string
+  /** The user message's id (default: a new UUID). */
+  messageId?: string
+  /** Default: true when onProgress is given. */
+  stream?: boolean
+  /** Instead of the constructor's. */
+  systemMessage?: string
+  /** The whole call's deadline, in ms (DeadlineError). */
+  timeoutMs?: number
+  /** Called with the answer so far on every content event of the stream. */
+  onProgress?: (partial: ChatGPTPartial) => void
+  /** Cancels the call (AbortError). */
+  abortSignal?: AbortSignal
+  /** Merged over the constructor's. */
+  completionParams?: Record<string, unknown>
+  /** The tenant of this call (instead of the constructor's). */
+  tenant?: string
+  /** Not supported: passing it throws. */
+  name?: never
+}
+
+/** The answer so far, as onProgress gets it. */
+export interface ChatGPTPartial {
+  id: string
+  text: string
+  role: 'assistant'
+  /** What the last event added. */
+  delta: string
+  parentMessageId: string
+  conversationId: string
+}
+
+/** The answer of `sendMessage`. */
+export interface ChatGPTResponse {
+  /** The answer's id (a new UUID): pass it as the next message's parentMessageId. */
+  id: string
+  text: string
+  role: 'assistant'
+  /** The user message's id. */
+  parentMessageId: string
+  conversationId: string
+  /** The chat.completion (for a stream, assembled), with usage. */
+  detail: any
+  usage: Usage | null
+  settlement: Settlement | null
+  /** The prompt's count, as admission counted it (and the test upstream billed it). */
+  promptTokens: number
+  historyKept: number
+  historyDropped: number
+  /** Storing the messages failed after the call succeeded (the answer is still here). */
+  storeError: MessageStoreError | null
+}
+
+/** The chatgpt package's ChatGPTAPI over tollgate. */
+export class ChatGPTAPI {
+  /** Throws InvalidRequestError for a bad option (and for apiKey, apiBaseUrl, apiOrg, fetch). */
+  constructor(options: ChatGPTAPIOptions)
+  readonly tollgate: Tollgate
+  readonly model: string
+  /** The context window the history is trimmed to. */
+  readonly maxModelTokens: number
+  /** Tokens kept for the answer, sent as max_tokens. */
+  readonly maxResponseTokens: number
+  sendMessage(text: string, options?: SendMessageOptions): Promise<ChatGPTResponse>
+  getMessageById(id: string): Promise<ChatMessage | undefined | null>
+  upsertMessage(message: ChatMessage): Promise<unknown>
+}
+
 /** The policy engine: budgets, token accounting, cache, retries, and the calls themselves. */
 export class Tollgate {
   /** Throws PolicyError with every problem of a refused policy. */
@@ -370,6 +563,12 @@ export class Tollgate {
   send(request: object | string, options?: CallOptions): Promise<ChatResponse>
   stream(request: object | string, options: StreamOptions & { raw: true }): Promise<ChatStream<StreamEvent>>
   stream(request: object | string, options?: StreamOptions): Promise<ChatStream>
+  /** The context window of `model` in the running policy's model table; null when unknown. */
+  contextWindow(model: string): number | null
+  /** Fits a conversation into window - reserved by admission's count; TooLongError when it cannot. */
+  trimConversation(input: TrimInput): Trimmed
+  /** Messages in the policy's [redis], each kept ttlMs (default 30 days); null without [redis]. */
+  redisMessageStore(options?: { ttlMs?: number }): RedisMessageStore | null
   /** Prometheus text exposition. */
   metrics(): string
   stats(): Stats

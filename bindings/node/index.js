@@ -185,6 +185,39 @@ class AbortError extends TollgateError {
   }
 }
 
+/**
+ * A conversation does not fit its window: the system message and the new user message alone
+ * need `needed` prompt tokens, more than the `budget` the window leaves (`window` minus
+ * `reserved` for the answer). Nothing was sent.
+ */
+class TooLongError extends TollgateError {
+  constructor(info) {
+    super(info)
+    this.name = 'TooLongError'
+    this.needed = info.needed ?? null
+    this.budget = info.promptBudget ?? null
+    this.window = info.window ?? null
+    this.reserved = info.reserved ?? null
+  }
+}
+
+/** A parent message id that is not in the message store (expired, evicted or never stored). */
+class UnknownParentError extends TollgateError {
+  constructor(info) {
+    super(info)
+    this.name = 'UnknownParentError'
+    this.parentMessageId = info.parentMessageId ?? null
+  }
+}
+
+/** A message store failed (`cause`: the store's own error, when it threw one). */
+class MessageStoreError extends TollgateError {
+  constructor(info, options) {
+    super(info, options)
+    this.name = 'MessageStoreError'
+  }
+}
+
 const classes = {
   denied: DeniedError,
   gave_up: GaveUpError,
@@ -197,6 +230,8 @@ const classes = {
   shared: TransportError,
   stream_cut: StreamCutError,
   policy: PolicyError,
+  too_long: TooLongError,
+  message_store: MessageStoreError,
 }
 
 /** The error for a native payload (an object, or an Error whose message is its JSON). */
@@ -868,6 +903,47 @@ class Tollgate {
     return new ChatStream(stream, signal, options.raw === true)
   }
 
+  /** The context window of `model` in the running policy's model table; null when unknown. */
+  contextWindow(model) {
+    return this._native.contextWindow(String(model))
+  }
+
+  /**
+   * Fits a conversation into `window - reserved` prompt tokens, counted as admission counts
+   * the request: the system message and the new user message are always kept, then the newest
+   * history messages that fit. `history` is [{ role, text }], oldest first. Returns { messages,
+   * promptTokens, kept, dropped, exact }; throws TooLongError (needed, budget) when the system
+   * and user messages alone do not fit.
+   */
+  trimConversation({ model, system, history = [], user, window, reserved }) {
+    try {
+      return this._native.trimConversation(
+        model,
+        system || undefined,
+        history.map((m) => ({ role: m.role, text: m.text })),
+        user,
+        window,
+        reserved,
+      )
+    } catch (e) {
+      throw toError(e)
+    }
+  }
+
+  /**
+   * A message store in the policy's [redis] (Keyv-like: get(id), set(id, message)), each
+   * message kept `ttlMs` (default 30 days); null when the policy has no [redis].
+   */
+  redisMessageStore(options = {}) {
+    let store
+    try {
+      store = this._native.redisMessageStore(options.ttlMs ?? undefined)
+    } catch (e) {
+      throw toError(e)
+    }
+    return store === null ? null : new RedisMessageStore(store)
+  }
+
   /** The metrics in the Prometheus text exposition format. */
   metrics() {
     return this._native.metrics()
@@ -890,6 +966,46 @@ class Tollgate {
   get fetch() {
     if (this._fetch === null) this._fetch = createFetch(this)
     return this._fetch
+  }
+}
+
+/**
+ * Conversation messages in the policy's Redis (from `tollgate.redisMessageStore()`), for
+ * ChatGPTAPI's `messageStore` or any host: Keyv's `get(id)` / `set(id, message)`. Messages
+ * are kept in the chatgpt package's shape { id, role, text, parentMessageId, conversationId };
+ * other fields are not stored.
+ */
+class RedisMessageStore {
+  constructor(store) {
+    this._store = store
+  }
+
+  /** The message with this id, or undefined (as Keyv answers) when there is none. */
+  async get(id) {
+    try {
+      return (await this._store.get(String(id))) ?? undefined
+    } catch (e) {
+      throw toError(e)
+    }
+  }
+
+  /** Stores `message` under `id` (its own id); the store's TTL applies (Keyv's `ttl` argument is not used). */
+  async set(id, message) {
+    if (message === null || typeof message !== 'object') {
+      throw new TypeError('set(id, message) takes a message object { id, role, text, parentMessageId, conversationId }')
+    }
+    try {
+      await this._store.set(String(id), {
+        id: String(message.id),
+        role: String(message.role),
+        text: String(message.text ?? ''),
+        parentMessageId: message.parentMessageId ?? undefined,
+        conversationId: message.conversationId ?? undefined,
+      })
+    } catch (e) {
+      throw toError(e)
+    }
+    return true
   }
 }
 
@@ -1061,5 +1177,15 @@ module.exports = {
   StreamCutError,
   PolicyError,
   AbortError,
+  TooLongError,
+  UnknownParentError,
+  MessageStoreError,
+  RedisMessageStore,
   version: native.version(),
 }
+
+// The chatgpt package's ChatGPTAPI over this engine (chatgpt.js requires this module, complete
+// by now). Assigned one by one so that ES module imports see the names.
+const chatgpt = require('./chatgpt.js')
+module.exports.ChatGPTAPI = chatgpt.ChatGPTAPI
+module.exports.MemoryMessageStore = chatgpt.MemoryMessageStore

@@ -19,7 +19,8 @@ use tollgate::{
 #[serde(rename_all = "camelCase")]
 pub struct ErrorInfo {
     /// Which error class: `denied`, `gave_up`, `deadline`, `invalid_request`, `no_upstream`,
-    /// `auth`, `transport`, `shared`, `stream_cut`, `policy`, `aborted`, `invalid_argument`.
+    /// `auth`, `transport`, `shared`, `stream_cut`, `policy`, `aborted`, `invalid_argument`,
+    /// `too_long`, `message_store`.
     pub kind: String,
     /// The stable code: the denial reason (`budget_exhausted`, `concurrency`, ...), the give-up
     /// reason (`attempts_exhausted`, `not_retryable`, ...), else the kind.
@@ -53,6 +54,19 @@ pub struct ErrorInfo {
     /// What a cut stream was charged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub settlement: Option<SettlementJs>,
+    /// A conversation too long for its window (`too_long`): prompt tokens the system and user
+    /// messages alone need.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub needed: Option<f64>,
+    /// ... and the prompt budget they exceed (`window - reserved`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_budget: Option<f64>,
+    /// ... the context window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<f64>,
+    /// ... the tokens reserved for the answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<f64>,
 }
 
 impl ErrorInfo {

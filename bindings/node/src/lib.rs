@@ -1,9 +1,10 @@
 //! The Node.js binding of tollgate: a napi-rs addon over the Rust API.
 //!
 //! The addon exports a small native surface ([`engine::NativeEngine`], [`call::NativeStream`],
-//! [`watch::NativeWatcher`]); the hand-written `index.js` beside it
-//! turns that into the API Node users expect (`new Tollgate(policy)`, promises, async iterators,
-//! `AbortSignal`, `Error` subclasses, a `fetch` for the openai package).
+//! [`watch::NativeWatcher`], [`conversation::NativeMessageStore`]); the hand-written `index.js`
+//! beside it turns that into the API Node users expect (`new Tollgate(policy)`, promises, async
+//! iterators, `AbortSignal`, `Error` subclasses, a `fetch` for the openai package, the chatgpt
+//! package's `ChatGPTAPI` in `chatgpt.js`).
 //!
 //! Conventions between the two layers:
 //! - Errors cross as a JSON payload in the message of a thrown (or rejected) `Error`, built by
@@ -16,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod call;
+pub mod conversation;
 pub mod decide;
 pub mod engine;
 pub mod error;

@@ -2,61 +2,10 @@
 // keeps running while Redis is asked. Needs `redis-server` on the PATH (.ci/run installs it
 // with apt); each test starts its own on a free loopback port.
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
-import { createConnection, createServer } from 'node:net'
 import { test } from 'node:test'
 
 import { DeniedError, Permit, Tollgate } from '../index.js'
-
-/** A free loopback port. */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.on('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address()
-      s.close(() => resolve(port))
-    })
-  })
-}
-
-function accepts(port) {
-  return new Promise((resolve) => {
-    const c = createConnection({ host: '127.0.0.1', port })
-    c.on('connect', () => {
-      c.destroy()
-      resolve(true)
-    })
-    c.on('error', () => resolve(false))
-  })
-}
-
-/** Starts a throwaway redis-server for one test: { url, pause(), resume() }. */
-async function redis(t) {
-  const port = await freePort()
-  const server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
-    stdio: 'ignore',
-  })
-  let failed = null
-  server.on('error', (e) => {
-    failed = e
-  })
-  t.after(() => {
-    server.kill('SIGCONT')
-    server.kill('SIGKILL')
-  })
-  for (let i = 0; i < 500 && !failed; i++) {
-    if (await accepts(port)) break
-    await new Promise((r) => setTimeout(r, 20))
-  }
-  if (failed) throw new Error(`redis-server could not be started (install it: apt-get install redis-server): ${failed.message}`)
-  assert.ok(await accepts(port), 'redis-server accepts connections')
-  return {
-    url: `redis://127.0.0.1:${port}`,
-    pause: () => server.kill('SIGSTOP'),
-    resume: () => server.kill('SIGCONT'),
-  }
-}
+import { redis } from './helpers.mjs'
 
 const policy = (url, rpm, extra = '') => `version = 1
 [redis]

@@ -1,7 +1,19 @@
 // Compiled (not run) by `npm run typecheck`: the declarations in index.d.ts fit the way the
 // README and the examples use the API, and `tollgate.fetch` fits the openai package's `fetch`.
 import OpenAI from 'openai'
-import { DeniedError, PolicyError, Tollgate, createFetch, type FailureCode, type Verdict } from '../index.js'
+import {
+  ChatGPTAPI,
+  DeniedError,
+  MemoryMessageStore,
+  PolicyError,
+  TooLongError,
+  Tollgate,
+  UnknownParentError,
+  createFetch,
+  type ChatGPTResponse,
+  type FailureCode,
+  type Verdict,
+} from '../index.js'
 import { TestUpstream } from '../testkit/index.js'
 
 export async function use(): Promise<number> {
@@ -44,6 +56,25 @@ export async function use(): Promise<number> {
   const other = new OpenAI({ apiKey: 'x', fetch: createFetch(tg, { tenant: 'acme' }) })
   await client.chat.completions.create({ model: 'gpt-4o', messages: [] })
   void other
+  // ChatGPTAPI, as the chatgpt package's README uses it.
+  const api = new ChatGPTAPI({ tollgate: tg, completionParams: { model: 'gpt-4o' }, messageStore: tg.redisMessageStore() ?? new MemoryMessageStore() })
+  const res: ChatGPTResponse = await api.sendMessage('Hello World!')
+  const res2 = await api.sendMessage('Can you expand on that?', {
+    parentMessageId: res.id,
+    onProgress: (partial) => console.log(partial.text, partial.delta),
+    abortSignal: AbortSignal.timeout(1000),
+  })
+  total += res2.promptTokens + res2.historyKept + (res2.usage?.promptTokens ?? 0) + (res2.storeError ? 1 : 0)
+  try {
+    await api.sendMessage('x'.repeat(10), { parentMessageId: 'gone', timeoutMs: 500 })
+  } catch (e) {
+    if (e instanceof TooLongError) total += e.needed - e.budget
+    if (e instanceof UnknownParentError) total += e.parentMessageId.length
+  }
+  const trimmed = tg.trimConversation({ model: 'gpt-4o', history: [{ role: 'user', text: 'hi' }], user: 'x', window: 100, reserved: 10 })
+  total += trimmed.promptTokens + trimmed.kept + (tg.contextWindow('gpt-4o') ?? 0)
+  // @ts-expect-error: credentials live in the policy
+  void new ChatGPTAPI({ tollgate: tg, model: 'gpt-4o', apiKey: 'sk-x' })
   total += tg.stats().budgets.length + tg.metrics().length
   await up.close()
   return total
