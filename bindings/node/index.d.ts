@@ -580,6 +580,35 @@ export class Tollgate {
 export function createFetch(tollgate: Tollgate, options?: FetchOptions): Fetch
 
 // ----------------------------------------------------------------------------------------------
+// Splitting long texts
+
+/** One chunk of `splitText`. Offsets are UTF-16 code units: `text.slice(start, end)` is it. */
+export interface Chunk {
+  text: string
+  /** The chunk's own token count, at most `maxTokens`. */
+  tokens: number
+  /** True when counted with the model's exact vocabulary; false for an estimate. */
+  exact: boolean
+  start: number
+  end: number
+  /** Units at the start repeated from the previous chunk: `chunk.text.slice(overlap)` is new. */
+  overlap: number
+}
+
+export interface SplitOptions {
+  /** Tokens of the previous chunk's end each chunk starts with (less than maxTokens; 0). */
+  overlap?: number
+}
+
+/**
+ * Splits `text` into chunks of at most `maxTokens` tokens of `model` (bundled model table), cut
+ * between paragraphs, else sentences, else words. Without overlap the chunks' texts, joined, are
+ * `text`. Throws InvalidRequestError (code `zero_max`, `overlap_too_large`,
+ * `exceeds_context_window`, `unknown_model`, `empty`, `char_too_large`) for bad input.
+ */
+export function splitText(model: string, text: string, maxTokens: number, options?: SplitOptions): Chunk[]
+
+// ----------------------------------------------------------------------------------------------
 // Test upstream
 
 /** The binding's version. */

@@ -1158,7 +1158,38 @@ function createFetch(tollgate, options = {}) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Splitting long texts
+
+/** A non-negative integer argument, else a TypeError naming it. */
+function nonNegativeInt(name, value) {
+  if (!Number.isSafeInteger(value) || value < 0) {
+    throw new TypeError(`${name} must be a non-negative integer, got ${String(value)}`)
+  }
+  return value
+}
+
+/**
+ * Splits `text` into chunks of at most `maxTokens` tokens of `model` (the bundled model table),
+ * cut between paragraphs, else sentences, else words: [{ text, tokens, exact, start, end,
+ * overlap }], with `start`/`end`/`overlap` in UTF-16 units (`text.slice(start, end)` is the
+ * chunk). Options: overlap (tokens of the previous chunk's end each chunk starts with; 0).
+ * Throws InvalidRequestError (code `zero_max`, `overlap_too_large`, `exceeds_context_window`,
+ * `unknown_model`, `empty`, `char_too_large`) for bad input, TypeError for wrong types.
+ */
+function splitText(model, text, maxTokens, options = {}) {
+  if (typeof model !== 'string') throw new TypeError(`model must be a string, got ${typeof model}`)
+  if (typeof text !== 'string') throw new TypeError(`text must be a string, got ${typeof text}`)
+  const overlap = options?.overlap ?? 0
+  try {
+    return native.splitText(model, text, nonNegativeInt('maxTokens', maxTokens), nonNegativeInt('overlap', overlap))
+  } catch (e) {
+    throw toError(e)
+  }
+}
+
 module.exports = {
+  splitText,
   Tollgate,
   Permit,
   Attempt,

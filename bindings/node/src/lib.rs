@@ -22,6 +22,7 @@ pub mod decide;
 pub mod engine;
 pub mod error;
 mod registry;
+pub mod split;
 pub mod watch;
 
 /// Installs the module's tokio runtime (napi-rs runs every async function on it; tollgate's

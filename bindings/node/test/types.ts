@@ -10,7 +10,9 @@ import {
   Tollgate,
   UnknownParentError,
   createFetch,
+  splitText,
   type ChatGPTResponse,
+  type Chunk,
   type FailureCode,
   type Verdict,
 } from '../index.js'
@@ -22,6 +24,8 @@ export async function use(): Promise<number> {
   const tg = new Tollgate({ path: 'policy.toml' })
   const d = tg.admit({ model: 'gpt-4o', tenant: 'acme', promptTokens: 10 })
   let total = 0
+  const chunks: Chunk[] = splitText('gpt-4o', 'a long text', 1000, { overlap: 100 })
+  for (const c of chunks) total += c.tokens + c.end - c.start + c.overlap + (c.exact ? 0 : 1)
   if (d.kind === 'go') {
     const v: Verdict = tg.settle(d.permit, { status: 200, usage: { prompt_tokens: 10, completion_tokens: 2 } })
     if (v.kind === 'retry') tg.admit({ model: 'gpt-4o', attempt: v.attempt })

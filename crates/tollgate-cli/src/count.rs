@@ -1,5 +1,5 @@
 //! `tollgate count`: token counts of a text, a chat request, or a file of texts, with the cost
-//! of those tokens as input.
+//! of those tokens as input; or a long text split into chunks of at most N tokens.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, IsTerminal, Read, Write};
@@ -37,6 +37,11 @@ fn try_run(args: &CountArgs) -> Result<u8, String> {
     if args.jsonl {
         let model = args.model.as_deref();
         return count_lines(table, model, source, args.json);
+    }
+    if let Some(max_tokens) = args.split {
+        let model = args.model.as_deref().ok_or_else(no_model)?;
+        let text = read_text(source)?;
+        return split_text(table, model, &text, max_tokens, args.overlap);
     }
     if args.chat {
         let text = read_text(source)?;
@@ -169,6 +174,67 @@ fn count_text(table: &ModelTable, model: &str, text: &str, as_json: bool) -> Res
     if let (Some(p), Some(c)) = (price, cost) {
         println!("input cost: ${} at ${} / 1M", money(c), rate(p.input));
     }
+    Ok(exit::OK)
+}
+
+/// One line of `--split` output, its fields in this order.
+#[derive(serde::Serialize)]
+struct ChunkLine<'t> {
+    text: &'t str,
+    tokens: usize,
+    exact: bool,
+    start: usize,
+    end: usize,
+    overlap: usize,
+}
+
+/// `--split N`: one JSON line per chunk.
+fn split_text(
+    table: &ModelTable,
+    model: &str,
+    text: &str,
+    max_tokens: usize,
+    overlap: usize,
+) -> Result<u8, String> {
+    let chunks = tokens::split(table, model, text, max_tokens, overlap).map_err(|e| match e {
+        tokens::SplitError::ZeroMax => {
+            "--split 0: a chunk must be allowed at least 1 token".to_owned()
+        }
+        tokens::SplitError::OverlapTooLarge { .. } => format!(
+            "--overlap {overlap} must be smaller than --split {max_tokens}; each chunk needs \
+             room for new text"
+        ),
+        tokens::SplitError::ExceedsContextWindow { context_window, .. } => format!(
+            "--split {max_tokens} exceeds the context window of '{model}' ({context_window} \
+             tokens); use at most {context_window}, less your instructions and the reply"
+        ),
+        other => format!("cannot split: {other}"),
+    })?;
+    if let Some(first) = chunks.first() {
+        notice_unknown(table, model, first.exact, &mut BTreeSet::new());
+        if !first.exact && table.lookup(model).is_some() {
+            eprintln!(
+                "note: '{model}' has no bundled tokenizer; chunks are sized by an estimate that \
+                 errs high"
+            );
+        }
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for c in &chunks {
+        let line = ChunkLine {
+            text: c.text,
+            tokens: c.tokens,
+            exact: c.exact,
+            start: c.start,
+            end: c.end,
+            overlap: c.overlap,
+        };
+        let line = serde_json::to_string(&line).map_err(|e| format!("cannot encode: {e}"))?;
+        writeln!(out, "{line}").map_err(|e| format!("cannot write output: {e}"))?;
+    }
+    out.flush()
+        .map_err(|e| format!("cannot write output: {e}"))?;
     Ok(exit::OK)
 }
 

@@ -69,7 +69,8 @@ enum Command {
     /// stderr. A valid policy prints its summary on stdout.
     #[command(after_help = EXIT_CODES)]
     Check(CheckArgs),
-    /// Count the tokens of a text (or a chat request) for a model, with the input cost.
+    /// Count the tokens of a text (or a chat request) for a model, with the input cost; or
+    /// split a long text into chunks of at most N tokens (--split N).
     ///
     /// The text is counted exactly as given, byte for byte: a trailing newline (as `echo` adds)
     /// is part of it; use `printf` to leave it out. Models with a bundled tokenizer (o200k_base,
@@ -186,6 +187,17 @@ pub(crate) struct CountArgs {
     /// Use this policy's [prices] and [models] over the bundled model table.
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// Split the text into chunks of at most N tokens, cut between paragraphs, else sentences,
+    /// else words (inside a word only when it alone is longer). Prints one JSON object per chunk
+    /// and line: {"text", "tokens", "exact", "start", "end", "overlap"} (byte offsets in the
+    /// input; "overlap": bytes repeated from the previous chunk). Without --overlap the texts,
+    /// concatenated, are the input byte for byte. N may not exceed the model's context window.
+    #[arg(long, value_name = "N", conflicts_with_all = ["chat", "jsonl"])]
+    pub split: Option<usize>,
+    /// With --split: start each chunk after the first with up to K tokens of the end of the one
+    /// before (cut at a word boundary), within the N tokens. K must be less than N.
+    #[arg(long, value_name = "K", requires = "split", default_value_t = 0)]
+    pub overlap: usize,
 }
 
 /// Arguments of `tollgate simulate`.

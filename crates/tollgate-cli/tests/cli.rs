@@ -222,6 +222,114 @@ fn count_chat_refuses_a_request_without_messages() {
     assert!(r.stderr.contains("\"messages\""), "{}", r.stderr);
 }
 
+#[test]
+fn count_split_prints_chunks_that_give_the_text_back() {
+    let text = "First paragraph, short.\n\nSecond paragraph. It has two sentences.\n";
+    let r = tollgate(&["count", "--model", "gpt-4o", "--split", "12"], text);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    assert!(r.stdout.starts_with("{\"text\":"), "{}", r.stdout);
+    let chunks = json_lines(&r.stdout);
+    assert_eq!(chunks.len(), 2, "{}", r.stdout);
+    let mut joined = String::new();
+    for c in &chunks {
+        let t = c["text"].as_str().expect("text");
+        assert!(c["tokens"].as_u64().expect("tokens") <= 12);
+        assert_eq!(c["exact"], true);
+        let (start, end) = (c["start"].as_u64().unwrap(), c["end"].as_u64().unwrap());
+        assert_eq!(&text[start as usize..end as usize], t);
+        joined.push_str(t);
+    }
+    assert_eq!(joined, text);
+    assert_eq!(chunks[0]["text"], "First paragraph, short.\n\n");
+}
+
+#[test]
+fn count_split_with_overlap_repeats_the_end_of_each_chunk() {
+    let dir = temp_dir("count-split");
+    let text = "word ".repeat(200);
+    let f = write(&dir, "long.txt", &text);
+    let r = tollgate(
+        &[
+            "count",
+            "-m",
+            "gpt-4o",
+            "--split",
+            "50",
+            "--overlap",
+            "10",
+            &f,
+        ],
+        "",
+    );
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let chunks = json_lines(&r.stdout);
+    assert!(chunks.len() > 4);
+    let mut fresh = String::new();
+    for (i, c) in chunks.iter().enumerate() {
+        let t = c["text"].as_str().expect("text");
+        let overlap = c["overlap"].as_u64().expect("overlap") as usize;
+        assert_eq!(overlap > 0, i > 0, "chunk {i}");
+        assert!(c["tokens"].as_u64().expect("tokens") <= 50);
+        fresh.push_str(&t[overlap..]);
+    }
+    assert_eq!(fresh, text);
+}
+
+#[test]
+fn count_split_refuses_bad_input_clearly() {
+    let cases: [(&[&str], &str, i32, &str); 7] = [
+        (
+            &["--split", "0"],
+            "hi",
+            1,
+            "--split 0: a chunk must be allowed at least 1 token",
+        ),
+        (&["--split", "-3"], "hi", 2, "-3"),
+        (&["--split", "many"], "hi", 2, "invalid value 'many'"),
+        (
+            &["--split", "10", "--overlap", "10"],
+            "hi",
+            1,
+            "--overlap 10 must be smaller than --split 10",
+        ),
+        (
+            &["--split", "200000"],
+            "hi",
+            1,
+            "exceeds the context window of 'gpt-4o' (128000 tokens)",
+        ),
+        (&["--split", "10"], "", 1, "the text is empty"),
+        (&["--overlap", "3"], "hi", 2, "--split"),
+    ];
+    for (args, input, code, message) in cases {
+        let mut all = vec!["count", "--model", "gpt-4o"];
+        all.extend_from_slice(args);
+        let r = tollgate(&all, input);
+        assert_eq!(r.code, code, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(message), "{args:?}: {}", r.stderr);
+        assert!(r.stdout.is_empty(), "{args:?}: {}", r.stdout);
+    }
+    let r = tollgate(&["count", "--model", "gtp-4o", "--split", "10"], "hi");
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("model 'gtp-4o' is not in the model table"),
+        "{}",
+        r.stderr
+    );
+    let dir = temp_dir("count-split-bytes");
+    let path = dir.join("latin1.txt");
+    std::fs::write(&path, b"caf\xe9 au lait").expect("temp file can be written");
+    let f = path.to_string_lossy().into_owned();
+    let r = tollgate(&["count", "--model", "gpt-4o", "--split", "10", &f], "");
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("is not valid UTF-8 (at byte 3)"),
+        "{}",
+        r.stderr
+    );
+}
+
 // ---- simulate ----------------------------------------------------------------------------
 
 #[test]
@@ -718,6 +826,10 @@ fn help_documents_exit_statuses() {
         let r = tollgate(args, "");
         assert_eq!(r.code, 0);
         assert!(r.stdout.contains("Exit status:"), "{args:?}: {}", r.stdout);
+    }
+    let r = tollgate(&["count", "--help"], "");
+    for word in ["--split <N>", "--overlap <K>", "byte for byte"] {
+        assert!(r.stdout.contains(word), "{word}: {}", r.stdout);
     }
     let r = tollgate(&["simulate", "--help"], "");
     assert!(r.stdout.contains("headers"), "{}", r.stdout);

@@ -36,6 +36,31 @@ pub fn count(encoding: Encoding, text: &str) -> usize {
     super::memo::count(encoding, text, |t| tokenizer(encoding).count(t))
 }
 
+/// The count of `text` when it is at most `limit` tokens, else `None`, without the memo.
+///
+/// The same vocabulary and the same answer as [`count`], but it stops soon after `limit`
+/// tokens, so asking whether a megabyte fits in a thousand tokens costs about a thousand
+/// tokens of work. Used by the splitter, whose pieces are counted once: remembering them would
+/// only evict the texts applications send again.
+pub(super) fn count_within(encoding: Encoding, text: &str, limit: usize) -> Option<usize> {
+    let t = tokenizer(encoding);
+    t.count_till_limit(&t.normalize(text), limit)
+}
+
+/// The byte offsets (relative to `text`) where each token of `text` ends, in order. A token may
+/// end inside a UTF-8 character (byte-level tokens of rare characters).
+pub(super) fn token_ends(encoding: Encoding, text: &str) -> Vec<usize> {
+    let t = tokenizer(encoding);
+    let mut end = 0;
+    t.encode(text)
+        .into_iter()
+        .map(|id| {
+            end += t.bpe.token_len(id);
+            end
+        })
+        .collect()
+}
+
 /// Loads the vocabulary of `encoding` now instead of on the first [`count`].
 ///
 /// Calling it more than once, from any thread, is cheap.
@@ -87,6 +112,28 @@ mod tests {
         assert!(count(Encoding::O200kBase, &spaces) > 0);
         let letters = "a".repeat(1 << 20);
         assert_eq!(count(Encoding::O200kBase, &letters), (1 << 20) / 8);
+    }
+
+    #[test]
+    fn counts_within_a_limit_agree_with_count() {
+        let texts = [
+            "hello world",
+            "今天天气很好，我们一起去公园散步吧。",
+            "a  b\n\n  c",
+            "👍🏽 ok",
+        ];
+        for e in [Encoding::O200kBase, Encoding::Cl100kBase] {
+            for t in texts {
+                let n = count(e, t);
+                assert_eq!(count_within(e, t, n), Some(n), "{t:?}");
+                assert_eq!(count_within(e, t, n + 5), Some(n), "{t:?}");
+                assert_eq!(count_within(e, t, n - 1), None, "{t:?}");
+                let ends = token_ends(e, t);
+                assert_eq!((ends.len(), ends.last()), (n, Some(&t.len())), "{t:?}");
+            }
+        }
+        let letters = "a".repeat(1 << 20);
+        assert_eq!(count_within(Encoding::O200kBase, &letters, 1000), None);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! (exact BPE counts for OpenAI models via [`count`], a bounded [`estimate()`] for the rest, plus
 //! per-message overhead and the completion allowance). After it, [`Usage::from_response`] (or
 //! [`Usage::from_streamed`] when a stream brought no usage) gives what was really consumed, and
-//! [`cost()`] prices it with the [`ModelTable`]'s [`Price`].
+//! [`cost()`] prices it with the [`ModelTable`]'s [`Price`]. A document too long for one request
+//! is cut by [`split`] into chunks that each fit in a number of tokens.
 //!
 //! ```
 //! use serde_json::json;
@@ -32,6 +33,7 @@ mod error;
 mod estimate;
 mod memo;
 mod models;
+mod split;
 mod types;
 mod usage;
 
@@ -44,5 +46,6 @@ pub use cost::{Cost, cost, estimate_cost};
 pub use error::TokenError;
 pub use estimate::estimate;
 pub use models::{ModelInfo, ModelTable, encoding_for_model};
+pub use split::{Chunk, SplitError, split};
 pub use types::{Encoding, Price};
 pub use usage::Usage;
