@@ -181,7 +181,11 @@ class ChatGPTAPI {
     return this._upsertMessage(message)
   }
 
-  /** The history before `parentMessageId`, oldest first; refuses an unknown parent. */
+  /**
+   * The history before `parentMessageId`, oldest first, and the store's error if reading failed
+   * (the call still answers, with the history read until then: as the Rust core does); refuses
+   * an unknown parent.
+   */
   async _history(parentMessageId) {
     const out = []
     let next = parentMessageId
@@ -190,14 +194,15 @@ class ChatGPTAPI {
       try {
         m = await this._getMessageById(next)
       } catch (e) {
-        throw new tg.MessageStoreError(
+        const storeError = new tg.MessageStoreError(
           {
             kind: 'message_store',
             code: 'message_store',
-            message: `the message store failed reading message ${next}: ${e?.message ?? e}; nothing was sent`,
+            message: `the message store failed reading message ${next}: ${e?.message ?? e}; sent without the history before it`,
           },
           { cause: e },
         )
+        return { history: out.reverse(), storeError }
       }
       if (m == null) {
         if (out.length > 0) break // an older message expired: the history starts after it
@@ -213,7 +218,7 @@ class ChatGPTAPI {
       out.push(m)
       next = m.parentMessageId
     }
-    return out.reverse()
+    return { history: out.reverse(), storeError: null }
   }
 
   /**
@@ -240,7 +245,7 @@ class ChatGPTAPI {
     if (typeof text !== 'string' || text.length === 0) throw invalid('empty', 'the message is empty')
     if (abortSignal?.aborted) throw new tg.AbortError(abortSignal.reason)
 
-    const history = await this._history(parentMessageId ?? undefined)
+    const { history, storeError: readError } = await this._history(parentMessageId ?? undefined)
     const params = { ...this._completionParams, ...(completionParams ?? {}) }
     const model = params.model ?? this._model
     delete params.model
@@ -314,7 +319,7 @@ class ChatGPTAPI {
     }
 
     // Stored only now: a call that failed leaves the conversation as it was.
-    let storeError = null
+    let storeError = readError
     for (const m of [user, stored(result)]) {
       try {
         await this._upsertMessage(m)
