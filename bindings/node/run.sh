@@ -38,8 +38,9 @@ npx --no-install tsc -p test/tsconfig.json
 step "tests (node --test)"
 node --test --test-timeout=120000 test/*.test.mjs
 
-step "example (examples/node/openai.mjs)"
+step "examples (examples/node/openai.mjs, examples/node/chatgpt.mjs)"
 node ../../examples/node/openai.mjs >/dev/null
+node ../../examples/node/chatgpt.mjs >/dev/null
 
 step "benchmark (short run)"
 node bench/bench.mjs --quick
