@@ -434,3 +434,27 @@ fn measure_throughput_and_resume_overhead() {
         resume_wall / batch_wall
     );
 }
+
+#[test]
+fn help_documents_batch_and_its_exit_status() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("--help")
+        .output()
+        .expect("tollgate runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("batch"), "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["batch", "--help"])
+        .output()
+        .expect("tollgate runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for part in [
+        "--journal",
+        "--concurrency",
+        "custom_id",
+        "kill -9",
+        "  3  batch only",
+    ] {
+        assert!(text.contains(part), "{part}: {text}");
+    }
+}

@@ -184,8 +184,12 @@ impl Journal {
         Ok(n)
     }
 
-    /// Records calls about to be sent, in one transaction.
-    pub(crate) fn record_sent(&mut self, sent: &[(u64, String)]) -> Result<(), JournalError> {
+    /// Records calls about to be sent and answers, in one transaction.
+    pub(crate) fn record(
+        &mut self,
+        sent: &[(u64, String)],
+        records: &[Record],
+    ) -> Result<(), JournalError> {
         let path = self.path.clone();
         let err = |source| JournalError::Sqlite {
             path: path.clone(),
@@ -202,19 +206,6 @@ impl Journal {
             for (line, id) in sent {
                 stmt.execute(params![*line as i64, id]).map_err(err)?;
             }
-        }
-        tx.commit().map_err(err)
-    }
-
-    /// Records answers, in one transaction.
-    pub(crate) fn record_results(&mut self, records: &[Record]) -> Result<(), JournalError> {
-        let path = self.path.clone();
-        let err = |source| JournalError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
-        {
             let mut stmt = tx
                 .prepare_cached(
                     "INSERT OR REPLACE INTO result
@@ -249,7 +240,7 @@ pub(crate) enum Msg {
 }
 
 /// Runs the journal's writer: takes messages until every sender is gone, records them in small
-/// groups (one transaction for what has queued up, at most 64), appends each recorded result to
+/// groups (one transaction for what has queued up, at most 256 rows), appends each recorded result to
 /// `out` after its commit, and hands it on to `done`. Returns the first error, after which
 /// nothing more is recorded.
 pub(crate) fn write_loop(
@@ -268,19 +259,14 @@ pub(crate) fn write_loop(
                 Msg::Sent(line, id) => sent.push((line, id)),
                 Msg::Result(r) => results.push(r),
             }
-            if sent.len() + results.len() >= 64 {
+            if sent.len() + results.len() >= 256 {
                 break;
             }
             next = rx.try_recv().ok();
         }
-        if !sent.is_empty() {
-            journal.record_sent(&sent).map_err(|e| e.to_string())?;
-            sent.clear();
-        }
+        journal.record(&sent, &results).map_err(|e| e.to_string())?;
+        sent.clear();
         if !results.is_empty() {
-            journal
-                .record_results(&results)
-                .map_err(|e| e.to_string())?;
             for r in &results {
                 let wrote = out
                     .write_all(r.output.as_bytes())
