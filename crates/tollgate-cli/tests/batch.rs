@@ -334,6 +334,28 @@ fn a_corrupt_journal_is_refused_until_moved_aside() {
 }
 
 #[test]
+fn a_journal_serves_one_process_at_a_time() {
+    let up = TestUpstream::builder()
+        .latency(Duration::from_millis(300))
+        .start()
+        .expect("test upstream");
+    let dir = temp_dir("in-use");
+    let p = policy(&dir, &up, "");
+    let f = Files::new(&dir, p, &requests(8));
+    let mut first = f.spawn(&["--concurrency", "1"], &dir.join("stderr.txt"));
+    wait_until("the first call", || up.request_count() >= 1);
+    let (code, stderr) = f.run(&[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("in use by another tollgate batch"),
+        "{stderr}"
+    );
+    assert_eq!(wait_exit(&mut first), 0);
+    assert_each_once(&f.lines(), 8);
+    assert_eq!(up.request_count(), 8);
+}
+
+#[test]
 fn a_journal_refuses_another_input() {
     let up = TestUpstream::start().expect("test upstream");
     let dir = temp_dir("other");

@@ -33,6 +33,12 @@ pub(crate) enum JournalError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Another process holds the journal.
+    #[error(
+        "journal {path} is in use by another tollgate batch; wait for it to end (or stop it \
+         with SIGTERM) before running this one"
+    )]
+    InUse { path: PathBuf },
     /// The journal belongs to another input file.
     #[error(
         "journal {journal} records a batch of {recorded} (content hash {recorded_hash}), but \
@@ -73,6 +79,31 @@ pub(crate) struct Record {
 pub(crate) struct Journal {
     conn: Connection,
     path: PathBuf,
+    /// `DIR/lock`, locked (flock) for as long as the journal is open: one process at a time.
+    _lock: File,
+}
+
+/// Takes the journal directory's lock file, without waiting. The kernel drops the lock when
+/// the process ends, however it ends.
+fn lock(dir: &Path) -> Result<File, JournalError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| JournalError::Dir {
+            path: path.clone(),
+            source,
+        })?;
+    // SAFETY: flock(2) on a descriptor this function owns, open for the call.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(JournalError::InUse {
+            path: dir.to_path_buf(),
+        });
+    }
+    Ok(file)
 }
 
 impl Journal {
@@ -82,6 +113,7 @@ impl Journal {
             path: dir.to_path_buf(),
             source,
         })?;
+        let lock = lock(dir)?;
         let path = dir.join(FILE);
         let err = |source| JournalError::Sqlite {
             path: path.clone(),
@@ -104,7 +136,11 @@ impl Journal {
                  output TEXT NOT NULL);",
         )
         .map_err(err)?;
-        Ok(Journal { conn, path })
+        Ok(Journal {
+            conn,
+            path,
+            _lock: lock,
+        })
     }
 
     fn err(&self, source: rusqlite::Error) -> JournalError {
