@@ -4,9 +4,11 @@
 //! (replay a trace of calls through the real engine in virtual time), `demo` (real calls against
 //! fault-injecting test upstreams), `bench` (the call API against bare hyper), `serve` (an
 //! OpenAI-compatible sidecar proxy with virtual keys) and `upstream` (the test upstream as a
-//! process of its own). Each subcommand lives in its own module;
+//! process of its own) and `batch` (an OpenAI Batch API file through the engine, with a
+//! journal that makes it resumable). Each subcommand lives in its own module;
 //! this file holds the argument grammar and maps every result to an exit status.
 
+mod batch;
 mod bench;
 mod check;
 mod count;
@@ -31,6 +33,8 @@ pub(crate) mod exit {
     /// The command ran to the end but skipped some bad input lines (or `--strict` stopped at
     /// one); clap also uses 2 for a malformed command line.
     pub const PARTIAL: u8 = 2;
+    /// `batch` was stopped (SIGTERM, Ctrl-C) before every line was answered: run it again.
+    pub const INTERRUPTED: u8 = crate::batch::INTERRUPTED;
 }
 
 /// The runtime a command runs on: `threads` workers named `name`, SIGPIPE blocked
@@ -50,7 +54,10 @@ Exit status:
   0  success
   1  the command could not do its job (unreadable file, invalid policy, invalid input)
   2  some input lines were bad and were skipped (or --strict stopped at one), or the command
-     line itself is malformed";
+     line itself is malformed; for batch: some lines were bad or their calls failed (see the
+     output)
+  3  batch only: stopped by SIGTERM or Ctrl-C before every line was answered; run the same
+     command again to resume";
 
 /// Client-side policy engine for LLM API calls: budgets, token accounting, cache and retry
 /// decisions.
@@ -105,6 +112,9 @@ enum Command {
     /// "listening on http://ADDR/v1" once it accepts connections.
     #[command(after_help = EXIT_CODES)]
     Serve(ServeArgs),
+    /// Send an OpenAI Batch API file (JSONL) through the engine, durably and resumably.
+    #[command(long_about = batch::LONG_ABOUT, after_help = EXIT_CODES)]
+    Batch(BatchArgs),
     /// A fault-injecting OpenAI-compatible test upstream on 127.0.0.1, until SIGTERM or Ctrl-C.
     ///
     /// The upstream `demo` uses, as a process of its own: for trying a client or a policy
@@ -140,6 +150,39 @@ pub(crate) struct UpstreamArgs {
     /// Seed of the latency and fault draws.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+/// Arguments of `tollgate batch`.
+#[derive(Debug, Args)]
+pub(crate) struct BatchArgs {
+    /// Policy file.
+    #[arg(long, short)]
+    pub policy: PathBuf,
+    /// Input file: one Batch API request per line.
+    #[arg(long = "in", short = 'i', value_name = "FILE")]
+    pub input: PathBuf,
+    /// Output file: one result per input line (rebuilt from the journal on a rerun).
+    #[arg(long, short, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Journal directory (default: OUT.journal beside the output).
+    #[arg(long, value_name = "DIR")]
+    pub journal: Option<PathBuf>,
+    /// Calls in flight at most.
+    #[arg(long, short = 'c', default_value_t = 16)]
+    pub concurrency: usize,
+    /// Tenant of the lines that name none.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Queue priority of the lines that give none; low, so interactive calls sharing a budget
+    /// go first.
+    #[arg(long, default_value_t = -100, allow_negative_numbers = true)]
+    pub priority: i16,
+    /// After SIGTERM or Ctrl-C, seconds that calls in flight may take to finish.
+    #[arg(long = "grace", value_name = "SECONDS", default_value_t = 30)]
+    pub grace_secs: u64,
+    /// No progress display and no summary.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// Arguments of `tollgate serve`.
@@ -284,6 +327,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::run(&a),
         Command::Serve(a) => serve::run(&a),
         Command::Upstream(a) => upstream::run(&a),
+        Command::Batch(a) => batch::run(&a),
     };
     ExitCode::from(code)
 }
