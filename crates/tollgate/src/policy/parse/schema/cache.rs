@@ -4,7 +4,7 @@ use super::{field, size};
 use crate::policy::parse::read::{Cx, Table, boolean, choice, duration, join, non_negative, whole};
 use crate::policy::parse::tree::{Kind, Node};
 use crate::policy::parse::units::format_bytes;
-use crate::policy::{Cache, CacheL2};
+use crate::policy::{Cache, CacheL2, CacheScope};
 
 /// Reads `[cache]`.
 pub(super) fn cache(cx: &mut Cx, node: &Node, path: &str) -> Option<Cache> {
@@ -23,6 +23,7 @@ pub(super) fn cache(cx: &mut Cx, node: &Node, path: &str) -> Option<Cache> {
             "require_seed",
             "max_entry_bytes",
             "l2",
+            "scope",
         ],
     );
     let d = Cache::default();
@@ -62,6 +63,17 @@ pub(super) fn cache(cx: &mut Cx, node: &Node, path: &str) -> Option<Cache> {
         )
     });
     let l2 = t.maybe(cx, "l2", cache_l2);
+    let scope = t.opt(cx, "scope", d.scope, |cx, n, p| {
+        choice(
+            cx,
+            n,
+            p,
+            &[
+                ("tenant", CacheScope::Tenant),
+                ("shared", CacheScope::Shared),
+            ],
+        )
+    });
     let max_bytes = max_bytes?;
     let max_entry_bytes = match max_entry_bytes? {
         Some(entry) if entry > max_bytes => {
@@ -117,6 +129,7 @@ pub(super) fn cache(cx: &mut Cx, node: &Node, path: &str) -> Option<Cache> {
         require_seed: require_seed?,
         max_entry_bytes,
         l2,
+        scope: scope?,
     })
 }
 
