@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::clock::Nanos;
 use crate::clock::duration_nanos;
-use crate::store::RedisStore;
+use crate::store::{DiskCache, DiskState, RedisStore};
 
 use crate::cache::{
     CacheKey, CacheMode, CacheStats, CachedResponse, Flight, FollowerWait, LeaderGuard, Lookup,
@@ -80,7 +81,7 @@ impl Engine {
         {
             return self.found(fill, response, self.age_from_left(left));
         }
-        CacheLookup::Miss(fill)
+        self.disk_lookup(fill)
     }
 
     /// [`Engine::cache_lookup`] for async code: the lookup in the second level is awaited.
@@ -104,7 +105,7 @@ impl Engine {
         {
             return self.found(fill, response, self.age_from_left(left));
         }
-        CacheLookup::Miss(fill)
+        self.disk_lookup(fill)
     }
 
     /// The lookup in this process: the local cache, then single-flight.
@@ -153,6 +154,22 @@ impl Engine {
             .saturating_sub(left)
     }
 
+    /// The disk level, when the running policy has one and it opened.
+    fn disk(&self) -> Option<Arc<DiskCache>> {
+        self.inner.disk.lock().as_ref().map(Arc::clone)
+    }
+
+    /// The last level: the disk file, after the memory level (and Redis) missed.
+    fn disk_lookup(&self, fill: CacheFill) -> CacheLookup {
+        let Some(disk) = self.disk() else {
+            return CacheLookup::Miss(fill);
+        };
+        match disk.get(fill.key, self.inner.clock.now()) {
+            Some((response, age)) => self.found(fill, response, age),
+            None => CacheLookup::Miss(fill),
+        }
+    }
+
     /// A miss that a lower level (Redis, disk) answered: its entry, kept in memory too as old as
     /// it is there, and handed to the calls waiting on the key.
     fn found(&self, fill: CacheFill, response: CachedResponse, age: Duration) -> CacheLookup {
@@ -185,6 +202,12 @@ impl Engine {
         {
             let ttl = self.inner.current.load().policy.cache.ttl;
             store.cache_put(fill.key, &shared, ttl, l2.max_bytes);
+        }
+        if stored.is_ok()
+            && (200..300).contains(&shared.status)
+            && let Some(disk) = self.disk()
+        {
+            disk.put(fill.key, Arc::clone(&shared), now);
         }
         if let Some(leader) = fill.leader {
             leader.complete(Ok(shared));
@@ -220,6 +243,21 @@ impl Engine {
         }
     }
 
+    /// Waits until the answers handed to the cache's disk level so far are written to its file
+    /// (they are written in the background; a host may call this before exiting). Returns at
+    /// once without a disk level.
+    pub fn cache_flush(&self) {
+        if let Some(disk) = self.disk() {
+            disk.flush();
+        }
+    }
+
+    /// How the cache's disk level came up (`[cache] disk`): open, started afresh after a
+    /// corrupt file was moved aside, or unavailable and why. `None` without a disk level.
+    pub fn cache_disk_state(&self) -> Option<DiskState> {
+        self.inner.disk.lock().as_ref().map(|d| d.state().clone())
+    }
+
     /// Cache counters: hits, misses, stale hits, inserts, evictions, bytes, entries.
     pub fn cache_stats(&self) -> CacheStats {
         self.inner.cache.stats()
@@ -232,4 +270,24 @@ fn scoped_key(rules: &Cache, tenant: &str, request: &Value) -> CacheKey {
         CacheScope::Tenant => cache_key_for(request, Some(tenant)),
         CacheScope::Shared => cache_key(request),
     }
+}
+
+/// The disk level for a (re)loaded policy: the current one when the path is the same (with the
+/// new limits), a new one when it changed, none when the policy has none or the cache is off.
+pub(super) fn open_disk(
+    current: Option<Arc<DiskCache>>,
+    rules: &Cache,
+    now: Nanos,
+) -> Option<Arc<DiskCache>> {
+    let spec = rules.disk.as_ref().filter(|_| rules.enabled)?;
+    if let Some(disk) = current.filter(|d| d.path() == spec.path) {
+        disk.set_limits(spec.max_bytes, rules.ttl);
+        return Some(disk);
+    }
+    Some(Arc::new(DiskCache::open(
+        &spec.path,
+        spec.max_bytes,
+        rules.ttl,
+        now,
+    )))
 }

@@ -939,6 +939,18 @@ pub struct Cache {
     /// [`CacheScope::Tenant`] the calling tenant is part of every key, at every level and in
     /// single-flight, so one tenant never receives another's answer.
     pub scope: CacheScope,
+    /// A disk level (`disk = { path = "...", max_bytes = "10GiB" }`), looked up after the memory
+    /// level (and Redis) miss; it survives restarts and is shared by the processes of one host.
+    pub disk: Option<CacheDisk>,
+}
+
+/// The cache's disk level: one SQLite file (WAL), shared by every process naming the same path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheDisk {
+    /// The database file (created with its directory when missing).
+    pub path: std::path::PathBuf,
+    /// Bytes of stored answers kept at most; the oldest go first.
+    pub max_bytes: u64,
 }
 
 /// Who may be answered by a cached entry (`[cache] scope`).
@@ -1004,6 +1016,7 @@ impl Default for Cache {
             max_entry_bytes: 8 * 1024 * 1024,
             l2: None,
             scope: CacheScope::Tenant,
+            disk: None,
         }
     }
 }

@@ -153,6 +153,15 @@ impl Policy {
                 ),
                 None => String::new(),
             };
+            let disk = match &c.disk {
+                Some(d) => format!(
+                    "; then on disk in {} (at most {}, shared by this host's processes)",
+                    d.path.display(),
+                    format_bytes(d.max_bytes)
+                ),
+                None => String::new(),
+            };
+            let l2 = format!("{l2}{disk}");
             let _ = writeln!(
                 out,
                 "cache: on, at most {}, entries of at most {} live {}, only for requests with \
