@@ -40,11 +40,12 @@ fn key(i: usize) -> [u8; 16] {
 fn open_sqlite(path: &Path) -> Connection {
     let c = Connection::open(path).expect("open");
     c.pragma_update(None, "journal_mode", "WAL").expect("wal");
-    c.pragma_update(None, "synchronous", "NORMAL").expect("sync");
+    c.pragma_update(None, "synchronous", "NORMAL")
+        .expect("sync");
     c.busy_timeout(Duration::from_secs(5)).expect("busy");
     c.execute_batch(
         "CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY, rec BLOB NOT NULL);
-         CREATE TABLE IF NOT EXISTS entries (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;",
+         CREATE TABLE IF NOT EXISTS entries (k BLOB NOT NULL PRIMARY KEY, v BLOB NOT NULL);",
     )
     .expect("schema");
     c
@@ -67,59 +68,89 @@ fn sqlite(dir: &Path) -> Vec<(String, String, String)> {
 
     let t = Instant::now();
     {
-        let mut st = c.prepare("INSERT INTO journal (rec) VALUES (?1)").expect("prep");
+        let mut st = c
+            .prepare("INSERT INTO journal (rec) VALUES (?1)")
+            .expect("prep");
         for i in 0..RECORDS {
             st.execute(params![record(i)]).expect("insert");
         }
     }
-    out.push(("SQLite WAL, sync=NORMAL".into(), "200 B record, 1 tx each".into(), rate(RECORDS, t.elapsed())));
+    out.push((
+        "SQLite WAL, sync=NORMAL".into(),
+        "200 B record, 1 tx each".into(),
+        rate(RECORDS, t.elapsed()),
+    ));
 
     c.pragma_update(None, "synchronous", "FULL").expect("sync");
     let t = Instant::now();
     {
-        let mut st = c.prepare("INSERT INTO journal (rec) VALUES (?1)").expect("prep");
+        let mut st = c
+            .prepare("INSERT INTO journal (rec) VALUES (?1)")
+            .expect("prep");
         for i in 0..2_000 {
             st.execute(params![record(i)]).expect("insert");
         }
     }
-    out.push(("SQLite WAL, sync=FULL".into(), "200 B record, 1 tx each (fsync)".into(), rate(2_000, t.elapsed())));
-    c.pragma_update(None, "synchronous", "NORMAL").expect("sync");
+    out.push((
+        "SQLite WAL, sync=FULL".into(),
+        "200 B record, 1 tx each (fsync)".into(),
+        rate(2_000, t.elapsed()),
+    ));
+    c.pragma_update(None, "synchronous", "NORMAL")
+        .expect("sync");
 
     let t = Instant::now();
     for b in 0..RECORDS / BATCH {
         c.execute_batch("BEGIN").expect("begin");
         {
-            let mut st = c.prepare_cached("INSERT INTO journal (rec) VALUES (?1)").expect("prep");
+            let mut st = c
+                .prepare_cached("INSERT INTO journal (rec) VALUES (?1)")
+                .expect("prep");
             for i in 0..BATCH {
                 st.execute(params![record(b * BATCH + i)]).expect("insert");
             }
         }
         c.execute_batch("COMMIT").expect("commit");
     }
-    out.push(("SQLite WAL, sync=NORMAL".into(), format!("200 B record, {BATCH} per tx"), rate(RECORDS, t.elapsed())));
+    out.push((
+        "SQLite WAL, sync=NORMAL".into(),
+        format!("200 B record, {BATCH} per tx"),
+        rate(RECORDS, t.elapsed()),
+    ));
 
     let value = vec![7u8; 4096];
     c.execute_batch("BEGIN").expect("begin");
     {
-        let mut st = c.prepare("INSERT OR REPLACE INTO entries (k, v) VALUES (?1, ?2)").expect("prep");
+        let mut st = c
+            .prepare("INSERT OR REPLACE INTO entries (k, v) VALUES (?1, ?2)")
+            .expect("prep");
         for i in 0..ENTRIES {
             st.execute(params![&key(i)[..], &value]).expect("insert");
         }
     }
     c.execute_batch("COMMIT").expect("commit");
     let mut lat = Vec::with_capacity(LOOKUPS);
-    let mut st = c.prepare("SELECT v FROM entries WHERE k = ?1").expect("prep");
+    let mut st = c
+        .prepare("SELECT v FROM entries WHERE k = ?1")
+        .expect("prep");
     for i in 0..LOOKUPS {
         let k = key((i * 7919) % ENTRIES);
         let t = Instant::now();
-        let v: Option<Vec<u8>> = st.query_row(params![&k[..]], |r| r.get(0)).optional().expect("get");
+        let v: Option<Vec<u8>> = st
+            .query_row(params![&k[..]], |r| r.get(0))
+            .optional()
+            .expect("get");
         lat.push(t.elapsed());
         assert_eq!(v.map(|v| v.len()), Some(4096));
     }
     out.push((
         "SQLite WAL".into(),
         format!("4 KB entry by 16 B key ({ENTRIES} entries)"),
-        format!("median {:?}, p99 {:?}", percentile(lat.clone(), 0.5), percentile(lat, 0.99)),
+        format!(
+            "median {:?}, p99 {:?}",
+            percentile(lat.clone(), 0.5),
+            percentile(lat, 0.99)
+        ),
     ));
     out
 }
@@ -130,7 +161,11 @@ fn redb_bench(dir: &Path) -> Vec<(String, String, String)> {
     let db = Database::create(&path).expect("create");
     let mut out = Vec::new();
     for (name, durability, n) in [
-        ("redb, Durability::Immediate", Durability::Immediate, 2_000usize),
+        (
+            "redb, Durability::Immediate",
+            Durability::Immediate,
+            2_000usize,
+        ),
         ("redb, Durability::Eventual", Durability::Eventual, RECORDS),
     ] {
         let t = Instant::now();
@@ -139,11 +174,17 @@ fn redb_bench(dir: &Path) -> Vec<(String, String, String)> {
             tx.set_durability(durability);
             {
                 let mut table = tx.open_table(TABLE).expect("table");
-                table.insert(&(i as u64).to_be_bytes()[..], &record(i)[..]).expect("insert");
+                table
+                    .insert(&(i as u64).to_be_bytes()[..], &record(i)[..])
+                    .expect("insert");
             }
             tx.commit().expect("commit");
         }
-        out.push((name.into(), "200 B record, 1 tx each".into(), rate(n, t.elapsed())));
+        out.push((
+            name.into(),
+            "200 B record, 1 tx each".into(),
+            rate(n, t.elapsed()),
+        ));
     }
     let t = Instant::now();
     for b in 0..RECORDS / BATCH {
@@ -152,12 +193,18 @@ fn redb_bench(dir: &Path) -> Vec<(String, String, String)> {
             let mut table = tx.open_table(TABLE).expect("table");
             for i in 0..BATCH {
                 let seq = (1_000_000 + b * BATCH + i) as u64;
-                table.insert(&seq.to_be_bytes()[..], &record(i)[..]).expect("insert");
+                table
+                    .insert(&seq.to_be_bytes()[..], &record(i)[..])
+                    .expect("insert");
             }
         }
         tx.commit().expect("commit");
     }
-    out.push(("redb, Durability::Immediate".into(), format!("200 B record, {BATCH} per tx"), rate(RECORDS, t.elapsed())));
+    out.push((
+        "redb, Durability::Immediate".into(),
+        format!("200 B record, {BATCH} per tx"),
+        rate(RECORDS, t.elapsed()),
+    ));
 
     let value = vec![7u8; 4096];
     let tx = db.begin_write().expect("tx");
@@ -181,7 +228,11 @@ fn redb_bench(dir: &Path) -> Vec<(String, String, String)> {
     out.push((
         "redb".into(),
         format!("4 KB entry by 16 B key ({ENTRIES} entries)"),
-        format!("median {:?}, p99 {:?}", percentile(lat.clone(), 0.5), percentile(lat, 0.99)),
+        format!(
+            "median {:?}, p99 {:?}",
+            percentile(lat.clone(), 0.5),
+            percentile(lat, 0.99)
+        ),
     ));
     // A second opener of the same file, as a second process would be.
     let second = match Database::create(&path) {
@@ -201,14 +252,21 @@ fn worker(path: &Path, id: usize, secs: u64) {
     let mut i = 0;
     while Instant::now() < end {
         let k = key(id * 1_000_000 + i);
-        match c.execute("INSERT OR REPLACE INTO entries (k, v) VALUES (?1, ?2)", params![&k[..], &value]) {
+        match c.execute(
+            "INSERT OR REPLACE INTO entries (k, v) VALUES (?1, ?2)",
+            params![&k[..], &value],
+        ) {
             Ok(_) => writes += 1,
             Err(_) => errors += 1,
         }
         // Read one of the other process's entries (written earlier) and one of ours.
         for k in [key((1 - id) * 1_000_000 + i / 2), k] {
             match c
-                .query_row("SELECT length(v) FROM entries WHERE k = ?1", params![&k[..]], |r| r.get::<_, i64>(0))
+                .query_row(
+                    "SELECT length(v) FROM entries WHERE k = ?1",
+                    params![&k[..]],
+                    |r| r.get::<_, i64>(0),
+                )
                 .optional()
             {
                 Ok(_) => reads += 1,
@@ -228,7 +286,11 @@ fn two_processes(dir: &Path) -> Vec<(String, String, String)> {
     let children: Vec<_> = (0..2)
         .map(|id| {
             Command::new(&exe)
-                .args(["--worker", &id.to_string(), path.to_str().expect("utf-8 path")])
+                .args([
+                    "--worker",
+                    &id.to_string(),
+                    path.to_str().expect("utf-8 path"),
+                ])
                 .stdout(Stdio::piped())
                 .spawn()
                 .expect("spawn")
@@ -242,7 +304,12 @@ fn two_processes(dir: &Path) -> Vec<(String, String, String)> {
         cells.push((
             "SQLite WAL, 2 processes".into(),
             format!("process {id}: 4 KB upserts + 2 reads each, 3 s"),
-            format!("{} writes/s, {} reads/s, {} errors", n[0] / 3, n[1] / 3, n[2]),
+            format!(
+                "{} writes/s, {} reads/s, {} errors",
+                n[0] / 3,
+                n[1] / 3,
+                n[2]
+            ),
         ));
     }
     cells
@@ -254,7 +321,9 @@ fn main() {
         worker(Path::new(&args[3]), args[2].parse().expect("id"), 3);
         return;
     }
-    let dir = args.get(1).map_or_else(|| std::env::temp_dir().join("store-bench"), PathBuf::from);
+    let dir = args
+        .get(1)
+        .map_or_else(|| std::env::temp_dir().join("store-bench"), PathBuf::from);
     std::fs::create_dir_all(&dir).expect("dir");
     let mut rows = sqlite(&dir);
     rows.extend(redb_bench(&dir));

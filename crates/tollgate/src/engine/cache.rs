@@ -59,7 +59,9 @@ impl Engine {
     ///
     /// With a second level in Redis (`l2`), the call that would fetch asks Redis first, waiting
     /// on this thread at most `op_timeout`; async code should use
-    /// [`Engine::cache_lookup_async`].
+    /// [`Engine::cache_lookup_async`]. With a disk level (`disk`), a call still missing reads
+    /// the file on this thread (a pooled SQLite read, microseconds while the OS caches the
+    /// file); a hit from below is kept in memory for what is left of its TTL.
     ///
     /// The call is the unnamed tenant's (`""`, as [`ChatRequest::new`](super::ChatRequest::new)
     /// has it); with the policy's default `scope = "tenant"` it sees only entries stored for
