@@ -1,5 +1,6 @@
 //! The cache's disk level (`[cache] disk`): survives restarts, shared by engines on one file,
-//! TTL and byte bound, corrupt rows and files, and where it sits in the lookup order.
+//! TTL and byte bound, corrupt rows and files, two processes on one file (the lookup order
+//! memory -> Redis -> disk is in tests/redis.rs).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -334,4 +335,67 @@ fn disk_settings_are_checked() {
     .expect("valid");
     let disk = ok.cache.disk.expect("disk");
     assert_eq!(disk.max_bytes, 10 * 1024 * 1024 * 1024);
+}
+
+/// Set in the child process of `two_processes_write_and_read_one_file`: the file to use.
+const CHILD_ENV: &str = "TOLLGATE_TEST_DISK_CHILD";
+
+fn write_many(path: &Path, prefix: &str) -> Engine {
+    let (e, _) = engine(path);
+    for n in 0..200 {
+        let body = format!(
+            "{{\"from\":\"{prefix}{n}\",\"pad\":\"{}\"}}",
+            "y".repeat(500)
+        );
+        store(
+            &e,
+            &request(&format!("{prefix}{n}")),
+            CachedResponse::new(200, body.into_bytes()),
+        );
+    }
+    e.cache_flush();
+    e
+}
+
+#[test]
+fn two_processes_write_and_read_one_file() {
+    if let Ok(path) = std::env::var(CHILD_ENV) {
+        // The child: write its own entries while the parent writes its own.
+        drop(write_many(&PathBuf::from(path), "child"));
+        return;
+    }
+    let d = dir("processes");
+    let path = d.join("cache.db");
+    drop(engine(&path)); // create the file first, so both open an existing database
+    let child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "two_processes_write_and_read_one_file",
+            "--nocapture",
+        ])
+        .env(CHILD_ENV, &path)
+        .spawn()
+        .expect("spawn the child");
+    let parent = write_many(&path, "parent");
+    let status = child.wait_with_output().expect("child ends").status;
+    assert!(status.success(), "the child failed: {status}");
+    drop(parent);
+    let (reader, _) = engine(&path);
+    for prefix in ["parent", "child"] {
+        for n in [0, 99, 199] {
+            let r = hit(&reader, &request(&format!("{prefix}{n}"))).expect("written by either");
+            assert!(String::from_utf8_lossy(&r.body).contains(&format!("\"{prefix}{n}\"")));
+        }
+    }
+    // The byte total both processes kept through their own transactions is exact.
+    let db = rusqlite::Connection::open(&path).expect("open");
+    let (rows, sum): (i64, i64) = db
+        .query_row(
+            "SELECT count(*), total(length(value)) FROM tollgate_cache",
+            [],
+            |r| Ok((r.get(0)?, r.get::<_, f64>(1)? as i64)),
+        )
+        .expect("count");
+    assert_eq!(rows, 400);
+    assert_eq!(disk_cache_bytes(&path), Some(sum));
 }
