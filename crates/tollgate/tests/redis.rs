@@ -533,10 +533,11 @@ fn cache_lookup_order_is_memory_then_redis_then_disk() {
     store(&disk_only, "both", "from disk");
     store(&disk_only, "disk", "only on disk");
     disk_only.cache_flush();
+    // Wait until the background write reached Redis (a probe's misses keep nothing locally).
+    let probe = engine(&policy(&server, "order", REDIS, &cache(l2)));
     assert!(eventually(Duration::from_secs(5), || {
         matches!(
-            engine(&policy(&server, "order", REDIS, &cache(l2)))
-                .cache_lookup(&request("both"), CacheMode::Default),
+            probe.cache_lookup(&request("both"), CacheMode::Default),
             CacheLookup::Hit(_)
         )
     }));
