@@ -287,7 +287,7 @@ fn progress_thread(
             let mut tick = 0u64;
             loop {
                 let finished = flag.load(Ordering::Relaxed);
-                if finished || tick % every == 0 {
+                if finished || tick.is_multiple_of(every) {
                     let d = done.load(Ordering::Relaxed);
                     let (denied, failed) = {
                         let rows = rows.lock();

@@ -320,17 +320,17 @@ async fn handle(
         if let Err(err) = refused {
             return Ok(answer(&shared, arrival, 200, err.body()));
         }
-    } else if arrival.path == "/v1" || arrival.path.starts_with("/v1/") {
-        if let Err(refusal) = required.check(&parts.headers, query, &shared.tokens) {
-            let err = ApiError {
-                status: 401,
-                message: refusal.message(),
-                kind: "invalid_request_error",
-                param: None,
-                code: Some("invalid_api_key"),
-            };
-            return Ok(reject(&shared, arrival, &err));
-        }
+    } else if (arrival.path == "/v1" || arrival.path.starts_with("/v1/"))
+        && let Err(refusal) = required.check(&parts.headers, query, &shared.tokens)
+    {
+        let err = ApiError {
+            status: 401,
+            message: refusal.message(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("invalid_api_key"),
+        };
+        return Ok(reject(&shared, arrival, &err));
     }
 
     let route = if baidu_endpoint.is_some() {

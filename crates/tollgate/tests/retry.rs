@@ -731,7 +731,7 @@ fn budget_stays_in_bounds_across_threads() {
             s.spawn(move || {
                 let mut rng = Rng::new(t);
                 for _ in 0..20_000 {
-                    if rng.next_u64() % 3 == 0 {
+                    if rng.next_u64().is_multiple_of(3) {
                         b.on_success();
                     } else {
                         b.on_failure();

@@ -129,16 +129,16 @@ async fn serve(
             return;
         }
     };
-    if let Mode::RequireAuth(expected) = &mode {
-        if authorization.as_deref() != Some(expected.as_str()) {
-            let _ = client
-                .write_all(
-                    b"HTTP/1.1 407 Proxy Authentication Required\r\n\
+    if let Mode::RequireAuth(expected) = &mode
+        && authorization.as_deref() != Some(expected.as_str())
+    {
+        let _ = client
+            .write_all(
+                b"HTTP/1.1 407 Proxy Authentication Required\r\n\
                       proxy-authenticate: Basic realm=\"test\"\r\ncontent-length: 0\r\n\r\n",
-                )
-                .await;
-            return;
-        }
+            )
+            .await;
+        return;
     }
     let Ok(upstream) = TcpStream::connect(target.as_str()).await else {
         let _ = client

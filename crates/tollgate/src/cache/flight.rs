@@ -300,10 +300,10 @@ impl<T: Clone> Future for FollowerWait<T> {
 impl<T: Clone> Drop for FollowerWait<T> {
     fn drop(&mut self) {
         // Free this follower's waker so a long call does not keep a finished task alive.
-        if let Some(i) = self.slot {
-            if let Some(slot) = self.call.state.lock().wakers.get_mut(i) {
-                *slot = None;
-            }
+        if let Some(i) = self.slot
+            && let Some(slot) = self.call.state.lock().wakers.get_mut(i)
+        {
+            *slot = None;
         }
     }
 }

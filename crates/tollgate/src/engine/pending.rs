@@ -141,20 +141,19 @@ impl Pending {
                                         end: *end,
                                     });
                                 }
-                                if *calls > 1 {
-                                    if let (Some(r), Some(hash)) =
+                                if *calls > 1
+                                    && let (Some(r), Some(hash)) =
                                         (compiled.budgets[a.budget].remote.as_deref(), &a.hash)
-                                    {
-                                        budgets::keep_lease(
-                                            r,
-                                            a.cell.key(),
-                                            hash,
-                                            &a.slots,
-                                            *calls - 1,
-                                            ends,
-                                            now,
-                                        );
-                                    }
+                                {
+                                    budgets::keep_lease(
+                                        r,
+                                        a.cell.key(),
+                                        hash,
+                                        &a.slots,
+                                        *calls - 1,
+                                        ends,
+                                        now,
+                                    );
                                 }
                             }
                             (false, _) => {}

@@ -540,29 +540,29 @@ impl ChatStream {
         let first = !live.first_token;
         let finish = !self.seen_finish_reason && has_value(data, FINISH_REASON);
         let usage = has_object(data, USAGE);
-        if first || finish || usage {
-            if let Ok(chunk) = serde_json::from_str::<Chunk<'_>>(&event.data) {
-                for c in &chunk.choices {
-                    let content = c.delta.as_ref().and_then(|d| d.content.as_deref());
-                    if first && !live.first_token && content.is_some_and(|t| !t.is_empty()) {
-                        live.first_token = true;
-                        if let Some(target) = &live.target {
-                            self.engine.record_ttft(
-                                &target.upstream,
-                                &target.model,
-                                live.sent_at.elapsed(),
-                            );
-                        }
-                    }
-                    if c.finish_reason.is_some() {
-                        self.seen_finish_reason = true;
+        if (first || finish || usage)
+            && let Ok(chunk) = serde_json::from_str::<Chunk<'_>>(&event.data)
+        {
+            for c in &chunk.choices {
+                let content = c.delta.as_ref().and_then(|d| d.content.as_deref());
+                if first && !live.first_token && content.is_some_and(|t| !t.is_empty()) {
+                    live.first_token = true;
+                    if let Some(target) = &live.target {
+                        self.engine.record_ttft(
+                            &target.upstream,
+                            &target.model,
+                            live.sent_at.elapsed(),
+                        );
                     }
                 }
-                if let Some(u) = &chunk.usage
-                    && let Ok(Some(u)) = Usage::from_response(u)
-                {
-                    self.usage = Some(u);
+                if c.finish_reason.is_some() {
+                    self.seen_finish_reason = true;
                 }
+            }
+            if let Some(u) = &chunk.usage
+                && let Ok(Some(u)) = Usage::from_response(u)
+            {
+                self.usage = Some(u);
             }
         }
         self.text.keep(&event.data);

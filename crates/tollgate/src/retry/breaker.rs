@@ -482,10 +482,10 @@ impl CircuitBreaker {
             return;
         }
         let mut inner = self.inner.lock();
-        if permit.epoch == inner.epoch {
-            if let State::HalfOpen { admitted } = &mut inner.state {
-                *admitted = admitted.saturating_sub(1);
-            }
+        if permit.epoch == inner.epoch
+            && let State::HalfOpen { admitted } = &mut inner.state
+        {
+            *admitted = admitted.saturating_sub(1);
         }
     }
 

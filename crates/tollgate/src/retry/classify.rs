@@ -221,10 +221,10 @@ pub fn should_retry_header(headers: &Headers<'_>) -> Option<bool> {
 /// assert!(!is_retryable(&Failure::Status(503), &retry_on, &Headers::new(no)));
 /// ```
 pub fn is_retryable(failure: &Failure, retry_on: &[RetryOn], headers: &Headers<'_>) -> bool {
-    if let Failure::Status(s) = failure {
-        if is_success(*s) {
-            return false;
-        }
+    if let Failure::Status(s) = failure
+        && is_success(*s)
+    {
+        return false;
     }
     should_retry_header(headers).unwrap_or_else(|| failure.matches(retry_on))
 }

@@ -381,10 +381,10 @@ pub fn decide(
             (d, RetryReason::Backoff { failure })
         }
     };
-    if let Some(left) = input.time_left {
-        if after >= left {
-            return GiveUp(GiveUpReason::DeadlineTooClose { after, left });
-        }
+    if let Some(left) = input.time_left
+        && after >= left
+    {
+        return GiveUp(GiveUpReason::DeadlineTooClose { after, left });
     }
     RetryDecision::Retry { after, reason }
 }

@@ -420,11 +420,11 @@ pub fn parse_go_duration(value: &[u8]) -> Option<Duration> {
     const LIMIT: u64 = 1 << 63; // one past i64::MAX
     let mut s = trim_ows(value);
     let mut neg = false;
-    if let Some(&c) = s.first() {
-        if c == b'-' || c == b'+' {
-            neg = c == b'-';
-            s = &s[1..];
-        }
+    if let Some(&c) = s.first()
+        && (c == b'-' || c == b'+')
+    {
+        neg = c == b'-';
+        s = &s[1..];
     }
     if s == b"0" {
         return Some(Duration::ZERO);

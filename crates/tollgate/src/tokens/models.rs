@@ -179,10 +179,10 @@ impl ModelTable {
             return Some(*info);
         }
         let mut name = base_name(model);
-        if name != model {
-            if let Some(info) = self.models.get(name) {
-                return Some(*info);
-            }
+        if name != model
+            && let Some(info) = self.models.get(name)
+        {
+            return Some(*info);
         }
         while let Some(shorter) = strip_snapshot(name) {
             name = shorter;
@@ -326,10 +326,11 @@ fn strip_snapshot(name: &str) -> Option<&str> {
         }
     }
     // -v1, -v2 (Bedrock model revisions)
-    if let Some(pos) = name.rfind("-v") {
-        if pos + 2 < n && digits(pos + 2..n) {
-            return non_empty(&name[..pos]);
-        }
+    if let Some(pos) = name.rfind("-v")
+        && pos + 2 < n
+        && digits(pos + 2..n)
+    {
+        return non_empty(&name[..pos]);
     }
     None
 }

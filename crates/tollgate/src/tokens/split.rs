@@ -170,14 +170,14 @@ pub fn split<'t>(
             model: model.to_owned(),
         });
     }
-    if let Some(window) = info.and_then(|i| i.context_window) {
-        if max_tokens as u64 > window {
-            return Err(SplitError::ExceedsContextWindow {
-                model: model.to_owned(),
-                max_tokens,
-                context_window: window,
-            });
-        }
+    if let Some(window) = info.and_then(|i| i.context_window)
+        && max_tokens as u64 > window
+    {
+        return Err(SplitError::ExceedsContextWindow {
+            model: model.to_owned(),
+            max_tokens,
+            context_window: window,
+        });
     }
     if text.is_empty() {
         return Err(SplitError::Empty);

@@ -215,10 +215,10 @@ impl StreamResponse {
                     return Some(Err(body_error(&self.target, &e)));
                 }
                 Ok(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        if !data.is_empty() {
-                            return Some(Ok(data));
-                        }
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        return Some(Ok(data));
                     }
                 }
             }
@@ -603,10 +603,10 @@ impl Client {
             return Idle::H1(0);
         };
         let live = |closed: bool, since: &Instant| !closed && since.elapsed() < idle_timeout;
-        if let Some((h2, since)) = &host.h2 {
-            if live(h2.is_closed(), since) {
-                return Idle::H2;
-            }
+        if let Some((h2, since)) = &host.h2
+            && live(h2.is_closed(), since)
+        {
+            return Idle::H2;
         }
         Idle::H1(
             host.h1

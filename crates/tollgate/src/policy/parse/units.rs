@@ -184,7 +184,7 @@ pub(crate) fn format_duration(d: Duration) -> String {
         if secs > 0 {
             out.push_str(&format!("{secs}s"));
         }
-    } else if secs == 0 && nanos % 1_000_000 == 0 {
+    } else if secs == 0 && nanos.is_multiple_of(1_000_000) {
         out.push_str(&format!("{}ms", nanos / 1_000_000));
     } else {
         let frac = format!("{nanos:09}");
@@ -260,7 +260,7 @@ pub(crate) fn format_bytes(n: u64) -> String {
         ("KB", 1_000),
     ];
     for (unit, size) in UNITS {
-        if n >= size && n % size == 0 {
+        if n >= size && n.is_multiple_of(size) {
             return format!("{}{unit}", n / size);
         }
     }

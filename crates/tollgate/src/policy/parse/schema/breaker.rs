@@ -34,18 +34,18 @@ pub(super) fn breaker(cx: &mut Cx, node: &Node, path: &str) -> Option<Breaker> {
     let probe = t.maybe(cx, "probe", probe);
     // A time window holds however many calls arrive in it, so only a count window bounds
     // min_calls.
-    if let (Some(BreakerWindow::Calls(w)), Some(m)) = (window, min_calls) {
-        if m > w {
-            cx.err(
-                &t.path("min_calls"),
-                t.get("min_calls").or(t.get("window")).and_then(|n| n.pos),
-                format!(
-                    "min_calls ({m}) is more than window ({w}), so the breaker could never open; \
+    if let (Some(BreakerWindow::Calls(w)), Some(m)) = (window, min_calls)
+        && m > w
+    {
+        cx.err(
+            &t.path("min_calls"),
+            t.get("min_calls").or(t.get("window")).and_then(|n| n.pos),
+            format!(
+                "min_calls ({m}) is more than window ({w}), so the breaker could never open; \
                      lower min_calls or raise window"
-                ),
-            );
-            return None;
-        }
+            ),
+        );
+        return None;
     }
     Some(Breaker {
         enabled: enabled?,

@@ -81,29 +81,29 @@ pub(super) fn cache(cx: &mut Cx, node: &Node, path: &str) -> Option<Cache> {
         None => Cache::default_max_entry_bytes(max_bytes),
     };
     let l2 = l2?;
-    if let Some(l2) = l2 {
-        if l2.max_bytes < max_entry_bytes {
-            let l2_path = t.path("l2");
-            cx.err(
-                &join(&l2_path, "max_bytes"),
-                t.get("l2")
-                    .and_then(|n| field(n, "max_bytes"))
-                    .and_then(|n| n.pos),
-                format!(
-                    "the second level's max_bytes ({}) is less than max_entry_bytes ({}{}), so an \
+    if let Some(l2) = l2
+        && l2.max_bytes < max_entry_bytes
+    {
+        let l2_path = t.path("l2");
+        cx.err(
+            &join(&l2_path, "max_bytes"),
+            t.get("l2")
+                .and_then(|n| field(n, "max_bytes"))
+                .and_then(|n| n.pos),
+            format!(
+                "the second level's max_bytes ({}) is less than max_entry_bytes ({}{}), so an \
                      entry the first level accepts could never be stored in it; raise l2 \
                      max_bytes or lower max_entry_bytes",
-                    format_bytes(l2.max_bytes),
-                    format_bytes(max_entry_bytes),
-                    if t.get("max_entry_bytes").is_none() {
-                        ", the default: max_bytes / 8, at most 8MiB"
-                    } else {
-                        ""
-                    }
-                ),
-            );
-            return None;
-        }
+                format_bytes(l2.max_bytes),
+                format_bytes(max_entry_bytes),
+                if t.get("max_entry_bytes").is_none() {
+                    ", the default: max_bytes / 8, at most 8MiB"
+                } else {
+                    ""
+                }
+            ),
+        );
+        return None;
     }
     Some(Cache {
         enabled: enabled?,

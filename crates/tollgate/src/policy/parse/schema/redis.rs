@@ -102,16 +102,16 @@ pub(super) fn redis(cx: &mut Cx, node: &Node, path: &str) -> Option<Redis> {
 
     // A CA file is only used by a TLS connection; with a reference, the scheme is not known yet.
     let mut ok = true;
-    if let (Some(RedisUrl::Plain(u)), Some(Some(_))) = (&url, &tls_ca_file) {
-        if !u.starts_with("rediss://") {
-            cx.err(
-                &t.path("tls_ca_file"),
-                t.get("tls_ca_file").and_then(|n| n.pos),
-                "only applies to a TLS connection, and the url starts with redis://, which is \
+    if let (Some(RedisUrl::Plain(u)), Some(Some(_))) = (&url, &tls_ca_file)
+        && !u.starts_with("rediss://")
+    {
+        cx.err(
+            &t.path("tls_ca_file"),
+            t.get("tls_ca_file").and_then(|n| n.pos),
+            "only applies to a TLS connection, and the url starts with redis://, which is \
                  plain TCP; write the url with rediss:// or remove tls_ca_file",
-            );
-            ok = false;
-        }
+        );
+        ok = false;
     }
     if let (Some(OnFailure::FailOpen), Some(None)) = (on_failure, expected_instances) {
         cx.err(

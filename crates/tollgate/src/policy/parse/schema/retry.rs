@@ -52,19 +52,19 @@ pub(super) fn retry(cx: &mut Cx, node: &Node, path: &str) -> Option<Retry> {
                     ],
                 )
             });
-            if let (Some(base), Some(max)) = (base, max) {
-                if base > max {
-                    cx.err(
-                        &b.path("base"),
-                        b.get("base").or(b.get("max")).and_then(|n| n.pos),
-                        format!(
-                            "base ({}) must not be longer than max ({}); lower base or raise max",
-                            format_duration(base),
-                            format_duration(max)
-                        ),
-                    );
-                    return None;
-                }
+            if let (Some(base), Some(max)) = (base, max)
+                && base > max
+            {
+                cx.err(
+                    &b.path("base"),
+                    b.get("base").or(b.get("max")).and_then(|n| n.pos),
+                    format!(
+                        "base ({}) must not be longer than max ({}); lower base or raise max",
+                        format_duration(base),
+                        format_duration(max)
+                    ),
+                );
+                return None;
             }
             Some((base?, max?, jitter?))
         },

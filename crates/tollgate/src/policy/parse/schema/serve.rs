@@ -127,15 +127,15 @@ pub(super) fn serve(cx: &mut Cx, node: &Node, path: &str) -> Option<Serve> {
     let access_log = t.opt(cx, "access_log", d.access_log, boolean);
 
     let mut ok = true;
-    if let (Some(listen), Some(Some(admin))) = (listen, admin_listen) {
-        if let Some(why) = listeners_clash(listen, admin, t.get("listen").is_none()) {
-            cx.err(
-                &t.path("admin_listen"),
-                t.get("admin_listen").and_then(|n| n.pos),
-                why,
-            );
-            ok = false;
-        }
+    if let (Some(listen), Some(Some(admin))) = (listen, admin_listen)
+        && let Some(why) = listeners_clash(listen, admin, t.get("listen").is_none())
+    {
+        cx.err(
+            &t.path("admin_listen"),
+            t.get("admin_listen").and_then(|n| n.pos),
+            why,
+        );
+        ok = false;
     }
     if let (Some(Some(_)), Some(None)) = (admin_listen, &admin_token) {
         cx.err(
@@ -275,13 +275,14 @@ fn socket_addr_hint(text: &str) -> String {
     }
     if let Ok(ip) = t.parse::<Ipv6Addr>() {
         // "::1:8080" is an IPv6 address too: it may be an address and a port without brackets.
-        if let Some((host, port)) = t.rsplit_once(':') {
-            if host.parse::<Ipv6Addr>().is_ok() && port.parse::<u16>().is_ok() {
-                return format!(
-                    "an IPv6 address goes in brackets before the port: write {}",
-                    quote(&format!("[{host}]:{port}"))
-                );
-            }
+        if let Some((host, port)) = t.rsplit_once(':')
+            && host.parse::<Ipv6Addr>().is_ok()
+            && port.parse::<u16>().is_ok()
+        {
+            return format!(
+                "an IPv6 address goes in brackets before the port: write {}",
+                quote(&format!("[{host}]:{port}"))
+            );
         }
         return format!(
             "it has no port; an IPv6 address goes in brackets before the port: write {}",
@@ -315,17 +316,18 @@ fn socket_addr_hint(text: &str) -> String {
 
 /// `admin_token`: a reference to the token, never the token.
 fn admin_token(cx: &mut Cx, node: &Node, path: &str) -> Option<SecretRef> {
-    if let Kind::Str(text) = &node.kind {
-        if !text.starts_with("env:") && !text.starts_with("file:") {
-            cx.err(
-                path,
-                node.pos,
-                "must name where the token is, not hold it: write admin_token = \
+    if let Kind::Str(text) = &node.kind
+        && !text.starts_with("env:")
+        && !text.starts_with("file:")
+    {
+        cx.err(
+            path,
+            node.pos,
+            "must name where the token is, not hold it: write admin_token = \
                  \"env:TOLLGATE_ADMIN_TOKEN\" (an environment variable) or \"file:PATH\" (a file \
                  that holds it); literal secrets are not accepted",
-            );
-            return None;
-        }
+        );
+        return None;
     }
     secret(cx, node, path)
 }
@@ -455,13 +457,13 @@ fn parse_cidr(text: &str) -> Result<Cidr, String> {
             quote(&format!("{addr}/{max}"))
         ));
     }
-    if let IpAddr::V6(v6) = network {
-        if let (Some(v4), true) = (v6.to_ipv4_mapped(), prefix >= 96) {
-            return Ok(Cidr {
-                addr: IpAddr::V4(v4),
-                prefix: prefix - 96,
-            });
-        }
+    if let IpAddr::V6(v6) = network
+        && let (Some(v4), true) = (v6.to_ipv4_mapped(), prefix >= 96)
+    {
+        return Ok(Cidr {
+            addr: IpAddr::V4(v4),
+            prefix: prefix - 96,
+        });
     }
     Ok(Cidr {
         addr: network,

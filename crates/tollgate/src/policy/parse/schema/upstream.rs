@@ -209,21 +209,21 @@ fn auth(cx: &mut Cx, node: &Node, path: &str) -> Option<Auth> {
             let secret_ref = t.req(cx, "secret", "secret = \"env:ZHIPU_API_SECRET\"", secret);
             let ttl = t.opt(cx, "ttl", Duration::from_secs(30 * 60), duration);
             let refresh = t.opt(cx, "refresh_before", Duration::from_secs(60), duration);
-            if let (Some(ttl), Some(refresh)) = (ttl, refresh) {
-                if refresh >= ttl {
-                    let pos = t.get("refresh_before").or(t.get("ttl")).and_then(|n| n.pos);
-                    cx.err(
-                        &t.path("refresh_before"),
-                        pos,
-                        format!(
-                            "refresh_before ({}) must be shorter than ttl ({}); a token would be \
+            if let (Some(ttl), Some(refresh)) = (ttl, refresh)
+                && refresh >= ttl
+            {
+                let pos = t.get("refresh_before").or(t.get("ttl")).and_then(|n| n.pos);
+                cx.err(
+                    &t.path("refresh_before"),
+                    pos,
+                    format!(
+                        "refresh_before ({}) must be shorter than ttl ({}); a token would be \
                              refreshed before it is minted. Lower refresh_before or raise ttl",
-                            format_duration(refresh),
-                            format_duration(ttl)
-                        ),
-                    );
-                    return None;
-                }
+                        format_duration(refresh),
+                        format_duration(ttl)
+                    ),
+                );
+                return None;
             }
             Some(Auth::Jwt {
                 id: id?,
