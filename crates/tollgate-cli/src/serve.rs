@@ -3,6 +3,7 @@
 
 use tokio::signal::unix::{SignalKind, signal};
 use tollgate::Engine;
+use tollgate::store::DiskState;
 use tollgate_serve::{Proxy, hash_key};
 
 use crate::ServeArgs;
@@ -44,6 +45,7 @@ pub(crate) fn run(a: &ServeArgs) -> u8 {
             eprintln!("tollgate serve: cannot install signal handlers");
             return exit::FAILED;
         };
+        report_disk(&engine);
         println!("listening on http://{}/v1", proxy.addr());
         if let Some(admin) = proxy.admin_addr() {
             println!("admin on http://{admin}/admin/reload");
@@ -51,7 +53,10 @@ pub(crate) fn run(a: &ServeArgs) -> u8 {
         loop {
             tokio::select! {
                 _ = hup.recv() => match proxy.reload() {
-                    Ok(r) => eprintln!("tollgate serve: policy reloaded (generation {})", r.generation),
+                    Ok(r) => {
+                        eprintln!("tollgate serve: policy reloaded (generation {})", r.generation);
+                        report_disk(&engine);
+                    }
                     Err(e) => eprintln!("tollgate serve: reload refused, the running policy stays:\n{e}"),
                 },
                 _ = term.recv() => break,
@@ -60,6 +65,29 @@ pub(crate) fn run(a: &ServeArgs) -> u8 {
         }
         eprintln!("tollgate serve: stopping; calls in flight may finish");
         proxy.shutdown().await;
+        engine.cache_flush();
         exit::OK
     })
+}
+
+/// Says on stderr when the cache's disk file was started afresh or cannot be used.
+fn report_disk(engine: &Engine) {
+    match engine.cache_disk_state() {
+        Some(DiskState::Reset {
+            path,
+            moved_to,
+            reason,
+        }) => eprintln!(
+            "tollgate serve: the cache file {} was unreadable ({reason}); it was moved to {} and \
+             an empty cache started",
+            path.display(),
+            moved_to.display()
+        ),
+        Some(DiskState::Unavailable { path, error }) => eprintln!(
+            "tollgate serve: the cache file {} cannot be used, the cache runs without its disk \
+             level: {error}",
+            path.display()
+        ),
+        _ => {}
+    }
 }

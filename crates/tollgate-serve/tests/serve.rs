@@ -244,7 +244,7 @@ fn a_retried_503_is_invisible_and_cache_hits_skip_the_upstream() {
         let r = call(&proxy, "POST", "/v1/chat/completions", Some(ALICE), &body).await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
         assert_eq!(r.headers["x-tollgate-attempts"], "2");
-        let again = call(&proxy, "POST", "/v1/chat/completions", Some(BOB), &body).await;
+        let again = call(&proxy, "POST", "/v1/chat/completions", Some(ALICE), &body).await;
         assert_eq!(again.status, StatusCode::OK);
         assert_eq!(again.headers["x-tollgate-source"], "cache");
         assert_eq!(again.body, r.body);
@@ -252,6 +252,35 @@ fn a_retried_503_is_invisible_and_cache_hits_skip_the_upstream() {
             up.log().len(),
             2,
             "one 503 and one answer; the hit never went out"
+        );
+        // Another tenant's virtual key never sees alice's entry (scope = "tenant", the default).
+        let bob = call(&proxy, "POST", "/v1/chat/completions", Some(BOB), &body).await;
+        assert_eq!(bob.status, StatusCode::OK);
+        assert_eq!(bob.headers["x-tollgate-source"], "upstream");
+        assert_eq!(up.log().len(), 3, "bob's call went out");
+        proxy.shutdown().await;
+    });
+}
+
+#[test]
+fn a_shared_cache_scope_answers_every_virtual_key() {
+    let up = TestUpstream::start().unwrap();
+    let engine = Engine::new(policy(&up, "[cache]\nenabled = true\nscope = \"shared\"\n"));
+    rt().block_on(async {
+        let proxy = Proxy::start(engine, None, None).await.unwrap();
+        let body = json!({"model": "gpt-4o", "max_tokens": 5, "temperature": 0,
+            "messages": [{"role": "user", "content": "shared"}]})
+        .to_string();
+        let r = call(&proxy, "POST", "/v1/chat/completions", Some(ALICE), &body).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        let bob = call(&proxy, "POST", "/v1/chat/completions", Some(BOB), &body).await;
+        assert_eq!(bob.status, StatusCode::OK);
+        assert_eq!(bob.headers["x-tollgate-source"], "cache");
+        assert_eq!(bob.body, r.body);
+        assert_eq!(
+            up.log().len(),
+            1,
+            "the policy shares entries: bob's hit never went out"
         );
         proxy.shutdown().await;
     });

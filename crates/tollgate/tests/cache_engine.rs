@@ -172,3 +172,67 @@ fn an_entry_larger_than_the_cache_is_refused_but_still_delivered() {
         .expect("response");
     assert_eq!(got.body.len(), 10_000);
 }
+
+#[test]
+fn tenants_never_share_entries_or_flights_by_default() {
+    let (e, _clock) = engine("");
+    let req = request("same question");
+    let CacheLookup::Miss(alice) = e.cache_lookup_for("alice", &req, CacheMode::Default) else {
+        panic!("first lookup misses");
+    };
+    // Bob asks the same while alice's call is in flight: he leads his own call, he does not wait
+    // on hers.
+    let CacheLookup::Miss(bob) = e.cache_lookup_for("bob", &req, CacheMode::Default) else {
+        panic!("another tenant never joins a flight");
+    };
+    assert_ne!(alice.key(), bob.key());
+    e.cache_store(alice, response("alice's answer"))
+        .expect("stored");
+    match e.cache_lookup_for("alice", &req, CacheMode::Default) {
+        CacheLookup::Hit(r) => assert_eq!(&*r.body, b"alice's answer"),
+        other => panic!("alice hits her own entry, got {other:?}"),
+    }
+    e.cache_fail(bob, "bob gave up");
+    let CacheLookup::Miss(bob) = e.cache_lookup_for("bob", &req, CacheMode::Default) else {
+        panic!("bob never sees alice's entry");
+    };
+    drop(bob);
+    assert!(matches!(
+        e.cache_lookup(&req, CacheMode::Default),
+        CacheLookup::Miss(_)
+    ));
+}
+
+#[test]
+fn a_shared_scope_answers_every_tenant() {
+    let (e, _clock) = engine("scope = \"shared\"\n");
+    let req = request("same question");
+    let CacheLookup::Miss(alice) = e.cache_lookup_for("alice", &req, CacheMode::Default) else {
+        panic!("first lookup misses");
+    };
+    let CacheLookup::Joined(wait) = e.cache_lookup_for("bob", &req, CacheMode::Default) else {
+        panic!("shared scope: bob waits on alice's call");
+    };
+    e.cache_store(alice, response("everyone's answer"))
+        .expect("stored");
+    let shared = wait
+        .wait(Duration::from_secs(1))
+        .expect("completed")
+        .expect("an answer");
+    assert_eq!(&*shared.body, b"everyone's answer");
+    match e.cache_lookup_for("carol", &req, CacheMode::Default) {
+        CacheLookup::Hit(r) => assert_eq!(&*r.body, b"everyone's answer"),
+        other => panic!("shared scope hits across tenants, got {other:?}"),
+    }
+}
+
+#[test]
+fn scope_is_range_checked() {
+    let err = Policy::from_toml("version = 1\n[cache]\nenabled = true\nscope = \"global\"\n")
+        .expect_err("unknown scope");
+    let text = err.to_string();
+    assert!(
+        text.contains("scope") && text.contains("\"tenant\""),
+        "{text}"
+    );
+}

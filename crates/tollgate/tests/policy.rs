@@ -1162,12 +1162,28 @@ fn summary_mentions_everything() {
         "retry: up to 3 attempts",
         "breaker:",
         "cache: on",
+        "entries are kept per tenant",
         "falls back to route \"cheap\", then route \"glm-*\"",
         "synthetic probe",
         "left out for 10m",
     ] {
         assert!(s.contains(needle), "summary lacks {needle:?}:\n{s}");
     }
+}
+
+#[test]
+fn summary_lists_the_cache_scope_and_disk_level() {
+    let p = Policy::from_toml(
+        "version = 1\n[cache]\nenabled = true\nscope = \"shared\"\n\
+         disk = { path = \"/var/cache/tollgate/cache.db\", max_bytes = \"10GiB\" }\n",
+    )
+    .expect("valid");
+    let s = p.summary();
+    assert!(s.contains("entries are shared by every tenant"), "{s}");
+    assert!(
+        s.contains("then on disk in /var/cache/tollgate/cache.db (at most 10GiB"),
+        "{s}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

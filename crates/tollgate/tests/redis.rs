@@ -495,6 +495,65 @@ l2 = { store = "redis", max_bytes = "10KB" }
 }
 
 #[test]
+fn cache_lookup_order_is_memory_then_redis_then_disk() {
+    let server = RedisServer::start().expect("redis-server");
+    let dir = std::env::temp_dir().join(format!("tollgate-order-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let disk = format!(
+        "disk = {{ path = \"{}\", max_bytes = \"1MB\" }}",
+        dir.join("cache.db").display()
+    );
+    let cache =
+        |levels: &str| format!("[cache]\nenabled = true\nmax_entry_bytes = \"8KB\"\n{levels}\n");
+    const REDIS: &str = "on_failure = \"fail_open\"\nexpected_instances = 3";
+    let l2 = "l2 = { store = \"redis\", max_bytes = \"1MB\" }";
+    let redis_only = engine(&policy(&server, "order", REDIS, &cache(l2)));
+    let disk_only = engine(&format!("version = 1\n{}", cache(&disk)));
+    let both = engine(&policy(
+        &server,
+        "order",
+        REDIS,
+        &cache(&format!("{l2}\n{disk}")),
+    ));
+    let request = |q: &str| json!({"model": "gpt-4o", "temperature": 0, "messages": [{"role": "user", "content": q}]});
+    let store =
+        |e: &Engine, q: &str, body: &str| match e.cache_lookup(&request(q), CacheMode::Default) {
+            CacheLookup::Miss(fill) => e
+                .cache_store(fill, CachedResponse::new(200, body.as_bytes().to_vec()))
+                .unwrap(),
+            other => panic!("a miss first: {other:?}"),
+        };
+    let hit = |e: &Engine, q: &str| match e.cache_lookup(&request(q), CacheMode::Default) {
+        CacheLookup::Hit(r) => Some(String::from_utf8_lossy(&r.body).into_owned()),
+        CacheLookup::Miss(_) => None,
+        other => panic!("{other:?}"),
+    };
+    // The same question answered differently in Redis and on disk: Redis wins.
+    store(&redis_only, "both", "from redis");
+    store(&disk_only, "both", "from disk");
+    store(&disk_only, "disk", "only on disk");
+    disk_only.cache_flush();
+    // Wait until the background write reached Redis (a probe's misses keep nothing locally).
+    let probe = engine(&policy(&server, "order", REDIS, &cache(l2)));
+    assert!(eventually(Duration::from_secs(5), || {
+        matches!(
+            probe.cache_lookup(&request("both"), CacheMode::Default),
+            CacheLookup::Hit(_)
+        )
+    }));
+    assert_eq!(hit(&both, "both").as_deref(), Some("from redis"));
+    // Not in Redis: the disk answers.
+    assert_eq!(hit(&both, "disk").as_deref(), Some("only on disk"));
+    // Memory first: a lower level's hit is kept locally, and the next lookup is a memory hit
+    // (a memory miss is counted only when the lookup goes down a level).
+    let before = both.cache_stats();
+    assert_eq!(hit(&both, "disk").as_deref(), Some("only on disk"));
+    let after = both.cache_stats();
+    assert_eq!((after.hits, after.misses), (before.hits + 1, before.misses));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn call_api_waits_for_redis_budgets_asynchronously() {
     let server = RedisServer::start().expect("redis-server");
     let up = TestUpstream::start().unwrap();

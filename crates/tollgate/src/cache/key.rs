@@ -107,6 +107,37 @@ pub fn cache_key(request: &Value) -> CacheKey {
     CacheKey(h.digest128())
 }
 
+/// The key of `request` as seen by one tenant: `tenant = Some(name)` puts the tenant into the
+/// key (the policy's default `scope = "tenant"`), `None` is the key every tenant shares
+/// ([`cache_key`], `scope = "shared"`).
+///
+/// The tenant is hashed right after [`KEY_SCHEME`], under a tag no request can start with, so
+/// tenant keys never meet shared keys or each other (the empty tenant included).
+///
+/// ```
+/// use serde_json::json;
+/// use tollgate::cache::{cache_key, cache_key_for};
+///
+/// let req = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]});
+/// assert_eq!(cache_key_for(&req, None), cache_key(&req));
+/// assert_ne!(cache_key_for(&req, Some("alice")), cache_key_for(&req, Some("bob")));
+/// assert_ne!(cache_key_for(&req, Some("")), cache_key(&req));
+/// ```
+pub fn cache_key_for(request: &Value, tenant: Option<&str>) -> CacheKey {
+    let Some(tenant) = tenant else {
+        return cache_key(request);
+    };
+    let mut h = Feeder::new();
+    feed_str(&mut h, KEY_SCHEME);
+    h.update(&[TAG_TENANT]);
+    feed_str(&mut h, tenant);
+    match request {
+        Value::Object(map) => feed_object(&mut h, map, true),
+        other => feed_value(&mut h, other),
+    }
+    CacheKey(h.digest128())
+}
+
 /// The streaming hasher behind a small stack buffer: XXH3's own `update` costs several
 /// nanoseconds per call, and a request is mostly tags, lengths and short strings. The digest is
 /// the same however the input is chunked.
@@ -164,6 +195,8 @@ const TAG_FLOAT: u8 = 4;
 const TAG_STRING: u8 = 5;
 const TAG_ARRAY: u8 = 6;
 const TAG_OBJECT: u8 = 7;
+/// Before the tenant of a tenant-scoped key; no value's tag (0..=7, 104) is this.
+const TAG_TENANT: u8 = 0x80;
 
 /// 2^127 as an f64: integral floats below this in magnitude are exact in an i128.
 const I128_LIMIT: f64 = 170_141_183_460_469_231_731_687_303_715_884_105_728.0;

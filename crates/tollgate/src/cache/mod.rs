@@ -18,6 +18,9 @@
 //! that do not change the answer ([`EXCLUDED_FIELDS`]: `stream`, `user`, `metadata`, ...).
 //! Unknown fields are part of the key. The key is the same in every process and on every
 //! platform, so a store shared between hosts can use it; see [`key`] for the exact scheme.
+//! [`cache_key_for`] adds the calling tenant to the key (the policy's default
+//! `scope = "tenant"`), so entries and flights are never shared across tenants unless the policy
+//! says `scope = "shared"`.
 //!
 //! # Store
 //!
@@ -62,7 +65,7 @@ pub mod rules;
 pub mod store;
 
 pub use flight::{Flight, FlightError, FollowerWait, LeaderGuard, SingleFlight};
-pub use key::{CacheKey, EXCLUDED_FIELDS, KEY_SCHEME, cache_key};
+pub use key::{CacheKey, EXCLUDED_FIELDS, KEY_SCHEME, cache_key, cache_key_for};
 pub use rules::{CacheMode, DEFAULT_TEMPERATURE, NotCacheable, cacheable};
 pub use store::{
     CacheStats, CacheStore, CachedResponse, ENTRY_OVERHEAD, EVENT_OVERHEAD, Lookup, Refused,

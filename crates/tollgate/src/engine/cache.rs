@@ -5,13 +5,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::clock::Nanos;
 use crate::clock::duration_nanos;
-use crate::store::RedisStore;
+use crate::store::{DiskCache, DiskState, RedisStore};
 
 use crate::cache::{
     CacheKey, CacheMode, CacheStats, CachedResponse, Flight, FollowerWait, LeaderGuard, Lookup,
-    NotCacheable, Refused, cache_key, cacheable,
+    NotCacheable, Refused, cache_key, cache_key_for, cacheable,
 };
+use crate::policy::{Cache, CacheScope};
 
 use super::Engine;
 
@@ -57,36 +59,65 @@ impl Engine {
     ///
     /// With a second level in Redis (`l2`), the call that would fetch asks Redis first, waiting
     /// on this thread at most `op_timeout`; async code should use
-    /// [`Engine::cache_lookup_async`].
+    /// [`Engine::cache_lookup_async`]. With a disk level (`disk`), a call still missing reads
+    /// the file on this thread (a pooled SQLite read, microseconds while the OS caches the
+    /// file); a hit from below is kept in memory for what is left of its TTL.
+    ///
+    /// The call is the unnamed tenant's (`""`, as [`ChatRequest::new`](super::ChatRequest::new)
+    /// has it); with the policy's default `scope = "tenant"` it sees only entries stored for
+    /// that tenant. [`Engine::cache_lookup_for`] names the tenant.
     pub fn cache_lookup(&self, request: &Value, mode: CacheMode) -> CacheLookup {
-        match (self.lookup_local(request, mode), self.l2()) {
-            (CacheLookup::Miss(fill), Some(store)) => {
-                let found = store.cache_get_blocking(fill.key).ok().flatten();
-                self.l2_found(fill, found)
-            }
-            (lookup, _) => lookup,
+        self.cache_lookup_for("", request, mode)
+    }
+
+    /// [`Engine::cache_lookup`] for a call of `tenant`. Under the policy's default
+    /// `scope = "tenant"` the tenant is part of the key, so it finds only its own entries and
+    /// waits only on its own calls in flight; with `scope = "shared"` the tenant is ignored.
+    pub fn cache_lookup_for(&self, tenant: &str, request: &Value, mode: CacheMode) -> CacheLookup {
+        let fill = match self.lookup_local(tenant, request, mode) {
+            CacheLookup::Miss(fill) => fill,
+            lookup => return lookup,
+        };
+        if let Some(store) = self.l2()
+            && let Some((response, left)) = store.cache_get_blocking(fill.key).ok().flatten()
+        {
+            return self.found(fill, response, self.age_from_left(left));
         }
+        self.disk_lookup(fill)
     }
 
     /// [`Engine::cache_lookup`] for async code: the lookup in the second level is awaited.
     pub async fn cache_lookup_async(&self, request: &Value, mode: CacheMode) -> CacheLookup {
-        match (self.lookup_local(request, mode), self.l2()) {
-            (CacheLookup::Miss(fill), Some(store)) => {
-                let found = store.cache_get(fill.key).await.ok().flatten();
-                self.l2_found(fill, found)
-            }
-            (lookup, _) => lookup,
+        self.cache_lookup_async_for("", request, mode).await
+    }
+
+    /// [`Engine::cache_lookup_for`] for async code: the lookup in the second level is awaited.
+    pub async fn cache_lookup_async_for(
+        &self,
+        tenant: &str,
+        request: &Value,
+        mode: CacheMode,
+    ) -> CacheLookup {
+        let fill = match self.lookup_local(tenant, request, mode) {
+            CacheLookup::Miss(fill) => fill,
+            lookup => return lookup,
+        };
+        if let Some(store) = self.l2()
+            && let Some((response, left)) = store.cache_get(fill.key).await.ok().flatten()
+        {
+            return self.found(fill, response, self.age_from_left(left));
         }
+        self.disk_lookup(fill)
     }
 
     /// The lookup in this process: the local cache, then single-flight.
-    fn lookup_local(&self, request: &Value, mode: CacheMode) -> CacheLookup {
+    fn lookup_local(&self, tenant: &str, request: &Value, mode: CacheMode) -> CacheLookup {
         let compiled = self.inner.current.load();
         let rules = &compiled.policy.cache;
         if let Err(reason) = cacheable(request, rules, mode) {
             return CacheLookup::NotCacheable(reason);
         }
-        let key = cache_key(request);
+        let key = scoped_key(rules, tenant, request);
         let now = compiled.clock.now();
         if let Lookup::Hit(r) = self.inner.cache.get(key, now) {
             return CacheLookup::Hit(r);
@@ -114,15 +145,37 @@ impl Engine {
             .map(Arc::clone)
     }
 
-    /// A miss after the second level answered: its entry (kept locally too, as old as it is
-    /// in Redis, and handed to the calls waiting on the key) or still a miss.
-    fn l2_found(&self, fill: CacheFill, found: Option<(CachedResponse, Duration)>) -> CacheLookup {
-        let Some((response, left)) = found else {
+    /// The age of a Redis entry with `left` to live.
+    fn age_from_left(&self, left: Duration) -> Duration {
+        self.inner
+            .current
+            .load()
+            .policy
+            .cache
+            .ttl
+            .saturating_sub(left)
+    }
+
+    /// The disk level, when the running policy has one and it opened.
+    fn disk(&self) -> Option<Arc<DiskCache>> {
+        self.inner.disk.lock().as_ref().map(Arc::clone)
+    }
+
+    /// The last level: the disk file, after the memory level (and Redis) missed.
+    fn disk_lookup(&self, fill: CacheFill) -> CacheLookup {
+        let Some(disk) = self.disk() else {
             return CacheLookup::Miss(fill);
         };
-        let compiled = self.inner.current.load();
-        let now = compiled.clock.now();
-        let age = compiled.policy.cache.ttl.saturating_sub(left);
+        match disk.get(fill.key, self.inner.clock.now()) {
+            Some((response, age)) => self.found(fill, response, age),
+            None => CacheLookup::Miss(fill),
+        }
+    }
+
+    /// A miss that a lower level (Redis, disk) answered: its entry, kept in memory too as old as
+    /// it is there, and handed to the calls waiting on the key.
+    fn found(&self, fill: CacheFill, response: CachedResponse, age: Duration) -> CacheLookup {
+        let now = self.inner.clock.now();
         let stored_at = now.saturating_sub(duration_nanos(age));
         let shared = Arc::new(response.clone());
         let _ = self.inner.cache.insert(fill.key, response, stored_at);
@@ -152,6 +205,12 @@ impl Engine {
             let ttl = self.inner.current.load().policy.cache.ttl;
             store.cache_put(fill.key, &shared, ttl, l2.max_bytes);
         }
+        if stored.is_ok()
+            && (200..300).contains(&shared.status)
+            && let Some(disk) = self.disk()
+        {
+            disk.put(fill.key, Arc::clone(&shared), now);
+        }
         if let Some(leader) = fill.leader {
             leader.complete(Ok(shared));
         }
@@ -167,19 +226,70 @@ impl Engine {
 
     /// Stale-if-error: when every target has failed, an entry past its TTL but within the
     /// policy's `stale_if_error` may answer; the caller should mark the answer stale. `None` when
-    /// the policy has no stale window or nothing usable is stored.
+    /// the policy has no stale window or nothing usable is stored. The call is the unnamed
+    /// tenant's, as in [`Engine::cache_lookup`].
     pub fn cache_stale(&self, request: &Value) -> Option<Arc<CachedResponse>> {
+        self.cache_stale_for("", request)
+    }
+
+    /// [`Engine::cache_stale`] for a call of `tenant` (scoped as in
+    /// [`Engine::cache_lookup_for`]).
+    pub fn cache_stale_for(&self, tenant: &str, request: &Value) -> Option<Arc<CachedResponse>> {
         let compiled = self.inner.current.load();
         compiled.policy.cache.stale_if_error?;
         let now = compiled.clock.now();
-        match self.inner.cache.get_stale(cache_key(request), now) {
+        let key = scoped_key(&compiled.policy.cache, tenant, request);
+        match self.inner.cache.get_stale(key, now) {
             Lookup::Hit(r) | Lookup::Stale(r) => Some(r),
             Lookup::Miss => None,
         }
+    }
+
+    /// Waits until the answers handed to the cache's disk level so far are written to its file
+    /// (they are written in the background; a host may call this before exiting). Returns at
+    /// once without a disk level.
+    pub fn cache_flush(&self) {
+        if let Some(disk) = self.disk() {
+            disk.flush();
+        }
+    }
+
+    /// How the cache's disk level came up (`[cache] disk`): open, started afresh after a
+    /// corrupt file was moved aside, or unavailable and why. `None` without a disk level.
+    pub fn cache_disk_state(&self) -> Option<DiskState> {
+        self.inner.disk.lock().as_ref().map(|d| d.state().clone())
     }
 
     /// Cache counters: hits, misses, stale hits, inserts, evictions, bytes, entries.
     pub fn cache_stats(&self) -> CacheStats {
         self.inner.cache.stats()
     }
+}
+
+/// The key of a call under the policy's `scope`: the tenant's own, or the one every tenant shares.
+fn scoped_key(rules: &Cache, tenant: &str, request: &Value) -> CacheKey {
+    match rules.scope {
+        CacheScope::Tenant => cache_key_for(request, Some(tenant)),
+        CacheScope::Shared => cache_key(request),
+    }
+}
+
+/// The disk level for a (re)loaded policy: the current one when the path is the same (with the
+/// new limits), a new one when it changed, none when the policy has none or the cache is off.
+pub(super) fn open_disk(
+    current: Option<Arc<DiskCache>>,
+    rules: &Cache,
+    now: Nanos,
+) -> Option<Arc<DiskCache>> {
+    let spec = rules.disk.as_ref().filter(|_| rules.enabled)?;
+    if let Some(disk) = current.filter(|d| d.path() == spec.path) {
+        disk.set_limits(spec.max_bytes, rules.ttl);
+        return Some(disk);
+    }
+    Some(Arc::new(DiskCache::open(
+        &spec.path,
+        spec.max_bytes,
+        rules.ttl,
+        now,
+    )))
 }

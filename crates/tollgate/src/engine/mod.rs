@@ -70,6 +70,8 @@ pub(crate) struct Inner {
     probed_at: AtomicU64,
     /// The `[redis]` store, kept across reloads that keep the section.
     store: Mutex<Option<Arc<crate::store::RedisStore>>>,
+    /// The cache's disk level, kept across reloads that keep its path.
+    disk: Mutex<Option<Arc<crate::store::DiskCache>>>,
 }
 
 /// The policy engine: admits calls against every matching budget and settles them afterwards.
@@ -154,6 +156,7 @@ impl Engine {
             &mut store,
         );
         let cache = crate::cache::CacheStore::from_policy(&compiled.policy.cache);
+        let disk = cache::open_disk(None, &compiled.policy.cache, clock.now());
         Engine {
             inner: Arc::new(Inner {
                 current: ArcSwap::from_pointee(compiled),
@@ -167,6 +170,7 @@ impl Engine {
                 metrics: metrics::EngineMetrics::new(),
                 probed_at: AtomicU64::new(0),
                 store: Mutex::new(store),
+                disk: Mutex::new(disk),
             }),
         }
     }
@@ -500,6 +504,10 @@ impl Inner {
         );
         report.generation = generation;
         self.cache.apply_policy(&compiled.policy.cache);
+        {
+            let mut disk = self.disk.lock();
+            *disk = cache::open_disk(disk.take(), &compiled.policy.cache, self.clock.now());
+        }
         self.current.store(Arc::new(compiled));
         self.generation.store(generation, Ordering::Release);
         report

@@ -119,13 +119,15 @@ impl Engine {
             _ => {}
         }
         match result {
-            Err(e @ CallError::GaveUp { .. }) => match self.cache_stale(&request.body) {
-                Some(r) => {
-                    self.inner.metrics.cache_answer(Source::Stale.as_str());
-                    Ok(ChatResponse::from_cache(&r, Source::Stale))
+            Err(e @ CallError::GaveUp { .. }) => {
+                match self.cache_stale_for(&request.tenant, &request.body) {
+                    Some(r) => {
+                        self.inner.metrics.cache_answer(Source::Stale.as_str());
+                        Ok(ChatResponse::from_cache(&r, Source::Stale))
+                    }
+                    None => Err(e),
                 }
-                None => Err(e),
-            },
+            }
             other => other,
         }
     }
@@ -432,7 +434,10 @@ impl Engine {
     /// gave up joins again (one of them becomes the next leader), a few times at most.
     pub(crate) async fn cached(&self, request: &ChatRequest) -> Result<Cached, CallError> {
         for _ in 0..4 {
-            let answer = match self.cache_lookup_async(&request.body, request.cache).await {
+            let answer = match self
+                .cache_lookup_async_for(&request.tenant, &request.body, request.cache)
+                .await
+            {
                 CacheLookup::Hit(r) => (r, Source::Cache),
                 CacheLookup::Miss(fill) => return Ok(Cached::Fetch(Some(fill))),
                 CacheLookup::NotCacheable(_) => return Ok(Cached::Fetch(None)),

@@ -935,6 +935,49 @@ pub struct Cache {
     /// A second level in Redis (`l2 = { store = "redis", max_bytes = "1GB" }`), looked up after a
     /// local miss.
     pub l2: Option<CacheL2>,
+    /// Who shares an entry (`scope = "tenant" | "shared"`, default `"tenant"`): with
+    /// [`CacheScope::Tenant`] the calling tenant is part of every key, at every level and in
+    /// single-flight, so one tenant never receives another's answer.
+    pub scope: CacheScope,
+    /// A disk level (`disk = { path = "...", max_bytes = "10GiB" }`), looked up after the memory
+    /// level (and Redis) miss; it survives restarts and is shared by the processes of one host.
+    pub disk: Option<CacheDisk>,
+}
+
+/// The cache's disk level: one SQLite file (WAL), shared by every process naming the same path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheDisk {
+    /// The database file (created with its directory when missing).
+    pub path: std::path::PathBuf,
+    /// Bytes of stored answers kept at most; the oldest go first.
+    pub max_bytes: u64,
+}
+
+/// Who may be answered by a cached entry (`[cache] scope`).
+///
+/// ```
+/// use tollgate::policy::{Cache, CacheScope};
+/// assert_eq!(Cache::default().scope, CacheScope::Tenant);
+/// assert_eq!(CacheScope::Shared.as_str(), "shared");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheScope {
+    /// Entries belong to the tenant that stored them (the default): the tenant enters the key.
+    #[default]
+    Tenant,
+    /// Entries answer identical requests of every tenant (a hit tells a tenant that someone
+    /// else asked exactly that; only for tenants that trust each other).
+    Shared,
+}
+
+impl CacheScope {
+    /// The policy spelling: `"tenant"` or `"shared"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheScope::Tenant => "tenant",
+            CacheScope::Shared => "shared",
+        }
+    }
 }
 
 /// The cache's second level in the `[redis]` server.
@@ -972,6 +1015,8 @@ impl Default for Cache {
             require_seed: false,
             max_entry_bytes: 8 * 1024 * 1024,
             l2: None,
+            scope: CacheScope::Tenant,
+            disk: None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Shared state on a Redis server: budgets that hold across processes and hosts, and the
-//! cache's second level.
+//! cache's second level; and the cache's disk level, a SQLite file shared by the processes of
+//! one host ([`DiskState`]).
 //!
 //! One `RedisStore` per `[redis]` section owns a small runtime thread (`tollgate-redis`) and one
 //! multiplexed connection through redis-rs's connection manager, which reconnects by itself.
@@ -18,6 +19,7 @@
 
 mod budget;
 mod cache;
+mod disk;
 mod kv;
 pub(crate) mod scripts;
 
@@ -36,6 +38,10 @@ use crate::policy::{Redis, RedisUrl};
 
 pub(crate) use budget::{AdjustEntry, AdmitReply, AdmitRequest, Check, Grant, RateSlot};
 pub use budget::{RateLimit, RateResult, RedisLimiter};
+pub(crate) use disk::DiskCache;
+pub use disk::DiskState;
+#[doc(hidden)]
+pub use disk::stored_bytes as disk_cache_bytes;
 
 /// Most reconciliations kept while Redis is down; beyond this the oldest are dropped (and
 /// counted): refunds lost make limits tighter for a moment, never looser, and concurrency slots

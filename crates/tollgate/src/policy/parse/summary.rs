@@ -5,9 +5,9 @@ use std::fmt::Write as _;
 use super::read::show_float;
 use super::units::{format_bytes, format_duration, quote};
 use crate::policy::{
-    Auth, BreakerWindow, Budget, DEFAULT_KEY_QUARANTINE, Exhausted, Jitter, LimitKind, OnFailure,
-    Policy, Redis, RedisUrl, RetryOn, Route, ScopeDim, Serve, Store, Strategy, TokenPlacement,
-    Unit, Upstream,
+    Auth, BreakerWindow, Budget, CacheScope, DEFAULT_KEY_QUARANTINE, Exhausted, Jitter, LimitKind,
+    OnFailure, Policy, Redis, RedisUrl, RetryOn, Route, ScopeDim, Serve, Store, Strategy,
+    TokenPlacement, Unit, Upstream,
 };
 
 impl Policy {
@@ -153,10 +153,19 @@ impl Policy {
                 ),
                 None => String::new(),
             };
+            let disk = match &c.disk {
+                Some(d) => format!(
+                    "; then on disk in {} (at most {}, shared by this host's processes)",
+                    d.path.display(),
+                    format_bytes(d.max_bytes)
+                ),
+                None => String::new(),
+            };
+            let l2 = format!("{l2}{disk}");
             let _ = writeln!(
                 out,
                 "cache: on, at most {}, entries of at most {} live {}, only for requests with \
-                 {}{stale}; identical requests in flight {}{l2}",
+                 {}{stale}; identical requests in flight {}{l2}; entries {}",
                 format_bytes(c.max_bytes),
                 format_bytes(c.max_entry_bytes),
                 format_duration(c.ttl),
@@ -165,6 +174,10 @@ impl Policy {
                     "are merged"
                 } else {
                     "are not merged"
+                },
+                match c.scope {
+                    CacheScope::Tenant => "are kept per tenant",
+                    CacheScope::Shared => "are shared by every tenant",
                 }
             );
         } else {

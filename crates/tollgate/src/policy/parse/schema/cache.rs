@@ -4,7 +4,7 @@ use super::{field, size};
 use crate::policy::parse::read::{Cx, Table, boolean, choice, duration, join, non_negative, whole};
 use crate::policy::parse::tree::{Kind, Node};
 use crate::policy::parse::units::format_bytes;
-use crate::policy::{Cache, CacheL2};
+use crate::policy::{Cache, CacheDisk, CacheL2, CacheScope};
 
 /// Reads `[cache]`.
 pub(super) fn cache(cx: &mut Cx, node: &Node, path: &str) -> Option<Cache> {
@@ -23,6 +23,8 @@ pub(super) fn cache(cx: &mut Cx, node: &Node, path: &str) -> Option<Cache> {
             "require_seed",
             "max_entry_bytes",
             "l2",
+            "scope",
+            "disk",
         ],
     );
     let d = Cache::default();
@@ -62,6 +64,18 @@ pub(super) fn cache(cx: &mut Cx, node: &Node, path: &str) -> Option<Cache> {
         )
     });
     let l2 = t.maybe(cx, "l2", cache_l2);
+    let disk = t.maybe(cx, "disk", cache_disk);
+    let scope = t.opt(cx, "scope", d.scope, |cx, n, p| {
+        choice(
+            cx,
+            n,
+            p,
+            &[
+                ("tenant", CacheScope::Tenant),
+                ("shared", CacheScope::Shared),
+            ],
+        )
+    });
     let max_bytes = max_bytes?;
     let max_entry_bytes = match max_entry_bytes? {
         Some(entry) if entry > max_bytes => {
@@ -105,6 +119,25 @@ pub(super) fn cache(cx: &mut Cx, node: &Node, path: &str) -> Option<Cache> {
         );
         return None;
     }
+    let disk = disk?;
+    if let Some(disk) = &disk {
+        if disk.max_bytes < max_entry_bytes {
+            cx.err(
+                &join(&t.path("disk"), "max_bytes"),
+                t.get("disk")
+                    .and_then(|n| field(n, "max_bytes"))
+                    .and_then(|n| n.pos),
+                format!(
+                    "the disk level's max_bytes ({}) is less than max_entry_bytes ({}), so an \
+                     entry the memory level accepts could never be stored on disk; raise disk \
+                     max_bytes or lower max_entry_bytes",
+                    format_bytes(disk.max_bytes),
+                    format_bytes(max_entry_bytes),
+                ),
+            );
+            return None;
+        }
+    }
     Some(Cache {
         enabled: enabled?,
         max_bytes,
@@ -117,6 +150,8 @@ pub(super) fn cache(cx: &mut Cx, node: &Node, path: &str) -> Option<Cache> {
         require_seed: require_seed?,
         max_entry_bytes,
         l2,
+        scope: scope?,
+        disk,
     })
 }
 
@@ -157,6 +192,47 @@ fn cache_l2(cx: &mut Cx, node: &Node, path: &str) -> Option<CacheL2> {
     );
     store?;
     Some(CacheL2 {
+        max_bytes: max_bytes?,
+    })
+}
+
+/// `disk = { path = "/var/cache/tollgate/cache.db", max_bytes = "10GiB" }`: the disk level.
+fn cache_disk(cx: &mut Cx, node: &Node, path: &str) -> Option<CacheDisk> {
+    let example = "{ path = \"/var/cache/tollgate/cache.db\", max_bytes = \"10GiB\" }";
+    let t = Table::read(cx, node, path, example)?;
+    t.check_keys(cx, &["path", "max_bytes"]);
+    let file = t.req(
+        cx,
+        "path",
+        "path = \"/var/cache/tollgate/cache.db\" (the SQLite file; processes naming the same \
+         file share it)",
+        |cx, n, p| match &n.kind {
+            Kind::Str(s) if !s.trim().is_empty() => Some(std::path::PathBuf::from(s)),
+            _ => {
+                cx.err(
+                    p,
+                    n.pos,
+                    "must be a file path, e.g. \"/var/cache/tollgate/cache.db\"",
+                );
+                None
+            }
+        },
+    );
+    let max_bytes = t.req(
+        cx,
+        "max_bytes",
+        "max_bytes = \"10GiB\" (the most answer bytes kept in the file)",
+        |cx, n, p| {
+            size(
+                cx,
+                n,
+                p,
+                "must be more than zero; remove disk to keep the cache in memory only",
+            )
+        },
+    );
+    Some(CacheDisk {
+        path: file?,
         max_bytes: max_bytes?,
     })
 }
