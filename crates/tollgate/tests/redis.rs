@@ -483,6 +483,10 @@ l2 = { store = "redis", max_bytes = "10KB" }
         "B finds A's answer in Redis"
     );
     assert_eq!(hit(&b, 1).unwrap().body.as_ref(), body(1).as_bytes());
+    // Expiry times are in milliseconds and equal ones are ordered by key, so entry 2 must not be
+    // stored in entry 1's millisecond (B can find entry 1 at once): which key a hash gives would
+    // decide the eviction below.
+    std::thread::sleep(Duration::from_millis(20));
     // 10KB hold three 3KB entries: the fourth pushes out the one closest to expiry, entry 1.
     for n in 2..=4 {
         store(&a, n);
