@@ -250,14 +250,14 @@ impl DiskCache {
                 path: path.to_owned(),
             },
         };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if let Err(e) = std::fs::create_dir_all(dir) {
-                cache.state = DiskState::Unavailable {
-                    path: path.to_owned(),
-                    error: format!("cannot create {}: {e}", dir.display()),
-                };
-                return cache;
-            }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            cache.state = DiskState::Unavailable {
+                path: path.to_owned(),
+                error: format!("cannot create {}: {e}", dir.display()),
+            };
+            return cache;
         }
         let conn = match open_db(path) {
             Ok(c) => c,
@@ -382,10 +382,10 @@ impl DiskCache {
     /// Waits until everything queued so far is written (or the writer is gone).
     pub(crate) fn flush(&self) {
         let (tx, rx) = mpsc::sync_channel(1);
-        if let Some(q) = &self.queue {
-            if q.send(Msg::Flush(tx)).is_ok() {
-                let _ = rx.recv();
-            }
+        if let Some(q) = &self.queue
+            && q.send(Msg::Flush(tx)).is_ok()
+        {
+            let _ = rx.recv();
         }
     }
 

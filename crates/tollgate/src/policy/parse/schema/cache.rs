@@ -120,23 +120,23 @@ pub(super) fn cache(cx: &mut Cx, node: &Node, path: &str) -> Option<Cache> {
         return None;
     }
     let disk = disk?;
-    if let Some(disk) = &disk {
-        if disk.max_bytes < max_entry_bytes {
-            cx.err(
-                &join(&t.path("disk"), "max_bytes"),
-                t.get("disk")
-                    .and_then(|n| field(n, "max_bytes"))
-                    .and_then(|n| n.pos),
-                format!(
-                    "the disk level's max_bytes ({}) is less than max_entry_bytes ({}), so an \
+    if let Some(disk) = &disk
+        && disk.max_bytes < max_entry_bytes
+    {
+        cx.err(
+            &join(&t.path("disk"), "max_bytes"),
+            t.get("disk")
+                .and_then(|n| field(n, "max_bytes"))
+                .and_then(|n| n.pos),
+            format!(
+                "the disk level's max_bytes ({}) is less than max_entry_bytes ({}), so an \
                      entry the memory level accepts could never be stored on disk; raise disk \
                      max_bytes or lower max_entry_bytes",
-                    format_bytes(disk.max_bytes),
-                    format_bytes(max_entry_bytes),
-                ),
-            );
-            return None;
-        }
+                format_bytes(disk.max_bytes),
+                format_bytes(max_entry_bytes),
+            ),
+        );
+        return None;
     }
     Some(Cache {
         enabled: enabled?,
