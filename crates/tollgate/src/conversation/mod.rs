@@ -178,13 +178,20 @@ pub struct Conversation {
     options: ConversationOptions,
 }
 
-/// A request ready to send, and what it is made of.
+/// What a request ready to send is made of.
 struct Prepared {
-    request: ChatRequest,
     user: Message,
     assistant_id: String,
     trimmed: Trimmed,
     store_error: Option<MessageStoreError>,
+}
+
+/// What the call answered, besides the text.
+struct Answered {
+    usage: Option<Usage>,
+    settlement: Option<Settlement>,
+    finish_reason: Option<String>,
+    detail: Value,
 }
 
 /// A new random id in UUID v4 form.
@@ -275,7 +282,7 @@ impl Conversation {
         text: &str,
         opts: &SendOptions,
         stream: bool,
-    ) -> Result<Prepared, ConversationError> {
+    ) -> Result<(ChatRequest, Prepared), ConversationError> {
         if text.is_empty() {
             return Err(ConversationError::Empty);
         }
@@ -299,7 +306,7 @@ impl Conversation {
             .system_message
             .as_deref()
             .or(o.system_message.as_deref());
-        let trimmed = self.engine.trim_conversation(
+        let mut trimmed = self.engine.trim_conversation(
             &o.model,
             system,
             &turns,
@@ -324,7 +331,11 @@ impl Conversation {
         for (k, v) in &o.completion_params {
             body.insert(k.clone(), v.clone());
         }
-        body.insert("messages".into(), Value::Array(trimmed.messages.clone()));
+        // The messages move into the body; the rest of `trimmed` is kept for the reply.
+        body.insert(
+            "messages".into(),
+            Value::Array(std::mem::take(&mut trimmed.messages)),
+        );
         body.insert("max_tokens".into(), json!(o.max_response_tokens));
         body.remove("max_completion_tokens");
         if stream {
@@ -336,13 +347,15 @@ impl Conversation {
         if let Some(d) = opts.deadline {
             request = request.deadline(d);
         }
-        Ok(Prepared {
+        Ok((
             request,
-            user,
-            assistant_id: new_id(),
-            trimmed,
-            store_error,
-        })
+            Prepared {
+                user,
+                assistant_id: new_id(),
+                trimmed,
+                store_error,
+            },
+        ))
     }
 
     /// Stores the user's message and the answer; the first error is kept.
@@ -352,20 +365,34 @@ impl Conversation {
         p.store_error.clone().or(a).or(b)
     }
 
-    fn answer(p: &Prepared, text: String) -> Message {
-        Message {
+    /// Stores the user's message and the answer `text`, and makes the reply.
+    async fn reply(&self, p: Prepared, text: String, answered: Answered) -> Reply {
+        let message = Message {
             id: p.assistant_id.clone(),
             role: "assistant".into(),
             text,
             parent_id: Some(p.user.id.clone()),
             conversation_id: p.user.conversation_id.clone(),
+        };
+        let store_error = self.keep(&p, &message).await;
+        Reply {
+            message,
+            user_message: p.user,
+            usage: answered.usage,
+            settlement: answered.settlement,
+            prompt_tokens: p.trimmed.prompt_tokens,
+            history_kept: p.trimmed.kept,
+            history_dropped: p.trimmed.dropped,
+            finish_reason: answered.finish_reason,
+            detail: answered.detail,
+            store_error,
         }
     }
 
     /// Sends `text` and waits for the whole answer.
     pub async fn send(&self, text: &str, opts: SendOptions) -> Result<Reply, ConversationError> {
-        let p = self.prepare(text, &opts, false).await?;
-        let response = self.engine.send(p.request.clone()).await?;
+        let (request, p) = self.prepare(text, &opts, false).await?;
+        let response = self.engine.send(request).await?;
         let detail = response.json().unwrap_or(Value::Null);
         let choice = detail.pointer("/choices/0");
         let content = choice
@@ -378,20 +405,14 @@ impl Conversation {
             .and_then(|c| c.get("finish_reason"))
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let message = Self::answer(&p, content.to_owned());
-        let store_error = self.keep(&p, &message).await;
-        Ok(Reply {
-            user_message: p.user.clone(),
-            message,
+        let content = content.to_owned();
+        let answered = Answered {
             usage: response.usage,
             settlement: response.settlement,
-            prompt_tokens: p.trimmed.prompt_tokens,
-            history_kept: p.trimmed.kept,
-            history_dropped: p.trimmed.dropped,
             finish_reason,
             detail,
-            store_error,
-        })
+        };
+        Ok(self.reply(p, content, answered).await)
     }
 
     /// Sends `text` as a stream, calling `on_progress` with the text so far after every event
@@ -402,8 +423,8 @@ impl Conversation {
         opts: SendOptions,
         mut on_progress: impl FnMut(&Progress<'_>) + Send,
     ) -> Result<Reply, ConversationError> {
-        let p = self.prepare(text, &opts, true).await?;
-        let mut stream = self.engine.stream(p.request.clone()).await?;
+        let (request, p) = self.prepare(text, &opts, true).await?;
+        let mut stream = self.engine.stream(request).await?;
         let mut text = String::new();
         let mut finish_reason = None;
         while let Some(event) = stream.next().await {
@@ -434,30 +455,22 @@ impl Conversation {
             }
         }
         let usage = stream.usage();
-        let settlement = stream.settlement().copied();
-        let message = Self::answer(&p, text);
-        let store_error = self.keep(&p, &message).await;
         let detail = json!({
             "id": p.assistant_id,
             "object": "chat.completion",
             "model": self.options.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": message.text},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "finish_reason": finish_reason}],
             "usage": usage.map(|u| json!({"prompt_tokens": u.prompt_tokens,
                 "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens})),
         });
-        Ok(Reply {
-            user_message: p.user.clone(),
-            message,
+        let answered = Answered {
             usage,
-            settlement,
-            prompt_tokens: p.trimmed.prompt_tokens,
-            history_kept: p.trimmed.kept,
-            history_dropped: p.trimmed.dropped,
+            settlement: stream.settlement().copied(),
             finish_reason,
             detail,
-            store_error,
-        })
+        };
+        Ok(self.reply(p, text, answered).await)
     }
 }
 
