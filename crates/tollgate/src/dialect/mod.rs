@@ -101,6 +101,19 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// What went wrong, as the engine settles it: `(true, _)` for a 2xx answer that is neither
+    /// a completion nor an error (its description as a [`ErrorClass::ByStatus`] error),
+    /// `(false, _)` for the upstream's error; `None` for a good answer.
+    pub fn failure(&self) -> Option<(bool, ProviderError)> {
+        match &self.malformed {
+            Some(m) => Some((
+                true,
+                ProviderError::new(ErrorClass::ByStatus, self.status, "", m.as_str()),
+            )),
+            None => self.error.clone().map(|e| (false, e)),
+        }
+    }
+
     /// The answer as it came.
     pub fn untouched(status: u16, body: Bytes) -> Answer {
         Answer {

@@ -13,7 +13,7 @@ use http::HeaderMap;
 use http::header::CONTENT_LENGTH;
 
 use crate::cache::{CachedResponse, FlightError};
-use crate::dialect::{Dialect, ErrorClass, ProviderError};
+use crate::dialect::Dialect;
 use crate::retry::{Failure, is_success};
 use crate::tokens::Usage;
 
@@ -192,17 +192,11 @@ impl Engine {
                             wire.speaker
                                 .answer(status, &response.headers, body, sent_model);
                         status = answer.status;
+                        error = answer.failure();
                         response.body = answer.body;
                         if answer.translated {
                             response.headers.remove(CONTENT_LENGTH);
                         }
-                        error = match answer.malformed {
-                            Some(m) => Some((
-                                true,
-                                ProviderError::new(ErrorClass::ByStatus, status, "", m),
-                            )),
-                            None => answer.error.map(|e| (false, e)),
-                        };
                     }
                     let (next, usage) = {
                         let headers = header_pairs(&response.headers);

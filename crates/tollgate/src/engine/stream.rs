@@ -17,7 +17,7 @@ use http::HeaderMap;
 use serde_json::Value;
 
 use crate::cache::{CachedResponse, SseEvent};
-use crate::dialect::{ErrorClass, EventMap, ProviderError};
+use crate::dialect::{EventMap, ProviderError};
 use crate::retry::Failure;
 use crate::retry::is_success;
 use crate::tokens::Usage;
@@ -369,20 +369,12 @@ impl ChatStream {
                 self.live = Some(live);
                 return Ok(());
             }
-            let error = match answer.malformed {
-                Some(m) => Some(ProviderError::new(
-                    ErrorClass::ByStatus,
-                    answer.status,
-                    "",
-                    m,
-                )),
-                None => answer.error,
-            };
+            let error = answer.failure();
             let pairs = header_pairs(&headers);
             let mut outcome = Outcome::status(answer.status)
                 .with_headers(&pairs)
                 .with_latency(latency);
-            outcome.error = error.as_ref();
+            outcome.error = error.as_ref().map(|(_, e)| e);
             if is_success(answer.status) {
                 outcome.failure = Some(Failure::Malformed);
             }
