@@ -3,8 +3,9 @@
 //! watches (`loop.add_reader`), and the loop's reader takes every queued answer at once
 //! ([`Completer::take`]). The runtime's threads never take the GIL.
 //!
-//! Cancellation: every task is registered under its call id; [`Completer::cancel`] aborts it,
-//! which drops tollgate's future: the upstream connection closes and the permit is released.
+//! Cancellation: every task is registered under its call id; [`Completer::cancel`] aborts it
+//! and waits for it to end, so tollgate's future has been dropped when it returns: the upstream
+//! connection is closed and the permit released.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -35,7 +36,7 @@ struct Inner {
     /// Finished tasks' answers, oldest first.
     queue: Mutex<Vec<(u64, Result<Payload, ErrorInfo>)>>,
     /// Tasks in flight, by call id.
-    tasks: Mutex<HashMap<u64, tokio::task::AbortHandle>>,
+    tasks: Mutex<HashMap<u64, tokio::task::JoinHandle<()>>>,
     /// The pipe's write end (owned: closed when the last task and the Python object are gone).
     wake: OwnedFd,
 }
@@ -79,7 +80,7 @@ impl Completer {
             inner.tasks.lock().remove(&id);
             inner.deliver(id, result);
         });
-        tasks.insert(id, handle.abort_handle());
+        tasks.insert(id, handle);
     }
 }
 
@@ -138,11 +139,15 @@ impl Completer {
         Ok(out)
     }
 
-    /// Cancels call `id`: its task is aborted, which drops the call (connection closed, permit
-    /// released). A no-op when it already finished.
-    fn cancel(&self, id: u64) {
-        if let Some(h) = self.inner.tasks.lock().remove(&id) {
-            h.abort();
+    /// Cancels call `id`: its task is aborted, which drops the call; when this returns the
+    /// connection is closed and the permit released (the GIL is released while the task
+    /// ends). A no-op when it already finished.
+    fn cancel(&self, py: Python<'_>, id: u64) {
+        let task = self.inner.tasks.lock().remove(&id);
+        if let Some(task) = task {
+            task.abort();
+            // Cancelled, or finished meanwhile: either way the call's future has been dropped.
+            let _ = crate::call::block_on(py, task);
         }
     }
 
