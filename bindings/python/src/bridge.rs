@@ -32,9 +32,12 @@ pub enum Payload {
     Decision(crate::decide::DecisionOut),
 }
 
+/// A finished task's answer: its call id and its payload or error.
+pub type Answer = (u64, Result<Payload, Box<ErrorInfo>>);
+
 struct Inner {
     /// Finished tasks' answers, oldest first.
-    queue: Mutex<Vec<(u64, Result<Payload, ErrorInfo>)>>,
+    queue: Mutex<Vec<Answer>>,
     /// Tasks in flight, by call id.
     tasks: Mutex<HashMap<u64, tokio::task::JoinHandle<()>>>,
     /// The pipe's write end (owned: closed when the last task and the Python object are gone).
@@ -42,7 +45,7 @@ struct Inner {
 }
 
 impl Inner {
-    fn deliver(&self, id: u64, result: Result<Payload, ErrorInfo>) {
+    fn deliver(&self, id: u64, result: Result<Payload, Box<ErrorInfo>>) {
         let was_empty = {
             let mut q = self.queue.lock();
             q.push((id, result));
@@ -70,7 +73,7 @@ impl Completer {
     /// Runs `future` on the module's runtime as call `id`; its answer is queued here.
     pub fn spawn<F>(&self, id: u64, future: F)
     where
-        F: Future<Output = Result<Payload, ErrorInfo>> + Send + 'static,
+        F: Future<Output = Result<Payload, Box<ErrorInfo>>> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
         // Held across spawn and insert: the task's own removal waits for the insert.

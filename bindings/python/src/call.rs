@@ -41,7 +41,7 @@ pub struct CallOptions {
 }
 
 /// The `ChatRequest` for a JSON body and its options.
-pub fn request_of(body: &[u8], o: CallOptions) -> Result<ChatRequest, ErrorInfo> {
+pub fn request_of(body: &[u8], o: CallOptions) -> Result<ChatRequest, Box<ErrorInfo>> {
     let body: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
         ErrorInfo::new(
             "invalid_request",
@@ -55,9 +55,9 @@ pub fn request_of(body: &[u8], o: CallOptions) -> Result<ChatRequest, ErrorInfo>
         .priority(o.priority.clamp(i16::MIN.into(), i16::MAX.into()) as i16);
     if let Some(d) = o.deadline {
         if !d.is_finite() || d < 0.0 {
-            return Err(ErrorInfo::invalid_argument(format!(
+            return Err(Box::new(ErrorInfo::invalid_argument(format!(
                 "deadline must be a non-negative number of seconds, not {d}"
-            )));
+            ))));
         }
         request = request.deadline(Duration::from_secs_f64(d));
     }
@@ -66,9 +66,9 @@ pub fn request_of(body: &[u8], o: CallOptions) -> Result<ChatRequest, ErrorInfo>
         Some("force") => CacheMode::Force,
         Some("bypass") => CacheMode::Bypass,
         Some(other) => {
-            return Err(ErrorInfo::invalid_argument(format!(
+            return Err(Box::new(ErrorInfo::invalid_argument(format!(
                 "cache '{other}' is not one of 'default', 'force', 'bypass'"
-            )));
+            ))));
         }
     };
     Ok(request)
@@ -119,18 +119,18 @@ pub fn response_payload(r: ChatResponse) -> Payload {
 }
 
 /// Sends `request` through `engine`, as a payload or an error.
-pub async fn send(engine: Engine, request: ChatRequest) -> Result<Payload, ErrorInfo> {
+pub async fn send(engine: Engine, request: ChatRequest) -> Result<Payload, Box<ErrorInfo>> {
     match engine.send(request).await {
         Ok(r) => Ok(response_payload(r)),
-        Err(e) => Err(ErrorInfo::call(&e)),
+        Err(e) => Err(Box::new(ErrorInfo::call(&e))),
     }
 }
 
 /// Opens a stream for `request` through `engine`.
-pub async fn open(engine: Engine, request: ChatRequest) -> Result<Payload, ErrorInfo> {
+pub async fn open(engine: Engine, request: ChatRequest) -> Result<Payload, Box<ErrorInfo>> {
     match engine.stream(request).await {
         Ok(s) => Ok(Payload::Stream(NativeStream::pump(s))),
-        Err(e) => Err(ErrorInfo::call(&e)),
+        Err(e) => Err(Box::new(ErrorInfo::call(&e))),
     }
 }
 
@@ -176,7 +176,7 @@ enum Item {
     /// The stream completed: the end's JSON.
     End(String),
     /// It failed: the error, and the data of the SSE error event a proxy would send.
-    Fail(ErrorInfo, String),
+    Fail(Box<ErrorInfo>, String),
 }
 
 /// The reader's side: the channel and an item held back for the next batch.
@@ -212,7 +212,10 @@ impl Batch {
     }
 }
 
-async fn read(reader: Arc<tokio::sync::Mutex<Reader>>, encode: bool) -> Result<Batch, ErrorInfo> {
+async fn read(
+    reader: Arc<tokio::sync::Mutex<Reader>>,
+    encode: bool,
+) -> Result<Batch, Box<ErrorInfo>> {
     let mut r = reader.lock().await;
     let mut batch = Batch::default();
     let mut out = Vec::new();
@@ -313,7 +316,9 @@ impl NativeStream {
             loop {
                 let item = match stream.next().await {
                     Some(Ok(event)) => Item::Event(event),
-                    Some(Err(e)) => Item::Fail(ErrorInfo::call(&e), e.stream_error_data()),
+                    Some(Err(e)) => {
+                        Item::Fail(Box::new(ErrorInfo::call(&e)), e.stream_error_data())
+                    }
                     None => Item::End(end_of(&stream)),
                 };
                 let last = !matches!(item, Item::Event(_));

@@ -167,7 +167,7 @@ pub enum DecisionOut {
     /// Ask again after `after` s: budget, key, limit.
     Wait(f64, String, String, Option<String>),
     /// Refused.
-    Deny(ErrorInfo),
+    Deny(Box<ErrorInfo>),
 }
 
 impl DecisionOut {
@@ -192,7 +192,7 @@ impl From<Decision> for DecisionOut {
                 h.key.to_string(),
                 h.limit.map(|l| l.as_str().to_owned()),
             ),
-            Decision::Deny(d) => DecisionOut::Deny(ErrorInfo::denial(&d)),
+            Decision::Deny(d) => DecisionOut::Deny(Box::new(ErrorInfo::denial(&d))),
         }
     }
 }
@@ -208,11 +208,14 @@ pub async fn admit_async(engine: Engine, args: CallArgs) -> DecisionOut {
 }
 
 /// Admits, waiting in the budgets' queues as long as the policy allows.
-pub async fn acquire(engine: Engine, args: CallArgs) -> Result<tollgate::Permit, ErrorInfo> {
+pub async fn acquire(engine: Engine, args: CallArgs) -> Result<tollgate::Permit, Box<ErrorInfo>> {
     let waiter = engine
         .waiter(&args.call())
-        .map_err(|d| ErrorInfo::denial(&d))?;
-    waiter.wait().await.map_err(|d| ErrorInfo::denial(&d))
+        .map_err(|d| Box::new(ErrorInfo::denial(&d)))?;
+    waiter
+        .wait()
+        .await
+        .map_err(|d| Box::new(ErrorInfo::denial(&d)))
 }
 
 /// What happened to an admitted call, owned.
@@ -250,7 +253,7 @@ pub fn settle(
     engine: &Engine,
     permit: tollgate::Permit,
     o: &OutcomeArgs,
-) -> Result<(String, Option<Attempt>), (tollgate::Permit, ErrorInfo)> {
+) -> Result<(String, Option<Attempt>), (tollgate::Permit, Box<ErrorInfo>)> {
     let usage = match o.usage.as_deref() {
         None => None,
         Some(text) => {
@@ -259,7 +262,10 @@ pub fn settle(
                 Err(e) => {
                     return Err((
                         permit,
-                        ErrorInfo::new("invalid_request", format!("usage is not JSON: {e}")),
+                        Box::new(ErrorInfo::new(
+                            "invalid_request",
+                            format!("usage is not JSON: {e}"),
+                        )),
                     ));
                 }
             };
@@ -268,7 +274,7 @@ pub fn settle(
                 Err(e) => {
                     return Err((
                         permit,
-                        ErrorInfo::new("invalid_request", format!("usage: {e}")),
+                        Box::new(ErrorInfo::new("invalid_request", format!("usage: {e}"))),
                     ));
                 }
             }
@@ -281,12 +287,12 @@ pub fn settle(
             None => {
                 return Err((
                     permit,
-                    ErrorInfo::new(
+                    Box::new(ErrorInfo::new(
                         "invalid_request",
                         format!(
                             "failure '{code}' is not a failure code (status_503, timeout_first_byte, connect_refused, reset, timeout, ...)"
                         ),
-                    ),
+                    )),
                 ));
             }
         },

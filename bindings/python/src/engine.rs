@@ -105,7 +105,7 @@ fn call_args(
     max_tokens: Option<u64>,
     deadline: Option<f64>,
     attempt: Option<&Attempt>,
-) -> Result<CallArgs, ErrorInfo> {
+) -> Result<CallArgs, Box<ErrorInfo>> {
     let request = match request {
         None => None,
         Some(b) => Some(serde_json::from_slice(b).map_err(|e| {
@@ -116,9 +116,9 @@ fn call_args(
         None => None,
         Some(d) if d.is_finite() && d >= 0.0 => Some(Duration::from_secs_f64(d)),
         Some(d) => {
-            return Err(ErrorInfo::invalid_argument(format!(
+            return Err(Box::new(ErrorInfo::invalid_argument(format!(
                 "deadline must be a non-negative number of seconds, not {d}"
-            )));
+            ))));
         }
     };
     Ok(CallArgs {
@@ -210,8 +210,8 @@ impl Engine {
                 refused: c.refused,
                 evictions: c.evictions,
                 expired: c.expired,
-                bytes: c.bytes as u64,
-                entries: c.entries as u64,
+                bytes: c.bytes,
+                entries: c.entries,
             },
         };
         serde_json::to_string(&stats).unwrap_or_else(|_| "{}".to_owned())

@@ -6,6 +6,9 @@ use pyo3::PyErr;
 use serde::Serialize;
 use tollgate::{AttemptRecord, CallError, Denial, DenyReason, GiveUp, PolicyErrors, Settlement};
 
+/// An HTTP answer: status, headers, body.
+pub type HttpAnswer = (u16, Vec<(&'static str, String)>, String);
+
 /// What went wrong, as the Python layer reads it.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ErrorInfo {
@@ -47,7 +50,7 @@ pub struct ErrorInfo {
     /// The OpenAI-compatible HTTP answer for this error (call errors only), for the httpx
     /// transports: `[status, [[name, value], ...], body]`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub answer: Option<(u16, Vec<(&'static str, String)>, String)>,
+    pub answer: Option<HttpAnswer>,
 }
 
 impl ErrorInfo {
@@ -152,6 +155,12 @@ impl ErrorInfo {
 
 impl From<ErrorInfo> for PyErr {
     fn from(e: ErrorInfo) -> PyErr {
+        e.into_py()
+    }
+}
+
+impl From<Box<ErrorInfo>> for PyErr {
+    fn from(e: Box<ErrorInfo>) -> PyErr {
         e.into_py()
     }
 }
