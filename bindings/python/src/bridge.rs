@@ -1,9 +1,9 @@
 //! The asyncio bridge: calls run as tasks on the module's runtime and their answers queue in a
 //! [`Completer`]; the first answer into an empty queue writes one byte to a pipe the event loop
 //! watches (`loop.add_reader`), and the loop's reader takes every queued answer at once
-//! ([`Completer::take`]). The runtime's threads never take the GIL.
+//! (`Completer.take`). The runtime's threads never take the GIL.
 //!
-//! Cancellation: every task is registered under its call id; [`Completer::cancel`] aborts it
+//! Cancellation: every task is registered under its call id; `Completer.cancel` aborts it
 //! and waits for it to end, so tollgate's future has been dropped when it returns: the upstream
 //! connection is closed and the permit released.
 
