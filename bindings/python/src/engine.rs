@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 use serde::Serialize;
 use tollgate::{Policy, ReloadReport, WatchEvent, Watcher};
 
@@ -72,69 +73,97 @@ struct StatsJson {
     cache: CacheJson,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn options(
-    tenant: Option<String>,
-    route: Option<String>,
-    upstream: Option<String>,
-    priority: i32,
-    deadline: Option<f64>,
-    cache: Option<String>,
-) -> CallOptions {
-    CallOptions {
-        tenant,
-        route,
-        upstream,
-        priority,
-        deadline,
-        cache,
+/// A call's options as Python passes them, one tuple: `(tenant, route, upstream, priority,
+/// deadline, cache)`.
+#[derive(FromPyObject)]
+pub struct OptionsArg(
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i32,
+    Option<f64>,
+    Option<String>,
+);
+
+impl From<OptionsArg> for CallOptions {
+    fn from(o: OptionsArg) -> CallOptions {
+        let OptionsArg(tenant, route, upstream, priority, deadline, cache) = o;
+        CallOptions {
+            tenant,
+            route,
+            upstream,
+            priority,
+            deadline,
+            cache,
+        }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn call_args(
-    model: String,
-    tenant: Option<String>,
-    upstream: Option<String>,
-    key: Option<String>,
-    route: Option<String>,
-    priority: i32,
-    prompt_tokens: Option<u64>,
-    prompt: Option<String>,
-    request: Option<&[u8]>,
-    max_tokens: Option<u64>,
-    deadline: Option<f64>,
-    attempt: Option<&Attempt>,
-) -> Result<CallArgs, Box<ErrorInfo>> {
-    let request = match request {
-        None => None,
-        Some(b) => Some(serde_json::from_slice(b).map_err(|e| {
-            ErrorInfo::new("invalid_request", format!("the request is not JSON: {e}"))
-        })?),
-    };
-    let deadline = match deadline {
-        None => None,
-        Some(d) if d.is_finite() && d >= 0.0 => Some(Duration::from_secs_f64(d)),
-        Some(d) => {
-            return Err(Box::new(ErrorInfo::invalid_argument(format!(
-                "deadline must be a non-negative number of seconds, not {d}"
-            ))));
-        }
-    };
-    Ok(CallArgs {
-        model,
-        tenant: tenant.unwrap_or_default(),
-        upstream: upstream.unwrap_or_default(),
-        key: key.unwrap_or_default(),
-        route: route.unwrap_or_default(),
-        priority: priority.clamp(i16::MIN.into(), i16::MAX.into()) as i16,
-        prompt_tokens,
-        prompt,
-        request,
-        max_tokens,
-        deadline,
-        attempt: attempt.map(|a| a.inner.clone()),
-    })
+/// A call to admit as Python passes it, one tuple: `(model, tenant, upstream, key, route,
+/// priority, prompt_tokens, prompt, request, max_tokens, deadline, attempt)`.
+#[derive(FromPyObject)]
+pub struct CallArg<'py>(
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i32,
+    Option<u64>,
+    Option<String>,
+    Option<Bound<'py, PyBytes>>,
+    Option<u64>,
+    Option<f64>,
+    Option<PyRef<'py, Attempt>>,
+);
+
+impl CallArg<'_> {
+    /// The owned arguments, or why they are wrong.
+    fn into_args(self) -> Result<CallArgs, Box<ErrorInfo>> {
+        let CallArg(
+            model,
+            tenant,
+            upstream,
+            key,
+            route,
+            priority,
+            prompt_tokens,
+            prompt,
+            request,
+            max_tokens,
+            deadline,
+            attempt,
+        ) = self;
+        let request = match request {
+            None => None,
+            Some(b) => Some(serde_json::from_slice(b.as_bytes()).map_err(|e| {
+                ErrorInfo::new("invalid_request", format!("the request is not JSON: {e}"))
+            })?),
+        };
+        let deadline = match deadline {
+            None => None,
+            Some(d) if d.is_finite() && d >= 0.0 => Some(Duration::from_secs_f64(d)),
+            Some(d) => {
+                return Err(Box::new(ErrorInfo::invalid_argument(format!(
+                    "deadline must be a non-negative number of seconds, not {d}"
+                ))));
+            }
+        };
+        Ok(CallArgs {
+            model,
+            tenant: tenant.unwrap_or_default(),
+            upstream: upstream.unwrap_or_default(),
+            key: key.unwrap_or_default(),
+            route: route.unwrap_or_default(),
+            priority: priority.clamp(i16::MIN.into(), i16::MAX.into()) as i16,
+            prompt_tokens,
+            prompt,
+            request,
+            max_tokens,
+            deadline,
+            attempt: attempt.map(|a| a.inner.clone()),
+        })
+    }
 }
 
 #[pymethods]
@@ -250,74 +279,34 @@ impl Engine {
 
     /// Sends a chat request (`body` is its JSON) through the whole pipeline, blocking with the
     /// GIL released: `(status, body, meta_json)`.
-    #[allow(clippy::too_many_arguments)]
-    fn send(
-        &self,
-        py: Python<'_>,
-        body: &[u8],
-        tenant: Option<String>,
-        route: Option<String>,
-        upstream: Option<String>,
-        priority: i32,
-        deadline: Option<f64>,
-        cache: Option<String>,
-    ) -> PyResult<Py<PyAny>> {
-        let request = request_of(
-            body,
-            options(tenant, route, upstream, priority, deadline, cache),
-        )?;
-        let engine = self.engine.clone();
-        match block_on(py, call::send(engine, request))? {
-            Payload::Response(status, body, meta) => {
-                Ok((status, pyo3::types::PyBytes::new(py, &body), meta)
-                    .into_pyobject(py)?
-                    .into_any()
-                    .unbind())
-            }
+    fn send(&self, py: Python<'_>, body: &[u8], options: OptionsArg) -> PyResult<Py<PyAny>> {
+        let request = request_of(body, options.into())?;
+        match block_on(py, call::send(self.engine.clone(), request))? {
+            Payload::Response(status, body, meta) => Ok((status, PyBytes::new(py, &body), meta)
+                .into_pyobject(py)?
+                .into_any()
+                .unbind()),
             _ => unreachable!("send answers a response"),
         }
     }
 
     /// As `send`, as call `id` of `completer`.
-    #[allow(clippy::too_many_arguments)]
     fn send_async(
         &self,
         completer: &Completer,
         id: u64,
         body: &[u8],
-        tenant: Option<String>,
-        route: Option<String>,
-        upstream: Option<String>,
-        priority: i32,
-        deadline: Option<f64>,
-        cache: Option<String>,
+        options: OptionsArg,
     ) -> PyResult<()> {
-        let request = request_of(
-            body,
-            options(tenant, route, upstream, priority, deadline, cache),
-        )?;
+        let request = request_of(body, options.into())?;
         completer.spawn(id, call::send(self.engine.clone(), request));
         Ok(())
     }
 
     /// Starts a streamed chat request and waits (GIL released) until an upstream accepted it
     /// or the cache answered.
-    #[allow(clippy::too_many_arguments)]
-    fn stream(
-        &self,
-        py: Python<'_>,
-        body: &[u8],
-        tenant: Option<String>,
-        route: Option<String>,
-        upstream: Option<String>,
-        priority: i32,
-        deadline: Option<f64>,
-        cache: Option<String>,
-    ) -> PyResult<NativeStream> {
-        let request = request_of(
-            body,
-            options(tenant, route, upstream, priority, deadline, cache),
-        )?;
+    fn stream(&self, py: Python<'_>, body: &[u8], options: OptionsArg) -> PyResult<NativeStream> {
+        let request = request_of(body, options.into())?;
         match block_on(py, call::open(self.engine.clone(), request))? {
             Payload::Stream(s) => Ok(s),
             _ => unreachable!("open answers a stream"),
@@ -325,98 +314,30 @@ impl Engine {
     }
 
     /// As `stream`, as call `id` of `completer`.
-    #[allow(clippy::too_many_arguments)]
     fn stream_async(
         &self,
         completer: &Completer,
         id: u64,
         body: &[u8],
-        tenant: Option<String>,
-        route: Option<String>,
-        upstream: Option<String>,
-        priority: i32,
-        deadline: Option<f64>,
-        cache: Option<String>,
+        options: OptionsArg,
     ) -> PyResult<()> {
-        let request = request_of(
-            body,
-            options(tenant, route, upstream, priority, deadline, cache),
-        )?;
+        let request = request_of(body, options.into())?;
         completer.spawn(id, call::open(self.engine.clone(), request));
         Ok(())
     }
 
     /// Admits or denies a call at once: `("go", permit)`, `("wait", (after, budget, key,
     /// limit))` or `("deny", error_json)`.
-    #[allow(clippy::too_many_arguments)]
-    fn admit(
-        &self,
-        py: Python<'_>,
-        model: String,
-        tenant: Option<String>,
-        upstream: Option<String>,
-        key: Option<String>,
-        route: Option<String>,
-        priority: i32,
-        prompt_tokens: Option<u64>,
-        prompt: Option<String>,
-        request: Option<&[u8]>,
-        max_tokens: Option<u64>,
-        deadline: Option<f64>,
-        attempt: Option<PyRef<'_, Attempt>>,
-    ) -> PyResult<Py<PyAny>> {
-        let args = call_args(
-            model,
-            tenant,
-            upstream,
-            key,
-            route,
-            priority,
-            prompt_tokens,
-            prompt,
-            request,
-            max_tokens,
-            deadline,
-            attempt.as_deref(),
-        )?;
+    fn admit(&self, py: Python<'_>, call: CallArg<'_>) -> PyResult<Py<PyAny>> {
+        let args = call.into_args()?;
         let engine = self.engine.clone();
         py.detach(|| decide::admit(&engine, &args)).into_py(py)
     }
 
     /// As `admit`, as call `id` of `completer` (budgets kept in Redis are asked without
     /// blocking a thread).
-    #[allow(clippy::too_many_arguments)]
-    fn admit_async(
-        &self,
-        completer: &Completer,
-        id: u64,
-        model: String,
-        tenant: Option<String>,
-        upstream: Option<String>,
-        key: Option<String>,
-        route: Option<String>,
-        priority: i32,
-        prompt_tokens: Option<u64>,
-        prompt: Option<String>,
-        request: Option<&[u8]>,
-        max_tokens: Option<u64>,
-        deadline: Option<f64>,
-        attempt: Option<PyRef<'_, Attempt>>,
-    ) -> PyResult<()> {
-        let args = call_args(
-            model,
-            tenant,
-            upstream,
-            key,
-            route,
-            priority,
-            prompt_tokens,
-            prompt,
-            request,
-            max_tokens,
-            deadline,
-            attempt.as_deref(),
-        )?;
+    fn admit_async(&self, completer: &Completer, id: u64, call: CallArg<'_>) -> PyResult<()> {
+        let args = call.into_args()?;
         let engine = self.engine.clone();
         completer.spawn(id, async move {
             Ok(Payload::Decision(decide::admit_async(engine, args).await))
@@ -426,74 +347,15 @@ impl Engine {
 
     /// Admits a call, waiting (GIL released) in the budgets' queues as long as the policy
     /// allows; raises the denial.
-    #[allow(clippy::too_many_arguments)]
-    fn acquire(
-        &self,
-        py: Python<'_>,
-        model: String,
-        tenant: Option<String>,
-        upstream: Option<String>,
-        key: Option<String>,
-        route: Option<String>,
-        priority: i32,
-        prompt_tokens: Option<u64>,
-        prompt: Option<String>,
-        request: Option<&[u8]>,
-        max_tokens: Option<u64>,
-        deadline: Option<f64>,
-        attempt: Option<PyRef<'_, Attempt>>,
-    ) -> PyResult<Permit> {
-        let args = call_args(
-            model,
-            tenant,
-            upstream,
-            key,
-            route,
-            priority,
-            prompt_tokens,
-            prompt,
-            request,
-            max_tokens,
-            deadline,
-            attempt.as_deref(),
-        )?;
+    fn acquire(&self, py: Python<'_>, call: CallArg<'_>) -> PyResult<Permit> {
+        let args = call.into_args()?;
         let permit = block_on(py, decide::acquire(self.engine.clone(), args))?;
         Ok(Permit::new(permit))
     }
 
     /// As `acquire`, as call `id` of `completer`.
-    #[allow(clippy::too_many_arguments)]
-    fn acquire_async(
-        &self,
-        completer: &Completer,
-        id: u64,
-        model: String,
-        tenant: Option<String>,
-        upstream: Option<String>,
-        key: Option<String>,
-        route: Option<String>,
-        priority: i32,
-        prompt_tokens: Option<u64>,
-        prompt: Option<String>,
-        request: Option<&[u8]>,
-        max_tokens: Option<u64>,
-        deadline: Option<f64>,
-        attempt: Option<PyRef<'_, Attempt>>,
-    ) -> PyResult<()> {
-        let args = call_args(
-            model,
-            tenant,
-            upstream,
-            key,
-            route,
-            priority,
-            prompt_tokens,
-            prompt,
-            request,
-            max_tokens,
-            deadline,
-            attempt.as_deref(),
-        )?;
+    fn acquire_async(&self, completer: &Completer, id: u64, call: CallArg<'_>) -> PyResult<()> {
+        let args = call.into_args()?;
         let engine = self.engine.clone();
         completer.spawn(id, async move {
             decide::acquire(engine, args)

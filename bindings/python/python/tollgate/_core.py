@@ -211,6 +211,28 @@ def _priority(value: int) -> int:
     return value
 
 
+Options = Tuple[Optional[str], Optional[str], Optional[str], int, Optional[float], Optional[str]]
+
+
+def _options(
+    tenant: Optional[str],
+    route: Optional[str],
+    upstream: Optional[str],
+    priority: int,
+    deadline: Optional[Seconds],
+    cache: Optional[str],
+) -> Options:
+    """A call's options as the native layer takes them, checked."""
+    return (
+        _opt_str(tenant, "tenant"),
+        _opt_str(route, "route"),
+        _opt_str(upstream, "upstream"),
+        _priority(priority),
+        _seconds(deadline, "deadline"),
+        _opt_str(cache, "cache"),
+    )
+
+
 # ------------------------------------------------------------------------------------------
 # The asyncio bridge: one completer per event loop (see the native module's bridge).
 
@@ -773,15 +795,7 @@ class Tollgate:
         Raises :class:`DeniedError`, :class:`GaveUpError`, :class:`DeadlineError`, ..."""
         body = _body(request)
         try:
-            status, raw, meta = self._e.send(
-                body,
-                _opt_str(tenant, "tenant"),
-                _opt_str(route, "route"),
-                _opt_str(upstream, "upstream"),
-                _priority(priority),
-                _seconds(deadline, "deadline"),
-                _opt_str(cache, "cache"),
-            )
+            status, raw, meta = self._e.send(body, _options(tenant, route, upstream, priority, deadline, cache))
         except NativeError as e:
             raise from_native(e) from None
         return ChatResponse(status, raw, meta)
@@ -800,14 +814,7 @@ class Tollgate:
         """As :meth:`send`, for asyncio: the event loop never blocks (budgets kept in Redis
         included). Cancelling the task cancels the call and frees its slot."""
         status, raw, meta = await _native_call(
-            self._e.send_async,
-            _body(request),
-            _opt_str(tenant, "tenant"),
-            _opt_str(route, "route"),
-            _opt_str(upstream, "upstream"),
-            _priority(priority),
-            _seconds(deadline, "deadline"),
-            _opt_str(cache, "cache"),
+            self._e.send_async, _body(request), _options(tenant, route, upstream, priority, deadline, cache)
         )
         return ChatResponse(status, raw, meta)
 
@@ -828,15 +835,7 @@ class Tollgate:
         stream cut after content arrived raises :class:`StreamCutError` from the loop."""
         body = _body(request)
         try:
-            native = self._e.stream(
-                body,
-                _opt_str(tenant, "tenant"),
-                _opt_str(route, "route"),
-                _opt_str(upstream, "upstream"),
-                _priority(priority),
-                _seconds(deadline, "deadline"),
-                _opt_str(cache, "cache"),
-            )
+            native = self._e.stream(body, _options(tenant, route, upstream, priority, deadline, cache))
         except NativeError as e:
             raise from_native(e) from None
         return ChatStream(native, raw)
@@ -855,14 +854,7 @@ class Tollgate:
     ) -> AsyncChatStream:
         """As :meth:`stream`, for asyncio: ``async for chunk in await tg.astream(...)``."""
         native = await _native_call(
-            self._e.stream_async,
-            _body(request),
-            _opt_str(tenant, "tenant"),
-            _opt_str(route, "route"),
-            _opt_str(upstream, "upstream"),
-            _priority(priority),
-            _seconds(deadline, "deadline"),
-            _opt_str(cache, "cache"),
+            self._e.stream_async, _body(request), _options(tenant, route, upstream, priority, deadline, cache)
         )
         return AsyncChatStream(native, raw)
 
@@ -924,7 +916,7 @@ class Tollgate:
             model, tenant, upstream, key, route, priority, prompt_tokens, prompt, request, max_tokens, deadline, attempt
         )
         try:
-            return Decision(self._e.admit(*args))
+            return Decision(self._e.admit(args))
         except NativeError as e:
             raise from_native(e) from None
 
@@ -948,7 +940,7 @@ class Tollgate:
         args = self._call_args(
             model, tenant, upstream, key, route, priority, prompt_tokens, prompt, request, max_tokens, deadline, attempt
         )
-        return Decision(await _native_call(self._e.admit_async, *args))
+        return Decision(await _native_call(self._e.admit_async, args))
 
     def acquire(
         self,
@@ -972,7 +964,7 @@ class Tollgate:
             model, tenant, upstream, key, route, priority, prompt_tokens, prompt, request, max_tokens, deadline, attempt
         )
         try:
-            return Permit(self._e.acquire(*args))
+            return Permit(self._e.acquire(args))
         except NativeError as e:
             raise from_native(e) from None
 
@@ -996,7 +988,7 @@ class Tollgate:
         args = self._call_args(
             model, tenant, upstream, key, route, priority, prompt_tokens, prompt, request, max_tokens, deadline, attempt
         )
-        return Permit(await _native_call(self._e.acquire_async, *args))
+        return Permit(await _native_call(self._e.acquire_async, args))
 
     def settle(
         self,

@@ -23,7 +23,7 @@ from typing import Any, AsyncIterator, Iterator, List, Optional, Tuple
 
 import httpx
 
-from ._core import CacheMode, Seconds, Tollgate, _native_call, _opt_str, _priority, _seconds
+from ._core import CacheMode, Options, Seconds, Tollgate, _native_call, _options
 from ._errors import TollgateError, from_native
 from ._native import NativeError
 
@@ -44,19 +44,16 @@ class _Options:
         if not isinstance(tg, Tollgate):
             raise TypeError(f"the transport needs a Tollgate, not {type(tg).__name__}")
         self.tg = tg
-        self.tenant = _opt_str(tenant, "tenant")
-        self.route = _opt_str(route, "route")
-        self.upstream = _opt_str(upstream, "upstream")
-        self.priority = _priority(priority)
-        self.deadline = _seconds(deadline, "deadline")
-        self.cache = _opt_str(cache, "cache")
+        self.options: Options = _options(tenant, route, upstream, priority, deadline, cache)
 
     def handles(self, request: httpx.Request) -> bool:
         return request.method == "POST" and request.url.path.endswith("/chat/completions")
 
-    def args(self, request: httpx.Request, body: bytes) -> Tuple[Any, ...]:
-        tenant = request.headers.get("x-tollgate-tenant", self.tenant)
-        return (body, tenant, self.route, self.upstream, self.priority, self.deadline, self.cache)
+    def args(self, request: httpx.Request, body: bytes) -> Tuple[bytes, Options]:
+        tenant = request.headers.get("x-tollgate-tenant")
+        if tenant is None:
+            return body, self.options
+        return body, (tenant,) + self.options[1:]
 
 
 def _is_stream(body: bytes) -> bool:
