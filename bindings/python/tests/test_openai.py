@@ -128,3 +128,15 @@ def test_the_async_sdk_sends_and_streams_through_tollgate(make_up):
 
         asyncio.run(main())
         assert up.requests == 3
+
+
+def test_a_stream_cut_mid_answer_reaches_the_sdk_as_an_error(up, engine):
+    up.script([{"kind": "cut_stream_after", "n": 2}], stream=True)
+    tg = engine()
+    c = client(tg)
+    seen = 0
+    with pytest.raises(openai.APIError, match="broke off"):
+        for _ in c.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=50, stream=True):
+            seen += 1
+    assert seen >= 1, "content arrived before the cut"
+    assert up.requests == 1, "not retried once content was delivered"
