@@ -134,9 +134,35 @@ pub async fn open(engine: Engine, request: ChatRequest) -> Result<Payload, Box<E
     }
 }
 
-/// Runs `future` on the module's runtime and waits for it with the GIL released.
+/// Runs `future` on the module's runtime and waits for it with the GIL released (for waits
+/// that end soon: a task being joined).
 pub fn block_on<T: Send>(py: Python<'_>, future: impl std::future::Future<Output = T> + Send) -> T {
     py.detach(|| crate::runtime().block_on(future))
+}
+
+/// How often a blocking call looks for a signal (Ctrl-C) while it waits.
+const SIGNAL_CHECK: Duration = Duration::from_millis(100);
+
+/// As [`block_on`] for a call that may wait long: every [`SIGNAL_CHECK`] it takes the GIL to
+/// run Python's signal handlers, and when one raises (`KeyboardInterrupt`) the future is
+/// dropped — the call is cancelled, its connection closed and its permit released — and the
+/// exception is returned.
+pub fn interruptible<T: Send>(
+    py: Python<'_>,
+    future: impl std::future::Future<Output = T> + Send,
+) -> PyResult<T> {
+    let mut future = std::pin::pin!(future);
+    loop {
+        // The timer is made inside the runtime (it needs its time driver).
+        let step = py.detach(|| {
+            crate::runtime()
+                .block_on(async { tokio::time::timeout(SIGNAL_CHECK, future.as_mut()).await })
+        });
+        match step {
+            Ok(value) => return Ok(value),
+            Err(_elapsed) => py.check_signals()?,
+        }
+    }
 }
 
 /// The head of a stream (JSON): status, headers, source, attempts, history, target, queued.
@@ -360,7 +386,7 @@ impl NativeStream {
     /// released.
     fn read(&self, py: Python<'_>, encode: bool) -> PyResult<Py<PyAny>> {
         let reader = Arc::clone(&self.reader);
-        let batch = block_on(py, read(reader, encode))?;
+        let batch = interruptible(py, read(reader, encode))??;
         batch.into_py(py)
     }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tollgate::{Policy, ReloadReport, WatchEvent, Watcher};
 
 use crate::bridge::{Completer, Payload};
-use crate::call::{self, CallOptions, NativeStream, block_on, request_of};
+use crate::call::{self, CallOptions, NativeStream, interruptible, request_of};
 use crate::decide::{self, Attempt, CallArgs, OutcomeArgs, Permit};
 use crate::error::ErrorInfo;
 
@@ -281,7 +281,7 @@ impl Engine {
     /// GIL released: `(status, body, meta_json)`.
     fn send(&self, py: Python<'_>, body: &[u8], options: OptionsArg) -> PyResult<Py<PyAny>> {
         let request = request_of(body, options.into())?;
-        match block_on(py, call::send(self.engine.clone(), request))? {
+        match interruptible(py, call::send(self.engine.clone(), request))?? {
             Payload::Response(status, body, meta) => Ok((status, PyBytes::new(py, &body), meta)
                 .into_pyobject(py)?
                 .into_any()
@@ -307,7 +307,7 @@ impl Engine {
     /// or the cache answered.
     fn stream(&self, py: Python<'_>, body: &[u8], options: OptionsArg) -> PyResult<NativeStream> {
         let request = request_of(body, options.into())?;
-        match block_on(py, call::open(self.engine.clone(), request))? {
+        match interruptible(py, call::open(self.engine.clone(), request))?? {
             Payload::Stream(s) => Ok(s),
             _ => unreachable!("open answers a stream"),
         }
@@ -349,7 +349,7 @@ impl Engine {
     /// allows; raises the denial.
     fn acquire(&self, py: Python<'_>, call: CallArg<'_>) -> PyResult<Permit> {
         let args = call.into_args()?;
-        let permit = block_on(py, decide::acquire(self.engine.clone(), args))?;
+        let permit = interruptible(py, decide::acquire(self.engine.clone(), args))??;
         Ok(Permit::new(permit))
     }
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -124,6 +127,28 @@ def test_closing_a_stream_frees_its_slot(make_up):
         d = tg.admit("gpt-4o", prompt_tokens=1)
         assert d.kind == "go", "the slot was freed by close"
         assert d.permit is not None and d.permit.release()
+
+
+def test_ctrl_c_interrupts_a_blocking_send_and_frees_its_slot(up, engine):
+    up.script([{"kind": "slow_first_byte", "ms": 60000}])
+    tg = engine(ONE_SLOT)
+
+    def interrupt_once_sent() -> None:
+        for _ in range(1000):
+            if up.requests:
+                break
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)  # the main thread, waiting in send, gets it
+
+    t = threading.Thread(target=interrupt_once_sent)
+    t.start()
+    with pytest.raises(KeyboardInterrupt):
+        tg.send(chat())
+    t.join()
+    assert up.log()[0]["status"] is None, "interrupted while the upstream still held the answer"
+    d = tg.admit("gpt-4o", prompt_tokens=1)
+    assert d.kind == "go", "the interrupted call's slot is free"
+    assert d.permit is not None and d.permit.release()
 
 
 def test_a_deadline_raises_deadline_error(up, engine):
