@@ -487,7 +487,7 @@ class ChatStream(_StreamBase):
         self.close()
 
     def __del__(self) -> None:
-        if not self._done:
+        if not getattr(self, "_done", True):
             self._native.close()
 
 
@@ -530,7 +530,7 @@ class AsyncChatStream(_StreamBase):
         self.close_now()
 
     def __del__(self) -> None:
-        if not self._done:
+        if not getattr(self, "_done", True):
             self._native.close()
 
 
