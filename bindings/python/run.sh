@@ -53,5 +53,8 @@ step "types (mypy --strict over the package and a usage file)"
 step "tests (pytest, from outside the source tree)"
 "$py" -m pytest -q -p no:cacheprovider tests
 
+step "example (examples/python/quickstart.py)"
+"$py" "$repo/examples/python/quickstart.py" >/dev/null
+
 step "benchmark (short run against the test upstream in its own process; figures: bench/run.py against ../shared/bench's nginx)"
 "$py" "$here/bench/run.py" --testkit --n 2000 --rounds 1
