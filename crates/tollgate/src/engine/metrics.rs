@@ -73,6 +73,8 @@ thread_local! {
 /// The engine's state at scrape time, gathered by [`crate::Engine::metrics_text`].
 pub(crate) struct EngineSnapshot<'a> {
     pub generation: u64,
+    /// Calls waiting for room in the budgets' queues now.
+    pub waiting: u64,
     pub budgets: &'a [BudgetStats],
     pub targets: &'a [crate::TargetHealthInfo],
     pub cache: &'a CacheStats,
@@ -405,6 +407,12 @@ impl EngineMetrics {
             MetricType::Gauge,
         );
         w.sample_u64("tollgate_policy_generation", &[], s.generation);
+        w.header(
+            "tollgate_calls_waiting",
+            "Calls waiting for room in the budgets' queues now.",
+            MetricType::Gauge,
+        );
+        w.sample_u64("tollgate_calls_waiting", &[], s.waiting);
 
         type BudgetField = fn(&BudgetStats) -> f64;
         let budget_families: [(&str, &str, MetricType, BudgetField); 6] = [
