@@ -82,6 +82,8 @@ pub(crate) struct EngineSnapshot<'a> {
     pub retry_tokens: &'a [(Arc<str>, f64)],
     /// The `[redis]` store, when the policy has one.
     pub store: Option<StoreSnapshot<'a>>,
+    /// The cache's disk level, when the policy has one.
+    pub disk: Option<crate::store::DiskStats>,
 }
 
 /// The shared store's state at one moment.
@@ -94,6 +96,70 @@ pub(crate) struct StoreSnapshot<'a> {
     pub leases: usize,
     /// Every Redis budget, and whether it is deciding locally now (fail-open while down).
     pub budgets: &'a [(Arc<str>, bool)],
+}
+
+/// The `tollgate_cache_disk_*` families.
+fn render_disk(w: &mut TextWriter, d: &crate::store::DiskStats) {
+    let families: [(&str, &str, MetricType, u64); 7] = [
+        (
+            "tollgate_cache_disk_up",
+            "1 while the cache's disk level is open and written, 0 when it could not be used.",
+            MetricType::Gauge,
+            u64::from(d.up),
+        ),
+        (
+            "tollgate_cache_disk_hits_total",
+            "Fresh answers from the cache's disk level (after memory and Redis missed).",
+            MetricType::Counter,
+            d.hits,
+        ),
+        (
+            "tollgate_cache_disk_misses_total",
+            "Disk-level lookups that found nothing fresh.",
+            MetricType::Counter,
+            d.misses,
+        ),
+        (
+            "tollgate_cache_disk_stale_hits_total",
+            "Expired answers the disk level gave after every target failed (stale-if-error).",
+            MetricType::Counter,
+            d.stale_hits,
+        ),
+        (
+            "tollgate_cache_disk_writes_total",
+            "Answers queued for writing to the disk level.",
+            MetricType::Counter,
+            d.queued,
+        ),
+        (
+            "tollgate_cache_disk_dropped_total",
+            "Answers not written to the disk level because its writer's queue was full.",
+            MetricType::Counter,
+            d.dropped,
+        ),
+        (
+            "tollgate_cache_disk_corrupt_total",
+            "Disk rows that failed their checksum or decoding: never served, deleted.",
+            MetricType::Counter,
+            d.corrupt,
+        ),
+    ];
+    for (name, help, kind, value) in families {
+        w.header(name, help, kind);
+        w.sample_u64(name, &[], value);
+    }
+    if let Some(bytes) = d.bytes {
+        w.header(
+            "tollgate_cache_disk_bytes",
+            "Bytes of answers in the disk level's file (every process's).",
+            MetricType::Gauge,
+        );
+        w.sample_u64(
+            "tollgate_cache_disk_bytes",
+            &[],
+            u64::try_from(bytes).unwrap_or(0),
+        );
+    }
 }
 
 /// The `tollgate_budget_store_*` families.
@@ -575,6 +641,9 @@ impl EngineMetrics {
         for (name, help, kind, value) in cache {
             w.header(name, help, kind);
             w.sample_u64(name, &[], value);
+        }
+        if let Some(d) = &s.disk {
+            render_disk(&mut w, d);
         }
 
         self.registry.render_into(&mut w);

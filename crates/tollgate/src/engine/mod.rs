@@ -377,6 +377,7 @@ impl Engine {
             budgets: &self.stats(),
             targets: &self.targets(),
             cache: &self.cache_stats(),
+            disk: self.inner.disk.lock().as_ref().map(|d| d.stats()),
             retry_tokens: &retry_tokens,
             store: store.as_ref().map(|st| {
                 let c = st.counters();
