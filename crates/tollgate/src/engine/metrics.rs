@@ -98,6 +98,14 @@ pub(crate) struct StoreSnapshot<'a> {
     pub budgets: &'a [(Arc<str>, bool)],
 }
 
+/// Families of one unlabelled sample each: (name, help, type, value).
+fn unlabelled(w: &mut TextWriter, families: &[(&str, &str, MetricType, u64)]) {
+    for &(name, help, kind, value) in families {
+        w.header(name, help, kind);
+        w.sample_u64(name, &[], value);
+    }
+}
+
 /// The `tollgate_cache_disk_*` families.
 fn render_disk(w: &mut TextWriter, d: &crate::store::DiskStats) {
     let families: [(&str, &str, MetricType, u64); 7] = [
@@ -144,10 +152,7 @@ fn render_disk(w: &mut TextWriter, d: &crate::store::DiskStats) {
             d.corrupt,
         ),
     ];
-    for (name, help, kind, value) in families {
-        w.header(name, help, kind);
-        w.sample_u64(name, &[], value);
-    }
+    unlabelled(w, &families);
     if let Some(bytes) = d.bytes {
         w.header(
             "tollgate_cache_disk_bytes",
@@ -638,10 +643,7 @@ impl EngineMetrics {
                 c.entries,
             ),
         ];
-        for (name, help, kind, value) in cache {
-            w.header(name, help, kind);
-            w.sample_u64(name, &[], value);
-        }
+        unlabelled(&mut w, &cache);
         if let Some(d) = &s.disk {
             render_disk(&mut w, d);
         }
