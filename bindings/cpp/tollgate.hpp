@@ -1317,14 +1317,17 @@ class Engine {
 
   // ---- cache API (hosts with their own HTTP client) ----
 
-  /// Looks a chat request (JSON) up under the policy's cache rules (never blocks).
+  /// Looks a chat request (JSON) up under the policy's cache rules (never blocks), in the
+  /// entries of `tenant`: with `[cache] scope = "tenant"` (the default) tenants never see each
+  /// other's entries; "" is a tenant like any other.
   [[nodiscard]] CacheLookup cache_lookup(std::string_view request,
-                                         CacheMode mode = CacheMode::Default) const {
+                                         CacheMode mode = CacheMode::Default,
+                                         std::string_view tenant = {}) const {
     tg_cache_result r{};
     tg_error* err = nullptr;
-    const tg_status st =
-        tg_engine_cache_lookup(ptr_.get(), detail::bytes(request), request.size(),
-                               static_cast<std::uint32_t>(mode), &r, &err);
+    const tg_status st = tg_engine_cache_lookup_for(
+        ptr_.get(), detail::str(tenant), detail::bytes(request), request.size(),
+        static_cast<std::uint32_t>(mode), &r, &err);
     throw_if_error(st, err);
     detail::CachedPtr hit(r.hit);
     detail::FillPtr fill(r.fill);

@@ -296,6 +296,28 @@ TEST_F(Tollgate, CacheMissJoinStoreHit) {
   EXPECT_EQ(hot.reason, "temperature");
 }
 
+TEST_F(Tollgate, CacheEntriesAreScopedByTenant) {
+  auto e = engine("[cache]\nenabled = true\n");
+  const std::string req =
+      R"({"model":"gpt-4o","temperature":0,"messages":[{"role":"user","content":"mine"}]})";
+  tg::CacheLookup acme = e.cache_lookup(req, tg::CacheMode::Default, "acme");
+  ASSERT_EQ(acme.kind, tg::CacheKind::Miss);
+  // Another tenant neither joins acme's call in flight nor sees its entry.
+  EXPECT_EQ(e.cache_lookup(req, tg::CacheMode::Default, "globex").kind, tg::CacheKind::Miss);
+  e.cache_store(std::move(*acme.fill), 200, R"({"answer":"acme's"})");
+  EXPECT_EQ(e.cache_lookup(req, tg::CacheMode::Default, "acme").kind, tg::CacheKind::Hit);
+  EXPECT_EQ(e.cache_lookup(req, tg::CacheMode::Default, "globex").kind, tg::CacheKind::Miss);
+  EXPECT_EQ(e.cache_lookup(req).kind, tg::CacheKind::Miss);
+
+  auto shared = engine("[cache]\nenabled = true\nscope = \"shared\"\n");
+  tg::CacheLookup first = shared.cache_lookup(req, tg::CacheMode::Default, "acme");
+  ASSERT_EQ(first.kind, tg::CacheKind::Miss);
+  shared.cache_store(std::move(*first.fill), 200, R"({"answer":"anyone's"})");
+  tg::CacheLookup other = shared.cache_lookup(req, tg::CacheMode::Default, "globex");
+  ASSERT_EQ(other.kind, tg::CacheKind::Hit);
+  EXPECT_EQ(other.hit->body(), R"({"answer":"anyone's"})");
+}
+
 TEST_F(Tollgate, CacheFailReachesTheWaiters) {
   auto e = engine("[cache]\nenabled = true\n");
   const std::string req =

@@ -624,7 +624,9 @@ extern "C" {
 // `bytes` must be NULL or a pointer returned by tollgate and not yet freed.
 void tg_bytes_free(struct tg_bytes *bytes);
 
-// Looks a chat request (its JSON body) up under the policy's cache rules. Never blocks.
+// Looks a chat request (its JSON body) up under the policy's cache rules, for the tenant `""`.
+// Never blocks. Same as `tg_engine_cache_lookup_for` with an empty tenant: under the default
+// `[cache] scope = "tenant"`, calls made for several tenants should use that one.
 //
 // Errors: NULL `engine` or `out_result`; a body that is not UTF-8 or not JSON; an unknown
 // `cache_mode`.
@@ -638,6 +640,25 @@ tg_status tg_engine_cache_lookup(const struct tg_engine *engine,
                                  uint32_t cache_mode,
                                  struct tg_cache_result *out_result,
                                  struct tg_error **err);
+
+// Looks a chat request (its JSON body) up under the policy's cache rules, in the entries of
+// `tenant`: with `[cache] scope = "tenant"` (the default) one tenant never sees another's
+// entries nor joins its calls in flight; with `scope = "shared"` the tenant is ignored. Never
+// blocks.
+//
+// Errors: NULL `engine` or `out_result`; a tenant that is not UTF-8; a body that is not UTF-8
+// or not JSON; an unknown `cache_mode`.
+//
+// # Safety
+// `engine` must be a live engine; `tenant` a valid `tg_str`; `request` must point to `len`
+// readable bytes; `out_result` and `err` writable when not NULL.
+tg_status tg_engine_cache_lookup_for(const struct tg_engine *engine,
+                                     struct tg_str tenant,
+                                     const uint8_t *request,
+                                     size_t len,
+                                     uint32_t cache_mode,
+                                     struct tg_cache_result *out_result,
+                                     struct tg_error **err);
 
 // Stores the response of a `MISS` and hands it to every identical request waiting on it.
 // `fill` is consumed in every case. Only 2xx responses are stored (waiters get errors too);

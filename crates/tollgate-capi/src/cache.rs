@@ -87,7 +87,9 @@ pub struct tg_cache_wait {
     wait: FollowerWait<FlightResult>,
 }
 
-/// Looks a chat request (its JSON body) up under the policy's cache rules. Never blocks.
+/// Looks a chat request (its JSON body) up under the policy's cache rules, for the tenant `""`.
+/// Never blocks. Same as `tg_engine_cache_lookup_for` with an empty tenant: under the default
+/// `[cache] scope = "tenant"`, calls made for several tenants should use that one.
 ///
 /// Errors: NULL `engine` or `out_result`; a body that is not UTF-8 or not JSON; an unknown
 /// `cache_mode`.
@@ -104,10 +106,47 @@ pub unsafe extern "C" fn tg_engine_cache_lookup(
     out_result: *mut tg_cache_result,
     err: *mut *mut tg_error,
 ) -> tg_status {
+    // SAFETY: the same contract.
+    unsafe {
+        tg_engine_cache_lookup_for(
+            engine,
+            tg_str::EMPTY,
+            request,
+            len,
+            cache_mode,
+            out_result,
+            err,
+        )
+    }
+}
+
+/// Looks a chat request (its JSON body) up under the policy's cache rules, in the entries of
+/// `tenant`: with `[cache] scope = "tenant"` (the default) one tenant never sees another's
+/// entries nor joins its calls in flight; with `scope = "shared"` the tenant is ignored. Never
+/// blocks.
+///
+/// Errors: NULL `engine` or `out_result`; a tenant that is not UTF-8; a body that is not UTF-8
+/// or not JSON; an unknown `cache_mode`.
+///
+/// # Safety
+/// `engine` must be a live engine; `tenant` a valid `tg_str`; `request` must point to `len`
+/// readable bytes; `out_result` and `err` writable when not NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tg_engine_cache_lookup_for(
+    engine: *const tg_engine,
+    tenant: tg_str,
+    request: *const u8,
+    len: usize,
+    cache_mode: u32,
+    out_result: *mut tg_cache_result,
+    err: *mut *mut tg_error,
+) -> tg_status {
     boundary(err, || {
         // SAFETY: NULL or live, per the contract.
         let engine = unsafe { arg(engine, "engine")? };
         let out_result = out(out_result, "out_result")?;
+        // SAFETY: a valid tg_str per the contract.
+        let tenant = unsafe { tenant.text("tenant")? };
         // SAFETY: pointer + length from the caller.
         let body = json_arg(unsafe { bytes_arg(request, len, "request")? }, "request")?;
         let mode = self::cache_mode(cache_mode)?;
@@ -118,7 +157,7 @@ pub unsafe extern "C" fn tg_engine_cache_lookup(
             joined: std::ptr::null_mut(),
             reason: tg_str::EMPTY,
         };
-        match engine.engine.cache_lookup(&body, mode) {
+        match engine.engine.cache_lookup_for(tenant, &body, mode) {
             CacheLookup::Hit(response) => {
                 result.kind = tg_cache_kind::Hit;
                 result.hit = Box::into_raw(Box::new(tg_cached { response }));

@@ -11,6 +11,8 @@
 //! - [`Engine`]: the decide API — [`Engine::admit`], [`Engine::settle`], [`Engine::acquire`].
 //! - [`transport`], [`auth`], [`store`]: the HTTP client, credentials, the shared Redis store.
 //! - [`Engine::send`] / [`Engine::stream`]: the call API (tollgate makes the HTTP call).
+//! - [`batch`]: many calls through the engine with a durable journal; [`conversation`]:
+//!   conversations kept within the context window.
 //!
 //! The C ABI (`libtollgate`, crate `tollgate-capi`), the `tollgate` command and `tollgate serve`
 //! (crates `tollgate-cli`, `tollgate-serve`) and the Node.js binding are built on this crate.
@@ -41,6 +43,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod batch;
 pub mod budget;
 mod bytes_eq;
 pub mod cache;

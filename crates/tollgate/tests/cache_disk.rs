@@ -147,6 +147,91 @@ fn entries_expire_after_the_ttl_by_the_engines_clock() {
 }
 
 #[test]
+fn after_a_restart_an_expired_answer_on_disk_serves_stale_if_error() {
+    let d = dir("stale");
+    let path = d.join("cache.db");
+    let with_stale = |p: &Path| engine_with(p, "stale_if_error = \"1h\"\n");
+    let (a, clock) = with_stale(&path);
+    store(&a, &request("q"), CachedResponse::new(200, &b"old"[..]));
+    a.cache_flush();
+    // A later write makes the writer sweep at a time past the TTL: the row must stay for the
+    // stale window.
+    clock.advance(Duration::from_secs(30 * 60));
+    store(&a, &request("other"), CachedResponse::new(200, &b"x"[..]));
+    a.cache_flush();
+    drop(a);
+    // A restarted engine, 30 minutes on: not fresh, but within TTL + 1h.
+    let (b, clock_b) = with_stale(&path);
+    clock_b.advance(Duration::from_secs(30 * 60));
+    assert!(hit(&b, &request("q")).is_none(), "expired: not a hit");
+    let r = b
+        .cache_stale(&request("q"))
+        .expect("stale-if-error from disk");
+    assert_eq!(&*r.body, b"old");
+    let m = b.metrics_text();
+    for line in [
+        "tollgate_cache_disk_up 1\n",
+        "tollgate_cache_disk_stale_hits_total 1\n",
+        "tollgate_cache_disk_misses_total 1\n",
+    ] {
+        assert!(m.contains(line), "{line:?} in\n{m}");
+    }
+    // Past TTL + stale window: nothing.
+    let (c, clock_c) = with_stale(&path);
+    clock_c.advance(Duration::from_secs(10 * 60 + 3600 + 1));
+    assert!(c.cache_stale(&request("q")).is_none());
+    // Without a stale window the engine gives nothing stale, from either level.
+    let (e, clock_e) = engine(&path);
+    clock_e.advance(Duration::from_secs(30 * 60));
+    assert!(e.cache_stale(&request("q")).is_none());
+}
+
+#[test]
+fn the_disk_level_reports_its_work_in_the_metrics() {
+    let d = dir("metrics");
+    let path = d.join("cache.db");
+    let (a, _) = engine(&path);
+    store(&a, &request("q"), CachedResponse::new(200, &b"{}"[..]));
+    a.cache_flush();
+    let (b, _) = engine(&path);
+    assert!(hit(&b, &request("q")).is_some());
+    assert!(hit(&b, &request("nothing")).is_none());
+    let m = b.metrics_text();
+    for line in [
+        "# TYPE tollgate_cache_disk_hits_total counter\n",
+        "tollgate_cache_disk_up 1\n",
+        "tollgate_cache_disk_hits_total 1\n",
+        "tollgate_cache_disk_misses_total 1\n",
+        "tollgate_cache_disk_corrupt_total 0\n",
+        "tollgate_cache_disk_dropped_total 0\n",
+    ] {
+        assert!(m.contains(line), "{line:?} in\n{m}");
+    }
+    let writes = |e: &Engine| {
+        e.metrics_text()
+            .lines()
+            .find_map(|l| l.strip_prefix("tollgate_cache_disk_writes_total "))
+            .map(|v| v.parse::<u64>().unwrap())
+    };
+    assert_eq!(writes(&a), Some(1));
+    let bytes = a
+        .metrics_text()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("tollgate_cache_disk_bytes ")
+                .map(str::to_owned)
+        })
+        .expect("the file's bytes");
+    assert_eq!(
+        bytes.parse::<i64>().unwrap(),
+        disk_cache_bytes(&path).unwrap()
+    );
+    // Without a disk level, no disk families.
+    let plain = Engine::from_text("version = 1\n[cache]\nenabled = true\n").unwrap();
+    assert!(!plain.metrics_text().contains("tollgate_cache_disk_"));
+}
+
+#[test]
 fn the_file_keeps_its_byte_bound_oldest_first() {
     let d = dir("bound");
     let path = d.join("cache.db");

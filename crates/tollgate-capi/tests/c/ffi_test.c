@@ -1499,6 +1499,52 @@ static tg_status script(const tg_test_upstream *up, const char *json) {
   return st;
 }
 
+
+/* The cache's scope: by tenant unless the policy shares it. */
+static tg_cache_kind lookup_for(const tg_engine *e, const char *tenant, tg_cache_result *r) {
+  tg_error *err = NULL;
+  memset(r, 0, sizeof *r);
+  tg_status st = tg_engine_cache_lookup_for(e, S(tenant), U(CREQ), strlen(CREQ), 0, r, &err);
+  CHECKM(st == TG_STATUS_OK && err == NULL, "lookup_for ok: %s %s", tg_status_name(st),
+         err ? tg_error_message(err) : "");
+  tg_error_free(err);
+  return r->kind;
+}
+
+static void test_cache_scope(void) {
+  section("cache scope");
+  tg_error *err = NULL;
+  tg_cache_result r;
+  const char body[] = "{\"id\":\"x\",\"choices\":[{\"message\":{\"content\":\"acme's\"}}]}";
+  for (int shared = 0; shared < 2; shared++) {
+    tg_engine *e = engine_from(shared ? "version = 1\n[cache]\nenabled = true\nscope = \"shared\"\n"
+                                      : "version = 1\n[cache]\nenabled = true\n");
+    if (e == NULL) return;
+    /* acme misses and leads; globex neither joins acme's call in flight nor (by default) sees
+       its entry; the tenant "" is one more tenant. */
+    CHECK(lookup_for(e, "acme", &r) == TG_CACHE_KIND_MISS);
+    tg_cache_fill *fill = r.fill;
+    tg_cache_kind other = lookup_for(e, "globex", &r);
+    CHECK(other == (shared ? TG_CACHE_KIND_JOINED : TG_CACHE_KIND_MISS));
+    if (other == TG_CACHE_KIND_JOINED) tg_cache_wait_free(r.joined);
+    if (other == TG_CACHE_KIND_MISS) tg_cache_fill_free(r.fill);
+    EXPECT_OK(tg_engine_cache_store(e, fill, 200, U(body), strlen(body), NULL, &err), &err);
+    CHECK(lookup_for(e, "acme", &r) == TG_CACHE_KIND_HIT);
+    CHECK_STR(tg_cached_body(r.hit), body);
+    tg_cached_free(r.hit);
+    other = lookup_for(e, "globex", &r);
+    CHECK(other == (shared ? TG_CACHE_KIND_HIT : TG_CACHE_KIND_MISS));
+    if (other == TG_CACHE_KIND_HIT) tg_cached_free(r.hit);
+    if (other == TG_CACHE_KIND_MISS) tg_cache_fill_free(r.fill);
+    /* tg_engine_cache_lookup is the tenant "". */
+    other = lookup(e, CREQ, TG_CACHE_MODE_DEFAULT, &r);
+    CHECK(other == (shared ? TG_CACHE_KIND_HIT : TG_CACHE_KIND_MISS));
+    if (other == TG_CACHE_KIND_HIT) tg_cached_free(r.hit);
+    if (other == TG_CACHE_KIND_MISS) tg_cache_fill_free(r.fill);
+    tg_engine_free(e);
+  }
+}
+
 static void test_send(tg_test_upstream *up) {
   section("call: blocking send");
   tg_error *err = NULL;
@@ -2261,6 +2307,12 @@ static void test_nulls(tg_test_upstream *up) {
   EXPECT_NULL_ARG(tg_engine_cache_lookup(NULL, U(CREQ), strlen(CREQ), 0, &cr, &err), &err,
                   "engine");
   EXPECT_NULL_ARG(tg_engine_cache_lookup(ce, NULL, 5, 0, &cr, &err), &err, "request");
+  tg_str null_tenant = {NULL, 3};
+  EXPECT_NULL_ARG(
+      tg_engine_cache_lookup_for(ce, null_tenant, U(CREQ), strlen(CREQ), 0, &cr, &err), &err,
+      "tenant");
+  EXPECT_NULL_ARG(tg_engine_cache_lookup_for(NULL, S("a"), U(CREQ), strlen(CREQ), 0, &cr, &err),
+                  &err, "engine");
   EXPECT_NULL_ARG(tg_engine_cache_lookup(ce, U(CREQ), strlen(CREQ), 0, NULL, &err), &err,
                   "out_result");
   CHECK(cr.hit == NULL && cr.fill == NULL && cr.joined == NULL);
@@ -2510,6 +2562,7 @@ int main(void) {
   test_decide_prompts();
   test_decide_retry();
   test_cache();
+  test_cache_scope();
   test_watch_and_stats();
 
   section("test upstream");

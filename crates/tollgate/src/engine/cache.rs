@@ -225,8 +225,9 @@ impl Engine {
     }
 
     /// Stale-if-error: when every target has failed, an entry past its TTL but within the
-    /// policy's `stale_if_error` may answer; the caller should mark the answer stale. `None` when
-    /// the policy has no stale window or nothing usable is stored. The call is the unnamed
+    /// policy's `stale_if_error` may answer; the caller should mark the answer stale. The memory
+    /// level is asked first, then the disk level when there is one. `None` when the policy has no
+    /// stale window or nothing usable is stored. The call is the unnamed
     /// tenant's, as in [`Engine::cache_lookup`].
     pub fn cache_stale(&self, request: &Value) -> Option<Arc<CachedResponse>> {
         self.cache_stale_for("", request)
@@ -241,7 +242,8 @@ impl Engine {
         let key = scoped_key(&compiled.policy.cache, tenant, request);
         match self.inner.cache.get_stale(key, now) {
             Lookup::Hit(r) | Lookup::Stale(r) => Some(r),
-            Lookup::Miss => None,
+            // The disk level keeps rows for the stale window too (a restart empties memory).
+            Lookup::Miss => self.disk()?.get_stale(key, now).map(Arc::new),
         }
     }
 
@@ -282,14 +284,15 @@ pub(super) fn open_disk(
     now: Nanos,
 ) -> Option<Arc<DiskCache>> {
     let spec = rules.disk.as_ref().filter(|_| rules.enabled)?;
+    let times = (rules.ttl, rules.stale_if_error.unwrap_or_default());
     if let Some(disk) = current.filter(|d| d.path() == spec.path) {
-        disk.set_limits(spec.max_bytes, rules.ttl);
+        disk.set_limits(spec.max_bytes, times);
         return Some(disk);
     }
     Some(Arc::new(DiskCache::open(
         &spec.path,
         spec.max_bytes,
-        rules.ttl,
+        times,
         now,
     )))
 }

@@ -73,6 +73,8 @@ thread_local! {
 /// The engine's state at scrape time, gathered by [`crate::Engine::metrics_text`].
 pub(crate) struct EngineSnapshot<'a> {
     pub generation: u64,
+    /// Calls waiting for room in the budgets' queues now.
+    pub waiting: u64,
     pub budgets: &'a [BudgetStats],
     pub targets: &'a [crate::TargetHealthInfo],
     pub cache: &'a CacheStats,
@@ -80,6 +82,8 @@ pub(crate) struct EngineSnapshot<'a> {
     pub retry_tokens: &'a [(Arc<str>, f64)],
     /// The `[redis]` store, when the policy has one.
     pub store: Option<StoreSnapshot<'a>>,
+    /// The cache's disk level, when the policy has one.
+    pub disk: Option<crate::store::DiskStats>,
 }
 
 /// The shared store's state at one moment.
@@ -92,6 +96,75 @@ pub(crate) struct StoreSnapshot<'a> {
     pub leases: usize,
     /// Every Redis budget, and whether it is deciding locally now (fail-open while down).
     pub budgets: &'a [(Arc<str>, bool)],
+}
+
+/// Families of one unlabelled sample each: (name, help, type, value).
+fn unlabelled(w: &mut TextWriter, families: &[(&str, &str, MetricType, u64)]) {
+    for &(name, help, kind, value) in families {
+        w.header(name, help, kind);
+        w.sample_u64(name, &[], value);
+    }
+}
+
+/// The `tollgate_cache_disk_*` families.
+fn render_disk(w: &mut TextWriter, d: &crate::store::DiskStats) {
+    let families: [(&str, &str, MetricType, u64); 7] = [
+        (
+            "tollgate_cache_disk_up",
+            "1 while the cache's disk level is open and written, 0 when it could not be used.",
+            MetricType::Gauge,
+            u64::from(d.up),
+        ),
+        (
+            "tollgate_cache_disk_hits_total",
+            "Fresh answers from the cache's disk level (after memory and Redis missed).",
+            MetricType::Counter,
+            d.hits,
+        ),
+        (
+            "tollgate_cache_disk_misses_total",
+            "Disk-level lookups that found nothing fresh.",
+            MetricType::Counter,
+            d.misses,
+        ),
+        (
+            "tollgate_cache_disk_stale_hits_total",
+            "Expired answers the disk level gave after every target failed (stale-if-error).",
+            MetricType::Counter,
+            d.stale_hits,
+        ),
+        (
+            "tollgate_cache_disk_writes_total",
+            "Answers queued for writing to the disk level.",
+            MetricType::Counter,
+            d.queued,
+        ),
+        (
+            "tollgate_cache_disk_dropped_total",
+            "Answers not written to the disk level because its writer's queue was full.",
+            MetricType::Counter,
+            d.dropped,
+        ),
+        (
+            "tollgate_cache_disk_corrupt_total",
+            "Disk rows that failed their checksum or decoding: never served, deleted.",
+            MetricType::Counter,
+            d.corrupt,
+        ),
+    ];
+    unlabelled(w, &families);
+    if let Some(bytes) = d.bytes {
+        w.header(
+            "tollgate_cache_disk_bytes",
+            "Bytes of answers in the disk level's file (every process's).",
+            MetricType::Gauge,
+        );
+        w.sample_u64(
+            "tollgate_cache_disk_bytes",
+            &[],
+            u64::try_from(bytes).unwrap_or(0),
+        );
+    }
 }
 
 /// The `tollgate_budget_store_*` families.
@@ -405,6 +478,12 @@ impl EngineMetrics {
             MetricType::Gauge,
         );
         w.sample_u64("tollgate_policy_generation", &[], s.generation);
+        w.header(
+            "tollgate_calls_waiting",
+            "Calls waiting for room in the budgets' queues now.",
+            MetricType::Gauge,
+        );
+        w.sample_u64("tollgate_calls_waiting", &[], s.waiting);
 
         type BudgetField = fn(&BudgetStats) -> f64;
         let budget_families: [(&str, &str, MetricType, BudgetField); 6] = [
@@ -564,9 +643,9 @@ impl EngineMetrics {
                 c.entries,
             ),
         ];
-        for (name, help, kind, value) in cache {
-            w.header(name, help, kind);
-            w.sample_u64(name, &[], value);
+        unlabelled(&mut w, &cache);
+        if let Some(d) = &s.disk {
+            render_disk(&mut w, d);
         }
 
         self.registry.render_into(&mut w);

@@ -67,6 +67,8 @@ pub(crate) struct Inner {
     clock: Arc<dyn Clock>,
     generation: AtomicU64,
     seq: AtomicU64,
+    /// Waiters alive now: calls waiting for room in the budgets' queues.
+    waiting: AtomicU64,
     metrics: metrics::EngineMetrics,
     /// Clock time the call API last looked for due breaker probes.
     probed_at: AtomicU64,
@@ -169,6 +171,7 @@ impl Engine {
                 clock,
                 generation: AtomicU64::new(1),
                 seq: AtomicU64::new(1),
+                waiting: AtomicU64::new(0),
                 metrics: metrics::EngineMetrics::new(),
                 probed_at: AtomicU64::new(0),
                 store: Mutex::new(store),
@@ -372,9 +375,11 @@ impl Engine {
             .collect();
         self.inner.metrics.render(&metrics::EngineSnapshot {
             generation: self.generation(),
+            waiting: self.waiting(),
             budgets: &self.stats(),
             targets: &self.targets(),
             cache: &self.cache_stats(),
+            disk: self.inner.disk.lock().as_ref().map(|d| d.stats()),
             retry_tokens: &retry_tokens,
             store: store.as_ref().map(|st| {
                 let c = st.counters();
@@ -395,6 +400,13 @@ impl Engine {
     /// `tollgate_time_to_first_token_seconds` histogram.
     pub fn record_ttft(&self, upstream: &str, model: &str, ttft: Duration) {
         self.inner.metrics.ttft(upstream, model, ttft);
+    }
+
+    /// Calls waiting for room in the budgets' queues now: [`Engine::send`] and
+    /// [`Engine::stream`] calls admitted after a wait, [`Engine::acquire`] and live
+    /// [`Waiter`]s (the `tollgate_calls_waiting` gauge).
+    pub fn waiting(&self) -> u64 {
+        self.inner.waiting.load(Ordering::Relaxed)
     }
 
     /// Counters of every budget in the running policy, in policy order.

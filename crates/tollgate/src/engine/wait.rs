@@ -1,6 +1,7 @@
 //! Calls that wait for room, in the budgets' priority queues.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use smallvec::SmallVec;
@@ -81,6 +82,7 @@ impl Waiter {
         now: Nanos,
         route: Option<RouteHint>,
     ) -> Waiter {
+        inner.waiting.fetch_add(1, Ordering::Relaxed);
         Waiter {
             inner,
             call: OwnedCall::from_view(call.view()),
@@ -302,5 +304,6 @@ impl Drop for Waiter {
         if !self.done {
             self.finish();
         }
+        self.inner.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -15,8 +15,9 @@
 //! for the writer). A row whose checksum or encoding does not match is a miss and is deleted.
 //! Writes never run on the caller's path: answers go through a bounded queue (full: dropped) to
 //! a writer thread (`tollgate-disk-cache`) that writes what is queued in one transaction, then
-//! deletes expired rows and, while the total is over `max_bytes`, the oldest ones. A crash loses
-//! at most the transaction being written.
+//! deletes expired rows (older than the TTL plus the policy's `stale_if_error` window, so an
+//! expired answer can still serve when every target fails) and, while the total is over
+//! `max_bytes`, the oldest ones. A crash loses at most the transaction being written.
 //!
 //! # Time
 //!
@@ -120,7 +121,8 @@ enum Msg {
     Delete(CacheKey, i64),
     Limits {
         max_bytes: u64,
-        ttl_ms: u64,
+        /// Rows older than this are deleted: the TTL plus the stale-if-error window.
+        keep_ms: u64,
     },
     Flush(SyncSender<()>),
 }
@@ -132,10 +134,45 @@ pub(crate) struct DiskCache {
     queue: Option<SyncSender<Msg>>,
     writer: Option<JoinHandle<()>>,
     ttl_ms: AtomicU64,
+    /// The stale-if-error window after the TTL.
+    stale_ms: AtomicU64,
     max_bytes: AtomicU64,
     /// Wall-clock milliseconds at the engine clock's zero.
     base_ms: i64,
     state: DiskState,
+    counters: DiskCounters,
+}
+
+/// What the disk level did since it opened, for the metrics.
+#[derive(Debug, Default)]
+struct DiskCounters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    stale_hits: AtomicU64,
+    queued: AtomicU64,
+    dropped: AtomicU64,
+    corrupt: AtomicU64,
+}
+
+/// The disk level's counters and size at one moment (`tollgate_cache_disk_*`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct DiskStats {
+    /// Open and writable.
+    pub up: bool,
+    /// Lookups answered by the file (fresh).
+    pub hits: u64,
+    /// Lookups the file could not answer.
+    pub misses: u64,
+    /// Expired answers served by stale-if-error.
+    pub stale_hits: u64,
+    /// Answers queued for writing.
+    pub queued: u64,
+    /// Answers not written: the writer's queue was full.
+    pub dropped: u64,
+    /// Rows that failed their checksum or decoding (never served, deleted).
+    pub corrupt: u64,
+    /// Bytes of values in the file (every process's), when it could be read.
+    pub bytes: Option<i64>,
 }
 
 impl std::fmt::Debug for DiskCache {
@@ -236,7 +273,12 @@ fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
 impl DiskCache {
     /// Opens the cache file at `path` (see the [module docs](self) for a bad file). `now` is the
     /// engine clock's reading at this moment.
-    pub(crate) fn open(path: &Path, max_bytes: u64, ttl: Duration, now: Nanos) -> DiskCache {
+    pub(crate) fn open(
+        path: &Path,
+        max_bytes: u64,
+        (ttl, stale): (Duration, Duration),
+        now: Nanos,
+    ) -> DiskCache {
         let base_ms = wall_ms() - i64::try_from(now / 1_000_000).unwrap_or(0);
         let mut cache = DiskCache {
             path: path.to_owned(),
@@ -244,11 +286,13 @@ impl DiskCache {
             queue: None,
             writer: None,
             ttl_ms: AtomicU64::new(duration_ms(ttl)),
+            stale_ms: AtomicU64::new(duration_ms(stale)),
             max_bytes: AtomicU64::new(max_bytes),
             base_ms,
             state: DiskState::Open {
                 path: path.to_owned(),
             },
+            counters: DiskCounters::default(),
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
             && let Err(e) = std::fs::create_dir_all(dir)
@@ -290,7 +334,10 @@ impl DiskCache {
             }
         };
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        let limits = (max_bytes, duration_ms(ttl));
+        let limits = (
+            max_bytes,
+            duration_ms(ttl).saturating_add(duration_ms(stale)),
+        );
         let writer = std::thread::Builder::new()
             .name("tollgate-disk-cache".into())
             .spawn(move || write_loop(conn, rx, limits));
@@ -325,16 +372,73 @@ impl DiskCache {
     }
 
     /// New limits after a reload.
-    pub(crate) fn set_limits(&self, max_bytes: u64, ttl: Duration) {
-        let ttl_ms = duration_ms(ttl);
+    pub(crate) fn set_limits(&self, max_bytes: u64, (ttl, stale): (Duration, Duration)) {
+        let (ttl_ms, stale_ms) = (duration_ms(ttl), duration_ms(stale));
         self.max_bytes.store(max_bytes, Relaxed);
         self.ttl_ms.store(ttl_ms, Relaxed);
-        self.send(Msg::Limits { max_bytes, ttl_ms });
+        self.stale_ms.store(stale_ms, Relaxed);
+        self.send(Msg::Limits {
+            max_bytes,
+            keep_ms: ttl_ms.saturating_add(stale_ms),
+        });
     }
 
     /// A fresh answer for `key` and its age, or `None` (not stored, expired, unreadable, or a
     /// row that fails its checksum, which is then deleted).
     pub(crate) fn get(&self, key: CacheKey, now: Nanos) -> Option<(CachedResponse, Duration)> {
+        let ttl = self.ttl_ms.load(Relaxed);
+        let found = self.read(key, now).filter(|(_, age)| *age < ttl);
+        let counter = match found {
+            Some(_) => &self.counters.hits,
+            None => &self.counters.misses,
+        };
+        counter.fetch_add(1, Relaxed);
+        found.map(|(r, age)| (r, Duration::from_millis(age)))
+    }
+
+    /// Stale-if-error: an answer for `key` past its TTL but within the stale window (or still
+    /// fresh), or `None`.
+    pub(crate) fn get_stale(&self, key: CacheKey, now: Nanos) -> Option<CachedResponse> {
+        let keep = self
+            .ttl_ms
+            .load(Relaxed)
+            .saturating_add(self.stale_ms.load(Relaxed));
+        let found = self.read(key, now).filter(|(_, age)| *age < keep)?;
+        self.counters.stale_hits.fetch_add(1, Relaxed);
+        Some(found.0)
+    }
+
+    /// The counters, and the bytes stored (one read of the file's total).
+    pub(crate) fn stats(&self) -> DiskStats {
+        let c = &self.counters;
+        let bytes = self.usable().then(|| self.stored_bytes()).flatten();
+        DiskStats {
+            up: self.usable(),
+            hits: c.hits.load(Relaxed),
+            misses: c.misses.load(Relaxed),
+            stale_hits: c.stale_hits.load(Relaxed),
+            queued: c.queued.load(Relaxed),
+            dropped: c.dropped.load(Relaxed),
+            corrupt: c.corrupt.load(Relaxed),
+            bytes,
+        }
+    }
+
+    fn stored_bytes(&self) -> Option<i64> {
+        let conn = match self.readers.lock().pop() {
+            Some(c) => c,
+            None => connect(&self.path).ok()?,
+        };
+        let bytes = conn
+            .prepare_cached("SELECT v FROM tollgate_cache_meta WHERE k = 'bytes'")
+            .and_then(|mut st| st.query_row([], |r| r.get(0)))
+            .ok();
+        self.readers.lock().push(conn);
+        bytes
+    }
+
+    /// The stored answer for `key` and its age in ms, whatever its age.
+    fn read(&self, key: CacheKey, now: Nanos) -> Option<(CachedResponse, u64)> {
         if !self.usable() {
             return None;
         }
@@ -361,22 +465,29 @@ impl DiskCache {
             .then(|| decode(&value))
             .flatten();
         let Some(response) = response else {
+            self.counters.corrupt.fetch_add(1, Relaxed);
             self.send(Msg::Delete(key, sum));
             return None;
         };
         let age = u64::try_from(self.now_ms(now) - stored_ms).unwrap_or(0);
-        (age < self.ttl_ms.load(Relaxed)).then(|| (response, Duration::from_millis(age)))
+        Some((response, age))
     }
 
     /// Queues `response` for writing under `key`, stored at `now`; never blocks (a full queue
     /// drops it).
     pub(crate) fn put(&self, key: CacheKey, response: Arc<CachedResponse>, now: Nanos) {
         let stored_ms = self.now_ms(now);
-        self.send(Msg::Put {
+        let queued = self.send(Msg::Put {
             key,
             stored_ms,
             response,
         });
+        let counter = if queued {
+            &self.counters.queued
+        } else {
+            &self.counters.dropped
+        };
+        counter.fetch_add(1, Relaxed);
     }
 
     /// Waits until everything queued so far is written (or the writer is gone).
@@ -389,11 +500,14 @@ impl DiskCache {
         }
     }
 
-    fn send(&self, msg: Msg) {
-        if let Some(q) = &self.queue {
-            match q.try_send(msg) {
-                Ok(()) | Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {}
-            }
+    /// Queues a message for the writer; false when it was dropped (a full queue, no writer).
+    fn send(&self, msg: Msg) -> bool {
+        match &self.queue {
+            Some(q) => match q.try_send(msg) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            },
+            None => false,
         }
     }
 }
@@ -413,7 +527,7 @@ fn duration_ms(d: Duration) -> u64 {
 
 /// The writer thread: batches queued messages into one transaction each, then sweeps.
 fn write_loop(mut conn: Connection, rx: Receiver<Msg>, limits: (u64, u64)) {
-    let (mut max_bytes, mut ttl_ms) = limits;
+    let (mut max_bytes, mut keep_ms) = limits;
     let mut now_ms = 0;
     loop {
         let first = match rx.recv_timeout(SWEEP_EVERY) {
@@ -433,7 +547,7 @@ fn write_loop(mut conn: Connection, rx: Receiver<Msg>, limits: (u64, u64)) {
             &mut conn,
             batch,
             &mut flushes,
-            (&mut max_bytes, &mut ttl_ms),
+            (&mut max_bytes, &mut keep_ms),
             &mut now_ms,
         );
         for f in flushes {
@@ -446,7 +560,7 @@ fn write_batch(
     conn: &mut Connection,
     batch: Vec<Msg>,
     flushes: &mut Vec<SyncSender<()>>,
-    (max_bytes, ttl_ms): (&mut u64, &mut u64),
+    (max_bytes, keep_ms): (&mut u64, &mut u64),
     now_ms: &mut i64,
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -474,10 +588,10 @@ fn write_batch(
             }
             Msg::Limits {
                 max_bytes: m,
-                ttl_ms: t,
+                keep_ms: t,
             } => {
                 *max_bytes = m;
-                *ttl_ms = t;
+                *keep_ms = t;
             }
             Msg::Flush(done) => flushes.push(done),
         }
@@ -485,7 +599,7 @@ fn write_batch(
     // Expired rows: by the later of the wall clock and the newest row written (a manual clock
     // may run ahead of the wall).
     let now = (*now_ms).max(wall_ms());
-    let cutoff = now.saturating_sub(i64::try_from(*ttl_ms).unwrap_or(i64::MAX));
+    let cutoff = now.saturating_sub(i64::try_from(*keep_ms).unwrap_or(i64::MAX));
     tx.prepare_cached("DELETE FROM tollgate_cache WHERE stored_ms <= ?1")?
         .execute(params![cutoff])?;
     let limit = i64::try_from(*max_bytes).unwrap_or(i64::MAX);

@@ -38,10 +38,10 @@ use crate::policy::{Redis, RedisUrl};
 
 pub(crate) use budget::{AdjustEntry, AdmitReply, AdmitRequest, Check, Grant, RateSlot};
 pub use budget::{RateLimit, RateResult, RedisLimiter};
-pub(crate) use disk::DiskCache;
 pub use disk::DiskState;
 #[doc(hidden)]
 pub use disk::stored_bytes as disk_cache_bytes;
+pub(crate) use disk::{DiskCache, DiskStats};
 
 /// Most reconciliations kept while Redis is down; beyond this the oldest are dropped (and
 /// counted): refunds lost make limits tighter for a moment, never looser, and concurrency slots

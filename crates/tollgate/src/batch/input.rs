@@ -5,38 +5,63 @@ use std::collections::HashSet;
 use serde_json::Value;
 
 /// The only endpoint a batch line may name.
-pub(crate) const URL: &str = "/v1/chat/completions";
+pub const URL: &str = "/v1/chat/completions";
 
-/// A line that can be sent.
+/// One request of a batch.
 #[derive(Debug, Clone)]
-pub(crate) struct Entry {
-    /// Line number, from 1.
-    pub line: u64,
-    /// The caller's id for the line.
+pub struct BatchRequest {
+    /// Its place in the input, stable across runs (the line number for a file): the journal's
+    /// key.
+    pub seq: u64,
+    /// The caller's id for it, unique in the batch.
     pub custom_id: String,
-    /// The chat-completions body.
+    /// The chat-completions body (`model`, `messages`, ...).
     pub body: Value,
-    /// The line's tenant, when it names one.
+    /// Its tenant, when it names one (else [`super::BatchOptions::tenant`]).
     pub tenant: Option<String>,
-    /// The line's queue priority, when it gives one.
+    /// Its queue priority, when it gives one (else [`super::BatchOptions::priority`]).
     pub priority: Option<i16>,
 }
 
-/// A line that cannot be sent, and why.
-#[derive(Debug, Clone)]
-pub(crate) struct Bad {
-    /// Line number, from 1.
-    pub line: u64,
-    /// The line's `custom_id` when it had a usable, unique one.
+/// An input line that cannot be sent, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadLine {
+    /// Its place in the input (the line number for a file).
+    pub seq: u64,
+    /// Its `custom_id` when it had a usable, unique one.
     pub custom_id: Option<String>,
     /// What is wrong.
     pub message: String,
 }
 
-/// Reads every non-blank line of `text`, in order; `seen` holds the custom_ids met so far.
-pub(crate) fn parse(line: u64, text: &str, seen: &mut HashSet<String>) -> Result<Entry, Bad> {
-    let bad = |custom_id: Option<String>, message: String| Bad {
-        line,
+impl BatchRequest {
+    /// A request with the batch's default tenant and priority.
+    pub fn new(seq: u64, custom_id: impl Into<String>, body: Value) -> BatchRequest {
+        BatchRequest {
+            seq,
+            custom_id: custom_id.into(),
+            body,
+            tenant: None,
+            priority: None,
+        }
+    }
+
+    /// Reads one line of an OpenAI Batch API input file (`custom_id`, `method`, `url`, `body`,
+    /// plus tollgate's `tenant` and `priority`); `seen` holds the custom_ids met so far, so a
+    /// duplicate is refused. The body must name a `model` and carry a `messages` array, without
+    /// `stream: true`.
+    pub fn parse_line(
+        seq: u64,
+        text: &str,
+        seen: &mut HashSet<String>,
+    ) -> Result<BatchRequest, BadLine> {
+        parse(seq, text, seen)
+    }
+}
+
+fn parse(line: u64, text: &str, seen: &mut HashSet<String>) -> Result<BatchRequest, BadLine> {
+    let bad = |custom_id: Option<String>, message: String| BadLine {
+        seq: line,
         custom_id,
         message,
     };
@@ -100,8 +125,8 @@ pub(crate) fn parse(line: u64, text: &str, seen: &mut HashSet<String>) -> Result
     if body.get("stream").and_then(Value::as_bool) == Some(true) {
         return Err(bad(id, "`stream: true` is not supported in a batch".into()));
     }
-    Ok(Entry {
-        line,
+    Ok(BatchRequest {
+        seq: line,
         custom_id,
         body,
         tenant,

@@ -3,7 +3,8 @@
 //! One row per input line in `sent` when its call starts and in `result` when its answer is
 //! recorded, keyed by the line number (the input is pinned by its hash, so line numbers are
 //! stable across runs). The output file is only a copy of `result`: it is rebuilt from the
-//! journal when a run resumes, so a line torn by a crash is repaired and none is written twice.
+//! journal when a run resumes ([`Journal::rebuild_output`]), so a line torn by a crash is
+//! repaired and none is written twice.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -13,24 +14,29 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// The journal's file inside its directory.
-pub(crate) const FILE: &str = "journal.sqlite";
+pub const FILE: &str = "journal.sqlite";
 
 /// Why the journal cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum JournalError {
+#[non_exhaustive]
+pub enum JournalError {
     /// SQLite refused: unreadable, not a database, disk full.
     #[error(
         "journal {path}: {source}; if the file is damaged, move it aside (the next run starts \
          afresh and sends every line again)"
     )]
     Sqlite {
+        /// The journal's file.
         path: PathBuf,
+        /// What SQLite said.
         source: rusqlite::Error,
     },
     /// The directory could not be made.
     #[error("journal directory {path}: {source}")]
     Dir {
+        /// The directory (or its lock file).
         path: PathBuf,
+        /// What the system said.
         source: std::io::Error,
     },
     /// Another process holds the journal.
@@ -38,7 +44,10 @@ pub(crate) enum JournalError {
         "journal {path} is in use by another tollgate batch; wait for it to end (or stop it \
          with SIGTERM) before running this one"
     )]
-    InUse { path: PathBuf },
+    InUse {
+        /// The journal's directory.
+        path: PathBuf,
+    },
     /// The journal belongs to another input file.
     #[error(
         "journal {journal} records a batch of {recorded} (content hash {recorded_hash}), but \
@@ -46,22 +55,28 @@ pub(crate) enum JournalError {
          another --journal (or --out) for a new batch"
     )]
     OtherInput {
+        /// The journal's file.
         journal: PathBuf,
+        /// The input it records.
         recorded: String,
+        /// That input's content hash.
         recorded_hash: String,
+        /// The input given now.
         given: String,
+        /// Its content hash.
         given_hash: String,
     },
 }
 
-/// One answer (or error) to record.
-#[derive(Debug, Clone)]
-pub(crate) struct Record {
-    /// Input line number (from 1).
-    pub line: u64,
-    /// The line's `custom_id`, when it had a usable one.
+/// One request's answer (or error), as recorded in the journal and handed out by
+/// [`super::Results`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchResult {
+    /// The request's place in the input ([`super::BatchRequest::seq`]).
+    pub seq: u64,
+    /// The request's `custom_id`, when it had a usable one.
     pub custom_id: Option<String>,
-    /// `ok`, or the error code.
+    /// `ok`, or the error code (`invalid_line` for a [`super::BadLine`]).
     pub status: String,
     /// The request's model, when known.
     pub model: Option<String>,
@@ -71,12 +86,22 @@ pub(crate) struct Record {
     pub spend: f64,
     /// Wall time of the call, in ms (0 for lines never sent).
     pub latency_ms: f64,
-    /// The output line (JSON, no newline).
+    /// The output line in the Batch API's output format plus `usage`, `cost` and `attempts`
+    /// (`{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error",
+    /// "usage", "cost", "attempts"}`; JSON, no newline).
     pub output: String,
 }
 
-/// An open journal.
-pub(crate) struct Journal {
+impl BatchResult {
+    /// Whether the call answered with a success.
+    pub fn is_ok(&self) -> bool {
+        self.status == "ok"
+    }
+}
+
+/// An open journal: what was sent and what came back, in one directory. One process at a time
+/// holds it (a lock file); the kernel drops the lock however the process ends.
+pub struct Journal {
     conn: Connection,
     path: PathBuf,
     /// `DIR/lock`, locked (flock) for as long as the journal is open: one process at a time.
@@ -107,8 +132,9 @@ fn lock(dir: &Path) -> Result<File, JournalError> {
 }
 
 impl Journal {
-    /// Opens (or creates) the journal in `dir`.
-    pub(crate) fn open(dir: &Path) -> Result<Journal, JournalError> {
+    /// Opens (or creates) the journal in `dir`. A damaged file is a clear error
+    /// ([`JournalError::Sqlite`], saying to move it aside), never a silent fresh start.
+    pub fn open(dir: &Path) -> Result<Journal, JournalError> {
         std::fs::create_dir_all(dir).map_err(|source| JournalError::Dir {
             path: dir.to_path_buf(),
             source,
@@ -150,8 +176,9 @@ impl Journal {
         }
     }
 
-    /// Pins the journal to this input (path and content hash) on first use; refuses another.
-    pub(crate) fn bind_input(&self, input: &str, hash: &str) -> Result<(), JournalError> {
+    /// Pins the journal to this input (a name and a content hash) on first use; refuses
+    /// another ([`JournalError::OtherInput`]), so `seq` numbers keep their meaning across runs.
+    pub fn bind_input(&self, input: &str, hash: &str) -> Result<(), JournalError> {
         let get = |key: &str| -> Result<Option<String>, JournalError> {
             self.conn
                 .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
@@ -180,8 +207,8 @@ impl Journal {
         }
     }
 
-    /// The input lines whose answer is recorded.
-    pub(crate) fn done_lines(&self) -> Result<HashSet<u64>, JournalError> {
+    /// The `seq` of every request whose answer is recorded.
+    pub fn answered(&self) -> Result<HashSet<u64>, JournalError> {
         let mut stmt = self
             .conn
             .prepare("SELECT line FROM result")
@@ -196,9 +223,49 @@ impl Journal {
         Ok(done)
     }
 
-    /// Writes every recorded output line to `out` (replaced whole, through a temporary file).
-    /// Returns how many.
-    pub(crate) fn rebuild_output(&self, out: &Path) -> Result<u64, std::io::Error> {
+    /// Every recorded answer, in `seq` order.
+    pub fn results(&self) -> Result<Vec<BatchResult>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT line, custom_id, status, model, tokens, spend, latency_ms, output
+                 FROM result ORDER BY line",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(BatchResult {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    custom_id: r.get(1)?,
+                    status: r.get(2)?,
+                    model: r.get(3)?,
+                    tokens: r.get::<_, i64>(4)? as u64,
+                    spend: r.get(5)?,
+                    latency_ms: r.get(6)?,
+                    output: r.get(7)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.map(|r| r.map_err(|e| self.err(e))).collect()
+    }
+
+    /// How many times the call of `seq` was sent (0: never); more than 1 after a crash or a
+    /// stop while it was in flight.
+    pub fn times_sent(&self, seq: u64) -> Result<u64, JournalError> {
+        self.conn
+            .query_row(
+                "SELECT times FROM sent WHERE line = ?1",
+                [seq as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|t| t.unwrap_or(0) as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Writes every recorded output line to `out` (replaced whole, through a temporary file
+    /// beside it, so a crash leaves the old file or the new one). Returns how many.
+    pub fn rebuild_output(&self, out: &Path) -> Result<u64, std::io::Error> {
         let tmp = out.with_extension("jsonl.rebuild");
         let mut w = BufWriter::new(File::create(&tmp)?);
         let mut stmt = self
@@ -221,10 +288,10 @@ impl Journal {
     }
 
     /// Records calls about to be sent and answers, in one transaction.
-    pub(crate) fn record(
+    fn record(
         &mut self,
         sent: &[(u64, String)],
-        records: &[Record],
+        records: &[BatchResult],
     ) -> Result<(), JournalError> {
         let path = self.path.clone();
         let err = |source| JournalError::Sqlite {
@@ -251,7 +318,7 @@ impl Journal {
                 .map_err(err)?;
             for r in records {
                 stmt.execute(params![
-                    r.line as i64,
+                    r.seq as i64,
                     r.custom_id,
                     r.status,
                     r.model,
@@ -268,24 +335,22 @@ impl Journal {
 }
 
 /// What the writer thread is told.
-pub(crate) enum Msg {
+pub(super) enum Msg {
     /// A call is about to go out.
     Sent(u64, String),
-    /// An answer to record, then append to the output and hand on.
-    Result(Record),
+    /// An answer to record, then hand on.
+    Result(BatchResult),
 }
 
 /// Runs the journal's writer: takes messages until every sender is gone, records them in small
-/// groups (one transaction for what has queued up, at most 256 rows), appends each recorded result to
-/// `out` after its commit, and hands it on to `done`. Returns the first error, after which
-/// nothing more is recorded.
-pub(crate) fn write_loop(
-    mut journal: Journal,
-    out: File,
+/// groups (one transaction for what has queued up, at most 256 rows) and hands each recorded
+/// result on to `done` after its commit. Without a journal, results are handed on at once.
+/// Returns the first error, after which nothing more is recorded or handed on.
+pub(super) fn write_loop(
+    mut journal: Option<Journal>,
     rx: std::sync::mpsc::Receiver<Msg>,
-    done: tokio::sync::mpsc::UnboundedSender<Record>,
-) -> Result<(), String> {
-    let mut out = BufWriter::new(out);
+    done: tokio::sync::mpsc::UnboundedSender<BatchResult>,
+) -> Result<(), JournalError> {
     let mut sent = Vec::new();
     let mut results = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -300,20 +365,12 @@ pub(crate) fn write_loop(
             }
             next = rx.try_recv().ok();
         }
-        journal.record(&sent, &results).map_err(|e| e.to_string())?;
+        if let Some(j) = journal.as_mut() {
+            j.record(&sent, &results)?;
+        }
         sent.clear();
-        if !results.is_empty() {
-            for r in &results {
-                let wrote = out
-                    .write_all(r.output.as_bytes())
-                    .and_then(|()| out.write_all(b"\n"));
-                wrote.map_err(|e| format!("cannot write the output: {e}"))?;
-            }
-            out.flush()
-                .map_err(|e| format!("cannot write the output: {e}"))?;
-            for r in results.drain(..) {
-                let _ = done.send(r);
-            }
+        for r in results.drain(..) {
+            let _ = done.send(r);
         }
     }
     Ok(())

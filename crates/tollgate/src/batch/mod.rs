@@ -1,12 +1,46 @@
-//! The embeddable part: [`Batch`] takes entries in and hands out journaled records.
+//! Batch runs: many chat requests through the engine, durably.
 //!
-//! Every call goes through [`Engine::send`] (cache, budgets, retries, fallbacks), at most
-//! `concurrency` at once, at a low queue priority so interactive calls sharing a budget go
-//! first. A budget that refuses a call for now (`budget_exhausted`, concurrency, a target
-//! passed over for a known time) makes the call wait and ask again, however long that takes:
-//! a batch waits for room rather than failing. A result is handed out only after its journal
-//! commit (see [`super::journal::write_loop`]).
+//! A [`Batch`] takes [`BatchRequest`]s in ([`Batch::submit`]) and hands [`BatchResult`]s out
+//! ([`Results`]), each after it is recorded in the [`Journal`] when there is one. Every call
+//! goes through [`Engine::send`] (cache, budgets, retries, fallbacks, key pools), at most
+//! [`BatchOptions::concurrency`] at once, at a low queue priority so interactive calls sharing a
+//! budget go first. A budget that refuses a call for now (`budget_exhausted`, concurrency, a
+//! target passed over for a known time) makes the call wait and ask again, however long that
+//! takes: a batch waits for room rather than failing.
+//!
+//! Durability: the journal records each call before it goes out and each answer before it is
+//! handed out. A request whose answer is recorded is never sent again ([`Batch::submit`] says
+//! [`Submitted::AlreadyAnswered`]); one that was in flight when the process died has no answer
+//! recorded and is sent again. `tollgate batch` is this module over an OpenAI Batch API file.
+//!
+//! ```no_run
+//! use tollgate::Engine;
+//! use tollgate::batch::{Batch, BatchOptions, BatchRequest, Journal};
+//! use serde_json::json;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let engine = Engine::from_file("policy.toml")?;
+//! let journal = Journal::open("labels.journal".as_ref())?;
+//! let (batch, mut results) = Batch::start(engine, Some(journal), BatchOptions::default())?;
+//! let feeder = tokio::spawn(async move {
+//!     for (i, text) in ["first", "second"].into_iter().enumerate() {
+//!         let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]});
+//!         batch.submit(BatchRequest::new(i as u64 + 1, format!("doc-{i}"), body)).await;
+//!     }
+//!     batch.finish().await
+//! });
+//! while let Some(r) = results.next().await {
+//!     println!("{} {}", r.seq, r.output);
+//! }
+//! feeder.await??;
+//! # Ok(())
+//! # }
+//! ```
 
+mod input;
+mod journal;
+
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,59 +48,139 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
-use tollgate::{CallError, ChatRequest, ChatResponse, DenyReason, Engine};
 
-use super::input::{Bad, Entry};
-use super::journal::{Journal, Msg, Record, write_loop};
+use crate::{CallError, ChatRequest, ChatResponse, DenyReason, Engine};
+
+pub use input::{BadLine, BatchRequest, URL};
+pub use journal::{BatchResult, FILE as JOURNAL_FILE, Journal, JournalError};
+use journal::{Msg, write_loop};
 
 /// How a batch runs.
 #[derive(Debug, Clone)]
-pub(crate) struct Options {
-    /// Calls in flight at most.
+pub struct BatchOptions {
+    /// Calls in flight at most (default 16).
     pub concurrency: usize,
-    /// Tenant of lines that name none.
+    /// Tenant of requests that name none (default `""`).
     pub tenant: String,
-    /// Queue priority of lines that give none (low: interactive calls go first).
+    /// Queue priority of requests that give none (default -100: interactive calls, at 0, go
+    /// first).
     pub priority: i16,
-    /// After a stop, how long calls in flight may take to finish.
+    /// After [`Batch::stop`], how long calls in flight may take to finish (default 30 s); the
+    /// ones still running then are dropped unrecorded (a rerun sends them again).
     pub grace: Duration,
 }
 
-/// Live counts for a progress display.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    /// Calls started and not yet answered.
-    pub in_flight: AtomicU64,
-    /// Of those, calls waiting for budget room between refusals.
-    pub waiting: AtomicU64,
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions {
+            concurrency: 16,
+            tenant: String::new(),
+            priority: -100,
+            grace: Duration::from_secs(30),
+        }
+    }
 }
 
-/// A running batch.
-pub(crate) struct Batch {
-    input: Option<mpsc::Sender<Entry>>,
+/// Live counts of a running batch, for a progress display.
+#[derive(Debug, Default)]
+struct Counters {
+    in_flight: AtomicU64,
+    sleeping: AtomicU64,
+}
+
+/// What a running batch is doing now ([`Batch::progress`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchProgress {
+    /// Calls started and not yet answered (waiting ones included).
+    pub in_flight: u64,
+    /// Of those, calls a budget refused for now, sleeping before they ask again. Calls waiting
+    /// in a budget's queue inside [`Engine::send`] are counted by [`Engine::waiting`].
+    pub refused_for_now: u64,
+}
+
+/// What [`Batch::submit`] did with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// Queued; its result will come out of [`Results`].
+    Queued,
+    /// The journal records its answer: not sent again, nothing comes out.
+    AlreadyAnswered,
+    /// The batch was stopped: not queued.
+    Stopped,
+}
+
+/// The results of a [`Batch`], each handed out after its journal commit, in the order answers
+/// come. Ends when the batch is finished (or stopped) and every result is out.
+#[derive(Debug)]
+pub struct Results {
+    rx: mpsc::UnboundedReceiver<BatchResult>,
+}
+
+impl Results {
+    /// The next result; `None` once the batch is over.
+    pub async fn next(&mut self) -> Option<BatchResult> {
+        self.rx.recv().await
+    }
+
+    /// The next result if one is ready now.
+    pub fn try_next(&mut self) -> Option<BatchResult> {
+        self.rx.try_recv().ok()
+    }
+
+    /// The next result, blocking this thread (for a thread of its own or `spawn_blocking`;
+    /// panics when called from async code).
+    pub fn blocking_next(&mut self) -> Option<BatchResult> {
+        self.rx.blocking_recv()
+    }
+
+    /// Whether no result is ready now.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+}
+
+/// A running batch: requests in ([`Batch::submit`]), results out ([`Results`]).
+pub struct Batch {
+    input: Option<mpsc::Sender<BatchRequest>>,
     journal: Option<std::sync::mpsc::Sender<Msg>>,
     stop: watch::Sender<bool>,
     runner: tokio::task::JoinHandle<()>,
-    writer: std::thread::JoinHandle<Result<(), String>>,
-    /// Live counts.
-    pub counters: Arc<Counters>,
+    writer: std::thread::JoinHandle<Result<(), JournalError>>,
+    counters: Arc<Counters>,
+    answered: HashSet<u64>,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("progress", &self.progress())
+            .field("answered_before", &self.answered.len())
+            .finish()
+    }
 }
 
 impl Batch {
-    /// Starts a batch on `engine` recording into `journal` and appending to `out`; returns it
-    /// and the stream of recorded results. Must be called inside a tokio runtime.
-    pub(crate) fn start(
+    /// Starts a batch on `engine`, recording into `journal` when given; returns it and the
+    /// stream of results. Requests whose answer the journal already records are skipped by
+    /// [`Batch::submit`]. Must be called inside a tokio runtime.
+    pub fn start(
         engine: Engine,
-        journal: Journal,
-        out: std::fs::File,
-        options: Options,
-    ) -> (Batch, mpsc::UnboundedReceiver<Record>) {
+        journal: Option<Journal>,
+        options: BatchOptions,
+    ) -> Result<(Batch, Results), JournalError> {
+        let answered = match &journal {
+            Some(j) => j.answered()?,
+            None => HashSet::new(),
+        };
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (journal_tx, journal_rx) = std::sync::mpsc::channel();
         let writer = std::thread::Builder::new()
             .name("tollgate-batch-journal".into())
-            .spawn(move || write_loop(journal, out, journal_rx, done_tx))
-            .expect("a thread can be started at start-up");
+            .spawn(move || write_loop(journal, journal_rx, done_tx))
+            .map_err(|source| JournalError::Dir {
+                path: "(journal writer thread)".into(),
+                source,
+            })?;
         let (input_tx, input_rx) = mpsc::channel(options.concurrency.max(1));
         let (stop_tx, stop_rx) = watch::channel(false);
         let counters = Arc::new(Counters::default());
@@ -85,35 +199,44 @@ impl Batch {
             runner,
             writer,
             counters,
+            answered,
         };
-        (batch, done_rx)
+        Ok((batch, Results { rx: done_rx }))
     }
 
-    /// Queues an entry (waits while `concurrency` entries are queued). False once stopped.
-    pub(crate) async fn send(&self, entry: Entry) -> bool {
+    /// Queues a request (waits while `concurrency` requests are queued): skipped when the
+    /// journal records its answer, refused once the batch is stopped.
+    pub async fn submit(&self, request: BatchRequest) -> Submitted {
+        if self.answered.contains(&request.seq) {
+            return Submitted::AlreadyAnswered;
+        }
         if *self.stop.borrow() {
-            return false;
+            return Submitted::Stopped;
         }
         match &self.input {
-            Some(tx) => tx.send(entry).await.is_ok(),
-            None => false,
+            Some(tx) if tx.send(request).await.is_ok() => Submitted::Queued,
+            _ => Submitted::Stopped,
         }
     }
 
-    /// Records a line that cannot be sent, as an error in the output.
-    pub(crate) fn reject(&self, bad: &Bad) {
+    /// Records a request that cannot be sent as an error (`invalid_line`) in the journal and
+    /// the results; skipped when the journal already records it.
+    pub fn reject(&self, bad: &BadLine) {
+        if self.answered.contains(&bad.seq) {
+            return;
+        }
         let output = json!({
-            "id": format!("batch_req_{}", bad.line),
+            "id": format!("batch_req_{}", bad.seq),
             "custom_id": bad.custom_id,
             "response": null,
-            "error": {"code": "invalid_line", "message": bad.message, "line": bad.line},
+            "error": {"code": "invalid_line", "message": bad.message, "line": bad.seq},
             "usage": null,
             "cost": null,
             "attempts": 0,
         });
         if let Some(j) = &self.journal {
-            let _ = j.send(Msg::Result(Record {
-                line: bad.line,
+            let _ = j.send(Msg::Result(BatchResult {
+                seq: bad.seq,
                 custom_id: bad.custom_id.clone(),
                 status: "invalid_line".into(),
                 model: None,
@@ -125,21 +248,44 @@ impl Batch {
         }
     }
 
-    /// A handle that stops the batch: `send(true)` stops taking entries; calls in flight get
-    /// the grace period to finish, waiting ones are dropped unrecorded (a rerun sends them).
-    pub(crate) fn stopper(&self) -> watch::Sender<bool> {
+    /// The `seq` of every request the journal recorded an answer for when the batch started.
+    pub fn answered_before(&self) -> &HashSet<u64> {
+        &self.answered
+    }
+
+    /// Stops taking requests; calls in flight get [`BatchOptions::grace`] to finish, calls
+    /// refused for now are dropped unrecorded (a rerun sends them).
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// A handle that stops the batch from elsewhere (a signal handler): `send(true)` is
+    /// [`Batch::stop`].
+    pub fn stopper(&self) -> watch::Sender<bool> {
         self.stop.clone()
     }
 
-    /// Ends the input, waits for the calls and the journal; `Err` when the journal failed.
-    pub(crate) async fn finish(mut self) -> Result<(), String> {
+    /// What the batch is doing now.
+    pub fn progress(&self) -> BatchProgress {
+        BatchProgress {
+            in_flight: self.counters.in_flight.load(Ordering::Relaxed),
+            refused_for_now: self.counters.sleeping.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Ends the input, waits for the calls and the journal; `Err` when the journal failed
+    /// (what was committed before stays; a rerun goes on from there).
+    pub async fn finish(mut self) -> Result<(), JournalError> {
         self.input = None;
         let _ = (&mut self.runner).await;
         self.journal = None;
         let writer = self.writer;
         match tokio::task::spawn_blocking(move || writer.join()).await {
             Ok(Ok(r)) => r,
-            _ => Err("the journal writer stopped".into()),
+            _ => Err(JournalError::Dir {
+                path: "(journal writer thread)".into(),
+                source: std::io::Error::other("the journal writer stopped"),
+            }),
         }
     }
 }
@@ -153,9 +299,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 async fn run(
     engine: Engine,
-    mut input: mpsc::Receiver<Entry>,
+    mut input: mpsc::Receiver<BatchRequest>,
     journal: std::sync::mpsc::Sender<Msg>,
-    options: Options,
+    options: BatchOptions,
     counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -218,14 +364,14 @@ fn wait_for(e: &CallError) -> Option<Duration> {
 
 async fn call(
     engine: Engine,
-    entry: Entry,
+    entry: BatchRequest,
     tenant: &str,
     priority: i16,
     journal: &std::sync::mpsc::Sender<Msg>,
     counters: &Counters,
     mut stop: watch::Receiver<bool>,
 ) {
-    let _ = journal.send(Msg::Sent(entry.line, entry.custom_id.clone()));
+    let _ = journal.send(Msg::Sent(entry.seq, entry.custom_id.clone()));
     let model = entry
         .body
         .get("model")
@@ -241,13 +387,13 @@ async fn call(
         let Some(after) = result.as_ref().err().and_then(wait_for) else {
             break result;
         };
-        counters.waiting.fetch_add(1, Ordering::Relaxed);
+        counters.sleeping.fetch_add(1, Ordering::Relaxed);
         let go_on = tokio::select! {
             biased;
             _ = stopped(&mut stop) => false,
             _ = tokio::time::sleep(after) => true,
         };
-        counters.waiting.fetch_sub(1, Ordering::Relaxed);
+        counters.sleeping.fetch_sub(1, Ordering::Relaxed);
         if !go_on {
             // Never sent: left unrecorded, so a rerun sends it.
             counters.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -255,7 +401,7 @@ async fn call(
         }
     };
     let latency_ms = started.elapsed().as_secs_f64() * 1e3;
-    let record = record(entry.line, entry.custom_id, model, latency_ms, &result);
+    let record = record(entry.seq, entry.custom_id, model, latency_ms, &result);
     let _ = journal.send(Msg::Result(record));
     counters.in_flight.fetch_sub(1, Ordering::Relaxed);
 }
@@ -268,7 +414,7 @@ fn record(
     model: Option<String>,
     latency_ms: f64,
     result: &Result<ChatResponse, CallError>,
-) -> Record {
+) -> BatchResult {
     let body_json = |b: &[u8]| {
         serde_json::from_slice::<Value>(b)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(b).into_owned()))
@@ -346,8 +492,8 @@ fn record(
         "cost": if status == "ok" { json!(spend) } else { Value::Null },
         "attempts": attempts,
     });
-    Record {
-        line,
+    BatchResult {
+        seq: line,
         custom_id: Some(custom_id),
         status,
         model,

@@ -1,30 +1,24 @@
 //! `tollgate batch`: an OpenAI Batch API input file through the engine, durably.
 //!
-//! Reads request lines (`custom_id`, `method`, `url`, `body`, plus `tenant` and `priority`),
-//! sends each through [`tollgate::Engine::send`] at most `--concurrency` at once, records
-//! what was sent and what came back in a SQLite journal, and writes one output line per input
-//! line (`id`, `custom_id`, `response`, `error`, `usage`, `cost`, `attempts`). A rerun of the
-//! same command after a crash or a stop sends only what has no recorded answer.
-
-mod input;
-mod journal;
-mod runner;
+//! Reads request lines (`custom_id`, `method`, `url`, `body`, plus `tenant` and `priority`)
+//! and runs them through [`tollgate::batch::Batch`]: each sent through the engine at most
+//! `--concurrency` at once, what was sent and what came back recorded in a SQLite journal, one
+//! output line per input line (`id`, `custom_id`, `response`, `error`, `usage`, `cost`,
+//! `attempts`). A rerun of the same command after a crash or a stop sends only what has no
+//! recorded answer.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{IsTerminal, Write};
+use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tollgate::Engine;
+use tollgate::batch::{Batch, BatchOptions, BatchRequest, BatchResult, Journal, Submitted};
 
 use crate::fmt::{Table, money};
 use crate::{BatchArgs, exit};
-
-use journal::{Journal, Record};
-use runner::{Batch, Counters, Options};
 
 /// Longer help of `tollgate batch`.
 pub(crate) const LONG_ABOUT: &str = "\
@@ -88,16 +82,10 @@ pub(crate) fn run(a: &BatchArgs) -> u8 {
     };
     let canonical = std::fs::canonicalize(&a.input)
         .map_or(input_name.clone(), |p| p.to_string_lossy().into_owned());
-    let done = match journal
-        .bind_input(&canonical, &hash)
-        .and_then(|()| journal.done_lines())
-    {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("tollgate batch: {e}");
-            return exit::FAILED;
-        }
-    };
+    if let Err(e) = journal.bind_input(&canonical, &hash) {
+        eprintln!("tollgate batch: {e}");
+        return exit::FAILED;
+    }
     let recorded = match journal.rebuild_output(&a.out) {
         Ok(n) => n,
         Err(e) => {
@@ -126,14 +114,21 @@ pub(crate) fn run(a: &BatchArgs) -> u8 {
     let Some(runtime) = crate::runtime("tollgate-batch", threads.min(4)) else {
         return exit::FAILED;
     };
-    let options = Options {
+    let options = BatchOptions {
         concurrency: a.concurrency.max(1),
         tenant: a.tenant.clone().unwrap_or_default(),
         priority: a.priority,
         grace: Duration::from_secs(a.grace_secs),
     };
     runtime.block_on(async move {
-        let (batch, mut results) = Batch::start(engine, journal, out, options);
+        let (batch, mut results) = match Batch::start(engine.clone(), Some(journal), options) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("tollgate batch: {e}");
+                return exit::FAILED;
+            }
+        };
+        let batch = Arc::new(batch);
         let stopper = batch.stopper();
         let (Ok(mut term), Ok(mut int)) = (
             signal(SignalKind::terminate()),
@@ -155,17 +150,31 @@ pub(crate) fn run(a: &BatchArgs) -> u8 {
             let _ = stopper.send(true);
         });
         let stats = Arc::new(parking_lot::Mutex::new(Stats::default()));
+        // Each result is appended to the output after its journal commit; a line torn by a
+        // crash is repaired by the next run's rebuild from the journal.
         let collector = {
             let stats = Arc::clone(&stats);
-            tokio::spawn(async move {
-                while let Some(r) = results.recv().await {
+            tokio::task::spawn_blocking(move || {
+                let mut out = BufWriter::new(out);
+                let mut wrote = Ok(());
+                while let Some(r) = results.blocking_next() {
+                    if wrote.is_ok() {
+                        wrote = out
+                            .write_all(r.output.as_bytes())
+                            .and_then(|()| out.write_all(b"\n"));
+                        if results.is_empty() {
+                            wrote = wrote.and_then(|()| out.flush());
+                        }
+                    }
                     stats.lock().add(r);
                 }
+                wrote.and_then(|()| out.flush())
             })
         };
         let progress = tokio::spawn(progress(
             Arc::clone(&stats),
-            Arc::clone(&batch.counters),
+            Arc::clone(&batch),
+            engine,
             total - recorded.min(total),
             a.quiet,
         ));
@@ -178,14 +187,14 @@ pub(crate) fn run(a: &BatchArgs) -> u8 {
             if line.trim().is_empty() {
                 continue;
             }
-            let parsed = input::parse(n, line, &mut seen);
-            if done.contains(&n) {
+            let parsed = BatchRequest::parse_line(n, line, &mut seen);
+            if batch.answered_before().contains(&n) {
                 bad_lines += u64::from(parsed.is_err());
                 continue;
             }
             match parsed {
-                Ok(entry) => {
-                    if !batch.send(entry).await {
+                Ok(request) => {
+                    if batch.submit(request).await == Submitted::Stopped {
                         break;
                     }
                 }
@@ -196,12 +205,19 @@ pub(crate) fn run(a: &BatchArgs) -> u8 {
                 }
             }
         }
-        let journal_ok = batch.finish().await;
-        let _ = collector.await;
         progress.abort();
         let _ = progress.await;
+        let Ok(batch) = Arc::try_unwrap(batch) else {
+            unreachable!("the progress task, the only other owner, has ended");
+        };
+        let journal_ok = batch.finish().await;
+        let wrote = collector.await;
         if let Err(e) = journal_ok {
             eprintln!("tollgate batch: {e}");
+            return exit::FAILED;
+        }
+        if let Ok(Err(e)) = wrote {
+            eprintln!("tollgate batch: cannot write {}: {e}", a.out.display());
             return exit::FAILED;
         }
         let stats = stats.lock();
@@ -244,9 +260,9 @@ struct ModelStats {
 }
 
 impl Stats {
-    fn add(&mut self, r: Record) {
+    fn add(&mut self, r: BatchResult) {
         self.count += 1;
-        self.failed += u64::from(r.status != "ok");
+        self.failed += u64::from(!r.is_ok());
         self.tokens += r.tokens;
         self.spend += r.spend;
         *self.by_status.entry(r.status.clone()).or_default() += 1;
@@ -311,7 +327,8 @@ impl Stats {
 /// 10 seconds when stderr is not one.
 async fn progress(
     stats: Arc<parking_lot::Mutex<Stats>>,
-    counters: Arc<Counters>,
+    batch: Arc<Batch>,
+    engine: Engine,
     todo: u64,
     quiet: bool,
 ) {
@@ -342,11 +359,14 @@ async fn progress(
         } else {
             "?".into()
         };
+        // The engine is this batch's own: every call waiting in its budgets' queues is one
+        // of ours, beside those a budget refused for now.
+        let now = batch.progress();
         let line = format!(
             "{count}/{todo} done, {failed} failed, {} in flight, {} waiting for budget, {tokens} \
              tokens, spend {}, ETA {eta}",
-            counters.in_flight.load(Ordering::Relaxed),
-            counters.waiting.load(Ordering::Relaxed),
+            now.in_flight,
+            now.refused_for_now + engine.waiting(),
             money(spend)
         );
         let mut err = std::io::stderr().lock();
