@@ -143,7 +143,7 @@ pub fn block_on<T: Send>(py: Python<'_>, future: impl std::future::Future<Output
 /// How often a blocking call looks for a signal (Ctrl-C) while it waits.
 const SIGNAL_CHECK: Duration = Duration::from_millis(100);
 
-/// As [`block_on`] for a call that may wait long: every [`SIGNAL_CHECK`] it takes the GIL to
+/// As [`block_on`] for a call that may wait long: every 100 ms it takes the GIL to
 /// run Python's signal handlers, and when one raises (`KeyboardInterrupt`) the future is
 /// dropped — the call is cancelled, its connection closed and its permit released — and the
 /// exception is returned.
