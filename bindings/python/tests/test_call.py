@@ -140,11 +140,17 @@ def test_ctrl_c_interrupts_a_blocking_send_and_frees_its_slot(up, engine):
             time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGINT)  # the main thread, waiting in send, gets it
 
+    # Python's own SIGINT handler, even when this process was started with SIGINT ignored (a
+    # background job of a shell without job control).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     t = threading.Thread(target=interrupt_once_sent)
     t.start()
-    with pytest.raises(KeyboardInterrupt):
-        tg.send(chat())
-    t.join()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            tg.send(chat())
+    finally:
+        t.join()
+        signal.signal(signal.SIGINT, previous)
     assert up.log()[0]["status"] is None, "interrupted while the upstream still held the answer"
     d = tg.admit("gpt-4o", prompt_tokens=1)
     assert d.kind == "go", "the interrupted call's slot is free"
