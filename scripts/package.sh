@@ -10,6 +10,8 @@
 #                                                        prebuilt addon for this platform
 #   OUT/goproxy/tollgate.dev/go/tollgate/@v/...          the Go module, as a module proxy serves it
 #                                                        (GOPROXY=file://OUT/goproxy)
+#   OUT/tollgate-<version>-cp39-abi3-<platform>.whl      the Python package (maturin, one abi3
+#                                                        wheel for CPython 3.9 and later)
 #   OUT/tollgate                                         the CLI
 #   OUT/SHA256SUMS
 #
@@ -194,6 +196,22 @@ with open(os.path.join(at, "list"), "w") as f:
 print(os.path.join(at, v + ".zip"))
 PY
 
+step "Python wheel (maturin build --release: PyO3, abi3)"
+# maturin from PATH, else MATURIN, else a pinned one in a venv of the target dir (PyPI).
+maturin="${MATURIN:-$(command -v maturin || true)}"
+if [[ -z "$maturin" ]]; then
+  [[ -x "$target_dir/maturin-venv/bin/maturin" ]] || {
+    python3 -m venv "$target_dir/maturin-venv" &&
+      "$target_dir/maturin-venv/bin/pip" install --quiet --disable-pip-version-check "maturin==1.16.0"
+  } || die "cannot install maturin into $target_dir/maturin-venv (pip install maturin needs PyPI)"
+  maturin="$target_dir/maturin-venv/bin/maturin"
+fi
+(cd bindings/python && "$maturin" build --release --quiet -o "$work/wheel") || die "maturin build of the Python wheel"
+wheel="$(ls "$work"/wheel/tollgate-"$version"-*.whl 2>/dev/null | head -1)"
+[[ -n "$wheel" ]] || die "maturin wrote no tollgate-$version-*.whl"
+cp "$wheel" "$out/"
+echo "$out/$(basename "$wheel")"
+
 step "CLI"
 cp "$target_dir/release/tollgate" "$out/tollgate"
 echo "$out/tollgate"
@@ -209,5 +227,6 @@ size "tollgate (CLI)" "$out/tollgate"
 size "$name.tar.gz" "$out/$name.tar.gz"
 size "tollgate-$version.tgz" "$out/tollgate-$version.tgz"
 size "tollgate-$version.crate" "$out/tollgate-$version.crate"
+size "$(basename "$wheel")" "$out/$(basename "$wheel")"
 echo
 echo "package.sh: every artifact is in $out"

@@ -13,6 +13,8 @@
 #          OUT/goproxy (GOPROXY=file://...) and links the prefix through pkg-config
 #   node   `npm install OUT/tollgate-<version>.tgz` into an empty project, a script that
 #          requires it and sends, and `tsc --noEmit` over a file that uses its types
+#   python a fresh venv outside the repository, `pip install --no-index OUT/tollgate-*.whl`,
+#          a script that imports it, admits + settles and sends (sync and asyncio)
 #   rust   a throwaway crate depending on the unpacked OUT/tollgate-<version>.crate (path
 #          dependency), built cold in its own target directory, making a decide call
 #
@@ -30,7 +32,7 @@ die() {
 out="$(cd "$1" && pwd)" || die "no folder $1"
 shift
 steps=("$@")
-[[ ${#steps[@]} -gt 0 ]] || steps=(c go node rust)
+[[ ${#steps[@]} -gt 0 ]] || steps=(c go node python rust)
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 
@@ -44,12 +46,14 @@ npm_tgz="$out/tollgate-$version.tgz"
 [[ -f "$npm_tgz" ]] || die "no $npm_tgz"
 [[ -x "$out/tollgate" ]] || die "no tollgate CLI in $out"
 [[ -d "$out/goproxy" ]] || die "no goproxy/ in $out"
+wheel="$(ls "$out"/tollgate-"$version"-*.whl 2>/dev/null | head -1)"
+[[ -n "$wheel" ]] || die "no tollgate-$version-*.whl in $out"
 
 # Every tool the chosen steps need, up front: a missing one fails the run, naming it.
 declare -A need=([c]="cc c++ cmake make pkg-config ldd" [go]="go cc pkg-config ldd"
-  [node]="node npm npx" [rust]="cargo")
+  [node]="node npm npx" [python]="python3" [rust]="cargo")
 for s in "${steps[@]}"; do
-  [[ -n "${need[$s]:-}" ]] || die "unknown step $s (steps: c go node rust)"
+  [[ -n "${need[$s]:-}" ]] || die "unknown step $s (steps: c go node python rust)"
   for tool in ${need[$s]}; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is missing: the $s install test needs it"
   done
@@ -171,6 +175,19 @@ run_node() {
   echo "tsc --noEmit: ok"
 }
 
+run_python() {
+  step "Python: a fresh venv, pip install of the wheel from OUT, a script (sync and asyncio)"
+  # The interpreter itself, not a version manager's shim (which needs the caller's HOME).
+  local py
+  py="$(python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')"
+  isolated "$py" -m venv "$work/py-venv" || die "python3 -m venv"
+  isolated "$work/py-venv/bin/pip" install --quiet --no-index --disable-pip-version-check "$wheel" ||
+    die "pip install $(basename "$wheel")"
+  no_repo_paths "$work/py-venv/lib"
+  cp "$here/python/main.py" "$work/main.py"
+  (cd "$work" && isolated "$work/py-venv/bin/python" main.py "$base") || die "the Python script"
+}
+
 run_rust() {
   step "Rust: a throwaway crate depending on the packaged crate"
   command -v cargo >/dev/null || die "cargo is missing (the Rust step needs it)"
@@ -204,6 +221,7 @@ for s in "${steps[@]}"; do
     c) run_c ;;
     go) run_go ;;
     node) run_node ;;
+    python) run_python ;;
     rust) run_rust ;;
     *) die "unknown step $s" ;;
   esac

@@ -7,12 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 use serde_json::{Value, json};
 
-use tollgate::transport::sse::Event;
 use tollgate::{CallError, ChatResponse, ChatStream};
 
 /// A response body of the proxy: one buffer, or SSE events handed over as they come.
@@ -92,21 +91,7 @@ pub(crate) fn error(
     kind: &str,
     code: Option<&str>,
 ) -> Response<ProxyBody> {
-    error_with(status, message, kind, code, None)
-}
-
-fn error_with(
-    status: StatusCode,
-    message: &str,
-    kind: &str,
-    code: Option<&str>,
-    budget: Option<&str>,
-) -> Response<ProxyBody> {
-    let mut body =
-        json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
-    if let Some(b) = budget {
-        body["error"]["budget"] = json!(b);
-    }
+    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
     let mut r = json_response(status, &body);
     r.headers_mut()
         .insert("x-should-retry", HeaderValue::from_static("false"));
@@ -129,28 +114,6 @@ pub(crate) fn completion(r: &ChatResponse) -> Response<ProxyBody> {
     resp
 }
 
-/// One SSE event as the upstream framed it.
-fn sse(e: &Event) -> Bytes {
-    let mut out = String::with_capacity(e.data.len() + 16);
-    if let Some(kind) = &e.event {
-        out.push_str("event: ");
-        out.push_str(kind);
-        out.push('\n');
-    }
-    if let Some(id) = &e.id {
-        out.push_str("id: ");
-        out.push_str(id);
-        out.push('\n');
-    }
-    for line in e.data.split('\n') {
-        out.push_str("data: ");
-        out.push_str(line);
-        out.push('\n');
-    }
-    out.push('\n');
-    Bytes::from(out)
-}
-
 /// A streamed call: events are passed on as they arrive. A client that goes away ends the
 /// stream (and so the upstream call); a stream cut after content reaches the client as an
 /// OpenAI error event, then the end.
@@ -160,11 +123,10 @@ pub(crate) fn stream(mut s: ChatStream) -> Response<ProxyBody> {
         // Bounded by the stream itself: each step is one upstream event or its end.
         while let Some(item) = s.next().await {
             let bytes = match item {
-                Ok(event) => sse(&event),
+                Ok(event) => Bytes::from(event.encode()),
                 Err(e) => {
-                    let body = json!({"error": {"message": e.to_string(), "type": "server_error",
-                        "param": null, "code": e.code()}});
-                    let _ = tx.send(Bytes::from(format!("data: {body}\n\n"))).await;
+                    let data = e.stream_error_data();
+                    let _ = tx.send(Bytes::from(format!("data: {data}\n\n"))).await;
                     break;
                 }
             };
@@ -183,80 +145,19 @@ pub(crate) fn stream(mut s: ChatStream) -> Response<ProxyBody> {
     r
 }
 
-/// A call that failed, as the client should see it.
+/// A call that failed, as the client should see it ([`CallError::error_answer`]); a budget's
+/// refusal (429) is counted in `denied`.
 pub(crate) fn call_error(denied: &AtomicU64, e: &CallError) -> Response<ProxyBody> {
-    let message = e.to_string();
-    match e {
-        CallError::Denied(d) => {
-            let (status, kind) = match d.code() {
-                "budget_exhausted" | "concurrency" | "wait_timeout" | "key_capacity" => {
-                    denied.fetch_add(1, Ordering::Relaxed);
-                    (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded")
-                }
-                "store_unavailable" | "unavailable" => {
-                    (StatusCode::SERVICE_UNAVAILABLE, "server_error")
-                }
-                _ => (StatusCode::BAD_REQUEST, "invalid_request_error"),
-            };
-            let mut r = error_with(status, &message, kind, Some(d.code()), d.budget.as_deref());
-            if let Some(after) = d.retry_after() {
-                let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-                if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
-                    r.headers_mut().insert(RETRY_AFTER, v);
-                }
-                if let Ok(v) = HeaderValue::from_str(&after.as_millis().to_string()) {
-                    r.headers_mut().insert("retry-after-ms", v);
-                }
-            }
-            r
-        }
-        CallError::GaveUp {
-            status: Some(status),
-            body: Some(body),
-            ..
-        } if serde_json::from_slice::<Value>(body).is_ok() => {
-            let mut r = Response::new(full(body.clone()));
-            *r.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
-            r.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            r.headers_mut()
-                .insert("x-should-retry", HeaderValue::from_static("false"));
-            r
-        }
-        CallError::GaveUp { .. }
-        | CallError::Auth(_)
-        | CallError::Transport(_)
-        | CallError::Shared(_)
-        | CallError::StreamCut { .. } => error(
-            StatusCode::BAD_GATEWAY,
-            &message,
-            "server_error",
-            Some(e.code()),
-        ),
-        CallError::Deadline { .. } => error(
-            StatusCode::GATEWAY_TIMEOUT,
-            &message,
-            "server_error",
-            Some("deadline"),
-        ),
-        CallError::InvalidRequest(_) => error(
-            StatusCode::BAD_REQUEST,
-            &message,
-            "invalid_request_error",
-            Some("invalid_request"),
-        ),
-        CallError::NoUpstream(_) => error(
-            StatusCode::NOT_FOUND,
-            &message,
-            "invalid_request_error",
-            Some("model_not_found"),
-        ),
-        // A failure kind this proxy has no mapping for yet: the upstream side failed.
-        _ => error(
-            StatusCode::BAD_GATEWAY,
-            &message,
-            "server_error",
-            Some(e.code()),
-        ),
+    let answer = e.error_answer();
+    if matches!(e, CallError::Denied(_)) && answer.status == 429 {
+        denied.fetch_add(1, Ordering::Relaxed);
     }
+    let mut r = Response::new(full(Bytes::from(answer.body.clone())));
+    *r.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    for (name, value) in answer.headers() {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            r.headers_mut().insert(name, v);
+        }
+    }
+    r
 }

@@ -63,8 +63,8 @@ pub mod transport;
 pub use budget::BudgetStats;
 pub use engine::{
     Attempt, AttemptRecord, CacheFill, CacheLookup, Call, CallError, ChatRequest, ChatResponse,
-    ChatStream, Decision, Denial, DenyReason, Engine, FlightResult, GiveUp, KeyUsage, Outcome,
-    Permit, Probe, Prompt, ReloadReport, Settlement, Source, TargetHealthInfo, TargetRef, Verdict,
-    WaitHint, WaitPoll, Waiter, WatchEvent, Watcher,
+    ChatStream, Decision, Denial, DenyReason, Engine, ErrorAnswer, FlightResult, GiveUp, KeyUsage,
+    Outcome, Permit, Probe, Prompt, ReloadReport, Settlement, Source, TargetHealthInfo, TargetRef,
+    Verdict, WaitHint, WaitPoll, Waiter, WatchEvent, Watcher,
 };
 pub use policy::{Policy, PolicyError, PolicyErrors};

@@ -2,6 +2,7 @@
 //! reloads, and the decide API.
 
 mod admit;
+mod answer;
 mod budgets;
 mod cache;
 mod call;
@@ -39,6 +40,7 @@ use crate::clock::{Clock, MonotonicClock};
 use crate::money::Money;
 use crate::policy::{LimitKind, Policy, PolicyErrors, Unit};
 
+pub use answer::ErrorAnswer;
 pub use cache::{CacheFill, CacheLookup, FlightResult};
 pub use call::{Call, Prompt};
 pub use compile::ReloadReport;

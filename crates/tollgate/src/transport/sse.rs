@@ -92,6 +92,35 @@ impl Event {
     pub fn event_type(&self) -> &str {
         self.event.as_deref().unwrap_or("message")
     }
+
+    /// The event framed as the wire carries it (`event:`, `id:`, one `data:` line per line of
+    /// the data, a blank line): what a proxy or an HTTP-client adapter passes on.
+    ///
+    /// ```
+    /// use tollgate::transport::sse::Event;
+    /// let event = Event { data: "{\"a\":1}".into(), ..Event::default() };
+    /// assert_eq!(event.encode(), "data: {\"a\":1}\n\n");
+    /// ```
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(self.data.len() + 16);
+        if let Some(kind) = &self.event {
+            out.push_str("event: ");
+            out.push_str(kind);
+            out.push('\n');
+        }
+        if let Some(id) = &self.id {
+            out.push_str("id: ");
+            out.push_str(id);
+            out.push('\n');
+        }
+        for line in self.data.split('\n') {
+            out.push_str("data: ");
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push('\n');
+        out
+    }
 }
 
 /// A line or an event over the decoder's size limit ([`Decoder::max_size`]).
