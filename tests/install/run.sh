@@ -181,8 +181,12 @@ run_python() {
   local py
   py="$(python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')"
   isolated "$py" -m venv "$work/py-venv" || die "python3 -m venv"
-  isolated "$work/py-venv/bin/pip" install --quiet --no-index --disable-pip-version-check "$wheel" ||
-    die "pip install $(basename "$wheel")"
+  # From a copy, as a user installs a downloaded wheel: pip records where the wheel came from
+  # (dist-info/direct_url.json), and OUT may lie inside the repository (CI's does).
+  mkdir -p "$work/downloads"
+  cp "$wheel" "$work/downloads/"
+  isolated "$work/py-venv/bin/pip" install --quiet --no-index --disable-pip-version-check \
+    "$work/downloads/$(basename "$wheel")" || die "pip install $(basename "$wheel")"
   no_repo_paths "$work/py-venv/lib"
   cp "$here/python/main.py" "$work/main.py"
   (cd "$work" && isolated "$work/py-venv/bin/python" main.py "$base") || die "the Python script"
