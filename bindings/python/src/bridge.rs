@@ -30,6 +30,8 @@ pub enum Payload {
     Permit(crate::decide::Permit),
     /// A decision of `admit_async`.
     Decision(crate::decide::DecisionOut),
+    /// Text or nothing (a stored message's JSON, or none).
+    Text(Option<String>),
 }
 
 /// A finished task's answer: its call id and its payload or error.
@@ -97,6 +99,7 @@ fn payload_to_py(py: Python<'_>, payload: Payload) -> PyResult<Py<PyAny>> {
         Payload::Batch(b) => b.into_py(py)?,
         Payload::Permit(p) => Py::new(py, p)?.into_any(),
         Payload::Decision(d) => d.into_py(py)?,
+        Payload::Text(t) => t.into_pyobject(py)?.into_any().unbind(),
     })
 }
 

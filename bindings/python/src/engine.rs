@@ -11,10 +11,12 @@ use pyo3::types::PyBytes;
 use serde::Serialize;
 use tollgate::{Policy, ReloadReport, WatchEvent, Watcher};
 
+use crate::batch;
 use crate::bridge::{Completer, Payload};
 use crate::call::{self, CallOptions, NativeStream, interruptible, request_of};
 use crate::decide::{self, Attempt, CallArgs, OutcomeArgs, Permit};
 use crate::error::ErrorInfo;
+use crate::text;
 
 /// The engine.
 #[pyclass(frozen, module = "tollgate._native")]
@@ -324,6 +326,101 @@ impl Engine {
         let request = request_of(body, options.into())?;
         completer.spawn(id, call::open(self.engine.clone(), request));
         Ok(())
+    }
+
+    /// The context window of `model` in the running policy's model table, `None` when
+    /// unknown.
+    fn context_window(&self, model: &str) -> Option<u64> {
+        self.engine.context_window(model)
+    }
+
+    /// `(tokens, exact)` of `text` for `model`, with the running policy's model table.
+    fn count_tokens(&self, model: &str, text: &str) -> PyResult<(u64, bool)> {
+        Ok(self
+            .engine
+            .with_model_table(|t| text::count(t, model, text))?)
+    }
+
+    /// `(prompt_tokens, exact)` of a chat request (`body` is its JSON), as admission counts it.
+    fn count_request(&self, body: &[u8]) -> PyResult<(u64, bool)> {
+        Ok(self
+            .engine
+            .with_model_table(|t| text::count_request(t, body))?)
+    }
+
+    /// `text` split into chunks of at most `max_tokens` tokens, with the running policy's model
+    /// table (GIL released).
+    fn split_text(
+        &self,
+        py: Python<'_>,
+        model: &str,
+        text: &str,
+        max_tokens: usize,
+        overlap: usize,
+    ) -> PyResult<Vec<text::ChunkTuple>> {
+        Ok(py.detach(|| {
+            self.engine
+                .with_model_table(|t| text::split(t, model, text, max_tokens, overlap))
+        })?)
+    }
+
+    /// The messages of a conversation that fit `window - reserved` prompt tokens (JSON:
+    /// messages, prompt_tokens, kept, dropped, exact); `history` is `(role, text)` pairs,
+    /// oldest first.
+    #[allow(clippy::too_many_arguments)]
+    fn trim_conversation(
+        &self,
+        py: Python<'_>,
+        model: &str,
+        system: Option<&str>,
+        history: Vec<(String, String)>,
+        user: &str,
+        window: u64,
+        reserved: u64,
+    ) -> PyResult<String> {
+        Ok(py.detach(|| {
+            text::trim(
+                &self.engine,
+                model,
+                system,
+                &history,
+                user,
+                window,
+                reserved,
+            )
+        })?)
+    }
+
+    /// A message store in the policy's `[redis]`, each message kept `ttl` seconds; `None`
+    /// when the policy has no `[redis]`.
+    fn redis_message_store(&self, ttl: f64) -> PyResult<Option<text::MessageStoreNative>> {
+        if !(ttl.is_finite() && ttl >= 0.001) {
+            return Err(ErrorInfo::invalid_argument(format!(
+                "ttl must be at least 0.001 seconds (got {ttl})"
+            ))
+            .into());
+        }
+        Ok(self
+            .engine
+            .redis_message_store(Duration::from_secs_f64(ttl))
+            .map(text::MessageStoreNative::new))
+    }
+
+    /// Starts a batch (see [`crate::batch`]), its journal in the directory `journal` when
+    /// given.
+    #[pyo3(signature = (journal, concurrency, tenant, priority, grace))]
+    fn batch(
+        &self,
+        py: Python<'_>,
+        journal: Option<String>,
+        concurrency: usize,
+        tenant: Option<String>,
+        priority: i64,
+        grace: f64,
+    ) -> PyResult<batch::BatchNative> {
+        let options = batch::options(concurrency, tenant, priority, grace)?;
+        let engine = self.engine.clone();
+        Ok(py.detach(|| batch::start(engine, journal.as_deref(), options))?)
     }
 
     /// Admits or denies a call at once: `("go", permit)`, `("wait", (after, budget, key,

@@ -13,7 +13,8 @@ pub type HttpAnswer = (u16, Vec<(&'static str, String)>, String);
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ErrorInfo {
     /// Which error class: `denied`, `gave_up`, `deadline`, `invalid_request`, `no_upstream`,
-    /// `auth`, `transport`, `shared`, `stream_cut`, `policy`, `invalid_argument`, `closed`.
+    /// `auth`, `transport`, `shared`, `stream_cut`, `policy`, `invalid_argument`, `closed`,
+    /// `too_long`, `message_store`, `journal`.
     pub kind: String,
     /// The stable code: the denial reason (`budget_exhausted`, `concurrency`, ...), the
     /// give-up reason (`attempts_exhausted`, `not_retryable`, ...), else the kind.
@@ -47,6 +48,18 @@ pub struct ErrorInfo {
     /// What a cut stream was charged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub settlement: Option<SettlementJson>,
+    /// Prompt tokens the system and user messages need (a conversation too long).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub needed: Option<u64>,
+    /// The prompt budget they exceed: `window - reserved`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_budget: Option<u64>,
+    /// The context window trimmed to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<u64>,
+    /// Tokens reserved for the answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<u64>,
     /// The OpenAI-compatible HTTP answer for this error (call errors only), for the httpx
     /// transports: `[status, [[name, value], ...], body]`.
     #[serde(skip_serializing_if = "Option::is_none")]

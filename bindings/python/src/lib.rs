@@ -14,11 +14,13 @@ use std::sync::OnceLock;
 
 use pyo3::prelude::*;
 
+pub mod batch;
 pub mod bridge;
 pub mod call;
 pub mod decide;
 pub mod engine;
 pub mod error;
+pub mod text;
 
 pyo3::create_exception!(
     _native,
@@ -50,5 +52,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<call::NativeStream>()?;
     m.add_class::<decide::Permit>()?;
     m.add_class::<decide::Attempt>()?;
+    m.add_class::<text::MessageStoreNative>()?;
+    m.add_class::<batch::BatchNative>()?;
+    m.add_function(wrap_pyfunction!(text::count_tokens, m)?)?;
+    m.add_function(wrap_pyfunction!(text::split_text, m)?)?;
     Ok(())
 }

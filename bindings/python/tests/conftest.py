@@ -1,8 +1,14 @@
 """Shared fixtures: a test upstream started in-process on loopback (tollgate_testkit), a
-policy over it, and a small chat request."""
+policy over it, a small chat request, and a throwaway redis-server."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
 from typing import Any, Callable, Dict, Iterator
 
 import pytest
@@ -59,3 +65,37 @@ def engine(up: tollgate_testkit.TestUpstream) -> Callable[[str], tollgate.Tollga
     yield make  # type: ignore[misc]
     for tg in made:
         tg.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def redis() -> Iterator[tuple]:
+    """A throwaway redis-server: (url, process)."""
+    exe = shutil.which("redis-server")
+    assert exe, "redis-server is missing: install it (apt-get install redis-server)"
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(500):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.02)
+        else:
+            raise AssertionError("redis-server did not accept connections")
+        yield f"redis://127.0.0.1:{port}", proc
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.kill()
+        proc.wait(timeout=10)

@@ -6,12 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import socket
-import subprocess
-import time
-from typing import Iterator
 
 import pytest
 from conftest import chat
@@ -36,40 +31,6 @@ scope = ["tenant"]
 requests_per_minute = {rpm}
 store = "redis"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def redis() -> Iterator[tuple]:
-    """A throwaway redis-server: (url, process)."""
-    exe = shutil.which("redis-server")
-    assert exe, "redis-server is missing: install it (apt-get install redis-server)"
-    port = free_port()
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(500):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.02)
-        else:
-            raise AssertionError("redis-server did not accept connections")
-        yield f"redis://127.0.0.1:{port}", proc
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 def test_a_redis_budget_is_shared_between_engines_from_asyncio(redis, up):

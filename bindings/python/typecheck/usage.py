@@ -15,17 +15,29 @@ from tollgate import (
     AsyncChatStream,
     ChatResponse,
     ChatStream,
+    Chunk,
+    Conversation,
     Decision,
     DeniedError,
     GaveUpError,
+    MemoryMessageStore,
+    Message,
+    MessageStoreError,
     Permit,
     PolicyError,
+    Progress,
     ReloadReport,
+    Reply,
     Stats,
     StreamEvent,
+    TokenCount,
     Tollgate,
+    TooLongError,
+    UnknownParentError,
     Usage,
     Verdict,
+    count_tokens,
+    split_text,
 )
 
 REQUEST: Dict[str, Any] = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
@@ -114,6 +126,40 @@ def openai_sdk(tg: Tollgate) -> None:
         print(r.id)
 
     asyncio.run(go())
+
+
+def conversations_and_texts(tg: Tollgate) -> None:
+    c: Conversation = tg.conversation("gpt-4o", system_message="Be brief.", max_response_tokens=200, tenant="acme")
+    r: Reply = c.send("What is GCRA?")
+    r2 = c.send("And a token bucket?", parent_message_id=r.id, on_progress=lambda p: print(p.delta, end=""))
+    kept: int = r2.history_kept
+    err: Optional[MessageStoreError] = r2.store_error
+    print(r2.text, r2.conversation_id, kept, err, r2.usage)
+    shared = Conversation(tg, "gpt-4o", store=tg.redis_message_store(ttl=3600))
+    stored: Optional[Message] = shared.store.get(r.id)
+    print(stored)
+
+    async def go() -> None:
+        async def progress(p: Progress) -> None:
+            print(p.text)
+
+        r3 = await c.asend("Once more", parent_message_id=r2.id, on_progress=progress)
+        print(r3.prompt_tokens)
+
+    asyncio.run(go())
+    try:
+        c.send("x" * 1_000_000)
+    except TooLongError as e:
+        print(e.needed, e.budget)
+    except UnknownParentError as e:
+        print(e.parent_message_id)
+    chunks: List[Chunk] = split_text("gpt-4o", "long text", 500, overlap=50)
+    print([(ch.start, ch.end, ch.tokens) for ch in chunks], tg.split_text("gpt-4o", "text", 10))
+    n: TokenCount = count_tokens("gpt-4o", "hello")
+    print(n.tokens, n.exact, tg.count_tokens("gpt-4o", "hi").tokens, tg.count_request({"model": "gpt-4o", "messages": []}))
+    store = MemoryMessageStore(max_messages=100)
+    store.put(Message("id", "user", "hi", "conv"))
+    print(tg.context_window("gpt-4o"), len(store))
 
 
 print(tollgate.__version__)

@@ -11,10 +11,12 @@ import os
 import weakref
 from typing import (
     Any,
+    AsyncIterable,
     AsyncIterator,
     Callable,
     Deque,
     Dict,
+    Iterable,
     Iterator,
     List,
     Mapping,
@@ -29,10 +31,12 @@ from typing import (
 )
 
 from . import _native
-from ._errors import ClosedError, PolicyError, TollgateError, from_info, from_native
+from ._errors import ClosedError, InvalidRequestError, PolicyError, TollgateError, from_info, from_native
 from ._native import NativeError
 
 if TYPE_CHECKING:
+    from ._batch import AsyncBatchRun, BatchItem, BatchRun
+    from ._conversation import Chunk, Conversation, RedisMessageStore, TokenCount
     from .httpx import AsyncTollgateTransport, TollgateTransport
 
 Request = Union[Mapping[str, Any], str, bytes]
@@ -776,6 +780,143 @@ class Tollgate:
         """Budget and cache counters."""
         s: Stats = json.loads(self._e.stats())
         return s
+
+    # -- tokens, long texts, conversations ----------------------------------------------------
+
+    def context_window(self, model: str) -> Optional[int]:
+        """The context window of ``model`` in the running policy's model table (the bundled
+        table with the policy's ``[models]``), None when unknown."""
+        if not isinstance(model, str):
+            raise TypeError(f"model must be a str, not {type(model).__name__}")
+        w: Optional[int] = self._e.context_window(model)
+        return w
+
+    def count_tokens(self, model: str, text: str) -> "TokenCount":
+        """The tokens of ``text`` for ``model`` with the running policy's model table: exact for
+        models with a vocabulary, else an estimate; an unknown model raises
+        :class:`InvalidRequestError` (``unknown_model``)."""
+        from ._conversation import TokenCount
+
+        if not isinstance(model, str) or not isinstance(text, str):
+            raise TypeError("model and text must be str")
+        try:
+            return TokenCount(*self._e.count_tokens(model, text))
+        except NativeError as e:
+            raise from_native(e) from None
+
+    def count_request(self, request: Request) -> "TokenCount":
+        """The prompt tokens of a chat request as admission counts them (per-message overhead
+        and reply priming included): what the upstream bills as ``prompt_tokens``."""
+        from ._conversation import TokenCount
+
+        try:
+            return TokenCount(*self._e.count_request(_body(request)))
+        except NativeError as e:
+            raise from_native(e) from None
+
+    def split_text(self, model: str, text: str, max_tokens: int, *, overlap: int = 0) -> List["Chunk"]:
+        """:func:`tollgate.split_text` with the running policy's model table (its ``[models]``
+        encodings and context windows)."""
+        from ._conversation import _check_split, _chunks
+
+        if not isinstance(model, str):
+            raise TypeError(f"model must be a str, not {type(model).__name__}")
+        _check_split(text, max_tokens, overlap)
+        try:
+            return _chunks(self._e.split_text(model, text, max_tokens, overlap))
+        except NativeError as e:
+            raise from_native(e) from None
+
+    def conversation(self, model: str, **options: Any) -> "Conversation":
+        """A :class:`Conversation` with ``model`` through this engine. Options:
+        ``system_message``, ``completion_params``, ``max_model_tokens``, ``max_response_tokens``,
+        ``tenant``, ``priority``, ``max_history``, ``store`` (default a
+        :class:`MemoryMessageStore`; :meth:`redis_message_store` shares it across processes)."""
+        from ._conversation import Conversation
+
+        return Conversation(self, model, **options)
+
+    def redis_message_store(self, ttl: Seconds = datetime.timedelta(days=30)) -> "RedisMessageStore":
+        """A message store in the policy's ``[redis]``, each message kept ``ttl`` (default 30
+        days). Raises :class:`InvalidRequestError` when the policy has no ``[redis]``."""
+        from ._conversation import RedisMessageStore, _invalid
+
+        seconds = _seconds(ttl, "ttl")
+        assert seconds is not None
+        try:
+            native = self._e.redis_message_store(seconds)
+        except NativeError as e:
+            raise from_native(e) from None
+        if native is None:
+            raise _invalid("no_redis", "the policy has no [redis] section: a Redis message store needs one")
+        return RedisMessageStore(native)
+
+    # -- batch runs ---------------------------------------------------------------------------
+
+    def _batch(
+        self,
+        journal: Union[str, "os.PathLike[str]", None],
+        concurrency: int,
+        tenant: Optional[str],
+        priority: int,
+        grace: Seconds,
+    ) -> Any:
+        for name, v in (("concurrency", concurrency), ("priority", priority)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name} must be an int, not {type(v).__name__}")
+        if concurrency < 1:
+            raise InvalidRequestError("concurrency must be at least 1", code="invalid_argument")
+        grace_s = _seconds(grace, "grace")
+        if grace_s is None:
+            raise TypeError("grace must be a number of seconds or a datetime.timedelta, not None")
+        try:
+            return self._e.batch(
+                None if journal is None else os.fspath(journal),
+                concurrency,
+                _opt_str(tenant, "tenant"),
+                priority,
+                grace_s,
+            )
+        except NativeError as e:
+            raise from_native(e) from None
+
+    def batch(
+        self,
+        requests: Iterable["BatchItem"],
+        *,
+        journal: Union[str, "os.PathLike[str]", None] = None,
+        concurrency: int = 16,
+        tenant: Optional[str] = None,
+        priority: int = -100,
+        grace: Seconds = 30,
+    ) -> "BatchRun":
+        """Runs OpenAI Batch API requests (dicts or JSON lines: ``custom_id``, ``body``, optional
+        ``tenant``, ``priority``) through the engine, at most ``concurrency`` at once, at a low
+        queue priority, waiting for budget room rather than failing; iterate the
+        :class:`BatchRun` for the results. With ``journal`` (a directory), a rerun with the same
+        requests in the same order sends nothing whose answer was recorded and hands the
+        recorded results out first. Bad requests come out as ``invalid_line`` results; the run
+        goes on. Raises :class:`JournalError` when the journal is damaged, in use, or another
+        input's."""
+        from ._batch import BatchRun
+
+        return BatchRun(self._batch(journal, concurrency, tenant, priority, grace), requests)
+
+    def abatch(
+        self,
+        requests: Union[Iterable["BatchItem"], AsyncIterable["BatchItem"]],
+        *,
+        journal: Union[str, "os.PathLike[str]", None] = None,
+        concurrency: int = 16,
+        tenant: Optional[str] = None,
+        priority: int = -100,
+        grace: Seconds = 30,
+    ) -> "AsyncBatchRun":
+        """As :meth:`batch`, for asyncio: ``async for r in tg.abatch(requests, ...)``; the
+        requests may be an async iterable."""
+        from ._batch import AsyncBatchRun
+
+        return AsyncBatchRun(self._batch(journal, concurrency, tenant, priority, grace), requests)
 
     # -- the call API -------------------------------------------------------------------------
 

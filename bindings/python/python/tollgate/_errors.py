@@ -23,6 +23,10 @@ __all__ = [
     "StreamCutError",
     "PolicyError",
     "ClosedError",
+    "TooLongError",
+    "UnknownParentError",
+    "MessageStoreError",
+    "JournalError",
 ]
 
 
@@ -148,6 +152,59 @@ class PolicyError(TollgateError, ValueError):
         return list(self._info.get("problems") or [])
 
 
+class TooLongError(InvalidRequestError):
+    """A conversation's system and new user message alone need more prompt tokens than the
+    window leaves (``window - reserved``); nothing was sent."""
+
+    kind = "too_long"
+
+    @property
+    def needed(self) -> int:
+        """Prompt tokens the system and user messages need."""
+        return int(self._info.get("needed") or 0)
+
+    @property
+    def budget(self) -> int:
+        """The prompt budget: ``window - reserved``."""
+        return int(self._info.get("prompt_budget") or 0)
+
+    @property
+    def window(self) -> int:
+        """The context window."""
+        return int(self._info.get("window") or 0)
+
+    @property
+    def reserved(self) -> int:
+        """Tokens reserved for the answer."""
+        return int(self._info.get("reserved") or 0)
+
+
+class UnknownParentError(TollgateError, LookupError):
+    """A conversation's parent message is not in the message store (expired, evicted or never
+    stored); send without ``parent_message_id`` to start a new conversation."""
+
+    kind = "unknown_parent"
+
+    @property
+    def parent_message_id(self) -> Optional[str]:
+        """The id that was not found."""
+        return self._info.get("parent_message_id")
+
+
+class MessageStoreError(TollgateError):
+    """A message store failed. Raised by the stores; a conversation's send that met it still
+    answers and carries it in ``Reply.store_error``."""
+
+    kind = "message_store"
+
+
+class JournalError(TollgateError):
+    """A batch's journal cannot be used: damaged (move it aside to start afresh, which pays for
+    every request again), in use by another batch, or recording another input."""
+
+    kind = "journal"
+
+
 class ClosedError(TollgateError):
     """The Tollgate was closed."""
 
@@ -167,6 +224,10 @@ _CLASSES: Dict[str, type] = {
     "stream_cut": StreamCutError,
     "policy": PolicyError,
     "closed": ClosedError,
+    "too_long": TooLongError,
+    "unknown_parent": UnknownParentError,
+    "message_store": MessageStoreError,
+    "journal": JournalError,
 }
 
 

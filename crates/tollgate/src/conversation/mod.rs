@@ -481,6 +481,19 @@ impl Engine {
         self.inner().current().models.context_window(model)
     }
 
+    /// Runs `f` with the running policy's model table: the bundled table with the policy's
+    /// `[prices]` and `[models]`, the one admission counts and prices with. For counting or
+    /// [`split`](crate::tokens::split)ting text the way calls through this engine are counted.
+    ///
+    /// ```
+    /// let engine = tollgate::Engine::from_text("version = 1\n[models]\nmy-model = { encoding = \"o200k_base\", context_window = 8192 }\n").unwrap();
+    /// let count = engine.with_model_table(|t| tollgate::tokens::count_text(t, "my-model", "hello world"));
+    /// assert_eq!((count.tokens, count.exact), (2, true));
+    /// ```
+    pub fn with_model_table<R>(&self, f: impl FnOnce(&crate::tokens::ModelTable) -> R) -> R {
+        f(&self.inner().current().models)
+    }
+
     /// [`trim`] with the running policy's model table: the messages of a request that fits
     /// `window - reserved` prompt tokens as admission counts them.
     pub fn trim_conversation(
