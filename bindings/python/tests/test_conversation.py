@@ -259,6 +259,35 @@ def test_bad_input_and_failing_stores(up, engine):
     assert len(store.inner) == 4
 
 
+class AsyncOnlyStore:
+    """A store with coroutine methods only (as over an async database driver)."""
+
+    def __init__(self) -> None:
+        self.messages: dict = {}
+
+    async def aget(self, id: str) -> Optional[Message]:
+        await asyncio.sleep(0)
+        return self.messages.get(id)
+
+    async def aput(self, message: Message) -> None:
+        await asyncio.sleep(0)
+        self.messages[message.id] = message
+
+
+def test_a_store_with_coroutines_only_serves_asend(up, engine):
+    c = conv(engine(), store=AsyncOnlyStore())
+
+    async def main() -> None:
+        r1 = await c.asend("one")
+        r2 = await c.asend("two", parent_message_id=r1.id)
+        assert r2.history_kept == 2 and r2.store_error is None
+
+    asyncio.run(main())
+    assert len(c.store.messages) == 4
+    with pytest.raises(TypeError, match="asend"):
+        c.send("sync")
+
+
 def test_a_second_engine_continues_the_conversation_over_redis(redis, up):
     url, _ = redis
     rest = f'[redis]\nurl = "{url}"\nkey_prefix = "pyconv"\non_failure = "fail_closed"\n'

@@ -589,6 +589,8 @@ class Conversation:
         system and user messages alone do not fit, :class:`UnknownParentError`, and the call's
         errors (:class:`DeniedError`, :class:`StreamCutError`, ...)."""
         self._check(text, parent_message_id)
+        if not callable(getattr(self.store, "get", None)):
+            raise TypeError("this store has only aget/aput: use asend, or give it get(id) and put(message)")
         walk = self._walk(parent_message_id)
         history, read_error = _drive(walk, self.store.get)
         p = self._prepare(
