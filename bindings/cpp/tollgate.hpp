@@ -207,6 +207,7 @@ using CachedPtr = Owned<tg_cached, tg_cached_free>;
 using FillPtr = Owned<tg_cache_fill, tg_cache_fill_free>;
 using WaitPtr = Owned<tg_cache_wait, tg_cache_wait_free>;
 using WatcherPtr = Owned<tg_watcher, tg_watcher_free>;
+using ChunksPtr = Owned<tg_chunks, tg_chunks_free>;
 
 /// A borrowed view of `s` for one C call.
 inline tg_str str(std::string_view s) noexcept { return tg_str{s.data(), s.size()}; }
@@ -1149,6 +1150,25 @@ class Watcher {
 
 /// An engine: the running policy, budgets, breakers, cache, transport and worker threads.
 /// Move-only; every method is const and may be called from any number of threads at once.
+
+/// A token count, and whether it is exact (the model's vocabulary) or an estimate.
+struct TokenCount {
+  std::uint64_t tokens = 0;
+  bool exact = false;
+};
+
+/// A piece of a split text: `text` views the string given to Engine::split_text (valid while it
+/// is); `start`/`end` are byte offsets into it, and the first `overlap` bytes repeat the end of
+/// the previous chunk.
+struct Chunk {
+  std::string_view text;
+  std::size_t start = 0;
+  std::size_t end = 0;
+  std::size_t overlap = 0;
+  std::uint64_t tokens = 0;
+  bool exact = false;
+};
+
 class Engine {
  public:
   Engine() noexcept = default;
@@ -1312,6 +1332,61 @@ class Engine {
     out.retry_after = std::chrono::nanoseconds(static_cast<std::int64_t>(v.retry_after_ns));
     if (give_up) out.give_up.emplace(give_up.get());
     if (attempt) out.attempt.emplace(attempt.release());
+    return out;
+  }
+
+  // ---- tokens and long texts (the engine's model table: bundled + the policy's [models]) ----
+
+  /// The tokens of `text` for `model`: exact for models with a vocabulary, else an estimate.
+  /// Throws Error(InvalidArgument, code "unknown_model") for a model the table does not know.
+  [[nodiscard]] TokenCount count_tokens(std::string_view model, std::string_view text) const {
+    TokenCount out;
+    tg_error* err = nullptr;
+    const tg_status st = tg_engine_count_tokens(ptr_.get(), detail::str(model), detail::str(text),
+                                                &out.tokens, &out.exact, &err);
+    throw_if_error(st, err);
+    return out;
+  }
+
+  /// The prompt tokens of a chat request (JSON) as admission counts them: what the upstream
+  /// bills as prompt_tokens.
+  [[nodiscard]] TokenCount count_request(std::string_view request) const {
+    TokenCount out;
+    tg_error* err = nullptr;
+    const tg_status st = tg_engine_count_request(ptr_.get(), detail::bytes(request),
+                                                 request.size(), &out.tokens, &out.exact, &err);
+    throw_if_error(st, err);
+    return out;
+  }
+
+  /// The context window of `model`, when the model table knows it.
+  [[nodiscard]] std::optional<std::uint64_t> context_window(std::string_view model) const noexcept {
+    const std::uint64_t w = tg_engine_context_window(ptr_.get(), detail::str(model));
+    if (w == 0) return std::nullopt;
+    return w;
+  }
+
+  /// `text` cut into chunks of at most `max_tokens` tokens of `model`, between paragraphs, else
+  /// sentences, else clauses, else words; each counted on its own text. The chunks view `text`.
+  /// Throws Error(InvalidArgument) with code zero_max, overlap_too_large,
+  /// exceeds_context_window, unknown_model, empty or char_too_large.
+  [[nodiscard]] std::vector<Chunk> split_text(std::string_view model, std::string_view text,
+                                              std::size_t max_tokens,
+                                              std::size_t overlap = 0) const {
+    tg_chunks* raw = nullptr;
+    tg_error* err = nullptr;
+    const tg_status st = tg_engine_split_text(ptr_.get(), detail::str(model), detail::str(text),
+                                              max_tokens, overlap, &raw, &err);
+    throw_if_error(st, err);
+    detail::ChunksPtr chunks(raw);
+    std::vector<Chunk> out;
+    const std::size_t n = tg_chunks_len(chunks.get());
+    out.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      const tg_chunk* c = tg_chunks_get(chunks.get(), i);
+      out.push_back(Chunk{text.substr(c->start, c->end - c->start), c->start, c->end, c->overlap,
+                          c->tokens, c->exact});
+    }
     return out;
   }
 

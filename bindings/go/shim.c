@@ -150,6 +150,39 @@ tg_go_bytes_result tg_go_metrics(const tg_engine *engine) {
   return r;
 }
 
+tg_go_count_result tg_go_count_tokens(const tg_engine *engine, const char *model, size_t model_len,
+                                      const char *text, size_t text_len) {
+  tg_go_count_result r;
+  memset(&r, 0, sizeof r);
+  tg_str m = {model, model_len};
+  tg_str t = {text, text_len};
+  r.status = tg_engine_count_tokens(engine, m, t, &r.tokens, &r.exact, &r.err);
+  return r;
+}
+
+tg_go_count_result tg_go_count_request(const tg_engine *engine, const uint8_t *request, size_t len) {
+  tg_go_count_result r;
+  memset(&r, 0, sizeof r);
+  r.status = tg_engine_count_request(engine, request, len, &r.tokens, &r.exact, &r.err);
+  return r;
+}
+
+uint64_t tg_go_context_window(const tg_engine *engine, const char *model, size_t len) {
+  tg_str m = {model, len};
+  return tg_engine_context_window(engine, m);
+}
+
+tg_go_split_result tg_go_split_text(const tg_engine *engine, const char *model, size_t model_len,
+                                    const char *text, size_t text_len, size_t max_tokens,
+                                    size_t overlap) {
+  tg_go_split_result r;
+  memset(&r, 0, sizeof r);
+  tg_str m = {model, model_len};
+  tg_str t = {text, text_len};
+  r.status = tg_engine_split_text(engine, m, t, max_tokens, overlap, &r.chunks, &r.err);
+  return r;
+}
+
 tg_go_engine_result tg_go_engine_new(const uint8_t *policy, size_t len) {
   tg_go_engine_result r;
   memset(&r, 0, sizeof r);

@@ -90,6 +90,30 @@ typedef struct tg_go_bytes_result {
 
 tg_go_bytes_result tg_go_metrics(const tg_engine *engine);
 
+// A token count as one call.
+typedef struct tg_go_count_result {
+  tg_status status;
+  uint64_t tokens;
+  bool exact;
+  tg_error *err;
+} tg_go_count_result;
+
+tg_go_count_result tg_go_count_tokens(const tg_engine *engine, const char *model, size_t model_len,
+                                      const char *text, size_t text_len);
+tg_go_count_result tg_go_count_request(const tg_engine *engine, const uint8_t *request, size_t len);
+uint64_t tg_go_context_window(const tg_engine *engine, const char *model, size_t len);
+
+// A split text as one call: the chunks (free with tg_chunks_free) or the error.
+typedef struct tg_go_split_result {
+  tg_status status;
+  tg_chunks *chunks;
+  tg_error *err;
+} tg_go_split_result;
+
+tg_go_split_result tg_go_split_text(const tg_engine *engine, const char *model, size_t model_len,
+                                    const char *text, size_t text_len, size_t max_tokens,
+                                    size_t overlap);
+
 typedef struct tg_go_engine_result {
   tg_status status;
   tg_engine *engine;

@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -316,6 +317,57 @@ TEST_F(Tollgate, CacheEntriesAreScopedByTenant) {
   tg::CacheLookup other = shared.cache_lookup(req, tg::CacheMode::Default, "globex");
   ASSERT_EQ(other.kind, tg::CacheKind::Hit);
   EXPECT_EQ(other.hit->body(), R"({"answer":"anyone's"})");
+}
+
+TEST_F(Tollgate, CountsAndSplitsWithThePolicysModelTable) {
+  auto e = engine("[models]\nmy-model = { encoding = \"cl100k_base\", context_window = 4096 }\n");
+  const tg::TokenCount hello = e.count_tokens("gpt-4o", "hello world");
+  EXPECT_EQ(hello.tokens, 2u);
+  EXPECT_TRUE(hello.exact);
+  EXPECT_FALSE(e.count_tokens("qwen-max", "hello world").exact);
+  EXPECT_EQ(e.context_window("my-model"), std::optional<std::uint64_t>(4096));
+  EXPECT_EQ(e.context_window("nobody-knows"), std::nullopt);
+
+  // The prompt count is the one the upstream bills.
+  const std::string req = chat("gpt-4o", "how many tokens is this prompt?");
+  const tg::TokenCount prompt = e.count_request(req);
+  const tg::Response r = e.send(req);
+  ASSERT_TRUE(r.usage().has_value());
+  EXPECT_EQ(prompt.tokens, r.usage()->prompt_tokens);
+
+  std::string text;
+  for (int i = 0; i < 60; ++i) {
+    text += (i % 3 == 2) ? "GCRA keeps one timestamp per key.\n\n"
+                         : "Rate limits protect the upstream; clients that ignore them meet 429s. ";
+  }
+  const std::vector<tg::Chunk> chunks = e.split_text("my-model", text, 40);
+  ASSERT_GT(chunks.size(), 5u);
+  std::string joined;
+  for (const tg::Chunk& c : chunks) {
+    EXPECT_LE(c.tokens, 40u);
+    EXPECT_EQ(c.tokens, e.count_tokens("my-model", c.text).tokens);
+    EXPECT_EQ(c.text, std::string_view(text).substr(c.start, c.end - c.start));
+    joined += c.text;
+  }
+  EXPECT_EQ(joined, text);
+  const std::vector<tg::Chunk> overlapping = e.split_text("gpt-4o", text, 40, 8);
+  for (std::size_t i = 1; i < overlapping.size(); ++i) {
+    EXPECT_GT(overlapping[i].overlap, 0u);
+    EXPECT_EQ(overlapping[i].start + overlapping[i].overlap, overlapping[i - 1].end);
+  }
+
+  for (const auto& [call, code] : std::vector<std::pair<std::function<void()>, std::string>>{
+           {[&] { (void)e.split_text("gpt-4o", text, 0); }, "zero_max"},
+           {[&] { (void)e.split_text("gpt-4o", text, 10, 10); }, "overlap_too_large"},
+           {[&] { (void)e.split_text("my-model", text, 5000); }, "exceeds_context_window"},
+           {[&] { (void)e.split_text("no-such-model", text, 10); }, "unknown_model"},
+           {[&] { (void)e.count_tokens("no-such-model", text); }, "unknown_model"},
+       }) {
+    const tg::Error err = expect_error(call);
+    EXPECT_EQ(err.status(), tg::Status::InvalidArgument) << code;
+    EXPECT_EQ(err.code(), code);
+  }
+  EXPECT_EQ(expect_error([&] { (void)e.count_request("{nope"); }).status(), tg::Status::InvalidJson);
 }
 
 TEST_F(Tollgate, CacheFailReachesTheWaiters) {

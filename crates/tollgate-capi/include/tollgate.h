@@ -319,6 +319,10 @@ typedef struct tg_cache_wait tg_cache_wait;
 // A cached answer. Free with `tg_cached_free`.
 typedef struct tg_cached tg_cached;
 
+// The chunks of a split text, in order. Read them with `tg_chunks_len` and `tg_chunks_get`;
+// free with `tg_chunks_free`.
+typedef struct tg_chunks tg_chunks;
+
 // An engine: the running policy, budget / breaker / cache state, the transport, and the worker
 // threads of the call API. Create with `tg_engine_new` or `tg_engine_new_from_file`; free
 // with `tg_engine_free`. Every function taking a `const tg_engine *` may be called from any
@@ -613,6 +617,21 @@ typedef struct tg_verdict {
 // (borrowed for the call; `TG_STATUS_INVALID_POLICY` with every problem, or `TG_STATUS_IO`)
 // says why — the running policy stays. Called on the watch's own thread; must not unwind.
 typedef void (*tg_watch_callback)(void *user_data, uint64_t generation, const struct tg_error *error);
+
+// One piece of a split text. Offsets are byte offsets into the text given: the chunk's text is
+// `text[start..end]`, and its first `overlap` bytes repeat the end of the previous chunk.
+typedef struct tg_chunk {
+  // Byte offset of the chunk's first byte.
+  size_t start;
+  // Byte offset just past its last byte.
+  size_t end;
+  // Bytes at its start repeated from the previous chunk (0 without overlap).
+  size_t overlap;
+  // Its token count, counted on its own text; at most the `max_tokens` asked for.
+  uint64_t tokens;
+  // True when counted with the model's vocabulary; false for an estimate.
+  bool exact;
+} tg_chunk;
 
 #ifdef __cplusplus
 extern "C" {
@@ -1235,6 +1254,88 @@ const char *tg_status_name(uint32_t status);
 // # Safety
 // `err` must be NULL or an error from tollgate not yet freed.
 void tg_error_free(struct tg_error *err);
+
+// The tokens of `text` for `model`: exact for models with a vocabulary (`*out_exact` true),
+// else an estimate. `out_exact` may be NULL.
+//
+// Errors: NULL `engine` or `out_tokens`; `model` or `text` not UTF-8; a model the table does
+// not know at all (`TG_STATUS_INVALID_ARGUMENT`, code `unknown_model`).
+//
+// # Safety
+// `engine` must be a live engine; `model` and `text` valid `tg_str`s; `out_tokens`,
+// `out_exact` and `err` writable when not NULL.
+tg_status tg_engine_count_tokens(const struct tg_engine *engine,
+                                 struct tg_str model,
+                                 struct tg_str text,
+                                 uint64_t *out_tokens,
+                                 bool *out_exact,
+                                 struct tg_error **err);
+
+// The prompt tokens of a chat request (its JSON body) as admission counts them, per-message
+// overhead and reply priming included: what the upstream bills as `prompt_tokens`.
+// `out_exact` may be NULL.
+//
+// Errors: NULL `engine` or `out_tokens`; a body that is not UTF-8 or not JSON; a request
+// without a `model` string or whose messages cannot be read (`TG_STATUS_INVALID_REQUEST`).
+//
+// # Safety
+// `engine` must be a live engine; `request` must point to `len` readable bytes; `out_tokens`,
+// `out_exact` and `err` writable when not NULL.
+tg_status tg_engine_count_request(const struct tg_engine *engine,
+                                  const uint8_t *request,
+                                  size_t len,
+                                  uint64_t *out_tokens,
+                                  bool *out_exact,
+                                  struct tg_error **err);
+
+// The context window of `model` in the engine's model table; 0 when unknown, when `engine` is
+// NULL or `model` is not UTF-8.
+//
+// # Safety
+// `engine` must be NULL or a live engine; `model` a valid `tg_str`.
+uint64_t tg_engine_context_window(const struct tg_engine *engine, struct tg_str model);
+
+// Cuts `text` into chunks of at most `max_tokens` tokens of `model`: between paragraphs, else
+// sentences and line breaks, else clauses, else words, inside a word only when it alone is too
+// long; greedy, linear in the text; each chunk counted on its own text. With `overlap` > 0 each
+// chunk after the first starts with about that many tokens of the previous one's end. On
+// success `*out_chunks` receives the chunks (free with `tg_chunks_free`); without overlap they
+// give the text back byte for byte.
+//
+// Errors (`TG_STATUS_INVALID_ARGUMENT` with a stable code): `zero_max`, `overlap_too_large`,
+// `exceeds_context_window`, `unknown_model`, `empty`, `char_too_large`; NULL `engine` or
+// `out_chunks`; `model` or `text` not UTF-8. Blocks for as long as the text takes (linear;
+// about 15 MB/s).
+//
+// # Safety
+// `engine` must be a live engine; `model` and `text` valid `tg_str`s; `out_chunks` and `err`
+// writable when not NULL.
+tg_status tg_engine_split_text(const struct tg_engine *engine,
+                               struct tg_str model,
+                               struct tg_str text,
+                               size_t max_tokens,
+                               size_t overlap,
+                               struct tg_chunks **out_chunks,
+                               struct tg_error **err);
+
+// The number of chunks; 0 for NULL.
+//
+// # Safety
+// `chunks` must be NULL or live.
+size_t tg_chunks_len(const struct tg_chunks *chunks);
+
+// Chunk `index` (0-based), owned by `chunks`; NULL when `chunks` is NULL or `index` is out of
+// range.
+//
+// # Safety
+// `chunks` must be NULL or live; the result is valid until `chunks` is freed.
+const struct tg_chunk *tg_chunks_get(const struct tg_chunks *chunks, size_t index);
+
+// Frees chunks. NULL does nothing.
+//
+// # Safety
+// `chunks` must be NULL or from `tg_engine_split_text`, not yet freed.
+void tg_chunks_free(struct tg_chunks *chunks);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -166,6 +166,12 @@ impl tg_error {
         })
     }
 
+    /// The same error with a finer code than its status's name.
+    pub(crate) fn with_code(mut self: Box<Self>, code: &'static str) -> Box<tg_error> {
+        self.code = Cow::Borrowed(code);
+        self
+    }
+
     /// A NULL pointer where one was required.
     pub(crate) fn null(what: &str) -> Box<tg_error> {
         tg_error::new(tg_status::NullArgument, format!("{what} must not be NULL"))

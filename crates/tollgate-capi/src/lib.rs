@@ -15,6 +15,7 @@
 //! - `cache`: cache lookup and store for hosts with their own HTTP client.
 //! - `call`: blocking and asynchronous sends, streams, cancellation.
 //! - `error`: the status enum and the error handle.
+//! - `tokens`: token counts and long texts split by exact tokens, with the engine's model table.
 #![allow(non_camel_case_types)]
 #![warn(missing_docs)]
 
@@ -25,6 +26,7 @@ pub mod engine;
 pub mod error;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod tokens;
 
 use std::ffi::c_char;
 
@@ -35,6 +37,7 @@ pub use engine::*;
 pub use error::*;
 #[cfg(feature = "testkit")]
 pub use testkit::*;
+pub use tokens::*;
 
 /// A string or byte buffer: pointer + length, not NUL-terminated.
 ///

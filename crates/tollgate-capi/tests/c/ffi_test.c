@@ -1545,6 +1545,132 @@ static void test_cache_scope(void) {
   }
 }
 
+/* A failing call whose error has a finer code than its status's name. */
+static void expect_code_at(const char *file, int line, tg_status got, tg_error **errp,
+                           tg_status want, const char *code) {
+  check_at(file, line, got == want, "status: got %u (%s), want %u (%s)", got,
+           tg_status_name(got), want, tg_status_name(want));
+  tg_error *e = *errp;
+  char b[64];
+  check_at(file, line, e != NULL && str_eq(tg_error_code(e), code), "error code \"%s\", want \"%s\"",
+           e ? show(tg_error_code(e), b, sizeof b) : "(no error)", code);
+  check_at(file, line, e != NULL && tg_error_message(e)[0] != '\0', "a message");
+  tg_error_free(e);
+  *errp = NULL;
+}
+#define EXPECT_CODE(got, errp, want, code) expect_code_at(__FILE__, __LINE__, (got), (errp), (want), (code))
+
+static void test_tokens(tg_test_upstream *up) {
+  section("tokens: count, count a request, split");
+  tg_error *err = NULL;
+  tg_engine *e = call_engine(
+      up, "[models]\nmy-model = { encoding = \"cl100k_base\", context_window = 4096 }\n");
+  if (e == NULL) return;
+  uint64_t n = 0;
+  bool exact = false;
+  EXPECT_OK(tg_engine_count_tokens(e, S("gpt-4o"), S("hello world"), &n, &exact, &err), &err);
+  CHECK_U64(n, 2);
+  CHECK(exact);
+  EXPECT_OK(tg_engine_count_tokens(e, S("qwen-max"), S("hello world"), &n, &exact, &err), &err);
+  CHECK(n >= 2 && !exact); /* no vocabulary: an estimate, and it says so */
+  EXPECT_OK(tg_engine_count_tokens(e, S("my-model"), S("hello world"), &n, NULL, &err), &err);
+  CHECK_U64(n, 2); /* the policy's [models] */
+  CHECK_U64(tg_engine_context_window(e, S("my-model")), 4096);
+  CHECK_U64(tg_engine_context_window(e, S("gpt-4o")), 128000);
+  CHECK_U64(tg_engine_context_window(e, S("nobody-knows")), 0);
+  CHECK_U64(tg_engine_context_window(NULL, S("gpt-4o")), 0);
+
+  /* The prompt count is the one the upstream bills. */
+  tg_response *r = NULL;
+  EXPECT_OK(tg_engine_count_request(e, U(REQ), strlen(REQ), &n, &exact, &err), &err);
+  EXPECT_OK(tg_engine_send(e, U(REQ), strlen(REQ), NULL, &r, &err), &err);
+  tg_usage u;
+  memset(&u, 0, sizeof u);
+  CHECK(r != NULL && tg_response_usage(r, &u));
+  CHECK_U64(n, u.prompt_tokens);
+  CHECK(exact);
+  tg_response_free(r);
+
+  /* Split: byte offsets, each chunk within the limit and counted on its own text, the text
+     back byte for byte; overlap repeats the end of the previous chunk. */
+  char text[6000];
+  size_t len = 0;
+  const char *para[] = {"Rate limits protect the upstream. A client that ignores them meets 429s. ",
+                        "\xe4\xbb\xa4\xe7\x89\x8c\xe6\xa1\xb6\xe7\xae\x97\xe6\xb3\x95\xe3\x80\x82 ",
+                        "GCRA keeps one timestamp per key.\n\n"};
+  for (int i = 0; len + 120 < sizeof text; i++) {
+    size_t k = strlen(para[i % 3]);
+    memcpy(text + len, para[i % 3], k);
+    len += k;
+  }
+  tg_str t = {text, len};
+  for (int with_overlap = 0; with_overlap < 2; with_overlap++) {
+    tg_chunks *chunks = NULL;
+    EXPECT_OK(tg_engine_split_text(e, S("gpt-4o"), t, 50, with_overlap ? 10 : 0, &chunks, &err),
+              &err);
+    size_t count = tg_chunks_len(chunks);
+    CHECKM(count > 10, "%zu chunks", count);
+    size_t next = 0;
+    bool ok = true;
+    for (size_t i = 0; i < count; i++) {
+      const tg_chunk *c = tg_chunks_get(chunks, i);
+      if (c == NULL) { ok = false; break; }
+      tg_str piece = {text + c->start, c->end - c->start};
+      uint64_t own = 0;
+      EXPECT_OK(tg_engine_count_tokens(e, S("gpt-4o"), piece, &own, NULL, &err), &err);
+      ok = ok && c->tokens == own && c->tokens <= 50 && c->exact && c->end > c->start;
+      ok = ok && c->start + c->overlap == next; /* new text starts where the last one ended */
+      ok = ok && (with_overlap ? (i == 0 || c->overlap > 0) : c->overlap == 0);
+      next = c->end;
+    }
+    CHECKM(ok && next == len, "chunks cover the text in order (ended at %zu of %zu)", next, len);
+    CHECK(tg_chunks_get(chunks, count) == NULL);
+    tg_chunks_free(chunks);
+  }
+
+  /* Bad input: a clear error with a stable code; nothing written. */
+  tg_chunks *none = NULL;
+  EXPECT_CODE(tg_engine_split_text(e, S("gpt-4o"), t, 0, 0, &none, &err), &err,
+              TG_STATUS_INVALID_ARGUMENT, "zero_max");
+  EXPECT_CODE(tg_engine_split_text(e, S("gpt-4o"), t, 10, 10, &none, &err), &err,
+              TG_STATUS_INVALID_ARGUMENT, "overlap_too_large");
+  EXPECT_CODE(tg_engine_split_text(e, S("my-model"), t, 5000, 0, &none, &err), &err,
+              TG_STATUS_INVALID_ARGUMENT, "exceeds_context_window");
+  EXPECT_CODE(tg_engine_split_text(e, S("no-such-model"), t, 10, 0, &none, &err), &err,
+              TG_STATUS_INVALID_ARGUMENT, "unknown_model");
+  EXPECT_CODE(tg_engine_split_text(e, S("gpt-4o"), S(""), 10, 0, &none, &err), &err,
+              TG_STATUS_INVALID_ARGUMENT, "empty");
+  EXPECT_CODE(tg_engine_count_tokens(e, S("no-such-model"), S("x"), &n, NULL, &err), &err,
+              TG_STATUS_INVALID_ARGUMENT, "unknown_model");
+  CHECK(none == NULL);
+  tg_str bad_utf8 = {"a\xff", 2};
+  EXPECT_ERR(tg_engine_split_text(e, S("gpt-4o"), bad_utf8, 10, 0, &none, &err), &err,
+             TG_STATUS_INVALID_UTF8, "text");
+  EXPECT_ERR(tg_engine_count_tokens(e, bad_utf8, S("x"), &n, NULL, &err), &err,
+             TG_STATUS_INVALID_UTF8, "model");
+  EXPECT_ERR(tg_engine_count_request(e, U("{nope"), 5, &n, NULL, &err), &err,
+             TG_STATUS_INVALID_JSON, "request");
+  EXPECT_ERR(tg_engine_count_request(e, U("{\"messages\":[]}"), 15, &n, NULL, &err), &err,
+             TG_STATUS_INVALID_REQUEST, "model");
+  /* NULL pointers. */
+  tg_str null_text = {NULL, 4};
+  EXPECT_NULL_ARG(tg_engine_split_text(NULL, S("gpt-4o"), t, 10, 0, &none, &err), &err, "engine");
+  EXPECT_NULL_ARG(tg_engine_split_text(e, S("gpt-4o"), t, 10, 0, NULL, &err), &err, "out_chunks");
+  EXPECT_NULL_ARG(tg_engine_split_text(e, S("gpt-4o"), null_text, 10, 0, &none, &err), &err,
+                  "text");
+  EXPECT_NULL_ARG(tg_engine_count_tokens(NULL, S("gpt-4o"), S("x"), &n, NULL, &err), &err,
+                  "engine");
+  EXPECT_NULL_ARG(tg_engine_count_tokens(e, S("gpt-4o"), S("x"), NULL, NULL, &err), &err,
+                  "out_tokens");
+  EXPECT_NULL_ARG(tg_engine_count_request(e, NULL, 5, &n, NULL, &err), &err, "request");
+  EXPECT_NULL_ARG(tg_engine_count_request(NULL, U(REQ), strlen(REQ), &n, NULL, &err), &err,
+                  "engine");
+  CHECK_U64(tg_chunks_len(NULL), 0);
+  CHECK(tg_chunks_get(NULL, 0) == NULL);
+  tg_chunks_free(NULL);
+  tg_engine_free(e);
+}
+
 static void test_send(tg_test_upstream *up) {
   section("call: blocking send");
   tg_error *err = NULL;
@@ -2572,6 +2698,7 @@ int main(void) {
   if (up != NULL) {
     test_testkit(up);
     test_send(up);
+    test_tokens(up);
     test_async(up);
     test_stream(up);
     test_wrong_thread(up);
