@@ -565,6 +565,12 @@ export class Tollgate {
   stream(request: object | string, options?: StreamOptions): Promise<ChatStream>
   /** The context window of `model` in the running policy's model table; null when unknown. */
   contextWindow(model: string): number | null
+  /** The tokens of `text` for `model` with the running policy's model table. */
+  countTokens(model: string, text: string): TokenCount
+  /** The prompt tokens of a chat request as admission counts them: what the upstream bills. */
+  countRequest(request: object | string): TokenCount
+  /** `splitText` with the running policy's model table (its [models]). */
+  splitText(model: string, text: string, maxTokens: number, options?: SplitOptions): Chunk[]
   /** Fits a conversation into window - reserved by admission's count; TooLongError when it cannot. */
   trimConversation(input: TrimInput): Trimmed
   /** Messages in the policy's [redis], each kept ttlMs (default 30 days); null without [redis]. */
@@ -607,6 +613,15 @@ export interface SplitOptions {
  * `exceeds_context_window`, `unknown_model`, `empty`, `char_too_large`) for bad input.
  */
 export function splitText(model: string, text: string, maxTokens: number, options?: SplitOptions): Chunk[]
+
+/** A token count; `exact` is false when the model has no vocabulary and the count is an estimate. */
+export interface TokenCount {
+  tokens: number
+  exact: boolean
+}
+
+/** The tokens of `text` for `model` (bundled model table); InvalidRequestError `unknown_model` for an unknown model. */
+export function countTokens(model: string, text: string): TokenCount
 
 // ----------------------------------------------------------------------------------------------
 // Test upstream

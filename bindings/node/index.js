@@ -909,6 +909,39 @@ class Tollgate {
   }
 
   /**
+   * The tokens of `text` for `model` with the running policy's model table: { tokens, exact }
+   * (exact false: an estimate). InvalidRequestError (code `unknown_model`) for a model the table
+   * does not know.
+   */
+  countTokens(model, text) {
+    checkStrings(model, text)
+    try {
+      return this._native.countTokens(model, text)
+    } catch (e) {
+      throw toError(e)
+    }
+  }
+
+  /** The prompt tokens of a chat request as admission counts them (what the upstream bills): { tokens, exact }. */
+  countRequest(request) {
+    try {
+      return this._native.countRequest(bodyText(request))
+    } catch (e) {
+      throw toError(e)
+    }
+  }
+
+  /** `splitText` with the running policy's model table (its [models] encodings and windows). */
+  splitText(model, text, maxTokens, options = {}) {
+    checkStrings(model, text)
+    try {
+      return this._native.splitText(model, text, nonNegativeInt('maxTokens', maxTokens), nonNegativeInt('overlap', options?.overlap ?? 0))
+    } catch (e) {
+      throw toError(e)
+    }
+  }
+
+  /**
    * Fits a conversation into `window - reserved` prompt tokens, counted as admission counts
    * the request: the system message and the new user message are always kept, then the newest
    * history messages that fit. `history` is [{ role, text }], oldest first. Returns { messages,
@@ -1177,9 +1210,26 @@ function nonNegativeInt(name, value) {
  * Throws InvalidRequestError (code `zero_max`, `overlap_too_large`, `exceeds_context_window`,
  * `unknown_model`, `empty`, `char_too_large`) for bad input, TypeError for wrong types.
  */
-function splitText(model, text, maxTokens, options = {}) {
+function checkStrings(model, text) {
   if (typeof model !== 'string') throw new TypeError(`model must be a string, got ${typeof model}`)
   if (typeof text !== 'string') throw new TypeError(`text must be a string, got ${typeof text}`)
+}
+
+/**
+ * The tokens of `text` for `model` (the bundled model table): { tokens, exact }. Throws
+ * InvalidRequestError (code `unknown_model`) for a model the table does not know.
+ */
+function countTokens(model, text) {
+  checkStrings(model, text)
+  try {
+    return native.countTokens(model, text)
+  } catch (e) {
+    throw toError(e)
+  }
+}
+
+function splitText(model, text, maxTokens, options = {}) {
+  checkStrings(model, text)
   const overlap = options?.overlap ?? 0
   try {
     return native.splitText(model, text, nonNegativeInt('maxTokens', maxTokens), nonNegativeInt('overlap', overlap))
@@ -1190,6 +1240,7 @@ function splitText(model, text, maxTokens, options = {}) {
 
 module.exports = {
   splitText,
+  countTokens,
   Tollgate,
   Permit,
   Attempt,

@@ -1,10 +1,100 @@
 //! `splitText`: a long text cut into chunks of at most a number of tokens
-//! ([`tollgate::tokens::split`]), with offsets JavaScript can slice by.
+//! ([`tollgate::tokens::split`]), with offsets JavaScript can slice by; `countTokens` and
+//! `countRequest`. The module functions use the bundled model table, the engine's methods the
+//! running policy's (the bundled table with the policy's `[models]`).
 
 use napi_derive::napi;
 use tollgate::tokens::{self, ModelTable};
 
+use crate::engine::NativeEngine;
 use crate::error::ErrorInfo;
+
+/// A token count, as JavaScript sees it.
+#[napi(object, object_from_js = false)]
+#[derive(Debug, Clone, Copy)]
+pub struct TokenCountJs {
+    /// The tokens.
+    pub tokens: f64,
+    /// True when counted with the model's vocabulary, false for an estimate.
+    pub exact: bool,
+}
+
+/// [`tokens::count_text`] with `table`; a model the table does not know at all is refused
+/// (`unknown_model`), as [`tokens::split`] refuses it.
+fn count_with(table: &ModelTable, model: &str, text: &str) -> Result<TokenCountJs, Box<ErrorInfo>> {
+    if table.encoding(model).is_none() && table.lookup(model).is_none() {
+        return Err(Box::new(ErrorInfo {
+            code: "unknown_model".into(),
+            ..ErrorInfo::invalid_argument(format!(
+                "model '{model}' is not in the model table (the bundled one or the policy's \
+                 [models]); add it to [models] with its encoding to count it"
+            ))
+        }));
+    }
+    let c = tokens::count_text(table, model, text);
+    Ok(TokenCountJs {
+        tokens: c.tokens as f64,
+        exact: c.exact,
+    })
+}
+
+/// The tokens of `text` for `model` (bundled model table).
+#[napi(js_name = "countTokens")]
+pub fn count_tokens(model: String, text: String) -> napi::Result<TokenCountJs> {
+    count_with(ModelTable::bundled(), &model, &text).map_err(|e| e.into_napi())
+}
+
+#[napi]
+impl NativeEngine {
+    /// The tokens of `text` for `model` with the running policy's model table.
+    #[napi]
+    pub fn count_tokens(&self, model: String, text: String) -> napi::Result<TokenCountJs> {
+        self.engine
+            .with_model_table(|t| count_with(t, &model, &text))
+            .map_err(|e| e.into_napi())
+    }
+
+    /// The prompt tokens of a chat request (its JSON text) as admission counts them.
+    #[napi]
+    pub fn count_request(&self, request: String) -> napi::Result<TokenCountJs> {
+        let body: serde_json::Value = serde_json::from_str(&request).map_err(|e| {
+            ErrorInfo::new(
+                "invalid_request",
+                format!("the request body is not JSON: {e}"),
+            )
+        })?;
+        let model = body
+            .get("model")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| {
+                ErrorInfo::new("invalid_request", "the request has no \"model\" string")
+            })?;
+        let p = self
+            .engine
+            .with_model_table(|t| tokens::count_chat(t, model, &body))
+            .map_err(|e| {
+                ErrorInfo::new("invalid_request", format!("cannot count the request: {e}"))
+            })?;
+        Ok(TokenCountJs {
+            tokens: p.prompt_tokens as f64,
+            exact: p.exact,
+        })
+    }
+
+    /// `splitText` with the running policy's model table.
+    #[napi]
+    pub fn split_text(
+        &self,
+        model: String,
+        text: String,
+        max_tokens: f64,
+        overlap: f64,
+    ) -> napi::Result<Vec<ChunkJs>> {
+        self.engine
+            .with_model_table(|t| split_with(t, &model, &text, max_tokens, overlap))
+            .map_err(|e| e.into_napi())
+    }
+}
 
 /// One chunk, as JavaScript sees it. Offsets count UTF-16 code units, as `String.prototype.slice`
 /// does: `text.slice(start, end)` is the chunk.
@@ -39,22 +129,29 @@ pub fn split_text(
     max_tokens: f64,
     overlap: f64,
 ) -> napi::Result<Vec<ChunkJs>> {
-    let chunks = tokens::split(
-        ModelTable::bundled(),
-        &model,
-        &text,
-        max_tokens as usize,
-        overlap as usize,
-    )
-    .map_err(|e| ErrorInfo {
-        code: e.code().to_owned(),
-        ..ErrorInfo::invalid_argument(e.to_string())
-    })?;
+    split_with(ModelTable::bundled(), &model, &text, max_tokens, overlap).map_err(|e| e.into_napi())
+}
+
+/// [`tokens::split`] with `table`, offsets in UTF-16 units.
+fn split_with(
+    table: &ModelTable,
+    model: &str,
+    text: &str,
+    max_tokens: f64,
+    overlap: f64,
+) -> Result<Vec<ChunkJs>, Box<ErrorInfo>> {
+    let chunks =
+        tokens::split(table, model, text, max_tokens as usize, overlap as usize).map_err(|e| {
+            Box::new(ErrorInfo {
+                code: e.code().to_owned(),
+                ..ErrorInfo::invalid_argument(e.to_string())
+            })
+        })?;
     // Byte offsets to UTF-16 offsets: starts and ends each increase, so one cursor each walks
     // the text once.
-    let mut starts = Utf16Cursor::new(&text);
-    let mut fresh = Utf16Cursor::new(&text);
-    let mut ends = Utf16Cursor::new(&text);
+    let mut starts = Utf16Cursor::new(text);
+    let mut fresh = Utf16Cursor::new(text);
+    let mut ends = Utf16Cursor::new(text);
     Ok(chunks
         .iter()
         .map(|c| {

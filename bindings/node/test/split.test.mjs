@@ -1,8 +1,10 @@
-// splitText: chunks within maxTokens that give the text back, UTF-16 offsets, typed errors.
+// splitText: chunks within maxTokens that give the text back, UTF-16 offsets, typed errors;
+// countTokens / countRequest and the engine's splitText with the policy's model table.
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 
-import { InvalidRequestError, splitText } from '../index.js'
+import { InvalidRequestError, countTokens, splitText } from '../index.js'
+import { engine, upstream } from './helpers.mjs'
 
 test('chunks fit, are cut between paragraphs, and join back to the text', () => {
   const text = 'First paragraph, short.\n\nSecond paragraph. It has two sentences.'
@@ -75,4 +77,34 @@ test('bad input throws InvalidRequestError with a stable code', () => {
   ]) {
     assert.throws(() => splitText(...args), TypeError, JSON.stringify(args))
   }
+})
+
+test('countTokens and the engine\'s countRequest / splitText use the policy\'s model table', async (t) => {
+  const up = upstream(t)
+  const tg = engine(up, '[models]\nmy-model = { encoding = "cl100k_base", context_window = 4096 }\n')
+  assert.deepEqual(countTokens('gpt-4o', 'hello world'), { tokens: 2, exact: true })
+  assert.equal(countTokens('qwen-max', 'hello world').exact, false)
+  assert.deepEqual(tg.countTokens('my-model', 'hello world'), { tokens: 2, exact: true })
+  const text = 'Rate limits protect the upstream. 今天天气很好。\n\n'.repeat(60)
+  const chunks = tg.splitText('my-model', text, 40)
+  assert.deepEqual(chunks, splitText('gpt-4', text, 40), 'cl100k, like gpt-4')
+  for (const c of chunks) assert.equal(tg.countTokens('my-model', c.text).tokens, c.tokens)
+  // The prompt count is the one the upstream bills.
+  const request = { model: 'gpt-4o', messages: [{ role: 'user', content: 'How many tokens is this prompt?' }], max_tokens: 8 }
+  const counted = tg.countRequest(request)
+  const r = await tg.send(request)
+  assert.equal(counted.tokens, r.usage.promptTokens)
+  assert.equal(tg.countRequest(JSON.stringify(request)).tokens, counted.tokens)
+  for (const [call, code] of [
+    [() => countTokens('no-such-model', 'x'), 'unknown_model'],
+    [() => tg.countTokens('no-such-model', 'x'), 'unknown_model'],
+    [() => splitText('my-model', text, 40), 'unknown_model'],
+    [() => tg.splitText('my-model', text, 5000), 'exceeds_context_window'],
+    [() => tg.countRequest('{nope'), 'invalid_request'],
+    [() => tg.countRequest({ messages: [] }), 'invalid_request'],
+  ]) {
+    assert.throws(call, (e) => e instanceof InvalidRequestError && e.code === code, code)
+  }
+  assert.throws(() => tg.countTokens(1, 'x'), TypeError)
+  assert.throws(() => countTokens('gpt-4o', null), TypeError)
 })

@@ -9,10 +9,12 @@ import {
   TooLongError,
   Tollgate,
   UnknownParentError,
+  countTokens,
   createFetch,
   splitText,
   type ChatGPTResponse,
   type Chunk,
+  type TokenCount,
   type FailureCode,
   type Verdict,
 } from '../index.js'
@@ -26,6 +28,9 @@ export async function use(): Promise<number> {
   let total = 0
   const chunks: Chunk[] = splitText('gpt-4o', 'a long text', 1000, { overlap: 100 })
   for (const c of chunks) total += c.tokens + c.end - c.start + c.overlap + (c.exact ? 0 : 1)
+  const counted: TokenCount = countTokens('gpt-4o', 'hello')
+  total += counted.tokens + tg.countTokens('gpt-4o', 'hi').tokens + tg.countRequest({ model: 'gpt-4o', messages: [] }).tokens
+  total += tg.splitText('gpt-4o', 'text', 10, { overlap: 2 }).length + (counted.exact ? 1 : 0)
   if (d.kind === 'go') {
     const v: Verdict = tg.settle(d.permit, { status: 200, usage: { prompt_tokens: 10, completion_tokens: 2 } })
     if (v.kind === 'retry') tg.admit({ model: 'gpt-4o', attempt: v.attempt })
