@@ -19,22 +19,21 @@ pub struct TokenCountJs {
     pub exact: bool,
 }
 
-/// [`tokens::count_text`] with `table`; a model the table does not know at all is refused
+/// [`tokens::count_known`] with `table`: a model the table does not know at all is refused
 /// (`unknown_model`), as [`tokens::split`] refuses it.
 fn count_with(table: &ModelTable, model: &str, text: &str) -> Result<TokenCountJs, Box<ErrorInfo>> {
-    if table.encoding(model).is_none() && table.lookup(model).is_none() {
-        return Err(Box::new(ErrorInfo {
-            code: "unknown_model".into(),
-            ..ErrorInfo::invalid_argument(format!(
-                "model '{model}' is not in the model table (the bundled one or the policy's \
-                 [models]); add it to [models] with its encoding to count it"
-            ))
-        }));
-    }
-    let c = tokens::count_text(table, model, text);
+    let c = tokens::count_known(table, model, text).map_err(|e| split_error(&e))?;
     Ok(TokenCountJs {
         tokens: c.tokens as f64,
         exact: c.exact,
+    })
+}
+
+/// The error of a refused split or count: `invalid_argument` with the split's code.
+fn split_error(e: &tokens::SplitError) -> Box<ErrorInfo> {
+    Box::new(ErrorInfo {
+        code: e.code().to_owned(),
+        ..ErrorInfo::invalid_argument(e.to_string())
     })
 }
 
@@ -140,13 +139,8 @@ fn split_with(
     max_tokens: f64,
     overlap: f64,
 ) -> Result<Vec<ChunkJs>, Box<ErrorInfo>> {
-    let chunks =
-        tokens::split(table, model, text, max_tokens as usize, overlap as usize).map_err(|e| {
-            Box::new(ErrorInfo {
-                code: e.code().to_owned(),
-                ..ErrorInfo::invalid_argument(e.to_string())
-            })
-        })?;
+    let chunks = tokens::split(table, model, text, max_tokens as usize, overlap as usize)
+        .map_err(|e| split_error(&e))?;
     // Byte offsets to UTF-16 offsets: starts and ends each increase, so one cursor each walks
     // the text once.
     let mut starts = Utf16Cursor::new(text);

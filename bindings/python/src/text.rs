@@ -29,6 +29,14 @@ fn advance(text: &str, at: &mut (usize, usize), to: usize) -> usize {
     index
 }
 
+/// The error of a refused split or count: `invalid_argument` with the split's code.
+fn split_error(e: &tokens::SplitError) -> Box<ErrorInfo> {
+    Box::new(ErrorInfo {
+        code: e.code().to_owned(),
+        ..ErrorInfo::invalid_argument(e.to_string())
+    })
+}
+
 /// [`tokens::split`] with `table`, offsets in code points.
 pub fn split(
     table: &ModelTable,
@@ -37,12 +45,8 @@ pub fn split(
     max_tokens: usize,
     overlap: usize,
 ) -> Result<Vec<ChunkTuple>, Box<ErrorInfo>> {
-    let chunks = tokens::split(table, model, text, max_tokens, overlap).map_err(|e| {
-        Box::new(ErrorInfo {
-            code: e.code().to_owned(),
-            ..ErrorInfo::invalid_argument(e.to_string())
-        })
-    })?;
+    let chunks =
+        tokens::split(table, model, text, max_tokens, overlap).map_err(|e| split_error(&e))?;
     // Starts and ends only grow from chunk to chunk: two cursors count each byte once.
     let (mut starts, mut ends) = ((0, 0), (0, 0));
     Ok(chunks
@@ -56,19 +60,10 @@ pub fn split(
         .collect())
 }
 
-/// [`tokens::count_text`] with `table`: `(tokens, exact)`. A model without a vocabulary is
+/// [`tokens::count_known`] with `table`: `(tokens, exact)`. A model without a vocabulary is
 /// estimated (`exact` false); a model the table does not know at all is refused.
 pub fn count(table: &ModelTable, model: &str, text: &str) -> Result<(u64, bool), Box<ErrorInfo>> {
-    if table.encoding(model).is_none() && table.lookup(model).is_none() {
-        return Err(Box::new(ErrorInfo {
-            code: "unknown_model".into(),
-            ..ErrorInfo::invalid_argument(format!(
-                "model '{model}' is not in the model table (the bundled one or the policy's \
-                 [models]); add it to [models] with its encoding to count it"
-            ))
-        }));
-    }
-    let c = tokens::count_text(table, model, text);
+    let c = tokens::count_known(table, model, text).map_err(|e| split_error(&e))?;
     Ok((c.tokens, c.exact))
 }
 

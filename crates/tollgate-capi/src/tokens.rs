@@ -31,22 +31,13 @@ pub struct tg_chunks {
     chunks: Vec<tg_chunk>,
 }
 
-fn unknown_model(model: &str) -> Box<tg_error> {
-    tg_error::new(
-        tg_status::InvalidArgument,
-        format!(
-            "model '{model}' is not in the model table (the bundled one or the policy's \
-             [models]); add it to [models] with its encoding to count it"
-        ),
-    )
-    .with_code("unknown_model")
+/// The error of a refused split or count: `TG_STATUS_INVALID_ARGUMENT` with the split's code.
+fn split_error(e: &tokens::SplitError) -> Box<tg_error> {
+    tg_error::new(tg_status::InvalidArgument, e.to_string()).with_code(e.code())
 }
 
 fn count_text(table: &ModelTable, model: &str, text: &str) -> Result<(u64, bool), Box<tg_error>> {
-    if table.encoding(model).is_none() && table.lookup(model).is_none() {
-        return Err(unknown_model(model));
-    }
-    let c = tokens::count_text(table, model, text);
+    let c = tokens::count_known(table, model, text).map_err(|e| split_error(&e))?;
     Ok((c.tokens, c.exact))
 }
 
@@ -199,9 +190,7 @@ pub unsafe extern "C" fn tg_engine_split_text(
         let chunks = engine
             .engine
             .with_model_table(|t| tokens::split(t, model, text, max_tokens, overlap))
-            .map_err(|e| {
-                tg_error::new(tg_status::InvalidArgument, e.to_string()).with_code(e.code())
-            })?;
+            .map_err(|e| split_error(&e))?;
         let chunks = chunks
             .into_iter()
             .map(|c| tg_chunk {

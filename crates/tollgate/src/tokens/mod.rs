@@ -46,6 +46,6 @@ pub use cost::{Cost, cost, estimate_cost};
 pub use error::TokenError;
 pub use estimate::estimate;
 pub use models::{ModelInfo, ModelTable, encoding_for_model};
-pub use split::{Chunk, SplitError, split};
+pub use split::{Chunk, SplitError, count_known, split};
 pub use types::{Encoding, Price};
 pub use usage::Usage;

@@ -69,7 +69,7 @@ pub enum SplitError {
     },
     /// The model is not in the table and its name maps to no tokenizer.
     #[error(
-        "model '{model}' is not in the model table and has no known tokenizer, so its chunks cannot be counted; check the name, or add the model to the table ([models] in the policy)"
+        "model '{model}' is not in the model table and has no known tokenizer, so its tokens cannot be counted; check the name, or add the model to the table ([models] in the policy)"
     )]
     UnknownModel {
         /// The model.
@@ -110,6 +110,30 @@ impl SplitError {
             SplitError::CharTooLarge { .. } => "char_too_large",
         }
     }
+}
+
+/// [`count_text`](super::count_text) for a model the table knows or that is named like an
+/// OpenAI model — the models [`split`] accepts; any other is refused
+/// ([`SplitError::UnknownModel`]) rather than estimated, since its name is most likely a typo.
+///
+/// ```
+/// use tollgate::tokens::{count_known, ModelTable};
+/// let table = ModelTable::bundled();
+/// assert_eq!(count_known(table, "gpt-4o", "hello world").unwrap().tokens, 2);
+/// assert!(!count_known(table, "qwen-max", "hello world").unwrap().exact); // known, estimated
+/// assert_eq!(count_known(table, "gtp-4o", "hi").unwrap_err().code(), "unknown_model");
+/// ```
+pub fn count_known(
+    table: &ModelTable,
+    model: &str,
+    text: &str,
+) -> Result<super::TokenCount, SplitError> {
+    if table.encoding(model).is_none() && table.lookup(model).is_none() {
+        return Err(SplitError::UnknownModel {
+            model: model.to_owned(),
+        });
+    }
+    Ok(super::count_text(table, model, text))
 }
 
 /// Splits `text` into chunks of at most `max_tokens` tokens of `model`, each chunk after the
