@@ -122,9 +122,10 @@ class _Counts:
 class BatchRun:
     """A running batch, iterated for its results (``for r in tg.batch(requests, ...)``): the
     journal's recorded results first, then each new one once the journal committed it. A thread
-    feeds the requests (waiting while ``concurrency`` are queued). Breaking out, :meth:`close` or
-    leaving a ``with`` block stops it: no new request is taken, calls in flight get the grace
-    period; a rerun with the same journal goes on from there."""
+    feeds the requests (waiting while ``concurrency`` are queued). :meth:`close`, or leaving a
+    ``with`` block (also by ``break``), stops it: no new request is taken, calls in flight get the
+    grace period; a rerun with the same journal goes on from there. A bare ``for`` loop left by
+    ``break`` does not stop it: the batch runs to its end, its results kept in the journal."""
 
     def __init__(self, native: Any, requests: Iterable[BatchItem]) -> None:
         self._native = native
